@@ -1,0 +1,323 @@
+"""The trainer every method extends, the training settings, and the method registry.
+
+A method is one module holding a config dataclass (its hyper-parameters, which become CLI
+options) and a :class:`ClinicTrainer` subclass, registered by name::
+
+    @dataclass
+    class BoosterConfig(MethodConfig):
+        lam: float = field(default=5.0, metadata={"help": "regulariser weight lambda"})
+        streams = {"harmful": ("harmful_data", "harmful_size")}   # extra data, see below
+        harmful_data: str = "beavertails-harmful"
+        harmful_size: int = 200
+
+    @register_method("booster", stage="align", config=BoosterConfig, summary="...")
+    class BoosterTrainer(ClinicTrainer):
+        def training_step(self, model, inputs, num_items_in_batch=None): ...
+
+Extension points of :class:`ClinicTrainer`:
+
+- **extra data streams**: a config's ``streams`` maps a stream name to the names of its
+  (source, size) fields; the pipeline loads those samples, the trainer tokenizes them with the
+  same TRL machinery and prompt format as the main data, and :meth:`ClinicTrainer.next_batch`
+  yields collated, shuffled, endlessly cycling batches on the right device;
+- **loss**: override :meth:`ClinicTrainer.compute_loss` (``self.lm_loss`` is the plain CE) for
+  single-pass methods (Surgery, Lisa);
+- **custom step**: override ``training_step`` and call :meth:`ClinicTrainer.backward` for
+  multi-pass methods (Vaccine, Booster, ...);
+- **hooks**: :mod:`clinic.methods.hooks` finds decoder layers and attention modules
+  structurally;
+- **callbacks**: any ``transformers.TrainerCallback`` (the sink-count callback is one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from datasets import Dataset
+from torch.utils.data import DataLoader
+from trl import SFTConfig, SFTTrainer
+
+from ..data.formatting import PromptFormat, training_row
+from ..errors import ClinicError
+from ..models import LoraSettings
+from ..tasks import Sample
+
+STAGES = ("align", "finetune")
+SCHEDULES = ("cosine", "constant", "linear", "constant_with_warmup")
+
+
+# --------------------------------------------------------------------------------------------
+# settings
+
+
+@dataclass
+class TrainConfig:
+    """Training settings shared by every method (the reference presets fill these in)."""
+
+    epochs: float = field(default=1.0, metadata={"help": "passes over the training data"})
+    max_steps: int = field(default=-1, metadata={"help": "stop after this many optimizer steps (-1: use epochs)"})
+    batch_size: int = field(default=8, metadata={"help": "per-device batch size"})
+    grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
+    lr: float = field(default=5e-4, metadata={"help": "peak learning rate (AdamW)"})
+    schedule: str = field(default="cosine", metadata={"help": f"learning-rate schedule: {', '.join(SCHEDULES)}"})
+    warmup: float = field(default=0.0, metadata={"help": "warm-up as a fraction of the steps"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    max_length: int = field(default=256, metadata={"help": "truncate samples to this many tokens"})
+    bf16: bool = field(default=False, metadata={"help": "train in bfloat16 mixed precision (GPU)"})
+    seed: int = field(default=0, metadata={"help": "seed for data order, LoRA init and sampling"})
+    full_ft: bool = field(default=False, metadata={"help": "full fine-tuning instead of LoRA"})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha (the reference scripts use 1)"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
+    lora_targets: str = field(
+        default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+        metadata={"help": "comma-separated module names that get LoRA adapters"},
+    )
+    prompt_style: str = field(default="chat", metadata={"help": "chat (tokenizer template) or alpaca"})
+    system_prompt: str | None = field(default=None, metadata={"help": "system prompt for the chat style"})
+    logging_steps: int = field(default=5, metadata={"help": "log the loss every N steps"})
+    save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0: only the final model)"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward"})
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ClinicError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ClinicError("batch size and gradient accumulation must be at least 1")
+        if self.lr <= 0:
+            raise ClinicError(f"learning rate must be positive, got {self.lr}")
+        if not 0 <= self.warmup < 1:
+            raise ClinicError(f"warm-up must be a fraction in [0, 1), got {self.warmup}")
+
+    def lora(self) -> LoraSettings:
+        return LoraSettings(self.lora_r, self.lora_alpha, self.lora_dropout, self.lora_targets.split(","))
+
+    def prompt_format(self) -> PromptFormat:
+        return PromptFormat(self.prompt_style, self.system_prompt)
+
+    def sft_config(self, output_dir: str, **overrides) -> SFTConfig:
+        kwargs: dict[str, Any] = dict(
+            output_dir=output_dir,
+            num_train_epochs=self.epochs,
+            max_steps=self.max_steps,
+            per_device_train_batch_size=self.batch_size,
+            gradient_accumulation_steps=self.grad_accum,
+            learning_rate=self.lr,
+            lr_scheduler_type=self.schedule,
+            warmup_steps=self.warmup,
+            weight_decay=self.weight_decay,
+            max_length=self.max_length,
+            bf16=self.bf16,
+            seed=self.seed,
+            data_seed=self.seed,
+            logging_steps=self.logging_steps,
+            save_strategy="steps" if self.save_steps > 0 else "no",
+            save_steps=self.save_steps if self.save_steps > 0 else 500,
+            save_only_model=True,
+            report_to="none",
+            eval_strategy="no",
+            completion_only_loss=True,
+            gradient_checkpointing=self.gradient_checkpointing,
+            remove_unused_columns=True,
+            dataloader_num_workers=0,
+            disable_tqdm=False,
+            # TRL's fused LM head is swapped for a plain forward (see lm_loss); no padding-free.
+            padding_free=False,
+        )
+        kwargs.update(overrides)
+        return SFTConfig(**kwargs)
+
+
+# The reference pipelines' settings (ALGORITHMS.md §3.1, §4.1, §9).
+PRESETS: dict[str, dict[str, Any]] = {
+    "tvaccine-align": dict(epochs=20, batch_size=10, lr=1e-3, schedule="cosine", warmup=0.1, weight_decay=0.1,
+                           max_length=200, bf16=True, lora_r=8, lora_alpha=1, lora_dropout=0.1, prompt_style="alpaca"),
+    "tvaccine-finetune": dict(epochs=20, batch_size=10, lr=1e-5, schedule="cosine", warmup=0.1, weight_decay=0.1,
+                              max_length=200, bf16=True, lora_r=8, lora_alpha=1, lora_dropout=0.1, prompt_style="alpaca"),
+    "booster-align": dict(epochs=20, batch_size=10, lr=5e-4, schedule="constant", warmup=0.0, weight_decay=0.1,
+                          max_length=256, bf16=True, lora_r=32, lora_alpha=4, lora_dropout=0.0,
+                          lora_targets="q_proj,k_proj,v_proj", prompt_style="alpaca"),
+    "surgery-finetune": dict(epochs=5, batch_size=10, lr=5e-6, schedule="constant", warmup=0.0, weight_decay=0.0,
+                             max_length=1024, bf16=True, full_ft=True, prompt_style="chat",
+                             system_prompt="You are a helpful assistant."),
+    # Small settings that run on a 2-core CPU in minutes (FINDINGS.md).
+    "cpu-align": dict(epochs=1, batch_size=8, lr=5e-4, schedule="cosine", warmup=0.0, max_length=160,
+                      lora_r=8, lora_alpha=16),
+    "cpu-finetune": dict(epochs=1, batch_size=8, lr=2e-4, schedule="constant", warmup=0.0, max_length=160,
+                         lora_r=8, lora_alpha=16),
+}
+
+
+def train_config(preset: str | None = None, **overrides) -> TrainConfig:
+    """A :class:`TrainConfig` from a preset plus overrides (unknown keys are errors)."""
+    values: dict[str, Any] = {}
+    if preset:
+        if preset not in PRESETS:
+            raise ClinicError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        values.update(PRESETS[preset])
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key, value in overrides.items():
+        if key not in names:
+            raise ClinicError(f"unknown training setting {key!r}; valid: {', '.join(sorted(names))}")
+        if value is not None:
+            values[key] = value
+    return TrainConfig(**values)
+
+
+@dataclass
+class MethodConfig:
+    """Hyper-parameters of a method. Subclasses add fields (with ``metadata={"help": ...}``).
+
+    ``streams`` maps an extra data stream's name to the names of the fields holding its source
+    and its size, e.g. ``{"harmful": ("harmful_data", "harmful_size")}``.
+    """
+
+    streams: ClassVar[dict[str, tuple[str, str]]] = {}
+
+    def stream_specs(self) -> dict[str, tuple[str, int | None]]:
+        return {name: (getattr(self, src), getattr(self, size)) for name, (src, size) in self.streams.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# registry
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    stages: tuple[str, ...]
+    config: type[MethodConfig]
+    trainer: type[ClinicTrainer]
+    summary: str
+
+
+METHODS: dict[str, MethodSpec] = {}
+
+
+def register_method(name: str, stage: str | tuple[str, ...], config: type[MethodConfig] = MethodConfig, summary: str = ""):
+    """Class decorator registering a trainer under ``name`` for ``stage`` (align, finetune or both)."""
+    stages = (stage,) if isinstance(stage, str) else tuple(stage)
+    if not set(stages) <= set(STAGES):
+        raise ValueError(f"stage must be among {STAGES}")
+
+    def wrap(trainer_cls):
+        METHODS[name] = MethodSpec(name, stages, config, trainer_cls, summary or (trainer_cls.__doc__ or "").strip())
+        return trainer_cls
+
+    return wrap
+
+
+def methods_for(stage: str) -> dict[str, MethodSpec]:
+    from . import load_all  # registration happens on import
+
+    load_all()
+    return {name: spec for name, spec in sorted(METHODS.items()) if stage in spec.stages}
+
+
+def get_method(name: str, stage: str) -> MethodSpec:
+    valid = methods_for(stage)
+    if name not in valid:
+        raise ClinicError(f"unknown {stage} method {name!r}; choose one of {', '.join(valid)}")
+    return valid[name]
+
+
+def method_config(spec: MethodSpec, **values) -> MethodConfig:
+    names = {f.name for f in dataclasses.fields(spec.config)}
+    unknown = set(values) - names
+    if unknown:
+        raise ClinicError(f"unknown option(s) {', '.join(sorted(unknown))} for method {spec.name!r}")
+    return spec.config(**{k: v for k, v in values.items() if v is not None})
+
+
+# --------------------------------------------------------------------------------------------
+# the trainer
+
+
+class ClinicTrainer(SFTTrainer):
+    """SFT on TRL's machinery (tokenization, response-only labels, collation), with hooks for
+    the defences. The loss is the mean token cross-entropy over response tokens of the batch."""
+
+    def __init__(
+        self,
+        *,
+        model,
+        args: SFTConfig,
+        train_dataset: Dataset,
+        processing_class,
+        method_config: MethodConfig | None = None,
+        prompt_format: PromptFormat | None = None,
+        extra_data: dict[str, list[Sample]] | None = None,
+        callbacks=None,
+    ):
+        super().__init__(
+            model=model, args=args, train_dataset=train_dataset, processing_class=processing_class, callbacks=callbacks
+        )
+        self.method_config = method_config or MethodConfig()
+        self.prompt_format = prompt_format or PromptFormat()
+        # Our losses are per-micro-batch means: let Trainer divide by the accumulation steps.
+        self.model_accepts_loss_kwargs = False
+        self.loss_is_scaled_for_ga = False
+        self.extra_datasets: dict[str, Dataset] = {}
+        self._extra_iters: dict[str, Iterator] = {}
+        for name, samples in (extra_data or {}).items():
+            self.extra_datasets[name] = self.prepare_samples(samples, name)
+
+    # -- data ---------------------------------------------------------------------------------
+
+    def prepare_samples(self, samples: list[Sample], name: str) -> Dataset:
+        """Tokenize samples exactly as the main training data is tokenized."""
+        if not samples:
+            raise ClinicError(f"the {name} data stream is empty")
+        rows = [training_row(self.processing_class, self.prompt_format, s.instruction, s.input, s.output) for s in samples]
+        dataset = Dataset.from_list(rows)
+        # Shuffling is next_batch's job (seeded per stream); a new SFTConfig would reset
+        # accelerate's state, so flip the flag in place.
+        shuffle, self.args.shuffle_dataset = getattr(self.args, "shuffle_dataset", False), False
+        try:
+            return self._prepare_dataset(dataset, self.processing_class, self.args, False, None, name)
+        finally:
+            self.args.shuffle_dataset = shuffle
+
+    def next_batch(self, name: str, batch_size: int | None = None) -> dict[str, torch.Tensor]:
+        """The next collated batch of an extra stream, on the model's device (cycles forever)."""
+        if name not in self.extra_datasets:
+            raise ClinicError(f"method needs the data stream {name!r}, which was not supplied")
+        key = f"{name}:{batch_size}"
+        for _attempt in range(2):
+            if key not in self._extra_iters:
+                generator = torch.Generator().manual_seed(self.args.seed + len(self._extra_iters) + 1)
+                loader = DataLoader(
+                    self.extra_datasets[name].select_columns(["input_ids", "labels"]),
+                    batch_size=batch_size or self.args.per_device_train_batch_size,
+                    shuffle=True,
+                    generator=generator,
+                    collate_fn=self.data_collator,
+                )
+                self._extra_iters[key] = iter(loader)
+            try:
+                return self._prepare_inputs(next(self._extra_iters[key]))
+            except StopIteration:
+                del self._extra_iters[key]
+        raise RuntimeError("unreachable")
+
+    # -- loss and steps -----------------------------------------------------------------------
+
+    def lm_loss(self, model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean next-token cross-entropy over the response tokens of ``inputs``."""
+        inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "labels", "position_ids")}
+        return model(**inputs, use_cache=False).loss
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = self.lm_loss(model, inputs)
+        return (loss, None) if return_outputs else loss
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backward for custom steps, scaled for gradient accumulation like Trainer's own."""
+        self.accelerator.backward(loss / self.current_gradient_accumulation_steps)
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
