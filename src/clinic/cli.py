@@ -1,0 +1,299 @@
+"""The ``clinic`` command: thin argument parsing over the stage functions.
+
+Every user error (bad file, unknown name, value out of range, existing output) is printed as
+one line, ``clinic: error: ...``, and the exit code is 2; nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from pathlib import Path
+
+from .errors import ClinicError
+
+# --------------------------------------------------------------------------------------------
+# argparse helpers
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _type_of(field: dataclasses.Field):
+    text = str(field.type)
+    if "bool" in text:
+        return bool
+    if "float" in text:
+        return float
+    if "int" in text:
+        return int
+    return str
+
+
+def add_dataclass_options(group, cls, skip=(), defaults_from=None, owners: dict | None = None):
+    """One ``--option`` per dataclass field, default ``None`` (= the preset's or the class's)."""
+    for f in dataclasses.fields(cls):
+        if f.name in skip or f.name.startswith("_"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = _type_of(f)
+        default = f.default if f.default is not dataclasses.MISSING else None
+        help_text = f.metadata.get("help", "")
+        if owners is not None:
+            owners.setdefault(f.name, []).append((cls, default, help_text))
+            continue
+        help_text = f"{help_text} (default: {default})" if help_text else f"default: {default}"
+        if kind is bool:
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            group.add_argument(flag, dest=f.name, type=kind, default=None, metavar=f.name.upper(), help=help_text)
+
+
+def add_method_options(parser, stage: str):
+    """Options of every method of ``stage``; a name shared by methods is one option."""
+    from .methods.base import methods_for
+
+    owners: dict[str, list] = {}
+    method_of_cls = {}
+    for name, spec in methods_for(stage).items():
+        method_of_cls[spec.config] = name
+        add_dataclass_options(None, spec.config, owners=owners)
+    group = parser.add_argument_group("method options (each applies to the methods named in its help)")
+    for field_name, uses in owners.items():
+        cls, _default, _help = uses[0]
+        f = next(x for x in dataclasses.fields(cls) if x.name == field_name)
+        kind = _type_of(f)
+        help_text = "; ".join(f"{method_of_cls[c]}: {h or ''} (default {d})" for c, d, h in uses)
+        flag = "--" + field_name.replace("_", "-")
+        if kind is bool:
+            group.add_argument(flag, dest=f"m_{field_name}", action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            group.add_argument(flag, dest=f"m_{field_name}", type=kind, default=None, metavar=field_name.upper(), help=help_text)
+
+
+def method_values(args, spec) -> dict:
+    """The method options the user set; an option of another method is an error."""
+    allowed = {f.name for f in dataclasses.fields(spec.config)}
+    values = {}
+    for key, value in vars(args).items():
+        if key.startswith("m_") and value is not None:
+            name = key[2:]
+            if name not in allowed:
+                raise ClinicError(f"option --{name.replace('_', '-')} does not apply to method {spec.name!r}")
+            values[name] = value
+    return values
+
+
+def train_values(args) -> dict:
+    from .methods.base import TrainConfig
+
+    return {f.name: getattr(args, f.name, None) for f in dataclasses.fields(TrainConfig)}
+
+
+# --------------------------------------------------------------------------------------------
+# commands
+
+
+def _add_train_command(sub, stage: str):
+    from .methods.base import PRESETS, TrainConfig, methods_for
+
+    methods = methods_for(stage)
+    verb = "Safety-align a model" if stage == "align" else "Fine-tune a model on user data (the attack)"
+    listing = "\n".join(f"  {n:10s} {s.summary}" for n, s in methods.items())
+    p = sub.add_parser(
+        stage,
+        help=verb,
+        description=f"{verb}. Writes a run directory (config.yaml, data_indices.json, adapter/ or model/, "
+        f"train_log.jsonl, metrics.json).\n\nmethods:\n{listing}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", required=True, help="alias (smollm2-135m-instruct, gemma3-270m, tiny-random-llama), "
+                   "local directory, hub id, or a previous run directory")
+    p.add_argument("--method", default="sft", help=f"one of: {', '.join(methods)} (default sft)")
+    p.add_argument("--output", required=True, help="run directory to create")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--preset", help=f"reference settings: {', '.join(PRESETS)}")
+    d = p.add_argument_group("data")
+    if stage == "align":
+        d.add_argument("--data", default="refusals", help="alignment data: a named QA dataset or a file (default refusals)")
+    else:
+        d.add_argument("--task", help="benign task: sst2, agnews, gsm8k, alpaca")
+        d.add_argument("--poison-ratio", type=float, default=0.0, help="fraction p of harmful samples, in [0, 1]")
+        d.add_argument("--harmful-data", default="beavertails-harmful", help="source of the harmful samples")
+        d.add_argument("--data", help="a user file of prompt/response rows instead of --task")
+    d.add_argument("--n", type=int, help="number of samples (align: default all)")
+    d.add_argument("--columns", help="column mapping for a user file, e.g. prompt=question,response=answer")
+    d.add_argument("--selection", default="random", choices=["random", "first"], help="seeded random rows or the first n")
+    add_dataclass_options(p.add_argument_group("training"), TrainConfig)
+    add_method_options(p, stage)
+    if stage == "finetune":
+        p.add_argument("--sink-every", type=int, default=0, help="record the positive-sink-head count every N steps")
+    p.set_defaults(func=lambda a: cmd_train(a, stage))
+
+
+def cmd_train(args, stage: str) -> None:
+    from .data.sources import parse_columns
+    from .methods.base import get_method, train_config
+    from .pipeline import DataSpec, run_train
+
+    spec = get_method(args.method, stage)
+    train = train_config(args.preset, **train_values(args))
+    data = DataSpec(
+        source=args.data,
+        task=getattr(args, "task", None),
+        n=args.n,
+        poison_ratio=getattr(args, "poison_ratio", 0.0),
+        harmful_source=getattr(args, "harmful_data", "beavertails-harmful"),
+        selection=args.selection,
+        columns=parse_columns(args.columns),
+    )
+    callbacks = []
+    if getattr(args, "sink_every", 0):
+        from .sink import SinkCountCallback
+
+        callbacks.append(SinkCountCallback(every=args.sink_every))
+    out = run_train(stage, model=args.model, method=spec.name, train=train, data=data, output=args.output,
+                    method_options=method_values(args, spec), overwrite=args.overwrite, callbacks=callbacks)
+    print(f"{stage} run written to {out}")
+
+
+def _add_evaluate(sub):
+    p = sub.add_parser("evaluate", help="Harmful score and fine-tune accuracy of a model",
+                       description="Generate answers to harmful prompts and task questions, score them, and write "
+                       "generations.jsonl and metrics.json to a run directory.")
+    p.add_argument("--model", required=True, help="model name/path or a run directory")
+    p.add_argument("--output", required=True, help="run directory to create")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--harmful-prompts", default="beavertails-test",
+                   help="comma-separated prompt sets: beavertails-test, advbench, strongreject, do-not-answer, "
+                   "harmbench, sorrybench, or files")
+    p.add_argument("--n-prompts", type=int, default=100, help="prompts per set (the first N)")
+    p.add_argument("--judges", default="keyword,classifier", help="comma-separated: keyword, classifier, beaverdam, llamaguard")
+    p.add_argument("--tasks", default="sst2", help="comma-separated tasks for accuracy (sst2, agnews, gsm8k; '' for none)")
+    p.add_argument("--n-task", type=int, default=100, help="test rows per task (the first N)")
+    p.add_argument("--rule", default="substring", choices=["substring", "exact"], help="classification scoring rule")
+    p.add_argument("--batch-size", type=int, default=16, help="generation batch size")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="new tokens for harmful prompts")
+    p.add_argument("--prompt-style", choices=["chat", "alpaca"], help="default: as the model was trained")
+    p.add_argument("--system-prompt", help="system prompt for the chat style")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def _split(value: str) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def cmd_evaluate(args) -> None:
+    from .pipeline import EvalConfig, read_metrics, run_evaluate
+
+    cfg = EvalConfig(
+        harmful_sets=_split(args.harmful_prompts), n_prompts=args.n_prompts, judges=_split(args.judges),
+        tasks=_split(args.tasks), n_task=args.n_task, task_rule=args.rule, batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens, prompt_style=args.prompt_style, system_prompt=args.system_prompt,
+    )
+    out = run_evaluate(args.model, cfg, args.output, overwrite=args.overwrite)
+    from .report import metrics_lines
+
+    print("\n".join(metrics_lines(read_metrics(out))))
+    print(f"evaluation written to {out}")
+
+
+def _add_demo(sub):
+    from .demo import DemoConfig
+
+    p = sub.add_parser("demo", help="Align, attack and measure the embedded SmolLM2 model (about 12 minutes on 2 cores)",
+                       description="On SmolLM2-135M-Instruct: measure harmful score (two judges) and SST2 accuracy of "
+                       "the base model, SFT-align it on refusals, measure, harmful-fine-tune it (SST2, p=0.1), measure; "
+                       "print the table and write everything to the output directory.")
+    p.add_argument("--output", help="demo directory (default runs/demo-<time>)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing demo directory")
+    add_dataclass_options(p.add_argument_group("demo settings"), DemoConfig)
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args) -> None:
+    from .demo import DemoConfig, run_demo
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig) if getattr(args, f.name) is not None}
+    output = args.output or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_demo(DemoConfig(**values), output, overwrite=args.overwrite)
+
+
+def _add_methods(sub):
+    p = sub.add_parser("methods", help="List the registered methods")
+    p.set_defaults(func=cmd_methods)
+
+
+def cmd_methods(_args) -> None:
+    from .methods.base import methods_for
+
+    for stage in ("align", "finetune"):
+        print(f"{stage}:")
+        for name, spec in methods_for(stage).items():
+            print(f"  {name:10s} {spec.summary}")
+
+
+def _add_data(sub):
+    p = sub.add_parser("data", help="List the named datasets and where each is found")
+    p.set_defaults(func=cmd_data)
+
+
+def cmd_data(_args) -> None:
+    from .data.sources import SOURCES
+    from .settings import data_dir
+
+    print(f"data directory: {data_dir() or '(unset: set CLINIC_DATA_DIR)'}")
+    for name, source in SOURCES.items():
+        local = source.local_file()
+        where = str(local) if local else (f"hub {source.hub[0]}" if source.hub else "missing")
+        print(f"  {name:28s} {source.kind:15s} {where}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="clinic", description="Defend LLM fine-tuning against harmful fine-tuning: "
+                    "curate -> align -> finetune -> evaluate -> report.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    _add_train_command(sub, "align")
+    _add_train_command(sub, "finetune")
+    _add_evaluate(sub)
+    _add_demo(sub)
+    _add_methods(sub)
+    _add_data(sub)
+    for extra in EXTRA_COMMANDS:
+        extra(sub)
+    return parser
+
+
+def _sink_command(sub):
+    try:
+        from .sink import add_sink_command
+    except ImportError:
+        return
+    add_sink_command(sub)
+
+
+EXTRA_COMMANDS = [_sink_command]
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except ClinicError as exc:
+        print(f"clinic: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("clinic: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
