@@ -6,9 +6,12 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tiny models are dominated by thread overhead: one thread is much faster on a busy 2-core box.
+torch.set_num_threads(1)
 _default_data = Path(__file__).resolve().parents[2] / "shared" / "data"
 if "CLINIC_DATA_DIR" not in os.environ and _default_data.exists():
     os.environ["CLINIC_DATA_DIR"] = str(_default_data)

@@ -61,7 +61,7 @@ def test_align_finetune_evaluate_end_to_end(tmp_path, capsys, data_dir):
 
 def test_full_finetuning_saves_a_model(tmp_path, capsys, data_dir):
     code, _, err = run_cli(capsys, "finetune", "--model", "tiny-random-qwen2", "--task", "agnews", "--n", "4",
-                           "--max-steps", "1", "--batch-size", "2", "--full-ft", "--output", str(tmp_path / "ft"))
+                           "--max-steps", "1", "--batch-size", "2", "--max-length", "1024", "--full-ft", "--output", str(tmp_path / "ft"))
     assert code == 0, err
     assert (tmp_path / "ft" / "model" / "config.json").exists()
     run = json.loads((tmp_path / "ft" / "run.json").read_text())
@@ -121,3 +121,18 @@ def test_option_of_another_method_is_rejected(tmp_path, capsys):
     code, _, err = run_cli(capsys, "align", "--model", "tiny-random-llama", "--method", "sft",
                            f"--{option.replace('_', '-')}", "1", "--output", str(tmp_path / "o"))
     assert code == 2 and "does not apply to method 'sft'" in err
+
+
+def test_demo_on_a_tiny_model(tmp_path, capsys, data_dir):
+    out_dir = tmp_path / "demo"
+    code, out, err = run_cli(capsys, "demo", "--model", "tiny-random-llama", "--n-align", "8", "--n-finetune", "10",
+                             "--batch-size", "4", "--max-length", "64", "--n-prompts", "3", "--n-task", "3",
+                             "--max-new-tokens", "4", "--judges", "keyword", "--output", str(out_dir))
+    assert code == 0, err
+    table = (out_dir / "demo_table.md").read_text()
+    assert "base model" in table and "aligned (sft)" in table and "harmful fine-tune (p=0.1)" in table
+    for sub in ("eval-0-base", "1-align", "eval-1-aligned", "2-finetune", "eval-2-attacked"):
+        assert (out_dir / sub / "DONE").exists()
+    assert "HS keyword (%)" in out
+    code, _, err = run_cli(capsys, "demo", "--model", "tiny-random-llama", "--output", str(out_dir))
+    assert code == 2 and "already exists" in err

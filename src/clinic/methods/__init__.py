@@ -8,6 +8,13 @@ import importlib
 
 METHOD_MODULES = [
     "sft",
+    "vaccine",
+    "tvaccine",
+    "repnoise",
+    "booster",
+    "tar",
+    "surgery",
+    "lisa",
 ]
 
 _loaded = False

@@ -121,7 +121,7 @@ class TrainConfig:
             report_to="none",
             eval_strategy="no",
             completion_only_loss=True,
-            gradient_checkpointing=self.gradient_checkpointing,
+            activation_checkpointing=self.gradient_checkpointing,
             remove_unused_columns=True,
             dataloader_num_workers=0,
             disable_tqdm=False,

@@ -5,10 +5,19 @@ new classes. Here the decoder stack is the ``nn.ModuleList`` whose length is the
 ``num_hidden_layers``, and a layer's attention module is its child that owns the output
 projection (``o_proj``/``out_proj``/``dense``), ``self_attn`` by convention. This works through
 PEFT wrappers and for llama, qwen2, gemma, mistral and their relatives.
+
+Also here: the other structural finders (each layer's MLP, the final norm), hooks that capture
+outputs or make the embeddings' output require grad, per-layer activation checkpointing
+(:class:`LayerCheckpointer`, T-Vaccine's memory saving), and gradient bookkeeping for
+multi-pass steps (:func:`take_grads` / :func:`put_back_grads`: a step that runs several
+backward passes must not wipe what earlier micro-batches of a gradient-accumulation step left
+in ``.grad``).
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterable
 from contextlib import contextmanager
 
 import torch
@@ -118,3 +127,183 @@ def perturb_outputs(modules: dict[int, nn.Module], perturbations: dict[int, torc
     finally:
         for h in handles:
             h.remove()
+
+
+# --------------------------------------------------------------------------------------------
+# more structural finders
+
+_MLP_NAMES = ("mlp", "feed_forward", "ffn")
+
+
+def _mlp_child(layer: nn.Module) -> nn.Module | None:
+    for name in _MLP_NAMES:
+        if hasattr(layer, name) and isinstance(getattr(layer, name), nn.Module):
+            return getattr(layer, name)
+    for name, child in layer.named_children():
+        if any(n in name.lower() for n in _MLP_NAMES):
+            return child
+    return None
+
+
+def mlp_modules(model: nn.Module) -> list[nn.Module]:
+    """Each decoder layer's MLP (feed-forward) module, in layer order."""
+    mods = [_mlp_child(layer) for layer in decoder_layers(model)]
+    if any(m is None for m in mods):
+        raise ValueError("a decoder layer has no MLP module")
+    return mods
+
+
+_NORM_NAMES = ("norm", "final_layernorm", "ln_f", "final_layer_norm", "final_norm")
+
+
+def final_norm(model: nn.Module) -> nn.Module:
+    """The norm applied to the last hidden state before the LM head (``model.model.norm``)."""
+    layers = decoder_layers(model)
+    for module in model.modules():
+        if any(child is layers for child in module.children()):
+            for name in _NORM_NAMES:
+                norm = getattr(module, name, None)
+                if isinstance(norm, nn.Module):
+                    return norm
+    raise ValueError(f"could not find the final norm of {type(model).__name__}")
+
+
+# --------------------------------------------------------------------------------------------
+# capturing
+
+
+@contextmanager
+def capture_outputs(modules: dict[int, nn.Module], store: dict[int, torch.Tensor]):
+    """While active, ``store[i]`` holds the latest forward output (first tensor) of ``modules[i]``.
+
+    The tensors stay in the autograd graph: losses built on them backpropagate into the model.
+    """
+    handles = []
+
+    def make_hook(i):
+        def forward_hook(_module, _args, output):
+            store[i] = _first_tensor(output)
+
+        return forward_hook
+
+    try:
+        for i, module in modules.items():
+            handles.append(module.register_forward_hook(make_hook(i)))
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def inputs_require_grad(model: nn.Module):
+    """While active, the input embeddings' output requires grad, so gradients w.r.t. every
+    layer's activations exist even where no parameter upstream is trainable."""
+
+    def hook(_module, _args, output):
+        if torch.is_grad_enabled() and not output.requires_grad:
+            output.requires_grad_(True)
+        return output
+
+    handle = model.get_input_embeddings().register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+# --------------------------------------------------------------------------------------------
+# per-layer activation checkpointing
+
+
+def _tensors(value):
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            yield from _tensors(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _tensors(v)
+
+
+def _needs_graph(layer: nn.Module, args, kwargs) -> bool:
+    """Whether a layer's forward builds an autograd graph (else it saves nothing anyway, and a
+    checkpoint would only keep its inputs for nothing)."""
+    return any(t.requires_grad for t in _tensors((args, kwargs))) or any(p.requires_grad for p in layer.parameters())
+
+
+class LayerCheckpointer:
+    """Activation checkpointing switched on per decoder layer.
+
+    Each layer's ``forward`` is wrapped (an instance attribute, so the class and other models
+    are untouched). A layer whose index is in :attr:`checkpointed` runs under non-reentrant
+    :func:`torch.utils.checkpoint.checkpoint` whenever gradients are enabled: its activations are
+    not kept, only its inputs, and it is recomputed in backward, so gradients still flow *through*
+    it to earlier layers (a ``no_grad`` layer would cut them). What a checkpointed layer keeps is
+    its input hidden state ([B, T, D]); a layer through which no gradient flows (frozen, before
+    every trainable layer) is not checkpointed at all, as it keeps nothing. Module hooks of the layer itself
+    stay outside the checkpoint; hooks of its children (attention perturbations) run again in the
+    recomputation, so they must stay registered until backward is done.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.layers = decoder_layers(model)
+        self.checkpointed: set[int] = set()
+        self._originals: dict[int, object] = {}
+        for i, layer in enumerate(self.layers):
+            self._originals[i] = layer.__dict__.get("forward")
+            layer.forward = self._wrap(i, layer, layer.forward)
+
+    def _wrap(self, index: int, layer: nn.Module, forward):
+        from torch.utils.checkpoint import checkpoint
+
+        @functools.wraps(forward)
+        def wrapped(*args, **kwargs):
+            if index in self.checkpointed and torch.is_grad_enabled() and layer.training and _needs_graph(layer, args, kwargs):
+                return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+            return forward(*args, **kwargs)
+
+        return wrapped
+
+    def set(self, indices: Iterable[int]) -> None:
+        self.checkpointed = set(indices)
+
+    def remove(self) -> None:
+        """Restore every layer's own ``forward``."""
+        for i, layer in enumerate(self.layers):
+            original = self._originals.get(i)
+            if original is None:
+                layer.__dict__.pop("forward", None)
+            else:
+                layer.forward = original
+        self._originals.clear()
+        self.checkpointed = set()
+
+
+# --------------------------------------------------------------------------------------------
+# gradient bookkeeping for multi-pass steps
+
+
+def take_grads(model: nn.Module) -> dict[nn.Parameter, torch.Tensor]:
+    """Move every existing ``.grad`` of ``model`` out (they become ``None``) and return them."""
+    stash = {}
+    for p in model.parameters():
+        if p.grad is not None:
+            stash[p] = p.grad
+            p.grad = None
+    return stash
+
+
+def put_back_grads(stash: dict[nn.Parameter, torch.Tensor]) -> None:
+    """Add stashed gradients back onto ``.grad`` (the inverse of :func:`take_grads`)."""
+    for p, g in stash.items():
+        p.grad = g if p.grad is None else p.grad + g
+
+
+def grad_norm(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
+    """The global L2 norm of several tensors, accumulated in fp32."""
+    squares = [t.detach().float().pow(2).sum() for t in tensors]
+    if not squares:
+        return torch.tensor(0.0)
+    return torch.stack([s.to(squares[0].device) for s in squares]).sum().sqrt()

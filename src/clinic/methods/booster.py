@@ -1,0 +1,104 @@
+"""Booster (Huang et al. 2024): attenuate the harmful perturbation a later fine-tuner would
+apply (ALGORITHMS.md §3.5).
+
+    min_w  f(w) + lambda * ( h(w) - h(w - alpha * grad h(w) / ||grad h(w)||) )
+
+f: CE on the alignment batch; h: CE on a harmful batch. One step (3 passes):
+
+1. g_h = grad h(w) on the harmful batch;
+2. w' = w - alpha * g_h / (||g_h|| + 1e-7), the norm global over every trainable parameter;
+3. g_h' = grad h(w') on the same harmful batch; w restored exactly (a saved copy, not w' + step);
+4. g_a = grad f(w) on the alignment batch;
+5. the update uses g_a + lambda * (g_h - g_h')  (first order: no Hessian term through w').
+
+Interactions: gradient clipping happens in Trainer after ``training_step``, so it clips the
+combined gradient (as in the reference). Gradient checkpointing is fine: each pass finishes its
+backward (and so its recomputation) before the weights move. Gradients left in ``.grad`` by
+earlier micro-batches of an accumulation step are kept aside during the step and added back.
+``perturb_aware=True`` replaces pass 4 by a Vaccine step on the alignment batch (5 passes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import ClinicError
+from .base import ClinicTrainer, MethodConfig, register_method
+from .hooks import attention_modules, grad_norm, put_back_grads, take_grads
+from .vaccine import vaccine_passes
+
+
+@dataclass
+class BoosterConfig(MethodConfig):
+    lam: float = field(default=5.0, metadata={"help": "lambda: weight of the harmful-perturbation regulariser"})
+    alpha: float = field(default=0.1, metadata={"help": "step size of the simulated (normalised) harmful step"})
+    harmful_batch_size: int = field(default=0, metadata={"help": "harmful batch size (0: the training batch size; reference 10)"})
+    perturb_aware: bool = field(default=False, metadata={"help": "use a Vaccine step for the alignment gradient (5 passes)"})
+    rho: float = field(default=2.0, metadata={"help": "Vaccine rho when perturb_aware is on"})
+    harmful_data: str = field(default="beavertails-harmful", metadata={"help": "harmful (prompt, harmful answer) pairs"})
+    harmful_size: int = field(default=2000, metadata={"help": "number of harmful pairs (Booster's scripts: 5000)"})
+
+    streams = {"harmful": ("harmful_data", "harmful_size")}
+
+    def __post_init__(self):
+        if self.harmful_batch_size < 0:
+            raise ClinicError("harmful_batch_size must be non-negative")
+
+
+def loss_grads(trainer: ClinicTrainer, model, batch, params: list[torch.nn.Parameter]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(loss, gradients of ``params``) of the LM loss on ``batch``, via the trainer's backward
+    (so scaled like every other gradient of the step); ``.grad`` is left empty."""
+    with trainer.compute_loss_context_manager():
+        loss = trainer.lm_loss(model, batch)
+    trainer.backward(loss)
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    for p in params:
+        p.grad = None
+    return loss.detach(), grads
+
+
+@register_method("booster", stage="align", config=BoosterConfig,
+                 summary="alignment + penalty on how much one normalised harmful step lowers the harmful loss (3 passes)")
+class BoosterTrainer(ClinicTrainer):
+    """Booster: g_a + lambda (g_h - g_h') with g_h' the harmful gradient after a normalised
+    harmful step."""
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        cfg: BoosterConfig = self.method_config
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        harmful = self.next_batch("harmful", cfg.harmful_batch_size or None)
+        params = self.trainable_parameters()
+        stash = take_grads(model)
+        with self.maybe_activation_offload_context:
+            loss_h, g_h = loss_grads(self, model, harmful, params)
+            norm = grad_norm(g_h)
+            original = [p.detach().clone() for p in params]
+            with torch.no_grad():
+                for p, g in zip(params, g_h):
+                    p.sub_(g * (cfg.alpha / (norm.to(g.device) + 1e-7)).to(g.dtype))
+            try:
+                loss_h2, g_h2 = loss_grads(self, model, harmful, params)
+            finally:
+                with torch.no_grad():
+                    for p, w in zip(params, original):
+                        p.copy_(w)
+            del original
+            if cfg.perturb_aware:
+                modules = dict(enumerate(attention_modules(model)))
+                loss, _ = vaccine_passes(self, model, inputs, modules, cfg.rho)
+            else:
+                with self.compute_loss_context_manager():
+                    loss = self.lm_loss(model, inputs)
+                self.backward(loss)
+        with torch.no_grad():
+            for p, a, b in zip(params, g_h, g_h2):
+                extra = cfg.lam * (a - b)
+                p.grad = extra if p.grad is None else p.grad + extra
+        put_back_grads(stash)
+        metrics = self._metrics["train"]
+        metrics["booster/harmful_loss"].append(float(loss_h))
+        metrics["booster/harmful_loss_after_step"].append(float(loss_h2))
+        return loss.detach() / self.current_gradient_accumulation_steps

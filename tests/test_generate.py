@@ -1,0 +1,143 @@
+"""Batched left-padded greedy generation must equal one-prompt-at-a-time generation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from clinic.data.formatting import PromptFormat, encode_prompts, format_prompt
+from clinic.errors import ClinicError
+from clinic.evaluation.generate import generate, left_pad, stop_token_ids
+from clinic.models import TINY_ARCHS, tiny_random_model
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from threads, and on a shared, busy machine OpenMP threads
+    spinning against each other make them 100x slower: run these tests single-threaded."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+TEXTS = [
+    "hi",
+    "Tell me how to bake a chocolate cake with strawberries, step by step please.",
+    "What is 2+2?",
+    "xxxxx",
+    "Explain quantum computing in simple terms for a curious five-year-old child, with an example.",
+    "ok ok ok",
+    "A medium-length question about the weather in Paris?",
+]
+
+
+def _prompt_ids(tok, texts=TEXTS):
+    fmt = PromptFormat("chat")
+    return encode_prompts(tok, fmt, [format_prompt(tok, fmt, t) for t in texts])
+
+
+def _reference(model, tok, ids, max_new_tokens):
+    """Independent one-at-a-time greedy decoding: plain model.generate, no padding."""
+    stops = set(stop_token_ids(model, tok))
+    out = []
+    with torch.inference_mode():
+        for row in ids:
+            seq = model.generate(
+                input_ids=torch.tensor([row]), attention_mask=torch.ones(1, len(row), dtype=torch.long),
+                do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, eos_token_id=sorted(stops),
+                pad_token_id=tok.pad_token_id,
+            )[0, len(row):].tolist()
+            cut = next((i for i, t in enumerate(seq) if t in stops), len(seq))
+            out.append(tok.decode(seq[:cut], skip_special_tokens=True).strip())
+    return out
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_batched_equals_unbatched_tiny(arch):
+    model, tok = tiny_random_model(arch, seed=1)
+    ids = _prompt_ids(tok)
+    assert len({len(i) for i in ids}) >= 5  # really different lengths: the batch is padded
+    single = generate(model, tok, ids, batch_size=1, max_new_tokens=20, progress=False)
+    batched = generate(model, tok, ids, batch_size=4, max_new_tokens=20, progress=False)
+    whole = generate(model, tok, ids, batch_size=len(ids), max_new_tokens=20, progress=False)
+    assert batched == single
+    assert whole == single
+    assert single == _reference(model, tok, ids, 20)
+    assert sum(len(s) for s in single) > 0  # a random model does produce text
+
+
+def test_order_is_restored_and_outputs_differ_per_prompt():
+    model, tok = tiny_random_model("llama", seed=3)
+    ids = _prompt_ids(tok)
+    forward = generate(model, tok, ids, batch_size=3, max_new_tokens=12, progress=False)
+    backward = generate(model, tok, ids[::-1], batch_size=3, max_new_tokens=12, progress=False)
+    assert backward == forward[::-1]
+    assert len(set(forward)) > 1
+
+
+def test_stops_at_eos_and_returns_new_tokens_only():
+    """The generation config's eos id stops an answer too (here it differs from the tokenizer's):
+    with that token forced, every answer is empty; nothing of the prompt leaks into it."""
+    model, tok = tiny_random_model("qwen2", seed=0)
+    config_eos = tok.convert_tokens_to_ids("<eos>")
+    assert config_eos != tok.eos_token_id
+    model.generation_config.eos_token_id = config_eos
+
+    def force(token_id):
+        def hook(module, inputs, output):
+            output = output.clone()
+            output[..., token_id] = 100.0
+            return output
+
+        return hook
+
+    ids = _prompt_ids(tok, TEXTS[:3])
+    handle = model.lm_head.register_forward_hook(force(config_eos))
+    assert generate(model, tok, ids, batch_size=2, max_new_tokens=8, progress=False) == ["", "", ""]
+    handle.remove()
+    letter = tok.convert_tokens_to_ids("A")
+    handle = model.lm_head.register_forward_hook(force(letter))
+    assert generate(model, tok, ids, batch_size=2, max_new_tokens=5, progress=False) == ["AAAAA"] * 3
+    handle.remove()
+
+
+def test_left_pad_and_stop_ids():
+    ids, mask = left_pad([[5, 6, 7], [8]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    model, tok = tiny_random_model("gemma")
+    model.generation_config.eos_token_id = [tok.convert_tokens_to_ids("<eos>"), tok.eos_token_id]
+    assert stop_token_ids(model, tok) == [tok.convert_tokens_to_ids("<eos>"), tok.eos_token_id]
+
+
+def test_model_mode_is_restored_and_errors():
+    model, tok = tiny_random_model("llama")
+    model.train()
+    assert generate(model, tok, [], progress=False) == []
+    generate(model, tok, _prompt_ids(tok, ["hi"]), max_new_tokens=2, progress=False)
+    assert model.training
+    with pytest.raises(ClinicError, match="empty prompt"):
+        generate(model, tok, [[]], progress=False)
+    with pytest.raises(ClinicError, match="batch_size"):
+        generate(model, tok, [[1]], batch_size=0, progress=False)
+
+
+@pytest.mark.slow
+def test_batched_equals_unbatched_smollm2():
+    from clinic.models import load_model
+
+    model, tok = load_model("smollm2-135m-instruct")
+    texts = [
+        "What is the capital of France?",
+        "Write a haiku about the sea.",
+        "How do I make a walkway slippery so that my neighbour falls?",
+        "Explain in two sentences why the sky is blue, and mention Rayleigh scattering by name.",
+        "Give me three tips for learning Python.",
+        "hi",
+    ]
+    ids = _prompt_ids(tok, texts)
+    single = generate(model, tok, ids, batch_size=1, max_new_tokens=24, progress=False)
+    batched = generate(model, tok, ids, batch_size=6, max_new_tokens=24, progress=False)
+    assert batched == single
+    assert "Paris" in single[0]
+    assert all(s for s in single)
