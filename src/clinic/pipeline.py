@@ -27,7 +27,7 @@ from .data.sources import load_rows
 from .errors import ClinicError
 from .methods.base import MethodSpec, TrainConfig, get_method, method_config
 from .models import attach_lora, default_prompt_style, load_model, merge_adapter
-from .rundir import RunDir, is_run_dir, package_versions, read_run
+from .rundir import RunDir, check_output_dir, is_run_dir, package_versions, read_run
 from .tasks import SCORED_TASKS, get_task
 
 # --------------------------------------------------------------------------------------------
@@ -149,6 +149,7 @@ def run_train(
     callbacks: list | None = None,
 ) -> Path:
     """Align or fine-tune ``model`` with ``method``; returns the finished run directory."""
+    check_output_dir(output, overwrite)
     spec = get_method(method, stage)
     cfg = method_config(spec, **(method_options or {}))
     chain = resolve_ref(model)
@@ -310,6 +311,7 @@ def run_evaluate(model: str, cfg: EvalConfig, output: str | Path, overwrite: boo
     """Harmful score on each prompt set with each judge, and fine-tune accuracy per task."""
     from .evaluation.judges import get_judge
 
+    check_output_dir(output, overwrite)
     chain = resolve_ref(model)
     check_chain(chain)
     for name in cfg.harmful_sets:
