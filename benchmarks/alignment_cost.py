@@ -29,13 +29,15 @@ bound tight, CPU workers run with ``MALLOC_MMAP_THRESHOLD_=131072`` (glibc then 
 above 128 KiB separately and unmaps it when freed, instead of raising its threshold and keeping
 freed activations resident); ``--default-malloc`` turns this off.
 
-Time: the median over the timed steps of ``training_step`` + ``optimizer.step``. CPU timings on a
-shared 2-core machine are noisy: the load average is recorded with the results.
+Time: the median over the timed steps of ``training_step`` + ``optimizer.step``, wall clock and
+(CPU) process CPU time. On a shared machine the wall clock depends on what else runs; with
+``--threads 1`` the process CPU time does much less, so it is the CPU figure to compare. The
+load average is recorded with the results.
 
 Run::
 
     python benchmarks/alignment_cost.py                  # CUDA (7B shape) if available, else CPU (small)
-    python benchmarks/alignment_cost.py --device cpu --steps 3 --threads 2
+    python benchmarks/alignment_cost.py --device cpu --steps 3 --threads 1
 
 Results are printed and saved to ``benchmarks/results/alignment_cost.json`` (one entry per
 device, merged into the file).
@@ -167,19 +169,21 @@ def worker(opts: dict) -> dict:
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base_mb = torch.cuda.memory_allocated() / 2**20
-    times = []
+    times, cpu_times = [], []
     for _ in range(opts["steps"]):
         _sync(device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         step()
         _sync(device)
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
     out = {
         "variant": variant,
         "method": method,
         "method_options": method_options,
         "step_s": statistics.median(times),
         "step_times_s": [round(t, 4) for t in times],
+        "step_cpu_s": statistics.median(cpu_times),
     }
     if device == "cuda":
         out["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -263,11 +267,14 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         ratios[variant] = {"time": round(r["step_s"] / base["step_s"], 3), "memory": round(r[mem_key] / base[mem_key], 3)}
         if device == "cpu":
+            ratios[variant]["cpu_time"] = round(r["step_cpu_s"] / base["step_cpu_s"], 3)
             ratios[variant]["peak_rss"] = round(r["peak_rss_mb"] / base["peak_rss_mb"], 3)
     vac, tv = results.get("vaccine", {}), results.get("tvaccine", {})
     tv_vs_vaccine = None
     if vac and tv and "error" not in vac and "error" not in tv:
         tv_vs_vaccine = {"time": round(tv["step_s"] / vac["step_s"], 3), "memory": round(tv[mem_key] / vac[mem_key], 3)}
+        if device == "cpu":
+            tv_vs_vaccine["cpu_time"] = round(tv["step_cpu_s"] / vac["step_cpu_s"], 3)
 
     record = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

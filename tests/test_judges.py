@@ -4,7 +4,6 @@ on tiny random models saved to a temporary directory (the real weights cannot be
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
@@ -32,13 +31,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture
-def data_dir():
-    if not os.environ.get("CLINIC_DATA_DIR"):
-        pytest.skip("CLINIC_DATA_DIR is not set")
-    return os.environ["CLINIC_DATA_DIR"]
 
 
 @pytest.fixture

@@ -41,7 +41,10 @@ def trainer(tmp_path):
     return t
 
 
-def test_perturbation_has_norm_rho_and_gradient_direction(trainer):
+@pytest.mark.parametrize("fallback", [False, True])
+def test_perturbation_has_norm_rho_and_gradient_direction(trainer, fallback):
+    if fallback:  # the full-backward path used under reentrant checkpointing
+        trainer.args.gradient_checkpointing_kwargs = {"use_reentrant": True}
     model = trainer.model
     batch = fixed_batch(trainer)
     g = attention_output_grads(model, batch)
