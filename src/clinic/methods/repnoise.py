@@ -54,7 +54,6 @@ class RepNoiseConfig(MethodConfig):
                           "false: independent draws and the reference's token-difference mask"},
     )
     noise_on: str = field(default="mlp", metadata={"help": "representations pushed to noise: 'mlp' outputs (reference) or 'hidden' states"})
-    harmful_batch_size: int = field(default=0, metadata={"help": "harmful batch size when unpaired (0: the training batch size)"})
     harmful_data: str = field(default="beavertails-harmful", metadata={"help": "harmful (prompt, harmful answer) pairs"})
     harmful_size: int = field(default=2000, metadata={"help": "number of harmful pairs"})
 
@@ -65,8 +64,6 @@ class RepNoiseConfig(MethodConfig):
             raise ClinicError(f"unknown noise_on {self.noise_on!r}; choose one of {', '.join(NOISE_ON)}")
         if self.alpha < 0 or self.beta < 0:
             raise ClinicError("alpha and beta must be non-negative")
-        if self.harmful_batch_size < 0:
-            raise ClinicError("harmful_batch_size must be non-negative")
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,11 +215,8 @@ class RepNoiseTrainer(ClinicTrainer):
         """(H, S, M_H, M_S) for the alignment batch ``inputs``."""
         cfg: RepNoiseConfig = self.method_config
         pad_id = self.processing_class.pad_token_id
-        if not cfg.paired:
-            h = self.next_batch("harmful", cfg.harmful_batch_size or inputs["input_ids"].shape[0])
-            if h["input_ids"].shape[0] != inputs["input_ids"].shape[0]:
-                raise ClinicError("RepNoise unpaired: the token-difference mask needs harmful_batch_size equal to the batch size")
-            return difference_masks(h, inputs, pad_id)
+        if not cfg.paired:  # row i of H against row i of S: the same number of rows
+            return difference_masks(self.next_batch("harmful", inputs["input_ids"].shape[0]), inputs, pad_id)
         if self.n_shared_prompts == 0:
             h = self.next_batch("harmful", inputs["input_ids"].shape[0])
         else:
