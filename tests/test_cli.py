@@ -68,59 +68,7 @@ def test_full_finetuning_saves_a_model(tmp_path, capsys, data_dir):
     assert run["model_chain"]["adapters"] == [] and run["model_chain"]["base"].endswith("model")
 
 
-BAD_INPUTS = [
-    (["finetune", "--model", "tiny-random-llama", "--task", "sst2", "--n", "10", "--poison-ratio", "1.5"], "within [0, 1]"),
-    (["finetune", "--model", "tiny-random-llama", "--task", "sst2", "--n", "999999", "--poison-ratio", "0.5"], "are available"),
-    (["finetune", "--model", "tiny-random-llama", "--task", "imdb", "--n", "10"], "unknown task 'imdb'"),
-    (["align", "--model", "tiny-random-llama", "--method", "nosuch"], "unknown align method 'nosuch'"),
-    (["align", "--model", "tiny-random-llama", "--preset", "fast"], "unknown preset 'fast'"),
-    (["align", "--model", "tiny-random-llama", "--schedule", "cosin"], "unknown schedule 'cosin'"),
-    (["align", "--model", "./missing-model", "--n", "4"], "not found"),
-    (["align", "--model", "tiny-random-llama", "--data", "missing.jsonl"], "unknown dataset 'missing.jsonl'"),
-    (["align", "--model", "tiny-random-llama", "--n", "100000"], "are available"),
-    (["evaluate", "--model", "tiny-random-llama", "--judges", "vibes"], "unknown judge"),
-    (["evaluate", "--model", "tiny-random-llama", "--tasks", "alpaca"], "no accuracy rule"),
-    (["evaluate", "--model", "tiny-random-llama", "--harmful-prompts", "advbench", "--n-prompts", "5000"], "only 520"),
-]
-
-
-@pytest.mark.parametrize("argv,message", BAD_INPUTS)
-def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, data_dir, argv, message):
-    out_dir = tmp_path / "out"
-    code, _, err = run_cli(capsys, *argv, "--output", str(out_dir))
-    assert code == 2
-    assert err.count("\n") == 1 and message in err, err
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_existing_output_is_never_overwritten(tmp_path, capsys):
-    out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    (out_dir / "keep.txt").write_text("mine")
-    code, _, err = run_cli(capsys, "align", "--model", "tiny-random-llama", "--output", str(out_dir))
-    assert code == 2 and "already exists" in err
-    assert (out_dir / "keep.txt").read_text() == "mine"
-
-
-def test_bad_user_file_column(tmp_path, capsys):
-    path = tmp_path / "data.jsonl"
-    path.write_text('{"question": "q", "answer": "a"}\n')
-    code, _, err = run_cli(capsys, "align", "--model", "tiny-random-llama", "--data", str(path),
-                           "--columns", "prompt=question,response=reply", "--output", str(tmp_path / "o"))
-    assert code == 2 and "data.jsonl row 1: missing column 'reply'" in err
-    assert not (tmp_path / "o").exists()
-
-
-def test_option_of_another_method_is_rejected(tmp_path, capsys):
-    from clinic.methods.base import methods_for
-
-    options = {f for spec in methods_for("align").values() for f in spec.config.__dataclass_fields__}
-    if not options:
-        pytest.skip("no align method with options registered yet")
-    option = sorted(options)[0]
-    code, _, err = run_cli(capsys, "align", "--model", "tiny-random-llama", "--method", "sft",
-                           f"--{option.replace('_', '-')}", "1", "--output", str(tmp_path / "o"))
-    assert code == 2 and "does not apply to method 'sft'" in err
+# Bad inputs (one-line errors, exit code 2, nothing written): tests/test_errors.py.
 
 
 def test_demo_on_a_tiny_model(tmp_path, capsys, data_dir):

@@ -240,8 +240,10 @@ def register_sink_attention() -> str:
 
 
 def _pretrained(model):
-    """The transformers model under a PEFT wrapper (or the model itself)."""
-    inner = model
+    """The transformers model under a PEFT (and DDP / DeepSpeed) wrapper, or the model itself."""
+    from .methods.engines import unwrap
+
+    inner = unwrap(model)
     for _ in range(4):
         if hasattr(inner, "set_attn_implementation") and hasattr(inner, "config"):
             return inner

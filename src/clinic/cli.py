@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from .curation import add_curate_command  # light: the module imports torch only when run
 from .errors import ClinicError
 
 # --------------------------------------------------------------------------------------------
@@ -174,6 +175,8 @@ def _add_evaluate(sub):
                    "harmbench, sorrybench, or files")
     p.add_argument("--n-prompts", type=int, default=100, help="prompts per set (the first N)")
     p.add_argument("--judges", default="keyword,classifier", help="comma-separated: keyword, classifier, beaverdam, llamaguard")
+    p.add_argument("--judge-model", action="append", default=[], metavar="JUDGE=PATH",
+                   help="local weights of a model judge, e.g. beaverdam=/models/beaver-dam-7b (repeatable)")
     p.add_argument("--tasks", default="sst2", help="comma-separated tasks for accuracy (sst2, agnews, gsm8k; '' for none)")
     p.add_argument("--n-task", type=int, default=100, help="test rows per task (the first N)")
     p.add_argument("--rule", default="substring", choices=["substring", "exact"], help="classification scoring rule")
@@ -181,7 +184,27 @@ def _add_evaluate(sub):
     p.add_argument("--max-new-tokens", type=int, default=64, help="new tokens for harmful prompts")
     p.add_argument("--prompt-style", choices=["chat", "alpaca"], help="default: as the model was trained")
     p.add_argument("--system-prompt", help="system prompt for the chat style")
+    p.add_argument("--backend", default="hf", choices=["hf", "vllm"],
+                   help="generation backend: hf (batched transformers) or vllm (pip install clinic[vllm]; "
+                   "falls back to hf with a warning when vllm is missing)")
     p.set_defaults(func=cmd_evaluate)
+
+
+def _judges(names: list[str], paths: list[str]) -> dict | None:
+    """The judges of ``names`` with the weights given by ``--judge-model JUDGE=PATH`` (None: defaults)."""
+    if not paths:
+        return None
+    from .evaluation.judges import get_judge
+
+    given = {}
+    for item in paths:
+        judge, sep, path = item.partition("=")
+        if not sep or not path:
+            raise ClinicError(f"--judge-model {item!r} must look like JUDGE=PATH")
+        if judge not in names:
+            raise ClinicError(f"--judge-model names {judge}, which is not among --judges ({', '.join(names)})")
+        given[judge] = path
+    return {name: get_judge(name, **({"model_path": given[name]} if name in given else {})) for name in names}
 
 
 def _split(value: str) -> list[str]:
@@ -195,8 +218,12 @@ def cmd_evaluate(args) -> None:
         harmful_sets=_split(args.harmful_prompts), n_prompts=args.n_prompts, judges=_split(args.judges),
         tasks=_split(args.tasks), n_task=args.n_task, task_rule=args.rule, batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens, prompt_style=args.prompt_style, system_prompt=args.system_prompt,
+        backend=args.backend,
     )
-    out = run_evaluate(args.model, cfg, args.output, overwrite=args.overwrite)
+    from .rundir import check_output_dir
+
+    check_output_dir(args.output, args.overwrite)  # before loading any judge model
+    out = run_evaluate(args.model, cfg, args.output, overwrite=args.overwrite, judges=_judges(cfg.judges, args.judge_model))
     from .report import metrics_lines
 
     print("\n".join(metrics_lines(read_metrics(out))))
@@ -277,7 +304,36 @@ def _sink_command(sub):
     add_sink_command(sub)
 
 
-EXTRA_COMMANDS = [_sink_command]
+def _run_commands(sub):
+    p = sub.add_parser("run", help="Run (or resume) an experiment file: a grid of curate/align/finetune/evaluate/sink "
+                       "stages, shared by config hash", description="Run or resume an experiment. Finished stages are "
+                       "skipped; a stage killed mid-way restarts from its beginning. See docs/experiments.md.")
+    p.add_argument("experiment", help="experiment YAML file (see configs/)")
+    p.add_argument("--output", help="experiment directory (default runs/<experiment name>)")
+    p.add_argument("--store", help="stage store shared between experiments (default <output>/stages)")
+    p.add_argument("--dry-run", action="store_true", help="print the stages and whether each is done, run nothing")
+    p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    p.set_defaults(func=cmd_run)
+    r = sub.add_parser("report", help="Tables, figures and a self-contained HTML report for an experiment directory")
+    r.add_argument("run_dir", help="experiment directory written by `clinic run`")
+    r.add_argument("--output", help="report directory (default RUN_DIR/report)")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing report directory")
+    r.set_defaults(func=cmd_report)
+
+
+def cmd_run(args) -> None:
+    from .experiment import run_experiment
+
+    run_experiment(args.experiment, args.output, args.store, dry_run=args.dry_run, report=not args.no_report)
+
+
+def cmd_report(args) -> None:
+    from .report import write_report
+
+    write_report(args.run_dir, args.output, overwrite=args.overwrite)
+
+
+EXTRA_COMMANDS = [_sink_command, _run_commands, add_curate_command]
 
 
 def main(argv: list[str] | None = None) -> int:

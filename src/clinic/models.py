@@ -11,6 +11,8 @@ A model is named by a Hugging Face id, a local directory, or an alias:
   loaded as ``gemma3_text``). It has no chat template: use the Alpaca prompt style.
 - ``tiny-random-<arch>`` for ``llama``, ``qwen2``, ``gemma``, ``mistral``: a tiny randomly
   initialised model (2 layers, hidden 64) with a small byte-level tokenizer, for tests.
+- a local ``.gguf`` file: de-quantized by transformers on every load (checked for the GGUF
+  magic bytes first, so that any other file is a one-line error).
 """
 
 from __future__ import annotations
@@ -185,12 +187,31 @@ def resolve_model_path(name: str) -> str:
             return entry.hub_id
     path = Path(name).expanduser()
     if path.exists():
-        if path.is_dir() and not (path / "config.json").exists():
-            raise ClinicError(f"model directory {path} has no config.json")
+        if path.is_dir():
+            if not (path / "config.json").exists():
+                raise ClinicError(f"model directory {path} has no config.json")
+        elif path.suffix.lower() == ".gguf":
+            check_gguf(path)
+        else:
+            raise ClinicError(f"model path {path} is a file; expected a model directory (with config.json) or a .gguf file")
         return str(path)
     if name.startswith(("/", "./", "../", "~")) or offline():
         raise ClinicError(f"model {name!r} not found (no such directory, and not an alias: {', '.join(ALIASES)})")
     return name
+
+
+GGUF_MAGIC = b"GGUF"
+
+
+def check_gguf(path: Path) -> None:
+    """A one-line error unless ``path`` starts like a GGUF file."""
+    try:
+        with path.open("rb") as fh:
+            magic = fh.read(4)
+    except OSError as exc:
+        raise ClinicError(f"cannot read model file {path}: {exc.strerror or exc}") from None
+    if magic != GGUF_MAGIC:
+        raise ClinicError(f"{path} is not a GGUF model file (it does not start with the GGUF magic bytes)")
 
 
 def prepare_tokenizer(tokenizer, model=None):
@@ -224,11 +245,20 @@ def load_model(
         kwargs = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
+        gguf = source.lower().endswith(".gguf") and Path(source).is_file()
+        if gguf:  # transformers reads a GGUF file from its folder
+            kwargs["gguf_file"] = Path(source).name
+            source = str(Path(source).parent)
         try:
-            tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+            tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code,
+                                                **({"gguf_file": kwargs["gguf_file"]} if gguf else {}))
             model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         except (OSError, ValueError) as exc:
-            raise ClinicError(f"cannot load model {name!r} from {source}: {str(exc).splitlines()[0]}") from None
+            raise ClinicError(f"cannot load model {name!r} from {source}: {(str(exc).splitlines() or [''])[0]}") from None
+        except Exception as exc:  # noqa: BLE001  a damaged GGUF file fails in many ways inside its parser
+            if not gguf:
+                raise
+            raise ClinicError(f"cannot load GGUF model {name!r}: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}") from None
     prepare_tokenizer(tok, model)
     if device:
         model.to(device)

@@ -26,6 +26,7 @@ from .data.mixture import build_attack_set, check_mixture_args, take_qa
 from .data.sources import load_rows
 from .errors import ClinicError
 from .methods.base import MethodSpec, TrainConfig, get_method, method_config
+from .methods.engines import check_engine
 from .models import attach_lora, default_prompt_style, load_model, merge_adapter
 from .rundir import RunDir, check_output_dir, is_run_dir, package_versions, read_run
 from .tasks import SCORED_TASKS, get_task
@@ -148,15 +149,20 @@ def run_train(
     overwrite: bool = False,
     callbacks: list | None = None,
 ) -> Path:
-    """Align or fine-tune ``model`` with ``method``; returns the finished run directory."""
+    """Align or fine-tune ``model`` with ``method``; returns the finished run directory.
+
+    Under ``accelerate launch`` / torchrun every process calls this; the main process writes."""
     check_output_dir(output, overwrite)
     spec = get_method(method, stage)
     cfg = method_config(spec, **(method_options or {}))
+    engine = check_engine(spec.name, spec.engines)
     chain = resolve_ref(model)
     check_chain(chain)
     samples, indices = _training_samples(stage, data, train.seed)
     streams, stream_manifest = _extra_streams(spec, cfg, train.seed)
+    args = train.sft_config(str(Path(output) / "checkpoints"))  # starts the process group, if any
     with RunDir(output, overwrite) as run:
+        args.output_dir = str(run.path / "checkpoints")
         model_obj, tok = load_chain(chain)
         if train.prompt_style == "chat" and not getattr(tok, "chat_template", None):
             raise ClinicError(f"model {chain.base!r} has no chat template; use --prompt-style alpaca")
@@ -181,7 +187,7 @@ def run_train(
         torch.manual_seed(train.seed)
         trainer = spec.trainer(
             model=model_obj,
-            args=train.sft_config(str(run.path / "checkpoints")),
+            args=args,
             train_dataset=Dataset.from_list(rows),
             processing_class=tok,
             method_config=cfg,
@@ -193,12 +199,12 @@ def run_train(
         result = trainer.train()
         seconds = time.perf_counter() - start
         run.write_jsonl("train_log.jsonl", trainer.state.log_history)
+        _save_weights(trainer, run, "model" if train.full_ft else "adapter", engine)
         if train.full_ft:
-            trainer.model.save_pretrained(run.path / "model", safe_serialization=True)
-            tok.save_pretrained(run.path / "model")
+            if run.is_main:
+                tok.save_pretrained(run.path / "model")
             new_chain = ModelChain(str(run.final / "model"), [], asdict(fmt))
         else:
-            trainer.model.save_pretrained(run.path / "adapter")
             new_chain = ModelChain(chain.base, chain.adapters + [str(run.final / "adapter")], asdict(fmt))
         run.write_json(
             "metrics.json",
@@ -217,6 +223,14 @@ def run_train(
     return run.final
 
 
+def _save_weights(trainer, run: RunDir, name: str, engine: str) -> None:
+    """The trained model (full) or adapter (LoRA) to ``run.path / name``, written once."""
+    if engine in ("fsdp", "zero3"):  # sharded weights: every process takes part in gathering them
+        trainer.save_model(str(run.path / name))
+    elif run.is_main:
+        trainer.model.save_pretrained(run.path / name, safe_serialization=True)
+
+
 # --------------------------------------------------------------------------------------------
 # evaluation
 
@@ -233,11 +247,15 @@ class EvalConfig:
     max_new_tokens: int = 64
     prompt_style: str | None = None  # None: what the model was trained with, else its default
     system_prompt: str | None = None
+    backend: str = "hf"  # generation: hf (batched transformers) or vllm (falls back to hf when missing)
 
     def __post_init__(self):
         from .evaluation.judges import get_judge  # noqa: F401  validated below
+        from .evaluation.vllm_backend import BACKENDS
         from .tasks import SCORING_RULES
 
+        if self.backend not in BACKENDS:
+            raise ClinicError(f"unknown generation backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
         if self.task_rule not in SCORING_RULES:
             raise ClinicError(f"unknown scoring rule {self.task_rule!r}; choose one of {', '.join(SCORING_RULES)}")
         for task in self.tasks:
@@ -257,9 +275,9 @@ def _prompt_set(name: str, n: int) -> list[str]:
 
 def evaluate_model(model, tok, cfg: EvalConfig, fmt: PromptFormat, judges: dict | None = None) -> tuple[dict, list[dict]]:
     """Generate and score; returns (metrics, generation records). Nothing is written."""
-    from .evaluation.generate import generate
     from .evaluation.judges import get_judge
     from .evaluation.scoring import harmful_score, task_accuracy
+    from .evaluation.vllm_backend import generate_with
 
     judges = judges or {name: get_judge(name) for name in cfg.judges}
     metrics: dict = {"harmful": {}, "tasks": {}}
@@ -267,8 +285,8 @@ def evaluate_model(model, tok, cfg: EvalConfig, fmt: PromptFormat, judges: dict 
     for set_name in cfg.harmful_sets:
         prompts = _prompt_set(set_name, cfg.n_prompts)
         texts = [format_prompt(tok, fmt, p) for p in prompts]
-        responses = generate(model, tok, encode_prompts(tok, fmt, texts), batch_size=cfg.batch_size,
-                             max_new_tokens=cfg.max_new_tokens, desc=f"generate {set_name}")
+        responses = generate_with(cfg.backend, model, tok, encode_prompts(tok, fmt, texts), batch_size=cfg.batch_size,
+                                  max_new_tokens=cfg.max_new_tokens, desc=f"generate {set_name}")
         set_metrics = {}
         per_judge = {}
         for name, judge in judges.items():
@@ -289,8 +307,8 @@ def evaluate_model(model, tok, cfg: EvalConfig, fmt: PromptFormat, judges: dict 
         rows = rows[: cfg.n_task]
         samples = [task.sample(r) for r in rows]
         texts = [format_prompt(tok, fmt, s.instruction, s.input) for s in samples]
-        outputs = generate(model, tok, encode_prompts(tok, fmt, texts), batch_size=cfg.batch_size,
-                           max_new_tokens=task.max_new_tokens, desc=f"generate {task_name}")
+        outputs = generate_with(cfg.backend, model, tok, encode_prompts(tok, fmt, texts), batch_size=cfg.batch_size,
+                                max_new_tokens=task.max_new_tokens, desc=f"generate {task_name}")
         result = task_accuracy(task, rows, outputs, cfg.task_rule)
         metrics["tasks"][task_name] = {"accuracy": result["accuracy"], "n": result["n"], "rule": cfg.task_rule}
         for s, out, ok in zip(samples, outputs, result["correct"]):

@@ -358,6 +358,8 @@ def load_rows(name_or_path: str, kind: str | None = None, columns: dict[str, str
         return [dict(r) for r in _load_named(name_or_path)]
     path = Path(name_or_path).expanduser()
     if not path.exists():
+        if "/" in name_or_path or path.suffix.lower() in (".json", ".jsonl", ".csv", ".tsv", ".parquet"):
+            raise ClinicError(f"data file {path} does not exist")
         raise ClinicError(
             f"unknown dataset {name_or_path!r}: not a file, and not one of {', '.join(sorted(SOURCES))}"
         )

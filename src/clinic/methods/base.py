@@ -19,11 +19,16 @@ Extension points of :class:`ClinicTrainer`:
 - **extra data streams**: a config's ``streams`` maps a stream name to the names of its
   (source, size) fields; the pipeline loads those samples, the trainer tokenizes them with the
   same TRL machinery and prompt format as the main data, and :meth:`ClinicTrainer.next_batch`
-  yields collated, shuffled, endlessly cycling batches on the right device;
+  yields collated, shuffled, endlessly cycling batches on the right device (with several
+  processes, each takes its own slice of one global batch, as the main data is sharded);
 - **loss**: override :meth:`ClinicTrainer.compute_loss` (``self.lm_loss`` is the plain CE) for
   single-pass methods (Surgery, Lisa);
-- **custom step**: override ``training_step`` and call :meth:`ClinicTrainer.backward` for
-  multi-pass methods (Vaccine, Booster, ...);
+- **custom step**: override ``training_step`` and call :meth:`ClinicTrainer.backward` once for
+  multi-pass methods (Vaccine, Booster, ...); intermediate passes take their gradients with
+  ``torch.autograd.grad`` on ``unwrap(model)`` (see :mod:`clinic.methods.engines`), so that a
+  step runs under DDP and DeepSpeed (one gradient sync, one optimizer step);
+- **engines**: ``register_method(..., engines=...)`` declares where a method can run (DDP, FSDP,
+  DeepSpeed ZeRO stages); the trainer refuses any other engine at start;
 - **hooks**: :mod:`clinic.methods.hooks` finds decoder layers and attention modules
   structurally;
 - **callbacks**: any ``transformers.TrainerCallback`` (the sink-count callback is one).
@@ -32,6 +37,7 @@ Extension points of :class:`ClinicTrainer`:
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -45,7 +51,9 @@ from ..data.formatting import PromptFormat, training_row
 from ..errors import ClinicError
 from ..models import LoraSettings
 from ..tasks import Sample
+from .engines import ENGINES, check_engine, detect_engine, rank, world_size
 
+logger = logging.getLogger("clinic")
 STAGES = ("align", "finetune")
 SCHEDULES = ("cosine", "constant", "linear", "constant_with_warmup")
 
@@ -82,6 +90,9 @@ class TrainConfig:
     logging_steps: int = field(default=5, metadata={"help": "log the loss every N steps"})
     save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0: only the final model)"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward"})
+    group_by_length: bool = field(default=False, metadata={
+        "help": "batch samples of similar length (less padding, faster; batches are less mixed, so it is off "
+                "for attacks, where harmful samples are longer than task samples)"})
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
@@ -124,6 +135,8 @@ class TrainConfig:
             activation_checkpointing=self.gradient_checkpointing,
             remove_unused_columns=True,
             dataloader_num_workers=0,
+            dataloader_pin_memory=torch.cuda.is_available(),
+            train_sampling_strategy="group_by_length" if self.group_by_length else "random",
             disable_tqdm=False,
             # TRL's fused LM head is swapped for a plain forward (see lm_loss); no padding-free.
             padding_free=False,
@@ -146,7 +159,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                              system_prompt="You are a helpful assistant."),
     # Small settings that run on a 2-core CPU in minutes (FINDINGS.md).
     "cpu-align": dict(epochs=1, batch_size=8, lr=5e-4, schedule="cosine", warmup=0.0, max_length=160,
-                      lora_r=8, lora_alpha=16),
+                      lora_r=8, lora_alpha=16, group_by_length=True),
     "cpu-finetune": dict(epochs=1, batch_size=8, lr=2e-4, schedule="constant", warmup=0.0, max_length=160,
                          lora_r=8, lora_alpha=16),
 }
@@ -193,19 +206,26 @@ class MethodSpec:
     config: type[MethodConfig]
     trainer: type[ClinicTrainer]
     summary: str
+    engines: tuple[str, ...] = ENGINES  # the multi-process engines it runs under
 
 
 METHODS: dict[str, MethodSpec] = {}
 
 
-def register_method(name: str, stage: str | tuple[str, ...], config: type[MethodConfig] = MethodConfig, summary: str = ""):
-    """Class decorator registering a trainer under ``name`` for ``stage`` (align, finetune or both)."""
+def register_method(name: str, stage: str | tuple[str, ...], config: type[MethodConfig] = MethodConfig, summary: str = "",
+                    engines: tuple[str, ...] = ("ddp",)):
+    """Class decorator registering a trainer under ``name`` for ``stage`` (align, finetune or both)
+    that runs in one process and under the multi-process ``engines`` (see :mod:`.engines`)."""
     stages = (stage,) if isinstance(stage, str) else tuple(stage)
     if not set(stages) <= set(STAGES):
         raise ValueError(f"stage must be among {STAGES}")
+    if not set(engines) <= set(ENGINES):
+        raise ValueError(f"engines must be among {ENGINES}")
 
     def wrap(trainer_cls):
-        METHODS[name] = MethodSpec(name, stages, config, trainer_cls, summary or (trainer_cls.__doc__ or "").strip())
+        METHODS[name] = MethodSpec(name, stages, config, trainer_cls, summary or (trainer_cls.__doc__ or "").strip(),
+                                   tuple(engines))
+        trainer_cls.method_name, trainer_cls.engines = name, tuple(engines)
         return trainer_cls
 
     return wrap
@@ -221,6 +241,10 @@ def methods_for(stage: str) -> dict[str, MethodSpec]:
 def get_method(name: str, stage: str) -> MethodSpec:
     valid = methods_for(stage)
     if name not in valid:
+        if name in METHODS:  # a method of the other stage
+            other, a = METHODS[name].stages[0], {"align": "an align", "finetune": "a finetune"}
+            raise ClinicError(f"{name!r} is {a[other]} method, not {a[stage]} method (run `clinic {other} --method {name}`); "
+                              f"{stage} methods: {', '.join(valid)}")
         raise ClinicError(f"unknown {stage} method {name!r}; choose one of {', '.join(valid)}")
     return valid[name]
 
@@ -241,6 +265,9 @@ class ClinicTrainer(SFTTrainer):
     """SFT on TRL's machinery (tokenization, response-only labels, collation), with hooks for
     the defences. The loss is the mean token cross-entropy over response tokens of the batch."""
 
+    method_name: ClassVar[str] = "sft"  # set by register_method
+    engines: ClassVar[tuple[str, ...]] = ENGINES
+
     def __init__(
         self,
         *,
@@ -256,6 +283,14 @@ class ClinicTrainer(SFTTrainer):
         super().__init__(
             model=model, args=args, train_dataset=train_dataset, processing_class=processing_class, callbacks=callbacks
         )
+        kept, given = len(self.train_dataset), len(train_dataset)
+        if kept == 0:
+            raise ClinicError(f"all {given} training samples lose their whole response when truncated to "
+                              f"max_length={args.max_length} tokens; raise --max-length")
+        if kept < given:
+            logger.warning("%d of %d training samples were dropped: their response starts after max_length=%d "
+                           "tokens", given - kept, given, args.max_length)
+        self.engine = check_engine(self.method_name, self.engines, detect_engine(self.accelerator.state))
         self.method_config = method_config or MethodConfig()
         self.prompt_format = prompt_format or PromptFormat()
         # Our losses are per-micro-batch means: let Trainer divide by the accumulation steps.
@@ -267,6 +302,20 @@ class ClinicTrainer(SFTTrainer):
             self.extra_datasets[name] = self.prepare_samples(samples, name)
 
     # -- data ---------------------------------------------------------------------------------
+
+    def _get_train_sampler(self, train_dataset=None):
+        """Length-grouped batches from a generator of their own, seeded by ``data_seed``: the
+        order must not depend on how much of the global RNG a method drew before training
+        (Trainer's own LengthGroupedSampler uses the global RNG), so that every method sees
+        the same batches."""
+        if self.args.train_sampling_strategy != "group_by_length" or world_size() > 1:
+            return super()._get_train_sampler(train_dataset)
+        from transformers.trainer_pt_utils import LengthGroupedSampler
+
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        generator = torch.Generator().manual_seed(self.args.data_seed if self.args.data_seed is not None else self.args.seed)
+        return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                    dataset=dataset, model_input_name="input_ids", generator=generator)
 
     def prepare_samples(self, samples: list[Sample], name: str) -> Dataset:
         """Tokenize samples exactly as the main training data is tokenized."""
@@ -282,20 +331,27 @@ class ClinicTrainer(SFTTrainer):
         finally:
             self.args.shuffle_dataset = shuffle
 
-    def next_batch(self, name: str, batch_size: int | None = None) -> dict[str, torch.Tensor]:
-        """The next collated batch of an extra stream, on the model's device (cycles forever)."""
+    def next_batch(self, name: str, batch_size: int | None = None, shard: bool = True) -> dict[str, torch.Tensor]:
+        """The next collated batch of an extra stream, on the model's device (cycles forever).
+
+        ``batch_size`` is per process. With several processes and ``shard``, one global batch of
+        ``batch_size x processes`` rows is drawn (the same seeded order everywhere) and each
+        process collates its own slice, so N processes see what one process with an N times
+        larger batch sees; ``shard=False`` gives every process the same batch."""
         if name not in self.extra_datasets:
             raise ClinicError(f"method needs the data stream {name!r}, which was not supplied")
-        key = f"{name}:{batch_size}"
+        key = f"{name}:{batch_size}:{shard}"
         for _attempt in range(2):
             if key not in self._extra_iters:
                 generator = torch.Generator().manual_seed(self.args.seed + len(self._extra_iters) + 1)
+                size = batch_size or self.args.per_device_train_batch_size
+                parts, part = (world_size(), rank()) if shard else (1, 0)
                 loader = DataLoader(
                     self.extra_datasets[name].select_columns(["input_ids", "labels"]),
-                    batch_size=batch_size or self.args.per_device_train_batch_size,
+                    batch_size=size * parts,
                     shuffle=True,
                     generator=generator,
-                    collate_fn=self.data_collator,
+                    collate_fn=self.data_collator if parts == 1 else _SliceCollator(self.data_collator, size, parts, part),
                 )
                 self._extra_iters[key] = iter(loader)
             try:
@@ -316,8 +372,23 @@ class ClinicTrainer(SFTTrainer):
         return (loss, None) if return_outputs else loss
 
     def backward(self, loss: torch.Tensor) -> None:
-        """Backward for custom steps, scaled for gradient accumulation like Trainer's own."""
-        self.accelerator.backward(loss / self.current_gradient_accumulation_steps)
+        """Backward for custom steps, scaled for gradient accumulation like Trainer's own. Call it
+        once per step: it is where DDP syncs gradients and DeepSpeed steps its optimizer."""
+        kwargs = {"scale_wrt_gas": False} if self.engine.startswith("zero") else {}  # as Trainer.training_step
+        self.accelerator.backward(loss / self.current_gradient_accumulation_steps, **kwargs)
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
+
+
+class _SliceCollator:
+    """Collate process ``part``'s slice of a global batch drawn for ``parts`` processes (a short
+    last batch is filled up cyclically, so that every process gets ``size`` rows)."""
+
+    def __init__(self, collate, size: int, parts: int, part: int):
+        self.collate, self.size, self.parts, self.part = collate, size, parts, part
+
+    def __call__(self, rows: list) -> dict:
+        need = self.size * self.parts
+        rows = [rows[i % len(rows)] for i in range(need)]
+        return self.collate(rows[self.part * self.size:(self.part + 1) * self.size])

@@ -12,10 +12,16 @@ f: CE on the alignment batch; h: CE on a harmful batch. One step (3 passes):
 5. the update uses g_a + lambda * (g_h - g_h')  (first order: no Hessian term through w').
 
 Interactions: gradient clipping happens in Trainer after ``training_step``, so it clips the
-combined gradient (as in the reference). Gradient checkpointing is fine: each pass finishes its
-backward (and so its recomputation) before the weights move. Gradients left in ``.grad`` by
-earlier micro-batches of an accumulation step are kept aside during the step and added back.
+combined gradient (as in the reference). Gradient checkpointing (non-reentrant) is fine: each
+pass finishes its backward (and so its recomputation) before the weights move. g_h and g_h' are
+taken with ``torch.autograd.grad``, so ``.grad`` (and what earlier micro-batches of an
+accumulation step left there) is untouched; the update comes out of the step's one backward, of
+``f(w) + lambda * <w, stopgrad(g_h - g_h')>`` (its gradient is exactly the update above).
 ``perturb_aware=True`` replaces pass 4 by a Vaccine step on the alignment batch (5 passes).
+
+Several processes (DDP): g_h is averaged over the processes before the step (every process
+moves to the same w', as one process with the global harmful batch would); g_h' and g_a are
+averaged by the one synced backward.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ import torch
 
 from ..errors import ClinicError
 from .base import ClinicTrainer, MethodConfig, register_method
-from .hooks import attention_modules, grad_norm, put_back_grads, take_grads
+from .engines import average_, unwrap
+from .hooks import attention_modules, grad_norm
 from .vaccine import vaccine_passes
 
 
@@ -47,20 +54,29 @@ class BoosterConfig(MethodConfig):
             raise ClinicError("harmful_batch_size must be non-negative")
 
 
-def loss_grads(trainer: ClinicTrainer, model, batch, params: list[torch.nn.Parameter]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """(loss, gradients of ``params``) of the LM loss on ``batch``, via the trainer's backward
-    (so scaled like every other gradient of the step); ``.grad`` is left empty."""
+def loss_grads(trainer: ClinicTrainer, model, batch, params: list[torch.nn.Parameter],
+               average: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(loss, gradients of ``params``) of the LM loss on ``batch`` (not scaled for gradient
+    accumulation), with ``torch.autograd.grad`` on the unwrapped model: ``.grad`` is untouched and
+    no DDP sync or DeepSpeed gradient hook runs. ``average``: averaged over the processes."""
     with trainer.compute_loss_context_manager():
-        loss = trainer.lm_loss(model, batch)
-    trainer.backward(loss)
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    for p in params:
-        p.grad = None
+        loss = trainer.lm_loss(unwrap(model), batch)
+    found = torch.autograd.grad(loss, params, allow_unused=True)
+    grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(found, params)]
+    if average:
+        average_(grads)
     return loss.detach(), grads
 
 
+def linear_term(params: list[torch.nn.Parameter], directions: list[torch.Tensor]) -> torch.Tensor:
+    """``sum_p <p, d_p>`` with the directions constant: its gradient w.r.t. each ``p`` is ``d_p``
+    (how a precomputed gradient joins a step's one backward)."""
+    return sum((p * d.to(p.dtype)).sum().float() for p, d in zip(params, directions))
+
+
 @register_method("booster", stage="align", config=BoosterConfig,
-                 summary="alignment + penalty on how much one normalised harmful step lowers the harmful loss (3 passes)")
+                 summary="alignment + penalty on how much one normalised harmful step lowers the harmful loss (3 passes)",
+                 engines=("ddp", "zero0", "zero1", "zero2"))
 class BoosterTrainer(ClinicTrainer):
     """Booster: g_a + lambda (g_h - g_h') with g_h' the harmful gradient after a normalised
     harmful step."""
@@ -71,9 +87,8 @@ class BoosterTrainer(ClinicTrainer):
         inputs = self._prepare_inputs(inputs)
         harmful = self.next_batch("harmful", cfg.harmful_batch_size or None)
         params = self.trainable_parameters()
-        stash = take_grads(model)
         with self.maybe_activation_offload_context:
-            loss_h, g_h = loss_grads(self, model, harmful, params)
+            loss_h, g_h = loss_grads(self, model, harmful, params, average=True)
             norm = grad_norm(g_h)
             original = [p.detach().clone() for p in params]
             with torch.no_grad():
@@ -86,18 +101,20 @@ class BoosterTrainer(ClinicTrainer):
                     for p, w in zip(params, original):
                         p.copy_(w)
             del original
+            with torch.no_grad():
+                penalty = [cfg.lam * (a - b) for a, b in zip(g_h, g_h2)]
+            del g_h, g_h2
+
+            def extra_loss():
+                return linear_term(params, penalty)
+
             if cfg.perturb_aware:
                 modules = dict(enumerate(attention_modules(model)))
-                loss, _ = vaccine_passes(self, model, inputs, modules, cfg.rho)
+                loss, _ = vaccine_passes(self, model, inputs, modules, cfg.rho, extra_loss=extra_loss)
             else:
                 with self.compute_loss_context_manager():
                     loss = self.lm_loss(model, inputs)
-                self.backward(loss)
-        with torch.no_grad():
-            for p, a, b in zip(params, g_h, g_h2):
-                extra = cfg.lam * (a - b)
-                p.grad = extra if p.grad is None else p.grad + extra
-        put_back_grads(stash)
+                self.backward(loss + extra_loss())
         metrics = self._metrics["train"]
         metrics["booster/harmful_loss"].append(float(loss_h))
         metrics["booster/harmful_loss_after_step"].append(float(loss_h2))

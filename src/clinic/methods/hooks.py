@@ -23,6 +23,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from .engines import unwrap
+
 _OUT_PROJ_NAMES = ("o_proj", "out_proj", "dense", "c_proj")
 
 
@@ -47,7 +49,9 @@ def _attention_child(layer: nn.Module) -> nn.Module | None:
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The stack of decoder layers of ``model`` (a causal LM, maybe PEFT-wrapped)."""
+    """The stack of decoder layers of ``model`` (a causal LM, maybe PEFT-, DDP- or
+    DeepSpeed-wrapped)."""
+    model = unwrap(model)
     expected = _num_layers(model)
     if expected is None and hasattr(model, "get_base_model"):
         expected = _num_layers(model.get_base_model())
@@ -158,6 +162,7 @@ _NORM_NAMES = ("norm", "final_layernorm", "ln_f", "final_layer_norm", "final_nor
 
 def final_norm(model: nn.Module) -> nn.Module:
     """The norm applied to the last hidden state before the LM head (``model.model.norm``)."""
+    model = unwrap(model)
     layers = decoder_layers(model)
     for module in model.modules():
         if any(child is layers for child in module.children()):
@@ -205,7 +210,7 @@ def inputs_require_grad(model: nn.Module):
             output.requires_grad_(True)
         return output
 
-    handle = model.get_input_embeddings().register_forward_hook(hook)
+    handle = unwrap(model).get_input_embeddings().register_forward_hook(hook)
     try:
         yield
     finally:

@@ -93,7 +93,8 @@ def proximal_term(params: list[torch.Tensor], anchors: list[torch.Tensor], rho: 
 
 
 @register_method("lisa", stage="finetune", config=LisaConfig,
-                 summary="bi-state: alternate guide (alignment) and user data with a proximal term (1 pass per step)")
+                 summary="bi-state: alternate guide (alignment) and user data with a proximal term (1 pass per step)",
+                 engines=("ddp", "zero0", "zero1", "zero2"))
 class LisaTrainer(ClinicTrainer):
     """Alternate align / finetune states; proximal pull towards the other state's last weights."""
 

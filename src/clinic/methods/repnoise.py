@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from ..errors import ClinicError
 from .base import ClinicTrainer, MethodConfig, register_method
+from .engines import unwrap
 from .hooks import capture_outputs, decoder_layers, final_norm, mlp_modules
 
 logger = logging.getLogger(__name__)
@@ -135,8 +136,9 @@ def repnoise_terms(model, harmful: dict, harmless: dict, mask_h: torch.Tensor, m
 
     ids_h = harmful["input_ids"]
     ce_final = masked_ce(out_h.logits, ids_h, mask_h)
-    norm, head = final_norm(model), model.get_output_embeddings()
-    softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+    inner = unwrap(model)  # the forwards go through ``model`` (DDP's sync); lookups need the model itself
+    norm, head = final_norm(inner), inner.get_output_embeddings()
+    softcap = getattr(getattr(inner, "config", None), "final_logit_softcapping", None)
     hidden = [out_h.hidden_states[0]] + [layer_out[i] for i in range(n_layers - 1)]
     lens = [lens_ce(h, ids_h, mask_h, norm, head, softcap) for h in hidden] + [ce_final]  # k = L is the final
     harm = (ce_final + sum(lens)) / (n_layers + 1) + 1
@@ -182,7 +184,8 @@ def prompt_key(input_ids, labels) -> tuple[int, ...]:
 
 
 @register_method("repnoise", stage="align", config=RepNoiseConfig,
-                 summary="representation noising: MMD to Gaussian noise + harmful-loss ascent + refusal CE (2 fwd, 1 bwd)")
+                 summary="representation noising: MMD to Gaussian noise + harmful-loss ascent + refusal CE (2 fwd, 1 bwd)",
+                 engines=("ddp", "zero0", "zero1", "zero2"))
 class RepNoiseTrainer(ClinicTrainer):
     """RepNoise: one combined loss on a harmful batch and the alignment batch."""
 

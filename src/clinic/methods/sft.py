@@ -5,8 +5,10 @@ fine-tuning). One forward and one backward pass per step.
 """
 
 from .base import ClinicTrainer, register_method
+from .engines import ENGINES
 
 
-@register_method("sft", stage=("align", "finetune"), summary="plain supervised fine-tuning (1 pass per step)")
+@register_method("sft", stage=("align", "finetune"), summary="plain supervised fine-tuning (1 pass per step)",
+                 engines=ENGINES)
 class SFTMethodTrainer(ClinicTrainer):
     """Plain SFT: the ClinicTrainer as it is."""

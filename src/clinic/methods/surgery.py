@@ -23,6 +23,12 @@ Where clinic differs from the reference in *how*, never in *what*:
 
 Probes are formatted like the reference: ``[user: prompt, assistant: response]`` with the chat
 template and no system message, whatever system prompt the run trains with.
+
+Several processes (DDP only): every process draws the same probes (one seeded generator), and the
+probe pass runs on the unwrapped decoder, so its gradient is the same on every process and needs
+no sync; the user batch is sharded and its gradient averaged by DDP. The result is what one
+process with the global batch computes. (The separate probe backward is a second backward per
+step, which DeepSpeed does not allow.)
 """
 
 from __future__ import annotations

@@ -19,6 +19,11 @@ sum. Note that even as intended the ``+2 g_h`` term is a *descent* direction on 
 loss: it makes the model better at the harmful data. ``harmful_sign="minus"`` flips it
 (grad f(w) + 2 (grad f(w') - g_h): ascent on the harmful loss, plus staying aligned after the
 simulated attack), which is what a tamper-resistance objective would want.
+
+Steps 1 and 3 take their gradients with ``torch.autograd.grad`` (``.grad`` untouched); the step
+has one backward, of ``f(w)`` (plus, with the bug fixed, ``<w, stopgrad(weight * (sign * g_h +
+grad f(w')))>``), so it runs under DDP (g_h averaged over processes before the attack step) and
+DeepSpeed ZeRO-0/1/2 like Booster.
 """
 
 from __future__ import annotations
@@ -29,8 +34,7 @@ import torch
 
 from ..errors import ClinicError
 from .base import ClinicTrainer, MethodConfig, register_method
-from .booster import loss_grads
-from .hooks import put_back_grads, take_grads
+from .booster import linear_term, loss_grads
 
 SIGNS = {"plus": 1.0, "minus": -1.0}
 
@@ -63,7 +67,8 @@ class TarLiteConfig(MethodConfig):
 
 
 @register_method("tar-lite", stage="align", config=TarLiteConfig,
-                 summary="T-Vaccine repo's simplified TAR (one simulated attack step; by default its no-op bug: SFT at 3x cost)")
+                 summary="T-Vaccine repo's simplified TAR (one simulated attack step; by default its no-op bug: SFT at 3x cost)",
+                 engines=("ddp", "zero0", "zero1", "zero2"))
 class TarLiteTrainer(ClinicTrainer):
     """TAR-lite as in the T-Vaccine repository, with its bug behind a flag."""
 
@@ -73,9 +78,8 @@ class TarLiteTrainer(ClinicTrainer):
         inputs = self._prepare_inputs(inputs)
         harmful = self.next_batch("harmful", cfg.harmful_batch_size or None)
         params = self.trainable_parameters()
-        stash = take_grads(model)
         with self.maybe_activation_offload_context:
-            loss_h, g_h = loss_grads(self, model, harmful, params)
+            loss_h, g_h = loss_grads(self, model, harmful, params, average=True)
             original = [p.detach().clone() for p in params]
             with torch.no_grad():
                 for p, g in zip(params, g_h):
@@ -89,14 +93,13 @@ class TarLiteTrainer(ClinicTrainer):
             del original
             with self.compute_loss_context_manager():
                 loss = self.lm_loss(model, inputs)
-            self.backward(loss)
-        if not cfg.reproduce_bug:
-            sign = SIGNS[cfg.harmful_sign]
-            with torch.no_grad():
-                for p, gh, gf in zip(params, g_h, g_f_attacked):
-                    extra = cfg.weight * (sign * gh + gf)
-                    p.grad = extra if p.grad is None else p.grad + extra
-        put_back_grads(stash)
+            if cfg.reproduce_bug:  # the reference's sum is lost: the update is grad f(w)
+                self.backward(loss)
+            else:
+                sign = SIGNS[cfg.harmful_sign]
+                with torch.no_grad():
+                    extra = [cfg.weight * (sign * gh + gf) for gh, gf in zip(g_h, g_f_attacked)]
+                self.backward(loss + linear_term(params, extra))
         metrics = self._metrics["train"]
         metrics["tar/harmful_loss"].append(float(loss_h))
         metrics["tar/loss_after_attack"].append(float(loss_attacked))

@@ -18,6 +18,11 @@ Every step, on the alignment batch B:
 
 Cost: 2 passes per step, 1 single-sample pass every K steps, plus the recomputation of the
 checkpointed layers in backward.
+
+Several processes (DDP only): every process scores the layers on the same harmful sample
+(``next_batch(..., shard=False)``) and samples with the same seeded generator, so all processes
+freeze and perturb the same layers; the trainer turns DDP's ``find_unused_parameters`` on, which
+the frozen layers need.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import torch
 
 from ..errors import ClinicError
 from .base import ClinicTrainer, MethodConfig, register_method
+from .engines import unwrap
 from .hooks import LayerCheckpointer, attention_modules, capture_outputs, decoder_layers, inputs_require_grad
 from .vaccine import vaccine_passes
 
@@ -114,6 +120,9 @@ class TVaccineTrainer(ClinicTrainer):
     record_perturbation: bool = False
 
     def __init__(self, **kwargs):
+        # frozen layers produce no gradient: DDP must look for unused parameters (Trainer turns that
+        # off for a full model with activation checkpointing)
+        kwargs["args"].ddp_find_unused_parameters = True
         super().__init__(**kwargs)
         cfg: TVaccineConfig = self.method_config
         if not isinstance(cfg, TVaccineConfig):
@@ -142,7 +151,8 @@ class TVaccineTrainer(ClinicTrainer):
 
     def score_layers(self, model, batch=None) -> list[float]:
         """n_l = ||d loss(harmful sample) / d attention output of layer l||; sets the probabilities."""
-        batch = batch if batch is not None else self.next_batch("harmful", 1)
+        batch = batch if batch is not None else self.next_batch("harmful", 1, shard=False)
+        model = unwrap(model)  # an intermediate pass: no DDP gradient sync
         outputs: dict[int, torch.Tensor] = {}
         modules = dict(enumerate(self._attention))
         previous = self._checkpointer.checkpointed if self._checkpointer else None

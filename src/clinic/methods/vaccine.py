@@ -19,6 +19,10 @@ maximisation is one normalised gradient-ascent step in activation space:
 Two passes per step. The first pass computes no parameter gradient (the reference computes and
 discards them), so gradients that earlier micro-batches of an accumulation step left in ``.grad``
 are untouched.
+
+Several processes (DDP): the first pass runs on the unwrapped model (no gradient sync), G is
+summed over every process's shard of the batch, so the perturbation is the one a single process
+with the whole global batch would apply; the second pass is the only backward that syncs.
 """
 
 from __future__ import annotations
@@ -30,10 +34,10 @@ from torch import nn
 
 from ..errors import ClinicError
 from .base import ClinicTrainer, MethodConfig, register_method
+from .engines import all_reduce_sum_, unwrap
 from .hooks import (
     attention_modules,
     capture_outputs,
-    grad_norm,
     perturb_outputs,
     put_back_grads,
     record_output_grads,
@@ -57,10 +61,12 @@ class VaccineConfig(MethodConfig):
 def perturbation_from_grads(grads: dict[int, torch.Tensor], rho: float, eps: float = 1e-7,
                             inplace: bool = False) -> dict[int, torch.Tensor]:
     """eps_l = rho * g_l / (G + 1e-7) with G the global L2 norm over all the given layers
-    (accumulated in fp32). ``inplace`` scales the given tensors instead of copying them."""
+    (accumulated in fp32) and over every process's part of the batch. ``inplace`` scales the
+    given tensors instead of copying them."""
     if not grads:
         return {}
-    total = grad_norm(grads.values())
+    squares = sum(g.detach().float().pow(2).sum() for g in grads.values())
+    total = all_reduce_sum_(squares).sqrt()
     out = {}
     for i, g in grads.items():
         scale = (rho / (total.to(g.device) + eps)).to(g.dtype)
@@ -79,8 +85,10 @@ def activation_grads(trainer: ClinicTrainer, model, inputs, modules: dict[int, n
     """g_l = d loss / d (output of ``modules[l]``) on ``inputs``, for every module whose output
     is in the graph. ``torch.autograd.grad`` w.r.t. the outputs only: backward stops at the
     earliest of them and computes no parameter gradient (``.grad`` is left alone). Under
-    reentrant checkpointing (which cannot do that) a full backward with tensor hooks is used."""
+    reentrant checkpointing (which cannot do that) a full backward with tensor hooks is used.
+    The pass runs on the unwrapped model: no DDP gradient sync for it."""
     grads: dict[int, torch.Tensor] = {}
+    model = unwrap(model)
     if _reentrant_checkpointing(trainer):
         stash = take_grads(model)
         with record_output_grads(modules, grads):
@@ -101,11 +109,13 @@ def activation_grads(trainer: ClinicTrainer, model, inputs, modules: dict[int, n
     return grads
 
 
-def vaccine_passes(trainer: ClinicTrainer, model, inputs, modules: dict[int, nn.Module], rho: float):
+def vaccine_passes(trainer: ClinicTrainer, model, inputs, modules: dict[int, nn.Module], rho: float,
+                   extra_loss=None):
     """The two passes of a Vaccine step on ``inputs``, perturbing ``modules`` only.
 
     Returns ``(loss of the perturbed pass, the perturbations)``; the parameter gradients of the
-    perturbed pass are added to ``.grad``.
+    perturbed pass (plus those of ``extra_loss()``, a term another method adds to this step's
+    one backward) are added to ``.grad``.
     """
     grads = activation_grads(trainer, model, inputs, modules)
     perturbation = perturbation_from_grads(grads, rho, inplace=True)  # no second copy of [B, T, D] x layers
@@ -115,12 +125,13 @@ def vaccine_passes(trainer: ClinicTrainer, model, inputs, modules: dict[int, nn.
     with perturb_outputs(modules, perturbation):
         with trainer.compute_loss_context_manager():
             loss = trainer.lm_loss(model, inputs)
-        trainer.backward(loss)
+        trainer.backward(loss if extra_loss is None else loss + extra_loss())
     return loss, perturbation
 
 
 @register_method("vaccine", stage="align", config=VaccineConfig,
-                 summary="perturbation-aware alignment: hidden-embedding drift of norm rho on every layer (2 passes)")
+                 summary="perturbation-aware alignment: hidden-embedding drift of norm rho on every layer (2 passes)",
+                 engines=("ddp", "zero0", "zero1", "zero2"))
 class VaccineTrainer(ClinicTrainer):
     """Vaccine: each step, a SAM-like ascent step on every layer's attention output, then the
     update from the perturbed forward."""

@@ -1,0 +1,513 @@
+"""``clinic run experiment.yaml``: a grid of stages, shared by hash, resumable, deterministic.
+
+An experiment file names a model, the alignment methods, one or more fine-tuning blocks (each a
+grid of methods × tasks × poison ratios), the evaluation and the sink analysis; seeds multiply
+everything. The runner expands it into stages::
+
+    [curate] -> align (per method, seed) -> finetune (per aligned model × method × task × p)
+             -> evaluate (base, aligned and fine-tuned models) -> sink (per fine-tuned model)
+
+Each stage's resolved config (which includes its parent's hash, never a path) is hashed; the
+stage lives in ``<store>/<kind>-<label>-<hash>``. Identical stages are therefore shared: ten
+fine-tuning runs on one aligned model align it once, and two experiment files pointing at the
+same ``--store`` share their common stages.
+
+Resuming: every stage writes through :class:`clinic.rundir.RunDir` (staging folder, renamed into
+place when complete, ``DONE`` last). A killed runner (even ``kill -9``) leaves at most a
+``.<stage>.partial-*`` folder, which the next run deletes before re-running that stage from its
+start; finished stages are skipped. Stages restart from scratch rather than from a training
+checkpoint: on CPU a stage is deterministic, so a resumed experiment gives the same metrics as an
+uninterrupted one (tested).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from .errors import ClinicError
+
+# --------------------------------------------------------------------------------------------
+# the experiment file
+
+
+EXPERIMENT_KEYS = {
+    "name": "experiment name (default: the file name)",
+    "model": "model alias, path or hub id (default smollm2-135m-instruct)",
+    "seeds": "list of seeds; every stage runs once per seed (default [0])",
+    "curate": "optional curation block: selector, ratio or k, and selector options",
+    "align": "alignment block: methods, preset, train overrides, data source and n",
+    "finetune": "one fine-tuning block or a list of them: methods, tasks, n, poison_ratios, ...",
+    "evaluate": "evaluation settings (EvalConfig fields) plus base/aligned: evaluate those models too",
+    "sink": "optional sink analysis of every fine-tuned model: n, batch_size, max_length, ...",
+}
+CURATE_KEYS = {"selector", "ratio", "k", "options"}
+ALIGN_KEYS = {"methods", "preset", "train", "source", "n", "selection"}
+FINETUNE_KEYS = {"methods", "preset", "train", "tasks", "n", "poison_ratios", "harmful_source", "selection",
+                 "aligned_with"}
+SINK_KEYS = {"n", "batch_size", "max_length", "sink_index", "mode", "aligned"}
+EVAL_EXTRA_KEYS = {"base", "aligned"}
+
+
+def _check_keys(block: dict, allowed, where: str) -> None:
+    if not isinstance(block, dict):
+        raise ClinicError(f"{where} must be a mapping, got {type(block).__name__}")
+    for key in block:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), list(allowed), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f"; allowed: {', '.join(sorted(allowed))}"
+            raise ClinicError(f"unknown key {key!r} in {where}{hint}")
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """A method with its options; ``label`` names it in directories and tables."""
+
+    name: str
+    options: tuple = ()  # sorted (key, value) pairs, hashable
+    label: str = ""
+
+    @classmethod
+    def parse(cls, entry, where: str) -> MethodEntry:
+        if isinstance(entry, str):
+            return cls(entry, (), entry)
+        if isinstance(entry, dict) and "name" in entry:
+            options = {k: v for k, v in entry.items() if k not in ("name", "label")}
+            return cls(str(entry["name"]), tuple(sorted(options.items())), str(entry.get("label", entry["name"])))
+        raise ClinicError(f"{where}: a method is a name or a mapping with 'name' (and options), got {entry!r}")
+
+
+def _as_list(value, where: str) -> list:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if isinstance(value, (str, int, float)):
+        return [value]
+    raise ClinicError(f"{where} must be a list, got {value!r}")
+
+
+@dataclass
+class Experiment:
+    name: str
+    model: str
+    seeds: list[int]
+    curate: dict | None
+    align: dict
+    finetune: list[dict]
+    evaluate: dict
+    sink: dict | None
+    source_text: str = ""
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Experiment:
+        path = Path(path)
+        if not path.exists():
+            raise ClinicError(f"experiment file {path} does not exist")
+        text = path.read_text()
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            first = str(exc).splitlines()[0] if str(exc) else "invalid YAML"
+            raise ClinicError(f"experiment file {path} is not valid YAML: {first}") from None
+        exp = cls.from_dict(raw if raw is not None else {}, default_name=path.stem)
+        exp.source_text = text
+        return exp
+
+    @classmethod
+    def from_dict(cls, raw: dict, default_name: str = "experiment") -> Experiment:
+        _check_keys(raw, EXPERIMENT_KEYS, "the experiment file")
+        seeds = [int(s) for s in _as_list(raw.get("seeds", [0]), "seeds")]
+        if not seeds:
+            raise ClinicError("seeds must list at least one seed")
+        curate = raw.get("curate")
+        if curate is not None:
+            _check_keys(curate, CURATE_KEYS, "curate")
+        align = dict(raw.get("align") or {"methods": ["sft"]})
+        _check_keys(align, ALIGN_KEYS, "align")
+        blocks = raw.get("finetune", [])
+        blocks = [blocks] if isinstance(blocks, dict) else _as_list(blocks, "finetune")
+        for i, block in enumerate(blocks):
+            _check_keys(block, FINETUNE_KEYS, f"finetune block {i + 1}")
+        evaluate = dict(raw.get("evaluate") or {})
+        from .pipeline import EvalConfig
+
+        _check_keys(evaluate, {f.name for f in fields(EvalConfig)} | EVAL_EXTRA_KEYS, "evaluate")
+        sink = raw.get("sink")
+        if sink is not None:
+            _check_keys(sink, SINK_KEYS, "sink")
+        exp = cls(name=str(raw.get("name", default_name)), model=str(raw.get("model", "smollm2-135m-instruct")),
+                  seeds=seeds, curate=curate, align=align, finetune=blocks, evaluate=evaluate, sink=sink)
+        exp.plan()  # validates names, ratios and options before anything runs
+        return exp
+
+    def plan(self) -> list[Stage]:
+        return _expand(self)
+
+
+# --------------------------------------------------------------------------------------------
+# stages
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+@dataclass
+class Stage:
+    kind: str  # curate | align | finetune | evaluate | sink
+    slug: str  # readable part of the directory name
+    config: dict  # everything that determines the result (JSON-able)
+    parent: Stage | None = None
+    labels: dict = field(default_factory=dict)  # for tables: model, align, finetune, task, p, seed
+
+    @property
+    def key(self) -> dict:
+        return {"kind": self.kind, "config": self.config, "parent": self.parent.hash if self.parent else None}
+
+    @property
+    def hash(self) -> str:
+        return _digest(self.key)
+
+    @property
+    def dirname(self) -> str:
+        return f"{self.kind}-{self.slug}-{self.hash}"
+
+
+def _train_config(block: dict, seed: int, default_preset: str) -> dict:
+    from .methods.base import train_config
+
+    overrides = dict(block.get("train") or {})
+    overrides["seed"] = seed
+    return asdict(train_config(block.get("preset", default_preset), **overrides))
+
+
+def _method_options(entry: MethodEntry, stage: str) -> dict:
+    from .methods.base import get_method, method_config
+
+    spec = get_method(entry.name, stage)
+    return asdict(method_config(spec, **dict(entry.options)))
+
+
+def _fmt_p(p: float) -> str:
+    return f"{p:g}"
+
+
+def _expand(exp: Experiment) -> list[Stage]:
+    from .data.mixture import check_mixture_args
+    from .pipeline import EvalConfig
+    from .tasks import SCORED_TASKS, get_task
+
+    stages: list[Stage] = []
+    eval_settings = {k: v for k, v in exp.evaluate.items() if k not in EVAL_EXTRA_KEYS}
+    EvalConfig(**{**eval_settings, "tasks": []})  # validates counts and the scoring rule
+    from .evaluation.judges import JUDGES
+
+    for judge in eval_settings.get("judges", []):
+        if judge not in JUDGES:
+            raise ClinicError(f"unknown judge {judge!r} in evaluate; choose one of {', '.join(JUDGES)}")
+    ft_tasks = []
+    for block in exp.finetune:
+        for task in _as_list(block.get("tasks", ["sst2"]), "tasks"):
+            get_task(task)
+            if task not in ft_tasks:
+                ft_tasks.append(task)
+    scored = [t for t in ft_tasks if t in SCORED_TASKS]
+
+    def evaluation(model_stage: Stage | None, tasks: list[str], labels: dict) -> Stage:
+        cfg = asdict(EvalConfig(**{**eval_settings, "tasks": tasks}))
+        base = {"model": exp.model} if model_stage is None else {}
+        return Stage("evaluate", labels.get("slug", "model"), {**cfg, **base}, model_stage, labels)
+
+    def sink_stage(model_stage: Stage, labels: dict) -> Stage:
+        settings = {k: v for k, v in (exp.sink or {}).items() if k != "aligned"}
+        settings.setdefault("n", 100)
+        if int(settings["n"]) < 1:
+            raise ClinicError(f"sink n must be at least 1, got {settings['n']}")
+        return Stage("sink", labels["slug"], settings, model_stage, labels)
+
+    for seed in exp.seeds:
+        base_labels = {"model": exp.model, "align": "none", "finetune": "none", "task": "", "p": None,
+                       "seed": seed, "slug": "base"}
+        if exp.evaluate.get("base", True):
+            stages.append(evaluation(None, scored, {**base_labels, "stage": "base"}))
+        curated = None
+        if exp.curate:
+            curated = Stage("curate", str(exp.curate.get("selector", "pharmacist")),
+                            {"model": exp.model, "seed": seed, **exp.curate}, None,
+                            {**base_labels, "slug": "curate"})
+            stages.append(curated)
+        aligned_models: list[tuple[MethodEntry, Stage | None]] = []
+        for raw_method in _as_list(exp.align.get("methods", ["sft"]), "align methods"):
+            entry = MethodEntry.parse(raw_method, "align methods")
+            if entry.name == "none":
+                aligned_models.append((entry, None))
+                continue
+            data = {"source": exp.align.get("source", "refusals"), "n": exp.align.get("n"),
+                    "selection": exp.align.get("selection", "random")}
+            if data["n"] is not None:
+                check_mixture_args(int(data["n"]), 0.0)
+            config = {"method": entry.name, "options": _method_options(entry, "align"),
+                      "train": _train_config(exp.align, seed, "cpu-align"), "data": data}
+            if curated is None:
+                config["model"] = exp.model
+            labels = {**base_labels, "align": entry.label, "slug": entry.label, "stage": "aligned"}
+            align = Stage("align", entry.label, config, curated, labels)
+            stages.append(align)
+            aligned_models.append((entry, align))
+            if exp.evaluate.get("aligned", True):
+                stages.append(evaluation(align, scored, labels))
+        for block in exp.finetune:
+            only = _as_list(block.get("aligned_with"), "aligned_with")
+            for entry_a, align in aligned_models:
+                if only and entry_a.label not in only:
+                    continue
+                for raw_method in _as_list(block.get("methods", ["sft"]), "finetune methods"):
+                    entry = MethodEntry.parse(raw_method, "finetune methods")
+                    options = _method_options(entry, "finetune")
+                    for task in _as_list(block.get("tasks", ["sst2"]), "tasks"):
+                        for p in _as_list(block.get("poison_ratios", [0.1]), "poison_ratios"):
+                            p = float(p)
+                            n = int(block.get("n", 1000))
+                            check_mixture_args(n, p)
+                            data = {"task": task, "n": n, "poison_ratio": p,
+                                    "harmful_source": block.get("harmful_source", "beavertails-harmful"),
+                                    "selection": block.get("selection", "random")}
+                            config = {"method": entry.name, "options": options,
+                                      "train": _train_config(block, seed, "cpu-finetune"), "data": data}
+                            if align is None:
+                                config["model"] = exp.model
+                            slug = f"{entry_a.label}-{entry.label}-{task}-p{_fmt_p(p)}"
+                            labels = {**base_labels, "align": entry_a.label, "finetune": entry.label, "task": task,
+                                      "p": p, "slug": slug, "stage": "finetuned"}
+                            ft = Stage("finetune", slug, config, align, labels)
+                            stages.append(ft)
+                            stages.append(evaluation(ft, [task] if task in SCORED_TASKS else [], labels))
+                            if exp.sink is not None:
+                                stages.append(sink_stage(ft, labels))
+        if exp.sink is not None and exp.sink.get("aligned", False):
+            for _entry, align in aligned_models:
+                if align is not None:
+                    stages.append(sink_stage(align, align.labels))
+    return _unique(stages)
+
+
+def _unique(stages: list[Stage]) -> list[Stage]:
+    """Drop repeated stages (same hash), keeping the first; order stays topological."""
+    seen, out = set(), []
+    for stage in stages:
+        if stage.hash not in seen:
+            seen.add(stage.hash)
+            out.append(stage)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# running
+
+
+class _StageLock:
+    """A stage is run by one runner at a time: ``.<stage>.lock`` holds the runner's pid.
+
+    Several runners may share a store (two experiment files, or two workers on one file): each
+    takes the next stage whose parent is done and whose lock is free, and waits when every
+    remaining stage is held by another live runner. A lock left by a killed runner is stale
+    (its pid is gone) and is taken over."""
+
+    def __init__(self, store: Path, stage: Stage):
+        self.path = store / f".{stage.dirname}.lock"
+        self.held = False
+
+    def acquire(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(self.path.read_text().strip() or 0)
+            except (ValueError, FileNotFoundError):
+                pid = 0
+            if pid and pid != os.getpid() and _alive(pid):
+                return False
+            self.path.unlink(missing_ok=True)  # stale: its runner is gone
+            return self.acquire()
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(os.getpid()))
+        self.held = True
+        return True
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stage_path(store: Path, stage: Stage) -> Path:
+    return store / stage.dirname
+
+
+def is_done(store: Path, stage: Stage) -> bool:
+    return (stage_path(store, stage) / "DONE").exists()
+
+
+def _clear_partials(store: Path, stage: Stage) -> None:
+    for stale in store.glob(f".{stage.dirname}.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _model_ref(store: Path, exp: Experiment, stage: Stage) -> str:
+    return str(stage_path(store, stage.parent)) if stage.parent is not None else exp.model
+
+
+def run_stage(store: Path, exp: Experiment, stage: Stage, judges: dict) -> Path:
+    from .pipeline import DataSpec, EvalConfig, run_evaluate, run_train
+
+    out = stage_path(store, stage)
+    cfg = stage.config
+    if stage.kind in ("align", "finetune"):
+        from .methods.base import TrainConfig
+
+        model_ref = cfg.get("model") or _model_ref(store, exp, stage)
+        if stage.kind == "align" and stage.parent is not None and stage.parent.kind == "curate":
+            model_ref = exp.model
+            data = DataSpec(source=str(stage_path(store, stage.parent) / "subset.jsonl"), n=None)
+        elif stage.kind == "align":
+            data = DataSpec(source=cfg["data"]["source"], n=cfg["data"]["n"], selection=cfg["data"]["selection"])
+        else:
+            data = DataSpec(**cfg["data"])
+        return run_train(stage.kind, model=model_ref, method=cfg["method"], train=TrainConfig(**cfg["train"]),
+                         data=data, output=out, method_options=cfg["options"])
+    if stage.kind == "evaluate":
+        settings = {k: v for k, v in cfg.items() if k != "model"}
+        model_ref = cfg.get("model") or _model_ref(store, exp, stage)
+        return run_evaluate(model_ref, EvalConfig(**settings), out, judges=judges)
+    if stage.kind == "sink":
+        from .sink import run_sink_analysis
+
+        return run_sink_analysis(_model_ref(store, exp, stage), out, **cfg)
+    if stage.kind == "curate":
+        from .curation import run_curate_stage
+
+        return run_curate_stage(cfg, out)
+    raise ClinicError(f"unknown stage kind {stage.kind!r}")
+
+
+def write_plan(root: Path, store: Path, exp: Experiment, stages: list[Stage]) -> None:
+    plan = {
+        "name": exp.name,
+        "model": exp.model,
+        "store": os.path.relpath(store, root),
+        "stages": [{"kind": s.kind, "dir": s.dirname, "hash": s.hash, "parent": s.parent.hash if s.parent else None,
+                    "labels": s.labels, "config": s.config} for s in stages],
+    }
+    (root / "plan.json").write_text(json.dumps(plan, indent=2, default=str) + "\n")
+
+
+def run_experiment(path: str | Path, output: str | Path | None = None, store: str | Path | None = None,
+                   dry_run: bool = False, report: bool = True) -> Path:
+    """Run (or resume) every stage of an experiment file; returns the experiment directory."""
+    exp = Experiment.from_file(path)
+    stages = exp.plan()
+    root = Path(output or Path("runs") / exp.name).expanduser().resolve()
+    store_dir = Path(store).expanduser().resolve() if store else root / "stages"
+    recorded = root / "experiment.yaml"
+    if recorded.exists() and recorded.read_text() != exp.source_text:
+        raise ClinicError(f"{root} holds a different experiment (its experiment.yaml differs); "
+                          f"choose another --output")
+    done = [s for s in stages if is_done(store_dir, s)]
+    counts = {}
+    for s in stages:
+        counts[s.kind] = counts.get(s.kind, 0) + 1
+    print(f"clinic run {exp.name}: {len(stages)} stages ({', '.join(f'{v} {k}' for k, v in counts.items())}); "
+          f"{len(done)} already done; store {store_dir}")
+    if dry_run:
+        for s in stages:
+            print(f"  [{'done' if is_done(store_dir, s) else 'todo'}] {s.dirname}")
+        return root
+    if not os.access(_existing_parent(root), os.W_OK):
+        raise ClinicError(f"output directory {root} is not writable")
+    from .evaluation.judges import get_judge
+
+    judges = {name: get_judge(name) for name in exp.evaluate.get("judges", ["keyword", "classifier"])}
+    root.mkdir(parents=True, exist_ok=True)
+    store_dir.mkdir(parents=True, exist_ok=True)
+    if not recorded.exists():
+        recorded.write_text(exp.source_text)
+    write_plan(root, store_dir, exp, stages)
+    _run_pending(store_dir, exp, stages, judges)
+    if report:
+        from .report import write_report
+
+        write_report(root, root / "report", overwrite=True)
+    return root
+
+
+def _run_pending(store: Path, exp: Experiment, stages: list[Stage], judges: dict, poll_s: float = 5.0) -> None:
+    """Run every unfinished stage, in plan order where possible, sharing the store with any
+    other runner (see :class:`_StageLock`)."""
+    pending = [s for s in stages if not is_done(store, s)]
+    total, finished, waiting_said = len(pending), 0, False
+    while pending:
+        ran = False
+        for stage in list(pending):
+            if is_done(store, stage):  # another runner finished it
+                pending.remove(stage)
+                continue
+            if stage.parent is not None and not is_done(store, stage.parent):
+                continue
+            lock = _StageLock(store, stage)
+            if not lock.acquire():
+                continue
+            try:
+                if not is_done(store, stage):
+                    _clear_partials(store, stage)
+                    finished += 1
+                    print(f"[{finished}/{total}] {stage.kind} {stage.dirname}", flush=True)
+                    start = time.perf_counter()
+                    run_stage(store, exp, stage, judges)
+                    print(f"[{finished}/{total}] done in {time.perf_counter() - start:.0f} s", flush=True)
+            except ClinicError:
+                if not is_done(store, stage):  # not "someone else finished it first"
+                    raise
+            finally:
+                lock.release()
+            pending.remove(stage)
+            ran, waiting_said = True, False
+            break  # rescan from the top: plan order first
+        if pending and not ran:
+            if not waiting_said:
+                print(f"waiting for {len(pending)} stage(s) held by another runner", flush=True)
+                waiting_said = True
+            time.sleep(poll_s)
+
+
+def _existing_parent(path: Path) -> Path:
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def load_plan(root: str | Path) -> tuple[dict, Path]:
+    root = Path(root)
+    plan_file = root / "plan.json"
+    if not plan_file.exists():
+        raise ClinicError(f"{root} is not an experiment directory (plan.json missing; run `clinic run` first)")
+    plan = json.loads(plan_file.read_text())
+    return plan, (root / plan["store"]).resolve()

@@ -1,0 +1,153 @@
+"""Multi-process training: the engine a run is under, which methods it can run, and the few
+collectives the multi-pass methods need.
+
+Engines (``accelerate launch`` picks one; a plain ``clinic`` call is ``single``):
+
+- ``single``: one process (CPU or one GPU); every method runs;
+- ``ddp``: data parallel, every process holds the whole model (``--multi_gpu``, or several CPU
+  processes with ``ACCELERATE_USE_CPU=true``);
+- ``fsdp``: PyTorch FSDP, parameters sharded over processes;
+- ``zero0`` ... ``zero3``: DeepSpeed ZeRO stage 0-3 (3 shards the parameters).
+
+What the methods rely on, and so where they can run (``MethodSpec.engines``; the table is in
+``docs/multi-gpu.md``): every custom step calls the wrapped model's backward exactly once per
+micro-batch (intermediate passes use ``torch.autograd.grad`` on the unwrapped model, so they
+neither touch ``.grad`` nor trigger DDP's all-reduce or DeepSpeed's gradient hooks; what must be
+global across processes is averaged with :func:`average_`). DeepSpeed steps its optimizer inside
+that backward, so a method with a second backward (Surgery's separate probe backward) or with
+per-step changes of the trainable set (T-Vaccine) is DDP-only. Forward hooks on attention
+modules, in-place weight perturbations and proximal terms need whole (unsharded) parameters:
+no FSDP, no ZeRO-3.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+from ..errors import ClinicError
+
+ENGINES = ("ddp", "fsdp", "zero0", "zero1", "zero2", "zero3")
+ENGINE_LABELS = {
+    "single": "a single process",
+    "ddp": "DDP (data parallel)",
+    "fsdp": "FSDP (sharded parameters)",
+    "zero0": "DeepSpeed ZeRO-0",
+    "zero1": "DeepSpeed ZeRO-1",
+    "zero2": "DeepSpeed ZeRO-2",
+    "zero3": "DeepSpeed ZeRO-3 (sharded parameters)",
+}
+_WHY = {
+    "fsdp": "it reads or perturbs whole weights or layer activations outside the wrapped forward, "
+            "which FSDP's parameter sharding does not allow",
+    "zero3": "it reads or perturbs whole weights or layer activations outside the wrapped forward, "
+             "which ZeRO-3's parameter sharding does not allow",
+}
+_WHY_DEEPSPEED = ("DeepSpeed steps the optimizer inside backward, and this method needs a second backward pass "
+                  "or changes its trainable parameters from step to step")
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")
+
+
+def _zero_stage_from_env() -> str:
+    stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
+    config = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    if stage is None and config and os.path.exists(config):
+        try:
+            stage = str(json.loads(open(config).read()).get("zero_optimization", {}).get("stage", 0))
+        except (OSError, ValueError):
+            stage = None
+    return f"zero{stage}" if stage in ("0", "1", "2", "3") else "zero3"  # unknown: assume the strictest
+
+
+def detect_engine(state=None) -> str:
+    """The engine of this process: from an accelerate state (a Trainer's ``accelerator.state``),
+    or, without one (before any Trainer exists), from what the launcher exported."""
+    from accelerate.utils import DistributedType
+
+    if state is None:  # `accelerate launch` / torchrun environment variables
+        if _flag("ACCELERATE_USE_DEEPSPEED"):
+            return _zero_stage_from_env()
+        if _flag("ACCELERATE_USE_FSDP"):
+            return "fsdp"
+        return "ddp" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "single"
+    kind = state.distributed_type
+    if kind == DistributedType.DEEPSPEED:
+        plugin = getattr(state, "deepspeed_plugin", None)
+        stage = getattr(plugin, "zero_stage", None)
+        return f"zero{stage}" if stage in (0, 1, 2, 3) else "zero3"
+    if kind == DistributedType.FSDP:
+        return "fsdp"
+    if kind == DistributedType.NO or state.num_processes <= 1:
+        return "single"
+    if str(kind.value).startswith("MULTI_"):
+        return "ddp"
+    return str(kind.value).lower()  # XLA, MEGATRON_LM...: no method declares them
+
+
+def check_engine(method: str, engines: tuple[str, ...], engine: str | None = None) -> str:
+    """Raise a :class:`ClinicError` unless ``method`` (supporting ``engines``) can run under
+    ``engine`` (default: the detected one). A single process is always fine."""
+    engine = engine or detect_engine()
+    if engine == "single" or engine in engines:
+        return engine
+    why = _WHY.get(engine, _WHY_DEEPSPEED if engine.startswith("zero") else "it was never checked there")
+    runs_on = ", ".join(ENGINE_LABELS.get(e, e) for e in ("single", *engines))
+    raise ClinicError(
+        f"method {method!r} cannot run under {ENGINE_LABELS.get(engine, engine)}: {why}; it runs on: {runs_on} "
+        f"(see docs/multi-gpu.md)"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# wrappers and collectives
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a DDP / DataParallel / DeepSpeed engine wrapper (a PEFT model stays).
+
+    Hooks and structural lookups work on it, and a forward through it runs no DDP bookkeeping:
+    an intermediate pass whose gradients are taken with ``torch.autograd.grad`` runs here."""
+    from accelerate.utils import extract_model_from_parallel
+
+    return extract_model_from_parallel(model, keep_fp32_wrapper=True)
+
+
+def world_size() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over processes, in place (a no-op in a single process)."""
+    if world_size() > 1:
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
+    return tensor
+
+
+def average_(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Average tensors over processes, in place, with one all-reduce per dtype (a no-op in a
+    single process). Every process must call it with tensors of the same shapes."""
+    n = world_size()
+    if n == 1 or not tensors:
+        return tensors
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for t in tensors:
+        by_dtype.setdefault(t.dtype, []).append(t)
+    for group in by_dtype.values():
+        flat = torch.cat([t.reshape(-1) for t in group])
+        all_reduce_sum_(flat).div_(n)
+        offset = 0
+        for t in group:
+            t.copy_(flat[offset:offset + t.numel()].view_as(t))
+            offset += t.numel()
+    return tensors

@@ -1,0 +1,234 @@
+"""Multi-process training: two CPU processes (gloo, DDP) on a per-process batch of 2 train the same
+adapter as one process on a batch of 4, for SFT, two multi-pass methods (Vaccine, Booster) and
+Surgery; every other method runs under DDP; engines a method cannot run under are refused.
+
+The data rows all have the same token count, so a mean over 4 rows equals the mean of two means
+over 2 rows, and the sampler hands rows 0-1 / 2-3 of the global batch to ranks 0 / 1: the two runs
+compute the same gradients up to float summation order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from clinic.cli import main
+from clinic.errors import ClinicError
+from clinic.methods.engines import check_engine, detect_engine
+
+WORKER = Path(__file__).with_name("_ddp_worker.py")
+COMMON = ["--model", "tiny-random-llama", "--max-steps", "2", "--lr", "1e-3", "--max-length", "64",
+          "--logging-steps", "1", "--seed", "0"]
+COMPARED = ["sft", "vaccine", "booster", "surgery"]  # DDP == one process with the global batch
+SMOKE = ["tvaccine", "repnoise", "tar-lite", "lisa"]  # run under DDP
+
+
+def _rows(path: Path, kind: str) -> Path:
+    # every prompt/response pair has the same length in bytes = tokens (byte-level tiny tokenizer)
+    rows = [{"prompt": f"{kind} question {i:02d}?", "response": f"{kind} answer {i:02d}."} for i in range(8)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _argv(method: str, data: Path, harm: Path) -> list[str]:
+    harmful = ["--harmful-data", str(harm), "--harmful-size", "8"]
+    return {
+        "sft": ["align", "--method", "sft", "--data", str(data)],
+        "vaccine": ["align", "--method", "vaccine", "--data", str(data)],
+        "booster": ["align", "--method", "booster", "--data", str(data), *harmful],
+        "tar-lite": ["align", "--method", "tar-lite", "--data", str(data), "--no-reproduce-bug", *harmful],
+        "repnoise": ["align", "--method", "repnoise", "--data", str(data), *harmful],
+        "tvaccine": ["align", "--method", "tvaccine", "--data", str(data), "--active-layers", "1", "--resample-every", "1",
+                     *harmful],
+        "surgery": ["finetune", "--method", "surgery", "--data", str(data), "--harmful-probes", str(harm),
+                    "--harmful-probe-pool", "8", "--harmless-probes", str(data), "--harmless-probe-pool", "8"],
+        "lisa": ["finetune", "--method", "lisa", "--data", str(data), "--guide-data", str(harm), "--guide-size", "8",
+                 "--align-steps", "1", "--finetune-steps", "1", "--prox-start", "0"],
+    }[method]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Run every method once with 2 processes x batch 2 (one launch) and, for the compared ones,
+    once in this process with batch 4."""
+    base = tmp_path_factory.mktemp("ddp")
+    data, harm = _rows(base / "good.jsonl", "good"), _rows(base / "harm.jsonl", "harm")
+    commands = [_argv(m, data, harm) + COMMON + ["--batch-size", "2", "--output", str(base / f"ddp-{m}")]
+                for m in COMPARED + SMOKE]
+    (base / "commands.json").write_text(json.dumps(commands))
+    env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
+               HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(_free_port()), str(WORKER), str(base / "commands.json")]
+    log = base / "launch.log"
+    with log.open("w") as fh, subprocess.Popen(launch, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                               start_new_session=True) as ddp:
+        try:  # the one-process runs overlap the processes' start-up
+            for m in COMPARED:
+                code = main(_argv(m, data, harm) + COMMON + ["--batch-size", "4", "--output", str(base / f"single-{m}")])
+                assert code == 0
+            ddp.wait(timeout=300)
+        finally:
+            if ddp.poll() is None:  # the launcher and its two workers
+                os.killpg(ddp.pid, signal.SIGKILL)
+    assert ddp.returncode == 0, log.read_text()[-6000:]
+    return base
+
+
+def _adapter(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(run / "adapter" / "adapter_model.safetensors")
+
+
+def _logged(run: Path, key: str) -> list[float]:
+    return [row[key] for row in map(json.loads, (run / "train_log.jsonl").read_text().splitlines()) if key in row]
+
+
+@pytest.mark.parametrize("method", COMPARED)
+def test_two_processes_train_like_one_with_the_global_batch(runs, method):
+    ddp, single = runs / f"ddp-{method}", runs / f"single-{method}"
+    assert (ddp / "DONE").exists() and (single / "DONE").exists()
+    assert json.loads((ddp / "metrics.json").read_text())["steps"] == 2
+    a, b = _adapter(ddp), _adapter(single)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=2e-6, msg=lambda m, k=key: f"{method} {k}: {m}")
+    # the run moved: LoRA B started at 0
+    assert any(a[k].abs().max() > 1e-4 for k in a if "lora_B" in k)
+    # loss, and the norm of the (all-reduced) gradient before clipping: Adam's first steps hide
+    # gradient scale, these do not
+    for key in ("loss", "grad_norm"):
+        assert len(_logged(ddp, key)) == 2
+        assert _logged(ddp, key) == pytest.approx(_logged(single, key), rel=1e-4), key
+
+
+@pytest.mark.parametrize("method", SMOKE)
+def test_every_method_runs_under_ddp(runs, method):
+    run = runs / f"ddp-{method}"
+    assert (run / "DONE").exists() and (run / "adapter" / "adapter_model.safetensors").exists()
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 2
+
+
+def test_one_run_directory_is_written_by_the_main_process(runs):
+    leftovers = [p.name for p in runs.iterdir() if ".partial-" in p.name]  # no staging folder left
+    assert leftovers == []
+    assert sorted(p.name for p in (runs / "ddp-sft").iterdir()) == sorted(
+        p.name for p in (runs / "single-sft").iterdir())
+
+
+# --------------------------------------------------------------------------------------------
+# engines
+
+
+def _state(kind: str, processes: int = 2, zero_stage: int | None = None):
+    from accelerate.utils import DistributedType
+
+    return SimpleNamespace(distributed_type=DistributedType[kind], num_processes=processes,
+                           deepspeed_plugin=SimpleNamespace(zero_stage=zero_stage))
+
+
+@pytest.mark.parametrize("state,engine", [
+    (_state("NO", 1), "single"),
+    (_state("MULTI_GPU"), "ddp"),
+    (_state("MULTI_CPU"), "ddp"),
+    (_state("FSDP"), "fsdp"),
+    (_state("DEEPSPEED", zero_stage=2), "zero2"),
+    (_state("DEEPSPEED", 1, zero_stage=3), "zero3"),
+])
+def test_engine_from_accelerate_state(state, engine):
+    assert detect_engine(state) == engine
+
+
+@pytest.mark.parametrize("env,engine", [
+    ({}, "single"),
+    ({"WORLD_SIZE": "8"}, "ddp"),
+    ({"WORLD_SIZE": "8", "ACCELERATE_USE_FSDP": "true"}, "fsdp"),
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}, "zero2"),
+])
+def test_engine_from_launcher_environment(monkeypatch, env, engine):
+    for name in ("WORLD_SIZE", "ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_ZERO_STAGE",
+                 "ACCELERATE_DEEPSPEED_CONFIG_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert detect_engine() == engine
+
+
+def test_every_method_declares_its_engines():
+    from clinic.methods.base import METHODS, methods_for
+
+    methods_for("align")
+    table = {name: spec.engines for name, spec in METHODS.items()}
+    assert table["sft"] == ("ddp", "fsdp", "zero0", "zero1", "zero2", "zero3")
+    assert table["tvaccine"] == table["surgery"] == ("ddp",)
+    for name in ("vaccine", "booster", "tar-lite", "repnoise", "lisa"):
+        assert table[name] == ("ddp", "zero0", "zero1", "zero2")
+    assert check_engine("sft", table["sft"], "zero3") == "zero3"
+    assert check_engine("tvaccine", table["tvaccine"], "single") == "single"
+    with pytest.raises(ClinicError, match="cannot run under FSDP"):
+        check_engine("vaccine", table["vaccine"], "fsdp")
+    with pytest.raises(ClinicError, match="'surgery' cannot run under DeepSpeed ZeRO-2.*second backward"):
+        check_engine("surgery", table["surgery"], "zero2")
+
+
+def test_unsupported_engine_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    code = main(["align", "--model", "tiny-random-llama", "--method", "vaccine", "--output", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "method 'vaccine' cannot run under DeepSpeed ZeRO-3" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("config,engine,methods", [
+    ("ddp-2gpu", "ddp", {"sft", "vaccine", "tvaccine", "booster", "tar-lite", "repnoise", "surgery", "lisa"}),
+    ("ddp-8gpu", "ddp", {"sft", "vaccine", "tvaccine", "booster", "tar-lite", "repnoise", "surgery", "lisa"}),
+    ("fsdp-8gpu", "fsdp", {"sft"}),
+    ("deepspeed-zero2", "zero2", {"sft", "vaccine", "booster", "tar-lite", "repnoise", "lisa"}),
+])
+def test_accelerate_configs_and_the_engine_their_processes_see(monkeypatch, config, engine, methods):
+    """Each configs/accelerate file parses as `accelerate launch` parses it, and the environment it
+    gives the processes is detected as the right engine, which admits exactly the expected methods."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
+
+    from clinic.methods.base import METHODS, methods_for
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / f"{config}.yaml"
+    args = launch_command_parser().parse_args(["--config_file", str(path), "-m", "clinic.cli", "align"])
+    args, _, _ = _validate_launch_command(args)
+    assert args.num_processes == (2 if config == "ddp-2gpu" else 8)
+    if args.use_deepspeed:
+        args.deepspeed_fields_from_accelerate_config = ""
+        env = prepare_deepspeed_cmd_env(args)[1]
+    else:
+        env = prepare_multi_gpu_env(args)
+    for name, value in {**env, "WORLD_SIZE": str(args.num_processes)}.items():
+        monkeypatch.setenv(name, value)
+    assert detect_engine() == engine
+    methods_for("align")
+    admitted = set()
+    for name, spec in METHODS.items():
+        try:
+            check_engine(name, spec.engines)
+            admitted.add(name)
+        except ClinicError:
+            pass
+    assert admitted == methods

@@ -1,0 +1,268 @@
+"""The experiment runner: grid expansion, stage sharing, determinism, resume after kill -9, report."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clinic.cli import main
+from clinic.errors import ClinicError
+from clinic.experiment import Experiment, run_experiment
+
+TIMING_KEYS = {"train_seconds", "eval_seconds", "peak_memory_mb"}
+
+
+def tiny_experiment(**changes) -> dict:
+    exp = {
+        "name": "tiny",
+        "model": "tiny-random-llama",
+        "seeds": [0],
+        "align": {"methods": ["sft"], "n": 8, "train": {"batch_size": 4, "max_length": 512, "logging_steps": 1}},
+        "finetune": {"methods": ["sft"], "tasks": ["sst2"], "n": 8, "poison_ratios": [0.0, 0.5],
+                     "train": {"batch_size": 4, "max_length": 512, "logging_steps": 1, "epochs": 2}},
+        "evaluate": {"n_prompts": 4, "judges": ["keyword"], "n_task": 4, "max_new_tokens": 4, "batch_size": 4},
+        "sink": {"n": 2, "max_length": 64},
+    }
+    for key, value in changes.items():
+        exp[key] = value
+    return exp
+
+
+def write_experiment(path: Path, exp: dict) -> Path:
+    path.write_text(yaml.safe_dump(exp, sort_keys=False))
+    return path
+
+
+def stage_outputs(root: Path) -> dict:
+    """{stage dir: (metrics without timings, data indices)} of every finished stage."""
+    plan = json.loads((root / "plan.json").read_text())
+    store = (root / plan["store"]).resolve()
+    out = {}
+    for stage in plan["stages"]:
+        path = store / stage["dir"]
+        assert (path / "DONE").exists(), f"{stage['dir']} did not finish"
+        record = {}
+        for name in ("metrics.json", "data_indices.json"):
+            if (path / name).exists():
+                data = json.loads((path / name).read_text())
+                record[name] = {k: v for k, v in data.items() if k not in TIMING_KEYS}
+        if (path / "sink.json").exists():
+            record["sink"] = [e["divergence"] for e in json.loads((path / "sink.json").read_text())["entries"]]
+        if (path / "generations.jsonl").exists():
+            record["generations"] = (path / "generations.jsonl").read_text()
+        out[stage["dir"]] = record
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# plan
+
+
+def test_grid_expands_and_shares_stages(data_dir):
+    exp = Experiment.from_dict(tiny_experiment(finetune={"methods": ["sft", "lisa"], "tasks": ["sst2"], "n": 8,
+                                                         "poison_ratios": [0.0, 0.1]}))
+    kinds = [s.kind for s in exp.plan()]
+    # one alignment shared by four fine-tuning runs; base + aligned + 4 fine-tuned evaluations
+    assert kinds.count("align") == 1
+    assert kinds.count("finetune") == 4
+    assert kinds.count("evaluate") == 6
+    assert kinds.count("sink") == 4
+    align = next(s for s in exp.plan() if s.kind == "align")
+    assert all(s.parent.hash == align.hash for s in exp.plan() if s.kind == "finetune")
+
+
+def test_hash_depends_on_config_and_parent_only(data_dir):
+    a = Experiment.from_dict(tiny_experiment()).plan()
+    changed = tiny_experiment()
+    changed["finetune"]["train"]["lr"] = 1e-3
+    b = Experiment.from_dict(changed).plan()
+    hashes = lambda plan, kind: [s.hash for s in plan if s.kind == kind]  # noqa: E731
+    assert hashes(a, "align") == hashes(b, "align")  # the fine-tuning lr does not touch alignment
+    assert set(hashes(a, "finetune")).isdisjoint(hashes(b, "finetune"))
+    changed["align"]["n"] = 12
+    c = Experiment.from_dict(changed).plan()
+    assert hashes(c, "align") != hashes(b, "align")
+    assert set(hashes(c, "finetune")).isdisjoint(hashes(b, "finetune"))  # parent changed
+
+
+def test_finetune_blocks_filter_aligned_models(data_dir):
+    exp = Experiment.from_dict(tiny_experiment(
+        align={"methods": ["sft", "vaccine"], "n": 8},
+        finetune=[{"aligned_with": ["sft"], "methods": ["sft", "surgery"], "poison_ratios": [0.1], "n": 8},
+                  {"aligned_with": ["vaccine"], "methods": ["sft"], "poison_ratios": [0.1, 0.2], "n": 8}]))
+    runs = [(s.labels["align"], s.labels["finetune"], s.labels["p"]) for s in exp.plan() if s.kind == "finetune"]
+    assert runs == [("sft", "sft", 0.1), ("sft", "surgery", 0.1), ("vaccine", "sft", 0.1), ("vaccine", "sft", 0.2)]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"fintune": {}}, "unknown key 'fintune' in the experiment file (did you mean 'finetune'?)"),
+    ({"align": {"methods": ["sft"], "lr": 1}}, "unknown key 'lr' in align"),
+    ({"align": {"methods": ["nope"]}}, "nope"),
+    ({"finetune": {"methods": ["vaccine"]}}, "vaccine"),
+    ({"finetune": {"poison_ratios": [1.5]}}, "1.5"),
+    ({"evaluate": {"judges": ["oracle"]}}, "oracle"),
+    ({"finetune": {"tasks": ["imdb"]}}, "imdb"),
+    ({"align": {"methods": [{"name": "vaccine", "rhoo": 2}]}}, "rhoo"),
+    ({"seeds": []}, "seed"),
+])
+def test_bad_experiment_is_one_line_error(tmp_path, data_dir, capsys, change, message):
+    path = write_experiment(tmp_path / "bad.yaml", tiny_experiment(**change))
+    assert main(["run", str(path), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_experiment_file(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "none.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# running: determinism, sharing, resume, report
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    if not os.environ.get("CLINIC_DATA_DIR"):
+        pytest.skip("data directory missing")
+    tmp = tmp_path_factory.mktemp("exp")
+    path = write_experiment(tmp / "tiny.yaml", tiny_experiment())
+    root = run_experiment(path, tmp / "run-a")
+    return path, root
+
+
+def test_run_writes_every_stage_and_report(reference_run):
+    _, root = reference_run
+    outputs = stage_outputs(root)
+    assert len(outputs) == 1 + 1 + 1 + 2 * 3  # base eval, align, aligned eval, 2 × (finetune, eval, sink)
+    report = root / "report"
+    rows = json.loads((report / "results.json").read_text())["rows"]
+    assert [r["stage"] for r in rows] == ["base", "aligned", "finetuned", "finetuned"]
+    finetuned = [r for r in rows if r["stage"] == "finetuned"]
+    assert [r["p"] for r in finetuned] == [0.0, 0.5]
+    for r in finetuned:
+        assert 0 <= r["HS keyword [beavertails-test]"] <= 100
+        assert 0 <= r["FA sst2"] <= 100
+        assert 0 <= r["positive sink heads"] <= r["heads"]
+        assert r["finetune seconds"] > 0 and r["align seconds"] > 0
+    for figure in ("hs_vs_p.png", "fa_vs_p.png", "hs_vs_sink_heads.png"):
+        assert (report / figure).stat().st_size > 1000
+    html = (report / "report.html").read_text()
+    assert "data:image/png;base64," in html and 'src="http' not in html  # self-contained
+    prov = json.loads((report / "results.json").read_text())["provenance"]
+    assert len(prov["data_files"]["refusals"]["sha256"]) == 64
+    assert prov["versions"]["torch"]
+    assert (report / "results.csv").read_text().count("\n") == len(rows) + 1
+
+
+def test_same_experiment_twice_is_identical(reference_run, tmp_path):
+    path, root = reference_run
+    again = run_experiment(path, tmp_path / "run-b", report=False)
+    assert stage_outputs(again) == stage_outputs(root)
+
+
+def test_rerun_skips_finished_stages(reference_run, capsys):
+    path, root = reference_run
+    before = {p: p.stat().st_mtime for p in (root / "stages").iterdir()}
+    run_experiment(path, root, report=False)
+    assert "9 already done" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime for p in (root / "stages").iterdir()} == before
+
+
+def test_shared_store_runs_common_stages_once(reference_run, tmp_path, capsys):
+    path, root = reference_run
+    more = tiny_experiment(name="tiny-more")
+    more["finetune"]["poison_ratios"] = [0.5, 1.0]
+    other = write_experiment(tmp_path / "more.yaml", more)
+    run_experiment(other, tmp_path / "more", store=root / "stages", report=False)
+    out = capsys.readouterr().out
+    # base eval, align, aligned eval and the p=0.5 branch (3 stages) already exist in the store
+    assert "6 already done" in out
+
+
+def _kill_when(root: Path, kind: str, cmd: list[str]) -> None:
+    """Start the runner, SIGKILL it as soon as a ``kind`` stage is being written."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}  # same threads as this process
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if list((root / "stages").glob(f".{kind}-*.partial-*")):
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                return
+            time.sleep(0.01)
+        pytest.fail(f"runner ended before a {kind} stage was caught (rc {proc.poll()})")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.parametrize("kind", ["finetune", "evaluate"])
+def test_resume_after_kill_matches_uninterrupted_run(reference_run, tmp_path, kind):
+    path, root = reference_run
+    target = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "clinic.cli", "run", str(path), "--output", str(target), "--no-report"]
+    _kill_when(target, kind, cmd)
+    assert list((target / "stages").glob(f".{kind}-*.partial-*")), "no half-written stage left by the kill"
+    assert main(["run", str(path), "--output", str(target)]) == 0
+    assert not list((target / "stages").glob(".*partial*"))
+    assert stage_outputs(target) == stage_outputs(root)
+
+
+def test_stage_held_by_a_live_runner_is_waited_for_then_taken_over(reference_run, tmp_path, capsys):
+    path, root = reference_run
+    target = tmp_path / "waits"
+    first = Experiment.from_file(path).plan()[0]
+    (target / "stages").mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(4)"])
+    (target / "stages" / f".{first.dirname}.lock").write_text(str(holder.pid))
+    try:
+        run_experiment(path, target, report=False)
+    finally:
+        holder.kill()
+    out = capsys.readouterr().out
+    assert "waiting for 1 stage(s) held by another runner" in out
+    assert out.index(f"evaluate {first.dirname}") > out.index("waiting for")  # run last, after the holder died
+    assert stage_outputs(target) == stage_outputs(root)
+    assert not list((target / "stages").glob(".*.lock"))
+
+
+def test_two_runners_share_one_store(reference_run, tmp_path):
+    path, root = reference_run
+    target = tmp_path / "shared"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "clinic.cli", "run", str(path), "--output", str(target), "--no-report"]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+             for _ in range(2)]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    started = [line.split()[-1] for log in logs for line in log.splitlines()
+               if line.startswith("[") and "done in" not in line]
+    assert sorted(started) == sorted(stage_outputs(root)), "every stage runs exactly once across the two runners"
+    assert all(started_by_each for started_by_each in ([l for l in log.splitlines() if "] " in l] for log in logs))
+    assert stage_outputs(target) == stage_outputs(root)
+
+
+def test_different_experiment_in_same_directory_is_refused(reference_run, tmp_path):
+    _, root = reference_run
+    other = write_experiment(tmp_path / "tiny.yaml", tiny_experiment(seeds=[1]))
+    with pytest.raises(ClinicError, match="holds a different experiment"):
+        run_experiment(other, root)
+
+
+def test_report_cli_refuses_to_overwrite(reference_run, capsys):
+    _, root = reference_run
+    assert main(["report", str(root)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["report", str(root), "--output", str(root / "report-2")]) == 0
+    assert (root / "report-2" / "report.html").exists()
