@@ -121,6 +121,25 @@ def test_bad_experiment_is_one_line_error(tmp_path, data_dir, capsys, change, me
     assert not (tmp_path / "out").exists()
 
 
+def test_curate_block_feeds_the_alignments(tmp_path, data_dir):
+    exp = tiny_experiment(curate={"selector": "random", "ratio": 0.5,
+                                  "options": {"n_candidates": 8, "n_validation": 2, "max_length": 512}},
+                          finetune=[], evaluate={"base": False, "n_prompts": 2, "judges": ["keyword"],
+                                                 "max_new_tokens": 2}, sink=None)
+    exp["align"]["n"] = None
+    plan = Experiment.from_dict(exp).plan()
+    assert [s.kind for s in plan] == ["curate", "align", "evaluate"]
+    assert plan[1].parent is plan[0]
+    root = run_experiment(write_experiment(tmp_path / "cur.yaml", exp), tmp_path / "cur", report=False)
+    store = root / "stages"
+    subset = (store / plan[0].dirname / "subset.jsonl").read_text().splitlines()
+    assert len(subset) == 4
+    indices = json.loads((store / plan[1].dirname / "data_indices.json").read_text())
+    assert indices["train"]["n"] == 4  # the alignment trained on the curated subset
+    with pytest.raises(ClinicError, match="unknown curate option"):
+        Experiment.from_dict({**exp, "curate": {"selector": "random", "ratio": 0.5, "options": {"gama": 1}}})
+
+
 def test_missing_experiment_file(tmp_path, capsys):
     assert main(["run", str(tmp_path / "none.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err
@@ -219,20 +238,32 @@ def test_resume_after_kill_matches_uninterrupted_run(reference_run, tmp_path, ki
     assert stage_outputs(target) == stage_outputs(root)
 
 
-def test_stage_held_by_a_live_runner_is_waited_for_then_taken_over(reference_run, tmp_path, capsys):
+def test_stage_held_by_a_live_runner_is_waited_for_then_taken_over(reference_run, tmp_path, capsys, monkeypatch):
+    import clinic.experiment as experiment
+
     path, root = reference_run
     target = tmp_path / "waits"
     first = Experiment.from_file(path).plan()[0]
     (target / "stages").mkdir(parents=True)
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(4)"])
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     (target / "stages" / f".{first.dirname}.lock").write_text(str(holder.pid))
+    waits = []
+
+    def holder_dies_while_we_wait(seconds):  # the other runner ends (or is killed) while we wait
+        waits.append(seconds)
+        holder.kill()
+        holder.wait()
+
+    monkeypatch.setattr(experiment, "_wait", holder_dies_while_we_wait)
     try:
         run_experiment(path, target, report=False)
     finally:
         holder.kill()
+        holder.wait()
     out = capsys.readouterr().out
+    assert len(waits) == 1  # every other stage ran first; then it waited once for the held one
     assert "waiting for 1 stage(s) held by another runner" in out
-    assert out.index(f"evaluate {first.dirname}") > out.index("waiting for")  # run last, after the holder died
+    assert out.index(f"evaluate {first.dirname}") > out.index("waiting for")  # taken over after the holder died
     assert stage_outputs(target) == stage_outputs(root)
     assert not list((target / "stages").glob(".*.lock"))
 

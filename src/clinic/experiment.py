@@ -241,6 +241,9 @@ def _expand(exp: Experiment) -> list[Stage]:
             stages.append(evaluation(None, scored, {**base_labels, "stage": "base"}))
         curated = None
         if exp.curate:
+            from .curation import curate_config
+
+            curate_config({"model": exp.model, "seed": seed, **exp.curate})  # validates before anything runs
             curated = Stage("curate", str(exp.curate.get("selector", "pharmacist")),
                             {"model": exp.model, "seed": seed, **exp.curate}, None,
                             {**base_labels, "slug": "curate"})
@@ -500,7 +503,11 @@ def _run_pending(store: Path, exp: Experiment, stages: list[Stage], judges: dict
             if not waiting_said:
                 print(f"waiting for {len(pending)} stage(s) held by another runner", flush=True)
                 waiting_said = True
-            time.sleep(poll_s)
+            _wait(poll_s)
+
+
+def _wait(seconds: float) -> None:
+    time.sleep(seconds)
 
 
 def _existing_parent(path: Path) -> Path:
