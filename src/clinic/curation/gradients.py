@@ -26,7 +26,6 @@ numbers by a seeded random projection P with E[<Pa, Pb>] = <a, b> (Johnson-Linde
 
 from __future__ import annotations
 
-import contextlib
 import math
 import tempfile
 import time
@@ -37,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ClinicError
+from ..methods.hooks import displaced
 
 PROJECTIONS = ("sparse", "rademacher", "gaussian")
 MODEL_INPUTS = ("input_ids", "attention_mask", "labels", "position_ids")
@@ -330,19 +330,9 @@ class GradientWorkspace:
     def mean_loss(self, name: str) -> float:
         return self.losses(name).mean().item()
 
-    @contextlib.contextmanager
     def displaced(self, direction: list[torch.Tensor], scale: float):
         """Temporarily theta <- theta + scale * direction (restored exactly afterwards)."""
-        saved = [p.detach().clone() for p in self.params]
-        with torch.no_grad():
-            for p, d in zip(self.params, direction):
-                p.add_(d.to(p.dtype), alpha=scale)
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for p, s in zip(self.params, saved):
-                    p.copy_(s)
+        return displaced(self.params, direction, scale)
 
     def unflatten(self, flat: torch.Tensor) -> list[torch.Tensor]:
         """A flat vector over the parameters (``Projector`` order) as per-parameter tensors."""

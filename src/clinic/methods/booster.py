@@ -33,7 +33,7 @@ import torch
 from ..errors import ClinicError
 from .base import ClinicTrainer, MethodConfig, register_method
 from .engines import average_, unwrap
-from .hooks import attention_modules, grad_norm
+from .hooks import attention_modules, displaced, grad_norm
 from .vaccine import vaccine_passes
 
 
@@ -90,17 +90,9 @@ class BoosterTrainer(ClinicTrainer):
         with self.maybe_activation_offload_context:
             loss_h, g_h = loss_grads(self, model, harmful, params, average=True)
             norm = grad_norm(g_h)
-            original = [p.detach().clone() for p in params]
-            with torch.no_grad():
-                for p, g in zip(params, g_h):
-                    p.sub_(g * (cfg.alpha / (norm.to(g.device) + 1e-7)).to(g.dtype))
-            try:
+            # one normalised harmful step, then the harmful gradient there
+            with displaced(params, g_h, -cfg.alpha / (norm.item() + 1e-7)):
                 loss_h2, g_h2 = loss_grads(self, model, harmful, params)
-            finally:
-                with torch.no_grad():
-                    for p, w in zip(params, original):
-                        p.copy_(w)
-            del original
             with torch.no_grad():
                 penalty = [cfg.lam * (a - b) for a, b in zip(g_h, g_h2)]
             del g_h, g_h2

@@ -86,13 +86,26 @@ def _replace_first(output, tensor):
 
 
 @contextmanager
+def forward_hooks(modules: dict[int, nn.Module], make_hook):
+    """While active, ``modules[i]`` carries the forward hook ``make_hook(i)``; every hook is
+    removed on exit, also when the body raises (one place for the register/remove pattern)."""
+    handles = []
+    try:
+        for i, module in modules.items():
+            handles.append(module.register_forward_hook(make_hook(i)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
 def record_output_grads(modules: dict[int, nn.Module], store: dict[int, torch.Tensor]):
     """While active, ``store[i]`` receives d(loss)/d(output of modules[i]) on backward.
 
     The output is the attention module's result after its output projection and before the
     residual add: the "hidden embedding" the Vaccine family perturbs (ALGORITHMS.md §2.2).
     """
-    handles = []
 
     def make_hook(i):
         def forward_hook(_module, _args, output):
@@ -102,19 +115,13 @@ def record_output_grads(modules: dict[int, nn.Module], store: dict[int, torch.Te
 
         return forward_hook
 
-    try:
-        for i, module in modules.items():
-            handles.append(module.register_forward_hook(make_hook(i)))
+    with forward_hooks(modules, make_hook):
         yield store
-    finally:
-        for h in handles:
-            h.remove()
 
 
 @contextmanager
 def perturb_outputs(modules: dict[int, nn.Module], perturbations: dict[int, torch.Tensor]):
     """While active, ``modules[i]``'s output becomes ``output + perturbations[i]`` (a constant)."""
-    handles = []
 
     def make_hook(i):
         def forward_hook(_module, _args, output):
@@ -123,14 +130,8 @@ def perturb_outputs(modules: dict[int, nn.Module], perturbations: dict[int, torc
 
         return forward_hook
 
-    try:
-        for i, module in modules.items():
-            if i in perturbations:
-                handles.append(module.register_forward_hook(make_hook(i)))
+    with forward_hooks({i: m for i, m in modules.items() if i in perturbations}, make_hook):
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 # --------------------------------------------------------------------------------------------
@@ -183,7 +184,6 @@ def capture_outputs(modules: dict[int, nn.Module], store: dict[int, torch.Tensor
 
     The tensors stay in the autograd graph: losses built on them backpropagate into the model.
     """
-    handles = []
 
     def make_hook(i):
         def forward_hook(_module, _args, output):
@@ -191,13 +191,8 @@ def capture_outputs(modules: dict[int, nn.Module], store: dict[int, torch.Tensor
 
         return forward_hook
 
-    try:
-        for i, module in modules.items():
-            handles.append(module.register_forward_hook(make_hook(i)))
+    with forward_hooks(modules, make_hook):
         yield store
-    finally:
-        for h in handles:
-            h.remove()
 
 
 @contextmanager
@@ -304,6 +299,24 @@ def put_back_grads(stash: dict[nn.Parameter, torch.Tensor]) -> None:
     """Add stashed gradients back onto ``.grad`` (the inverse of :func:`take_grads`)."""
     for p, g in stash.items():
         p.grad = g if p.grad is None else p.grad + g
+
+
+@contextmanager
+def displaced(params: list[torch.Tensor], direction: list[torch.Tensor], scale: float):
+    """While active, every ``p <- p + scale * d``; the exact original weights come back on exit
+    (also when the body raises). The simulated steps of Booster, TAR and the curation
+    hypergradients: a gradient is taken at displaced weights, the real step starts from the
+    original ones."""
+    saved = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p, d in zip(params, direction):
+            p.add_(d.to(p.device, p.dtype), alpha=scale)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, s in zip(params, saved):
+                p.copy_(s)
 
 
 def grad_norm(tensors: Iterable[torch.Tensor]) -> torch.Tensor:

@@ -35,6 +35,7 @@ import torch
 from ..errors import ClinicError
 from .base import ClinicTrainer, MethodConfig, register_method
 from .booster import linear_term, loss_grads
+from .hooks import displaced
 
 SIGNS = {"plus": 1.0, "minus": -1.0}
 
@@ -80,17 +81,9 @@ class TarLiteTrainer(ClinicTrainer):
         params = self.trainable_parameters()
         with self.maybe_activation_offload_context:
             loss_h, g_h = loss_grads(self, model, harmful, params, average=True)
-            original = [p.detach().clone() for p in params]
-            with torch.no_grad():
-                for p, g in zip(params, g_h):
-                    p.sub_(cfg.attack_lr * g)
-            try:
+            # the simulated SGD attack step, then the alignment gradient there
+            with displaced(params, g_h, -cfg.attack_lr):
                 loss_attacked, g_f_attacked = loss_grads(self, model, inputs, params)
-            finally:
-                with torch.no_grad():
-                    for p, w in zip(params, original):
-                        p.copy_(w)
-            del original
             with self.compute_loss_context_manager():
                 loss = self.lm_loss(model, inputs)
             if cfg.reproduce_bug:  # the reference's sum is lost: the update is grad f(w)
