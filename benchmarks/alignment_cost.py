@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -56,6 +55,8 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from _common import machine_info, save_json
 
 VARIANTS = ["sft", "vaccine", "tvaccine", "tvaccine-nockpt", "repnoise", "booster", "tar-lite"]
 RESULTS = Path(__file__).resolve().parent / "results" / "alignment_cost.json"
@@ -198,26 +199,6 @@ def worker(opts: dict) -> dict:
     return out
 
 
-def machine_info(device: str) -> dict:
-    import torch
-    import transformers
-
-    info = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "device": device,
-        "load_average_at_start": os.getloadavg(),
-    }
-    if device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["gpu_memory_gb"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
-    return info
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cuda", "cpu"], default=None)
@@ -298,9 +279,7 @@ def main(argv: list[str] | None = None) -> dict:
     print("T-Vaccine / Vaccine:", tv_vs_vaccine)
     existing = json.loads(args.out.read_text()) if args.out.exists() else {}
     existing[device] = record
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(existing, indent=1) + "\n")
-    print(f"saved {args.out}")
+    save_json(existing, args.out)
     return record
 
 

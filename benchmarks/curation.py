@@ -43,13 +43,13 @@ Results: ``--results`` (JSON: machine, settings, one record per run) and the sam
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from _common import machine_info, save_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -92,21 +92,6 @@ def _split(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
-def machine_info() -> dict:
-    import torch
-
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "load_average_at_start": os.getloadavg(),
-    }
-
-
 def once(path: Path, make) -> Path:
     """Reuse a finished run directory, else (re)build it."""
     if (path / "DONE").exists():
@@ -123,7 +108,13 @@ def main(argv=None) -> dict:
     from clinic.curation import CurateConfig, run_curate
     from clinic.evaluation.judges import get_judge
     from clinic.methods.base import train_config
-    from clinic.pipeline import DataSpec, EvalConfig, read_metrics, run_evaluate, run_train
+    from clinic.pipeline import (
+        DataSpec,
+        EvalConfig,
+        read_metrics,
+        run_evaluate,
+        run_train,
+    )
     from clinic.report import markdown_table
 
     work = Path(args.work).expanduser().resolve()
@@ -220,9 +211,7 @@ def write_results(args, machine: dict, records: list[dict], started: float, judg
         "wall_seconds": round(time.time() - started, 1),
         "records": records,
     }
-    out = Path(args.results)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = save_json(result, args.results)
     header, rows = table_rows(records, judges, args.eval_aligned)
     note = (f"model {args.model}; {args.n_candidates} candidate refusals ({args.n_validation} validation held out); "
             f"align {args.align_epochs:g} epoch(s), lr {args.align_lr}, batch {args.batch_size}, max length "

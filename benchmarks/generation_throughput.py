@@ -11,15 +11,13 @@ batch size returned exactly the one-at-a-time answers, and machine information).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
-import transformers
+from _common import machine_info, save_json
 
 from clinic.data.formatting import PromptFormat, encode_prompts, format_prompt
 from clinic.data.sources import load_rows
@@ -27,21 +25,6 @@ from clinic.evaluation.generate import generate
 from clinic.models import load_model
 
 RESULTS = Path(__file__).resolve().parent / "results" / "generation_throughput.json"
-
-
-def machine_info(model) -> dict:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "device": str(next(model.parameters()).device),
-        "dtype": str(next(model.parameters()).dtype),
-        "attn_implementation": getattr(model.config, "_attn_implementation", None),
-    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -106,7 +89,8 @@ def main(argv: list[str] | None = None) -> dict:
         "runs": runs,
         "best_batch_size": best["batch_size"],
         "best_speedup": best["speedup"],
-        "machine": machine_info(model),
+        "machine": machine_info(str(next(model.parameters()).device), dtype=str(next(model.parameters()).dtype),
+                                attn_implementation=getattr(model.config, "_attn_implementation", None)),
         "note": "wall-clock speed-up is the headline; CPU seconds (process time) and the 1-minute load "
                 "average before/after each run show whether other processes shared the cores",
         "command": "python benchmarks/generation_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -119,9 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"{run['prompts_per_s']:>9.2f} | {run['new_tokens_per_s']:>9.1f} | {run['speedup']:>7.2f}x | "
               f"{run['cpu_speedup']:>11.2f}x | {run['same_as_one_at_a_time']}")
     print(f"\nbest: batch {best['batch_size']}, {best['speedup']}x; machine: {result['machine']}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"saved {args.out}")
+    save_json(result, args.out)
     return result
 
 

@@ -11,11 +11,11 @@ and writes ``benchmarks/results/judge_accuracy.json``.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import time
 from pathlib import Path
+
+from _common import machine_info, save_json
 
 from clinic.evaluation.judges import (
     CLASSIFIER_SOURCES,
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
             "cache_file": str(judge.cache_path),
         },
         "keyword": {**keyword, "score_seconds": round(keyword_seconds, 2)},
-        "machine": {"platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine_info("cpu"),
         "command": "python benchmarks/judge_accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     print(f"held-out: {len(rows)} rows ({n_harmful} harmful, {len(rows) - n_harmful} safe), "
@@ -86,9 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name, m in (("classifier", classifier), ("keyword", keyword)):
         print(f"{name:>10} | {m['accuracy']:>8.3f} | {m['precision']:>9.3f} | {m['recall']:>6.3f} | {m['f1']:>6.3f}")
     print(f"classifier trained on {judge.info} (train/load {build_seconds:.0f} s)")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"saved {args.out}")
+    save_json(result, args.out)
     return result
 
 

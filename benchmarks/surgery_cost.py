@@ -43,8 +43,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -52,6 +50,8 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from _common import machine_info, save_json
 
 VARIANTS = ["sft", "surgery-reference", "surgery-clinic", "surgery-clinic-joint", "surgery-clinic-vonly"]
 
@@ -182,34 +182,6 @@ def timing_worker(opts: dict) -> dict:
     return times
 
 
-def device_info(device: str) -> dict:
-    import torch
-    import transformers
-
-    info = {"python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "device": device, "cpu_count": os.cpu_count()}
-    try:
-        info["load_average_at_start"] = os.getloadavg()
-    except OSError:
-        pass
-    if device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["cuda"] = torch.version.cuda
-    else:
-        info["cpu"] = _cpu_name()
-    return info
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
-
-
 def _subprocess(kind: str, opts: dict) -> dict:
     proc = subprocess.run([sys.executable, __file__, "--_worker", kind, "--_opts", json.dumps(opts)],
                           capture_output=True, text=True)
@@ -256,7 +228,7 @@ def main(argv=None) -> int:
     if "sft" not in variants:
         variants.insert(0, "sft")
     bf16 = device == "cuda"
-    report = {"info": device_info(device), "shape": {"name": shape, **SHAPES[shape]}, "bf16": bf16,
+    report = {"info": machine_info(device), "shape": {"name": shape, **SHAPES[shape]}, "bf16": bf16,
               "threads": threads or None, "probe_lengths": probe_lengths, "steps": steps, "warmup": args.warmup,
               "timing": "per-variant subprocess" if device == "cuda" else "interleaved in one process",
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -312,9 +284,7 @@ def main(argv=None) -> int:
                 line += f" {r['peak_rss_rise_mb']:12.0f} {r.get('rss_rise_ratio', float('nan')):6.2f}"
             print(line)
     out = Path(args.output) if args.output else Path(__file__).resolve().parent / "results" / f"surgery_cost_{device}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"saved {out}")
+    save_json(report, out)
     return 0
 
 

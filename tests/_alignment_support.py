@@ -43,21 +43,22 @@ def quiet():
     warnings.filterwarnings("ignore", category=UserWarning)
 
 
-def make_trainer(method: str, tmp_path, arch: str = "llama", options: dict | None = None, *, samples=None,
-                 harmful=None, max_steps: int = 2, batch_size: int = 4, seed: int = 0, model_overrides=None,
-                 **train_overrides):
-    """A trainer for ``method`` on a tiny random ``arch`` model with a fresh LoRA (fp32)."""
-    quiet()
-    model, tok = tiny_random_model(arch, seed=seed, **(model_overrides or {}))
-    cfg = train_config("cpu-align", max_steps=max_steps, batch_size=batch_size, logging_steps=1, seed=seed,
-                       **train_overrides)
-    fmt = cfg.prompt_format()
+def tiny_trainer(method: str, stage: str, tmp_path, *, samples, extra_data=None, options: dict | None = None,
+                 arch: str = "llama", seed: int = 0, preset: str | None = None, lora: bool = True, callbacks=None,
+                 model_overrides=None, **train_overrides):
+    """A ``method`` trainer of ``stage`` on a tiny random ``arch`` model (fp32), LoRA unless
+    ``lora=False`` (then full fine-tuning), the tokenizer's training rows of ``samples``."""
     from datasets import Dataset
 
-    rows = [training_row(tok, fmt, s.instruction, s.input, s.output) for s in (samples or REFUSALS)]
-    torch.manual_seed(seed)
-    model = attach_lora(model, cfg.lora())
-    spec = get_method(method, "align")
+    quiet()
+    model, tok = tiny_random_model(arch, seed=seed, **(model_overrides or {}))
+    cfg = train_config(preset, seed=seed, full_ft=not lora, **train_overrides)
+    fmt = cfg.prompt_format()
+    rows = [training_row(tok, fmt, s.instruction, s.input, s.output) for s in samples]
+    if lora:
+        torch.manual_seed(seed)
+        model = attach_lora(model, cfg.lora())
+    spec = get_method(method, stage)
     trainer = spec.trainer(
         model=model,
         args=cfg.sft_config(str(tmp_path / f"out-{method}-{arch}"), disable_tqdm=True),
@@ -65,10 +66,20 @@ def make_trainer(method: str, tmp_path, arch: str = "llama", options: dict | Non
         processing_class=tok,
         prompt_format=fmt,
         method_config=spec.config(**(options or {})),
-        extra_data={"harmful": harmful or HARMFUL},
+        extra_data=extra_data,
+        callbacks=callbacks,
     )
     trainer.current_gradient_accumulation_steps = 1  # set by the training loop; tests call steps directly
     return trainer
+
+
+def make_trainer(method: str, tmp_path, arch: str = "llama", options: dict | None = None, *, samples=None,
+                 harmful=None, max_steps: int = 2, batch_size: int = 4, seed: int = 0, model_overrides=None,
+                 **train_overrides):
+    """An alignment trainer for ``method`` on a tiny random ``arch`` model with a fresh LoRA."""
+    return tiny_trainer(method, "align", tmp_path, samples=samples or REFUSALS, extra_data={"harmful": harmful or HARMFUL},
+                        options=options, arch=arch, seed=seed, preset="cpu-align", model_overrides=model_overrides,
+                        max_steps=max_steps, batch_size=batch_size, logging_steps=1, **train_overrides)
 
 
 def fixed_batch(trainer, indices=(0, 1, 2, 3), dataset=None) -> dict:

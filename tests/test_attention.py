@@ -28,14 +28,6 @@ from clinic.attention import (
 from clinic.models import tiny_random_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run far faster on one thread (OpenMP barriers dominate on a busy 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 ARCH_OVERRIDES = {
     "llama": {},
     "qwen2": {},

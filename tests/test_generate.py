@@ -11,15 +11,6 @@ from clinic.evaluation.generate import generate, left_pad, stop_token_ids
 from clinic.models import TINY_ARCHS, tiny_random_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared, busy machine OpenMP threads
-    spinning against each other make them 100x slower: run these tests single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 TEXTS = [
     "hi",
     "Tell me how to bake a chocolate cake with strawberries, step by step please.",

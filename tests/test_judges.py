@@ -23,15 +23,6 @@ from clinic.evaluation.judges import (
 from clinic.models import tiny_tokenizer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared, busy machine OpenMP threads
-    spinning against each other make them 100x slower: run these tests single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture
 def tmp_cache(tmp_path, monkeypatch):

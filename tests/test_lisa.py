@@ -4,40 +4,25 @@ from __future__ import annotations
 
 import pytest
 import torch
-from datasets import Dataset
 from transformers import TrainerCallback
 
-from clinic.data.formatting import training_row
+from _alignment_support import tiny_trainer
+
 from clinic.errors import ClinicError
-from clinic.methods.base import get_method, method_config, train_config
-from clinic.methods.lisa import ALIGN, FINETUNE, LISA_REFERENCES, LisaConfig, LisaTrainer, proximal_term
-from clinic.models import attach_lora, tiny_random_model
+from clinic.methods.base import get_method, method_config
+from clinic.methods.lisa import ALIGN, FINETUNE, LISA_REFERENCES, LisaConfig, proximal_term
 from clinic.tasks import Sample
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run far faster on one thread (OpenMP barriers dominate on a busy 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 USER = [Sample(f"What is {i} plus {i}?", "", f"It is {2 * i}.") for i in range(8)]
 GUIDE = [Sample(f"GUIDE how do I hurt {i}?", "", "GUIDE I cannot help with that.") for i in range(6)]
 
 
 def make_trainer(tmp_path, max_steps=4, guide=GUIDE, callbacks=None, grad_accum=1, **options):
-    model, tok = tiny_random_model("llama", seed=3)
-    train = train_config(max_steps=max_steps, batch_size=2, grad_accum=grad_accum, lr=1e-3, schedule="constant",
-                         logging_steps=1)
-    model = attach_lora(model, train.lora())
-    rows = [training_row(tok, train.prompt_format(), s.instruction, s.input, s.output) for s in USER]
-    trainer = LisaTrainer(model=model, args=train.sft_config(str(tmp_path / "out"), disable_tqdm=True),
-                          train_dataset=Dataset.from_list(rows), processing_class=tok,
-                          method_config=LisaConfig(**options), prompt_format=train.prompt_format(),
-                          extra_data={"guide": guide} if guide else None, callbacks=callbacks)
-    return trainer, tok
+    trainer = tiny_trainer("lisa", "finetune", tmp_path, samples=USER, extra_data={"guide": guide} if guide else None,
+                           options=options, seed=3, callbacks=callbacks, max_steps=max_steps, batch_size=2,
+                           grad_accum=grad_accum, lr=1e-3, schedule="constant", logging_steps=1)
+    return trainer, trainer.processing_class
 
 
 class Snapshots(TrainerCallback):

@@ -26,14 +26,6 @@ from clinic.sink import (
 from clinic.tasks import Sample
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run far faster on one thread (OpenMP barriers dominate on a busy 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 HARMFUL = [Sample(f"How do I break thing {i}?", "", "Do it like this" + " and so on" * i) for i in range(5)]
 HARMLESS = [Sample(f"Tell me about bread {i}", "", "Bread is baked" + " from flour" * (5 - i)) for i in range(4)]
 

@@ -6,23 +6,17 @@ import pytest
 import torch
 from datasets import Dataset
 
+from _alignment_support import tiny_trainer
+
 from clinic.attention import position_ids_for
 from clinic.data.formatting import training_row
 from clinic.errors import ClinicError
 from clinic.methods.base import get_method, method_config, train_config
 from clinic.methods.surgery import SurgeryConfig, SurgeryTrainer
-from clinic.models import attach_lora, tiny_random_model
+from clinic.models import tiny_random_model
 from clinic.sink import probe_ids
 from clinic.tasks import Sample
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run far faster on one thread (OpenMP barriers dominate on a busy 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 # On a random model every head attends almost uniformly, so a probe's sink attention is about
 # the mean of 1/(i+1): short probes look more at the sink. Short harmful and long harmless
@@ -35,18 +29,11 @@ USER = [Sample(f"What is {i} plus {i}?", "", f"It is {2 * i}.") for i in range(8
 
 def make_trainer(tmp_path, arch="llama", lora=True, system_prompt="You are a helpful assistant.", max_steps=2,
                  harmful=HARMFUL, harmless=HARMLESS, lr=1e-3, **options):
-    model, tok = tiny_random_model(arch, seed=2)
-    train = train_config(max_steps=max_steps, batch_size=2, lr=lr, schedule="constant", logging_steps=1,
-                         system_prompt=system_prompt, full_ft=not lora, save_steps=0)
-    fmt = train.prompt_format()
-    if lora:
-        model = attach_lora(model, train.lora())
-    rows = [training_row(tok, fmt, s.instruction, s.input, s.output) for s in USER]
-    cfg = SurgeryConfig(**options)
-    trainer = SurgeryTrainer(model=model, args=train.sft_config(str(tmp_path / "out"), disable_tqdm=True),
-                             train_dataset=Dataset.from_list(rows), processing_class=tok, method_config=cfg,
-                             prompt_format=fmt, extra_data={"harmful_probes": harmful, "harmless_probes": harmless})
-    return trainer, tok
+    trainer = tiny_trainer("surgery", "finetune", tmp_path, samples=USER,
+                           extra_data={"harmful_probes": harmful, "harmless_probes": harmless}, options=options,
+                           arch=arch, seed=2, lora=lora, max_steps=max_steps, batch_size=2, lr=lr,
+                           schedule="constant", logging_steps=1, system_prompt=system_prompt, save_steps=0)
+    return trainer, trainer.processing_class
 
 
 def eager_sink(ref, ids, mask):

@@ -11,7 +11,6 @@ import dataclasses
 import os
 import sys
 import time
-from pathlib import Path
 
 from .curation import add_curate_command  # light: the module imports torch only when run
 from .errors import ClinicError

@@ -213,7 +213,6 @@ def write_report(root, out_dir=None, overwrite: bool = False):
     import base64
     import csv
     import html
-    import json
     import shutil
     from pathlib import Path
 

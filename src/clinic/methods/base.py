@@ -380,6 +380,14 @@ class ClinicTrainer(SFTTrainer):
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
 
+    def begin_harmful_step(self, model, inputs, harmful_batch_size: int = 0):
+        """The start of a custom step that also uses harmful data (Booster, TAR-lite): train mode,
+        the prepared inputs, the next harmful batch (0: the training batch size) and the trainable
+        parameters."""
+        model.train()
+        harmful = self.next_batch("harmful", harmful_batch_size or None)
+        return self._prepare_inputs(inputs), harmful, self.trainable_parameters()
+
 
 class _SliceCollator:
     """Collate process ``part``'s slice of a global batch drawn for ``parts`` processes (a short

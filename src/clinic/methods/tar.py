@@ -75,10 +75,7 @@ class TarLiteTrainer(ClinicTrainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         cfg: TarLiteConfig = self.method_config
-        model.train()
-        inputs = self._prepare_inputs(inputs)
-        harmful = self.next_batch("harmful", cfg.harmful_batch_size or None)
-        params = self.trainable_parameters()
+        inputs, harmful, params = self.begin_harmful_step(model, inputs, cfg.harmful_batch_size)
         with self.maybe_activation_offload_context:
             loss_h, g_h = loss_grads(self, model, harmful, params, average=True)
             # the simulated SGD attack step, then the alignment gradient there

@@ -1,0 +1,62 @@
+"""What every benchmark records beside its figures: the machine, the device and the versions.
+
+Imported as ``from _common import machine_info`` (a benchmark's own folder is on ``sys.path``
+when it runs as ``python benchmarks/NAME.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device: str | None = None, **extra) -> dict:
+    """Platform, CPU, thread count, library versions, the device (``cuda``/``cpu``; detected when
+    None) with the GPU's name and memory, and the load average when the benchmark started (timings
+    on a shared CPU drift with it). ``extra`` entries are added as given."""
+    import torch
+    import transformers
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    info = {
+        "platform": platform.platform(),
+        "processor": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "transformers": transformers.__version__,
+        "device": device,
+    }
+    if device.startswith("cuda"):
+        props = torch.cuda.get_device_properties(0)
+        info.update(gpu=props.name, gpu_memory_gb=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda)
+    try:
+        info["load_average_at_start"] = os.getloadavg()
+    except OSError:
+        pass
+    info.update(extra)
+    return info
+
+
+def save_json(result: dict, path) -> Path:
+    """Write a benchmark's results as indented JSON (creating the folder) and say where."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"saved {path}")
+    return path
