@@ -63,6 +63,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _launch(launch: list[str], log: Path, meanwhile, cpu: bool = True) -> tuple[int, str]:
+    """Run an ``accelerate launch`` command (CPU processes on gloo unless ``cpu=False``) while
+    ``meanwhile()`` runs the one-process references here (they overlap the processes' start-up).
+    Returns the launcher's exit code and its log."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
+               PYTHONWARNINGS="ignore")
+    env.pop("ACCELERATE_USE_CPU", None)
+    if cpu:
+        env["ACCELERATE_USE_CPU"] = "true"
+    with log.open("w") as fh, subprocess.Popen(launch, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                               start_new_session=True) as proc:
+        try:
+            meanwhile()
+            proc.wait(timeout=300)
+        finally:
+            if proc.poll() is None:  # the launcher and its workers
+                os.killpg(proc.pid, signal.SIGKILL)
+    return proc.returncode, log.read_text()
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Run every method once with 2 processes x batch 2 (one launch) and, for the compared ones,
@@ -72,23 +92,16 @@ def runs(tmp_path_factory):
     commands = [_argv(m, data, harm) + COMMON + ["--batch-size", "2", "--output", str(base / f"ddp-{m}")]
                 for m in COMPARED + SMOKE]
     (base / "commands.json").write_text(json.dumps(commands))
-    env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
-               HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
               "--main_process_port", str(_free_port()), str(WORKER), str(base / "commands.json")]
-    log = base / "launch.log"
-    with log.open("w") as fh, subprocess.Popen(launch, env=env, stdout=fh, stderr=subprocess.STDOUT,
-                                               start_new_session=True) as ddp:
-        try:  # the one-process runs overlap the processes' start-up
-            for m in COMPARED:
-                code = main(_argv(m, data, harm) + COMMON + ["--batch-size", "4", "--output", str(base / f"single-{m}")])
-                assert code == 0
-            ddp.wait(timeout=300)
-        finally:
-            if ddp.poll() is None:  # the launcher and its two workers
-                os.killpg(ddp.pid, signal.SIGKILL)
-    assert ddp.returncode == 0, log.read_text()[-6000:]
+
+    def one_process_runs():
+        for m in COMPARED:
+            assert main(_argv(m, data, harm) + COMMON + ["--batch-size", "4", "--output", str(base / f"single-{m}")]) == 0
+
+    code, log = _launch(launch, base / "launch.log", one_process_runs)
+    assert code == 0, log[-6000:]
     return base
 
 
@@ -104,7 +117,9 @@ def _logged(run: Path, key: str) -> list[float]:
 def test_two_processes_train_like_one_with_the_global_batch(runs, method):
     ddp, single = runs / f"ddp-{method}", runs / f"single-{method}"
     assert (ddp / "DONE").exists() and (single / "DONE").exists()
-    assert json.loads((ddp / "metrics.json").read_text())["steps"] == 2
+    metrics = json.loads((ddp / "metrics.json").read_text())
+    assert (metrics["steps"], metrics["engine"], metrics["processes"]) == (2, "ddp", 2)
+    assert json.loads((single / "metrics.json").read_text())["engine"] == "single"
     a, b = _adapter(ddp), _adapter(single)
     assert a.keys() == b.keys()
     for key in a:
@@ -123,6 +138,22 @@ def test_every_method_runs_under_ddp(runs, method):
     run = runs / f"ddp-{method}"
     assert (run / "DONE").exists() and (run / "adapter" / "adapter_model.safetensors").exists()
     assert json.loads((run / "metrics.json").read_text())["steps"] == 2
+
+
+def test_processes_without_a_shared_group_are_refused(tmp_path):
+    """`accelerate launch --multi_gpu` on a machine without GPUs and without ACCELERATE_USE_CPU:
+    accelerate runs every process alone (each would train on all the data), so clinic refuses."""
+    data = _rows(tmp_path / "good.jsonl", "good")
+    out = tmp_path / "out"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(_free_port()), "-m", "clinic.cli",
+              *_argv("sft", data, data), *COMMON, "--output", str(out)]
+    code, log = _launch(launch, tmp_path / "launch.log", lambda: None, cpu=False)
+    assert code != 0
+    errors = [line for line in log.splitlines() if line.startswith("clinic: error:")]
+    assert errors and all("launched as 2 processes, but accelerate runs each one alone" in e for e in errors), log[-3000:]
+    assert not out.exists() and not list(tmp_path.glob(".out.partial-*"))
 
 
 def test_one_run_directory_is_written_by_the_main_process(runs):

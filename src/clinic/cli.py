@@ -139,6 +139,7 @@ def _add_train_command(sub, stage: str):
 def cmd_train(args, stage: str) -> None:
     from .data.sources import parse_columns
     from .methods.base import get_method, train_config
+    from .methods.engines import rank
     from .pipeline import DataSpec, run_train
 
     spec = get_method(args.method, stage)
@@ -159,7 +160,8 @@ def cmd_train(args, stage: str) -> None:
         callbacks.append(SinkCountCallback(every=args.sink_every))
     out = run_train(stage, model=args.model, method=spec.name, train=train, data=data, output=args.output,
                     method_options=method_values(args, spec), overwrite=args.overwrite, callbacks=callbacks)
-    print(f"{stage} run written to {out}")
+    if rank() == 0:  # under accelerate launch every process returns here
+        print(f"{stage} run written to {out}")
 
 
 def _add_evaluate(sub):

@@ -26,7 +26,7 @@ from .data.mixture import build_attack_set, check_mixture_args, take_qa
 from .data.sources import load_rows
 from .errors import ClinicError
 from .methods.base import MethodSpec, TrainConfig, get_method, method_config
-from .methods.engines import check_engine
+from .methods.engines import check_engine, check_process_group, world_size
 from .models import attach_lora, default_prompt_style, load_model, merge_adapter
 from .rundir import RunDir, check_output_dir, is_run_dir, package_versions, read_run
 from .tasks import SCORED_TASKS, get_task
@@ -155,12 +155,13 @@ def run_train(
     check_output_dir(output, overwrite)
     spec = get_method(method, stage)
     cfg = method_config(spec, **(method_options or {}))
-    engine = check_engine(spec.name, spec.engines)
+    check_engine(spec.name, spec.engines)  # from the launcher's environment: refuse before loading anything
     chain = resolve_ref(model)
     check_chain(chain)
     samples, indices = _training_samples(stage, data, train.seed)
     streams, stream_manifest = _extra_streams(spec, cfg, train.seed)
     args = train.sft_config(str(Path(output) / "checkpoints"))  # starts the process group, if any
+    check_process_group()
     with RunDir(output, overwrite) as run:
         args.output_dir = str(run.path / "checkpoints")
         model_obj, tok = load_chain(chain)
@@ -199,7 +200,7 @@ def run_train(
         result = trainer.train()
         seconds = time.perf_counter() - start
         run.write_jsonl("train_log.jsonl", trainer.state.log_history)
-        _save_weights(trainer, run, "model" if train.full_ft else "adapter", engine)
+        _save_weights(trainer, run, "model" if train.full_ft else "adapter", trainer.engine)
         if train.full_ft:
             if run.is_main:
                 tok.save_pretrained(run.path / "model")
@@ -214,6 +215,8 @@ def run_train(
                 "steps": trainer.state.global_step,
                 "peak_memory_mb": round(peak_memory_mb(), 1),
                 "n_train": len(samples),
+                "engine": trainer.engine,  # what accelerate ran: single, ddp, fsdp, zero0-3 (methods/engines.py)
+                "processes": world_size(),
             },
         )
         run.write_json(
@@ -227,6 +230,8 @@ def _save_weights(trainer, run: RunDir, name: str, engine: str) -> None:
     """The trained model (full) or adapter (LoRA) to ``run.path / name``, written once."""
     if engine in ("fsdp", "zero3"):  # sharded weights: every process takes part in gathering them
         trainer.save_model(str(run.path / name))
+        if run.is_main:  # no pickle in a run directory (save_model adds the pickled TrainingArguments)
+            (run.path / name / "training_args.bin").unlink(missing_ok=True)
     elif run.is_main:
         trainer.model.save_pretrained(run.path / name, safe_serialization=True)
 

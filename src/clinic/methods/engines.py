@@ -103,6 +103,22 @@ def check_engine(method: str, engines: tuple[str, ...], engine: str | None = Non
     )
 
 
+def check_process_group() -> None:
+    """Raise a :class:`ClinicError` when the launcher started several processes but accelerate
+    does not distribute the work over them: each would train alone on all the data (N copies of
+    a one-process run, no sharding, no gradient sync). It happens when ``accelerate launch
+    --num_processes N`` (``--multi_gpu``, FSDP or DeepSpeed) finds no GPU and is not told to use
+    the CPU. Call it after accelerate's state exists (``TrainConfig.sft_config`` creates it)."""
+    from accelerate import PartialState
+
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and PartialState().num_processes != launched:
+        raise ClinicError(
+            f"launched as {launched} processes, but accelerate runs each one alone (no GPU found?), so every "
+            "process would train on all the data; on CPU set ACCELERATE_USE_CPU=true (gloo), or launch one process"
+        )
+
+
 # --------------------------------------------------------------------------------------------
 # wrappers and collectives
 
