@@ -132,10 +132,13 @@ def main(argv=None) -> dict:
 
     def curate(selector: str, ratio: float) -> Path:
         out = work / f"curate-{selector}-r{ratio:g}"
+        # a selector's scores do not depend on r: score once, cut every other ratio from them
+        scored = [work / f"curate-{selector}-r{r:g}" for r in ratios if r != ratio]
+        scores_from = next((str(d) for d in scored if (d / "DONE").exists()), None)
         cfg = CurateConfig(model=args.model, selector=selector, ratio=ratio, n_candidates=args.n_candidates,
                            n_validation=args.n_validation, n_harmful=args.n_harmful, seed=args.seed,
                            batch_size=args.batch_size, max_length=args.max_length,
-                           projection_dim=args.projection_dim,
+                           projection_dim=args.projection_dim, scores_from=scores_from,
                            **(pharmacist_options if selector == "pharmacist" else {}))
         print(f"[curate] {selector} r={ratio:g}", flush=True)
         return once(out, lambda: run_curate(cfg, out))
@@ -179,6 +182,15 @@ def main(argv=None) -> dict:
     return write_results(args, machine, records, started, judges, markdown_table)
 
 
+def selector_seconds(record: dict) -> float:
+    """The selector's time (for a subset cut from another ratio's scores: that run's)."""
+    if record["selector"] == "full":
+        return 0.0
+    info = record["curate"].get("selector_info") or {}
+    source = info.get("source_selector_seconds")
+    return source if source is not None else record["curate"]["selector_seconds"]
+
+
 def table_rows(records: list[dict], judges: list[str], eval_aligned: bool) -> tuple[list[str], list[list]]:
     header = ["align", "selector", "ratio", "n align", "selector (s)", "align (s)", "align / full"]
     header += [f"HS {j} (%)" for j in judges] + ["FA sst2 (%)"]
@@ -190,8 +202,7 @@ def table_rows(records: list[dict], judges: list[str], eval_aligned: bool) -> tu
         hs = r["eval_attacked"]["harmful"]["beavertails-test"]
         align_s = r["align"]["train_seconds"]
         base = full_time.get(r["align_method"])
-        row = [r["align_method"], r["selector"], r["ratio"], r["align"]["n_train"],
-               r["curate"]["selector_seconds"] if r["selector"] != "full" else 0.0, align_s,
+        row = [r["align_method"], r["selector"], r["ratio"], r["align"]["n_train"], selector_seconds(r), align_s,
                round(align_s / base, 3) if base else None]
         row += [hs[j]["harmful_score"] for j in judges] + [r["eval_attacked"]["tasks"]["sst2"]["accuracy"]]
         if eval_aligned:

@@ -10,6 +10,7 @@ import torch
 from _alignment_support import cpu_settings, lm_loss, quiet  # noqa: F401
 
 from clinic.cli import main
+from clinic.errors import ClinicError
 from clinic.curation.base import CurationContext, CurationData, get_selector, selectors
 from clinic.curation.baselines import k_center_order
 from clinic.curation.gradients import GradientWorkspace, Projector, global_norm
@@ -336,9 +337,38 @@ def test_run_curate_full_needs_no_model_and_keeps_everything(tmp_path, data_dir)
     assert json.loads((out / "metrics.json").read_text())["estimated_alignment_steps_saved"] == 0.0
 
 
+def test_scores_from_reuses_another_runs_scores_for_a_new_ratio(tmp_path, data_dir):
+    first = run_curate(small_config(selector="highest-loss", n_candidates=10, ratio=0.5, max_length=320),
+                       tmp_path / "r0.5", progress=False)
+
+    def no_model():
+        raise AssertionError("the selector must not run again")
+
+    second = run_curate(small_config(selector="highest-loss", n_candidates=10, ratio=0.2, max_length=320,
+                                     scores_from=str(first)), tmp_path / "r0.2", model_loader=no_model, progress=False)
+    a = [json.loads(line) for line in (first / "scores.jsonl").read_text().splitlines()]
+    b = [json.loads(line) for line in (second / "scores.jsonl").read_text().splitlines()]
+    assert [(r["index"], r["score"], r["rank"], r["loss"]) for r in a] == [(r["index"], r["score"], r["rank"], r["loss"])
+                                                                          for r in b]
+    assert [r["selected"] for r in b] == [r["rank"] <= 2 for r in b]
+    assert {r["index"] for r in b if r["selected"]} < {r["index"] for r in a if r["selected"]}
+    metrics = json.loads((second / "metrics.json").read_text())
+    assert metrics["k"] == 2 and metrics["selector_info"]["scores_from"] == str(first.resolve())
+    assert metrics["selector_info"]["source_selector_seconds"] == json.loads((first / "metrics.json").read_text())[
+        "selector_seconds"]
+    # other settings, another selector or no run at all: one clear error, nothing written
+    for overrides, message in (({"seed": 1}, "scored with other settings: seed = 0, here 1"),
+                               ({"selector": "lowest-loss"}, "scored with other settings: selector"),
+                               ({"scores_from": str(tmp_path)}, "not a finished curation run")):
+        values = {"selector": "highest-loss", "n_candidates": 10, "ratio": 0.2, "max_length": 320,
+                  "scores_from": str(first), **overrides}
+        with pytest.raises(ClinicError, match=message):
+            run_curate(small_config(**values), tmp_path / "bad", progress=False)
+        assert not (tmp_path / "bad").exists()
+
+
 def test_experiment_curate_block(tmp_path, data_dir):
     from clinic.curation import curate_config, run_curate_stage
-    from clinic.errors import ClinicError
 
     block = {"model": "tiny-random-llama", "seed": 1, "selector": "random", "ratio": 0.5,
              "options": {"n_candidates": 6, "n_validation": 2}}

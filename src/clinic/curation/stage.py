@@ -87,6 +87,9 @@ class CurateConfig:
         "help": "pharmacist: rounds of exponentiated-gradient updates of the sample weights"})
     weight_lr: float = field(default=1.0, metadata={
         "help": "pharmacist: step of the weight update (applied to standardised scores)"})
+    scores_from: str | None = field(default=None, metadata={
+        "help": "a finished curation run with the same selector and settings (only the ratio or k may "
+                "differ): reuse its scores instead of running the selector again (a ratio sweep scores once)"})
 
     def __post_init__(self):
         from .gradients import PROJECTIONS
@@ -149,6 +152,43 @@ def split_data(cfg: CurateConfig):
     return CurationData([rows[i] for i in cand_idx], cand_idx, [rows[i] for i in val_idx], val_idx, harmful, harm_idx)
 
 
+# settings that may differ between a curation run and one reusing its scores
+_REUSE_MAY_DIFFER = ("ratio", "k", "scores_from")
+
+
+def reused_scores(cfg: CurateConfig, candidate_index: list[int]):
+    """The scores (and extra columns) of the finished run ``cfg.scores_from``, checked to come
+    from the same selector, settings and candidates; its selector time goes into ``info``."""
+    import json
+
+    import torch
+    import yaml
+
+    from .base import SelectorOutput
+
+    source = Path(cfg.scores_from).expanduser()
+    if not (source / "DONE").exists() or not (source / "scores.jsonl").exists():
+        raise ClinicError(f"--scores-from {source}: not a finished curation run (no DONE or scores.jsonl)")
+    config = yaml.safe_load((source / "config.yaml").read_text()) or {}
+    theirs, ours = config.get("curate") or {}, asdict(cfg)
+    differing = [name for name in ours if name not in _REUSE_MAY_DIFFER and theirs.get(name) != ours[name]]
+    if differing:
+        name = differing[0]
+        raise ClinicError(f"--scores-from {source} was scored with other settings: {name} = {theirs.get(name)!r}, "
+                          f"here {ours[name]!r}")
+    records = [json.loads(line) for line in (source / "scores.jsonl").read_text().splitlines() if line.strip()]
+    if [r["index"] for r in records] != list(candidate_index):
+        raise ClinicError(f"--scores-from {source} scored other candidates than this run's")
+    extra = [c for c in records[0] if c not in ("index", "score", "rank", "selected", "prompt")]
+    metrics = json.loads((source / "metrics.json").read_text())
+    return SelectorOutput(
+        scores=torch.tensor([r["score"] for r in records], dtype=torch.float64),
+        columns={c: [r[c] for r in records] for c in extra},
+        info={**metrics.get("selector_info", {}), "scores_from": str(source.resolve()),
+              "source_selector_seconds": metrics.get("selector_seconds")},
+    )
+
+
 def rank_scores(scores) -> list[int]:
     """Rank of each score, 1 = largest; ties go to the earlier candidate."""
     values = [float(s) for s in scores]
@@ -203,8 +243,9 @@ def run_curate(cfg: CurateConfig, output: str | Path, overwrite: bool = False, *
     data = split_data(cfg)
     n = len(data.candidates)
     k = cfg.subset_size(n, spec.keeps_all)
+    reused = reused_scores(cfg, data.candidate_index) if cfg.scores_from else None
     chain = None
-    if spec.needs_model and model_loader is None:
+    if spec.needs_model and model_loader is None and reused is None:
         chain = resolve_ref(cfg.model)
         check_chain(chain)
         model_loader = lambda: load_chain(chain)  # noqa: E731
@@ -212,7 +253,7 @@ def run_curate(cfg: CurateConfig, output: str | Path, overwrite: bool = False, *
         ctx = CurationContext(cfg, data, model_loader, embed_fn, progress)
         start = time.perf_counter()
         try:
-            result = spec.fn(ctx)
+            result = reused or spec.fn(ctx)
         finally:
             ctx.close()
         seconds = time.perf_counter() - start
