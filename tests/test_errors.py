@@ -136,6 +136,9 @@ CASES: list[Bad] = [
     Bad("judge-model-not-judged", "a judge model path for a judge that is not used",
         ["evaluate", *TINY, "--judges", "keyword", "--judge-model", "beaverdam={in}/bd"],
         "--judge-model names beaverdam, which is not among --judges"),
+    Bad("scores-from-not-a-run", "curation scores to reuse from a folder that is no finished curation run",
+        ["curate", *TINY, "--n-candidates", "12", "--n-validation", "4", "--scores-from", "{in}"],
+        "not a finished curation run"),
     Bad("unscored-task", "an accuracy task without a scoring rule", ["evaluate", *TINY, "--tasks", "alpaca"],
         "no accuracy rule"),
     Bad("unknown-backend", "a generation backend that does not exist", ["evaluate", *TINY, "--backend", "tgi"],
@@ -263,6 +266,14 @@ def errors_markdown() -> str:
         message = message.replace(str(Path(tmp).resolve()), "<tmp>").replace("|", "\\|")
         quote = "``" if "`" in message else "`"
         lines.append(f"| {case.what} | `clinic {argv}` | {quote} {message} {quote} |")
+    lines += [
+        "",
+        "Multi-process launches (checked in `tests/test_ddp.py`, not in this table: they need `accelerate launch`):",
+        "a method that cannot run under the launcher's engine (e.g. Surgery under DeepSpeed) and several",
+        "processes that accelerate does not distribute (no GPU and no `ACCELERATE_USE_CPU=true`) are refused before",
+        "anything is written: every process prints the one line and exits 2 (the launcher then reports a failed",
+        "child); see [multi-gpu.md](multi-gpu.md).",
+    ]
     return "\n".join(lines) + "\n"
 
 
