@@ -203,7 +203,7 @@ def table_rows(records: list[dict], judges: list[str], eval_aligned: bool) -> tu
         align_s = r["align"]["train_seconds"]
         base = full_time.get(r["align_method"])
         row = [r["align_method"], r["selector"], r["ratio"], r["align"]["n_train"], selector_seconds(r), align_s,
-               round(align_s / base, 3) if base else None]
+               f"{align_s / base:.2f}" if base else None]
         row += [hs[j]["harmful_score"] for j in judges] + [r["eval_attacked"]["tasks"]["sst2"]["accuracy"]]
         if eval_aligned:
             before = r["eval_aligned"]["harmful"]["beavertails-test"]
