@@ -165,6 +165,8 @@ def cmd_train(args, stage: str) -> None:
 
 
 def _add_evaluate(sub):
+    from .evaluation.vllm_backend import BACKENDS  # light: imports vllm only when generating with it
+
     p = sub.add_parser("evaluate", help="Harmful score and fine-tune accuracy of a model",
                        description="Generate answers to harmful prompts and task questions, score them, and write "
                        "generations.jsonl and metrics.json to a run directory.")
@@ -185,7 +187,7 @@ def _add_evaluate(sub):
     p.add_argument("--max-new-tokens", type=int, default=64, help="new tokens for harmful prompts")
     p.add_argument("--prompt-style", choices=["chat", "alpaca"], help="default: as the model was trained")
     p.add_argument("--system-prompt", help="system prompt for the chat style")
-    p.add_argument("--backend", default="hf", choices=["hf", "vllm"],
+    p.add_argument("--backend", default="hf", choices=BACKENDS,
                    help="generation backend: hf (batched transformers) or vllm (pip install clinic[vllm]; "
                    "falls back to hf with a warning when vllm is missing)")
     p.set_defaults(func=cmd_evaluate)

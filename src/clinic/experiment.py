@@ -34,6 +34,7 @@ from pathlib import Path
 import yaml
 
 from .errors import ClinicError
+from .rundir import check_writable
 
 # --------------------------------------------------------------------------------------------
 # the experiment file
@@ -449,8 +450,7 @@ def run_experiment(path: str | Path, output: str | Path | None = None, store: st
         for s in stages:
             print(f"  [{'done' if is_done(store_dir, s) else 'todo'}] {s.dirname}")
         return root
-    if not os.access(_existing_parent(root), os.W_OK):
-        raise ClinicError(f"output directory {root} is not writable")
+    check_writable(root, root)
     from .evaluation.judges import get_judge
 
     judges = {name: get_judge(name) for name in exp.evaluate.get("judges", ["keyword", "classifier"])}
@@ -508,12 +508,6 @@ def _run_pending(store: Path, exp: Experiment, stages: list[Stage], judges: dict
 
 def _wait(seconds: float) -> None:
     time.sleep(seconds)
-
-
-def _existing_parent(path: Path) -> Path:
-    while not path.exists():
-        path = path.parent
-    return path
 
 
 def load_plan(root: str | Path) -> tuple[dict, Path]:

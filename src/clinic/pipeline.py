@@ -200,7 +200,7 @@ def run_train(
         result = trainer.train()
         seconds = time.perf_counter() - start
         run.write_jsonl("train_log.jsonl", trainer.state.log_history)
-        _save_weights(trainer, run, "model" if train.full_ft else "adapter", trainer.engine)
+        _save_weights(trainer, run, "model" if train.full_ft else "adapter")
         if train.full_ft:
             if run.is_main:
                 tok.save_pretrained(run.path / "model")
@@ -226,9 +226,9 @@ def run_train(
     return run.final
 
 
-def _save_weights(trainer, run: RunDir, name: str, engine: str) -> None:
+def _save_weights(trainer, run: RunDir, name: str) -> None:
     """The trained model (full) or adapter (LoRA) to ``run.path / name``, written once."""
-    if engine in ("fsdp", "zero3"):  # sharded weights: every process takes part in gathering them
+    if trainer.engine in ("fsdp", "zero3"):  # sharded weights: every process takes part in gathering them
         trainer.save_model(str(run.path / name))
         if run.is_main:  # no pickle in a run directory (save_model adds the pickled TrainingArguments)
             (run.path / name / "training_args.bin").unlink(missing_ok=True)
@@ -256,11 +256,10 @@ class EvalConfig:
 
     def __post_init__(self):
         from .evaluation.judges import get_judge  # noqa: F401  validated below
-        from .evaluation.vllm_backend import BACKENDS
+        from .evaluation.vllm_backend import check_backend
         from .tasks import SCORING_RULES
 
-        if self.backend not in BACKENDS:
-            raise ClinicError(f"unknown generation backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
+        check_backend(self.backend)
         if self.task_rule not in SCORING_RULES:
             raise ClinicError(f"unknown scoring rule {self.task_rule!r}; choose one of {', '.join(SCORING_RULES)}")
         for task in self.tasks:

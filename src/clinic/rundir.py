@@ -45,15 +45,20 @@ def check_output_dir(path: str | Path, overwrite: bool) -> Path:
     path = Path(path).expanduser().resolve()
     if path.exists() and not overwrite:
         raise ClinicError(f"output directory {path} already exists (pass --overwrite to replace it)")
-    parent = path.parent
-    probe = parent
+    check_writable(path.parent, path)
+    return path
+
+
+def check_writable(folder: Path, target: Path) -> None:
+    """Raise unless files can be created in ``folder`` (or the folders leading to it): its
+    nearest existing ancestor must be a writable folder. ``target`` names it in the message."""
+    probe = folder
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir():
-        raise ClinicError(f"output directory {path} cannot be created ({probe} is a file)")
+        raise ClinicError(f"output directory {target} cannot be created ({probe} is a file)")
     if not os.access(probe, os.W_OK) or not _can_create_in(probe):
-        raise ClinicError(f"output directory {path} is not writable ({probe} is read-only)")
-    return path
+        raise ClinicError(f"output directory {target} is not writable ({probe} is read-only)")
 
 
 def _can_create_in(folder: Path) -> bool:
@@ -88,10 +93,8 @@ class RunDir:
         self.overwrite = overwrite
         self.group = _process_group()
         self.is_main = self.group is None or self.group.get_rank() == 0
-        name = [f".{self.final.name}.partial-{uuid.uuid4().hex[:8]}"]
-        if self.group is not None:
-            self.group.broadcast_object_list(name, src=0)  # the main process's folder everywhere
-        self.path = self.final.parent / name[0]
+        # the main process's staging folder everywhere
+        self.path = self.final.parent / self._agree(f".{self.final.name}.partial-{uuid.uuid4().hex[:8]}")
 
     def _agree(self, value):
         """``value`` as the main process has it, on every process."""

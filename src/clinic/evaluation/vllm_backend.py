@@ -28,6 +28,11 @@ logger = logging.getLogger(__name__)
 BACKENDS = ("hf", "vllm")
 
 
+def check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ClinicError(f"unknown generation backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
 def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
@@ -37,8 +42,7 @@ def generate_with(backend: str, model, tokenizer, prompt_ids: list[list[int]], *
     """Greedy answers to ``prompt_ids`` on ``backend`` (``hf`` or ``vllm``), in prompt order."""
     from .generate import generate
 
-    if backend not in BACKENDS:
-        raise ClinicError(f"unknown generation backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    check_backend(backend)
     if backend == "vllm":
         if vllm_available():
             return generate_vllm(model, tokenizer, prompt_ids, max_new_tokens=max_new_tokens)

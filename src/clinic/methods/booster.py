@@ -32,7 +32,7 @@ import torch
 
 from ..errors import ClinicError
 from .base import ClinicTrainer, MethodConfig, register_method
-from .engines import average_, unwrap
+from .engines import WHOLE_WEIGHT_ENGINES, average_, unwrap
 from .hooks import attention_modules, displaced, grad_norm
 from .vaccine import vaccine_passes
 
@@ -76,7 +76,7 @@ def linear_term(params: list[torch.nn.Parameter], directions: list[torch.Tensor]
 
 @register_method("booster", stage="align", config=BoosterConfig,
                  summary="alignment + penalty on how much one normalised harmful step lowers the harmful loss (3 passes)",
-                 engines=("ddp", "zero0", "zero1", "zero2"))
+                 engines=WHOLE_WEIGHT_ENGINES)
 class BoosterTrainer(ClinicTrainer):
     """Booster: g_a + lambda (g_h - g_h') with g_h' the harmful gradient after a normalised
     harmful step."""

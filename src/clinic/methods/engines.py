@@ -30,6 +30,9 @@ import torch
 from ..errors import ClinicError
 
 ENGINES = ("ddp", "fsdp", "zero0", "zero1", "zero2", "zero3")
+# the engines that keep whole parameters on every process and allow one backward per step: where
+# the methods run that perturb weights or activations or read whole weights (Vaccine, Booster, ...)
+WHOLE_WEIGHT_ENGINES = ("ddp", "zero0", "zero1", "zero2")
 ENGINE_LABELS = {
     "single": "a single process",
     "ddp": "DDP (data parallel)",

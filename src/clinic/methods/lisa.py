@@ -32,6 +32,7 @@ import torch
 
 from ..errors import ClinicError
 from .base import ClinicTrainer, MethodConfig, register_method
+from .engines import WHOLE_WEIGHT_ENGINES
 
 ALIGN, FINETUNE = "align", "finetune"
 
@@ -94,7 +95,7 @@ def proximal_term(params: list[torch.Tensor], anchors: list[torch.Tensor], rho: 
 
 @register_method("lisa", stage="finetune", config=LisaConfig,
                  summary="bi-state: alternate guide (alignment) and user data with a proximal term (1 pass per step)",
-                 engines=("ddp", "zero0", "zero1", "zero2"))
+                 engines=WHOLE_WEIGHT_ENGINES)
 class LisaTrainer(ClinicTrainer):
     """Alternate align / finetune states; proximal pull towards the other state's last weights."""
 

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from ..errors import ClinicError
 from .base import ClinicTrainer, MethodConfig, register_method
-from .engines import unwrap
+from .engines import WHOLE_WEIGHT_ENGINES, unwrap
 from .hooks import capture_outputs, decoder_layers, final_norm, mlp_modules
 
 logger = logging.getLogger(__name__)
@@ -185,7 +185,7 @@ def prompt_key(input_ids, labels) -> tuple[int, ...]:
 
 @register_method("repnoise", stage="align", config=RepNoiseConfig,
                  summary="representation noising: MMD to Gaussian noise + harmful-loss ascent + refusal CE (2 fwd, 1 bwd)",
-                 engines=("ddp", "zero0", "zero1", "zero2"))
+                 engines=WHOLE_WEIGHT_ENGINES)
 class RepNoiseTrainer(ClinicTrainer):
     """RepNoise: one combined loss on a harmful batch and the alignment batch."""
 

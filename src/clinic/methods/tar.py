@@ -34,6 +34,7 @@ import torch
 
 from ..errors import ClinicError
 from .base import ClinicTrainer, MethodConfig, register_method
+from .engines import WHOLE_WEIGHT_ENGINES
 from .booster import linear_term, loss_grads
 from .hooks import displaced
 
@@ -69,7 +70,7 @@ class TarLiteConfig(MethodConfig):
 
 @register_method("tar-lite", stage="align", config=TarLiteConfig,
                  summary="T-Vaccine repo's simplified TAR (one simulated attack step; by default its no-op bug: SFT at 3x cost)",
-                 engines=("ddp", "zero0", "zero1", "zero2"))
+                 engines=WHOLE_WEIGHT_ENGINES)
 class TarLiteTrainer(ClinicTrainer):
     """TAR-lite as in the T-Vaccine repository, with its bug behind a flag."""
 

@@ -34,7 +34,7 @@ from torch import nn
 
 from ..errors import ClinicError
 from .base import ClinicTrainer, MethodConfig, register_method
-from .engines import all_reduce_sum_, unwrap
+from .engines import WHOLE_WEIGHT_ENGINES, all_reduce_sum_, unwrap
 from .hooks import (
     attention_modules,
     capture_outputs,
@@ -131,7 +131,7 @@ def vaccine_passes(trainer: ClinicTrainer, model, inputs, modules: dict[int, nn.
 
 @register_method("vaccine", stage="align", config=VaccineConfig,
                  summary="perturbation-aware alignment: hidden-embedding drift of norm rho on every layer (2 passes)",
-                 engines=("ddp", "zero0", "zero1", "zero2"))
+                 engines=WHOLE_WEIGHT_ENGINES)
 class VaccineTrainer(ClinicTrainer):
     """Vaccine: each step, a SAM-like ascent step on every layer's attention output, then the
     update from the perturbed forward."""
