@@ -268,19 +268,43 @@ def test_stage_held_by_a_live_runner_is_waited_for_then_taken_over(reference_run
     assert not list((target / "stages").glob(".*.lock"))
 
 
+# Runs `clinic run` with its first stage held until the other runner holds a stage too: without
+# this barrier one runner may finish every stage before the other has imported torch (CI saw it),
+# and "both runners did work" would depend on start-up timing.
+_RUN_WITH_BARRIER = """
+import os, sys, time
+from pathlib import Path
+import clinic.experiment as experiment
+from clinic.cli import main
+barrier, real, first = Path(sys.argv[1]), experiment.run_stage, [True]
+def run_stage(*args):
+    if first:
+        first.clear()
+        (barrier / str(os.getpid())).touch()
+        deadline = time.monotonic() + 300
+        while len(list(barrier.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    return real(*args)
+experiment.run_stage = run_stage
+sys.exit(main(sys.argv[2:]))
+"""
+
+
 def test_two_runners_share_one_store(reference_run, tmp_path):
     path, root = reference_run
-    target = tmp_path / "shared"
+    target, barrier = tmp_path / "shared", tmp_path / "barrier"
+    barrier.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "clinic.cli", "run", str(path), "--output", str(target), "--no-report"]
+    cmd = [sys.executable, "-c", _RUN_WITH_BARRIER, str(barrier),
+           "run", str(path), "--output", str(target), "--no-report"]
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
              for _ in range(2)]
     logs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], logs
-    started = [line.split()[-1] for log in logs for line in log.splitlines()
-               if line.startswith("[") and "done in" not in line]
-    assert sorted(started) == sorted(stage_outputs(root)), "every stage runs exactly once across the two runners"
-    assert all(started_by_each for started_by_each in ([l for l in log.splitlines() if "] " in l] for log in logs))
+    started = [[line.split()[-1] for line in log.splitlines() if line.startswith("[") and "done in" not in line]
+               for log in logs]
+    assert all(started), f"both runners held a stage at once, so both ran one: {started}"
+    assert sorted(sum(started, [])) == sorted(stage_outputs(root)), "every stage runs exactly once across the two"
     assert stage_outputs(target) == stage_outputs(root)
 
 
