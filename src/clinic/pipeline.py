@@ -255,7 +255,6 @@ class EvalConfig:
     backend: str = "hf"  # generation: hf (batched transformers) or vllm (falls back to hf when missing)
 
     def __post_init__(self):
-        from .evaluation.judges import get_judge  # noqa: F401  validated below
         from .evaluation.vllm_backend import check_backend
         from .tasks import SCORING_RULES
 
