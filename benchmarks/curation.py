@@ -80,6 +80,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n-task", type=int, default=100, help="SST2 validation rows per evaluation")
     p.add_argument("--max-new-tokens", type=int, default=48, help="new tokens per harmful answer")
     p.add_argument("--judges", default="keyword,classifier", help="comma-separated judges")
+    p.add_argument("--skip-full", action="store_true",
+                   help="leave out the full-data pipeline (to split one benchmark across processes sharing --work; "
+                        "a later run without this flag reuses their stages and writes the whole table)")
     p.add_argument("--eval-aligned", action="store_true", help="also evaluate every aligned model before the attack")
     p.add_argument("--seed", type=int, default=0, help="seed of every stage")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -167,13 +170,14 @@ def main(argv=None) -> dict:
             record[f"eval_{label}"] = read_metrics(eval_dir)
         return record
 
-    full_dir = curate("full", 1.0)
+    full_dir = None if args.skip_full else curate("full", 1.0)
     curated = {(s, r): curate(s, r) for r in ratios for s in selectors}
     records = []
     for method in methods:
-        full = pipeline("full", full_dir / "subset.jsonl", method)
-        full.update(selector="full", ratio=1.0, curate=read_metrics(full_dir))
-        records.append(full)
+        if full_dir is not None:
+            full = pipeline("full", full_dir / "subset.jsonl", method)
+            full.update(selector="full", ratio=1.0, curate=read_metrics(full_dir))
+            records.append(full)
         for (selector, ratio), cdir in curated.items():
             rec = pipeline(f"{selector}-r{ratio:g}", cdir / "subset.jsonl", method)
             rec.update(selector=selector, ratio=ratio, curate=read_metrics(cdir))

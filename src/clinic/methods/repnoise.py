@@ -247,7 +247,7 @@ class RepNoiseTrainer(ClinicTrainer):
             self.backward(terms["loss"])
         metrics = self._metrics["train"]
         for name in ("keep", "harm", "noise"):
-            value = float(terms[name])
+            value = float(terms[name].detach())  # logged only: no autograd warning
             if math.isfinite(value):
                 metrics[f"repnoise/{name}"].append(value)
         return terms["loss"].detach() / self.current_gradient_accumulation_steps
