@@ -17,7 +17,8 @@ def run_cli(capsys, *argv):
     return code, captured.out, captured.err
 
 
-@pytest.mark.parametrize("command", ["align", "finetune", "evaluate", "demo", "methods", "data"])
+@pytest.mark.parametrize("command", ["align", "finetune", "evaluate", "demo", "methods", "data", "sink", "run",
+                                     "report", "curate"])
 def test_help_explains_every_option(command):
     out = subprocess.run([sys.executable, "-m", "clinic.cli", command, "--help"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
@@ -25,6 +26,38 @@ def test_help_explains_every_option(command):
         for option in ("--model", "--method", "--output", "--lr", "--epochs", "--lora-r", "--preset", "--overwrite"):
             assert option in out.stdout
         assert "methods:" in out.stdout and "sft" in out.stdout
+    expected = {"demo": "--n-align", "sink": "--sink-mode", "curate": "--selector", "report": "--overwrite"}
+    if command in expected:  # a heavy command's own options, not the stub that `clinic --help` lists
+        assert expected[command] in out.stdout
+
+
+# Prints each heavy module that the top-level help imported; the CLI builds the parsers of the
+# torch-importing commands only when chosen, so `clinic --help` prints none.
+_HELP_IMPORTS = """
+import sys
+from clinic.cli import main
+try:
+    main(["--help"])
+except SystemExit:
+    pass
+print("IMPORTED", sorted(m for m in ("torch", "transformers", "trl", "peft") if m in sys.modules))
+"""
+
+
+def test_top_level_help_lists_every_command_without_importing_torch():
+    out = subprocess.run([sys.executable, "-c", _HELP_IMPORTS], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "IMPORTED []" in out.stdout
+    for command in ("align", "finetune", "evaluate", "demo", "methods", "data", "sink", "run", "report", "curate"):
+        assert f"    {command} " in out.stdout
+    assert "Safety-align a model" in out.stdout and "Pharmacist" in out.stdout
+
+
+def test_the_chosen_command_is_the_first_word():
+    from clinic.cli import chosen_command
+
+    assert chosen_command(["align", "--model", "m", "--output", "o"]) == "align"
+    assert chosen_command(["-h"]) is None and chosen_command([]) is None
 
 
 def test_align_finetune_evaluate_end_to_end(tmp_path, capsys, data_dir):

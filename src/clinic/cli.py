@@ -103,7 +103,7 @@ def _add_train_command(sub, stage: str):
     from .methods.base import PRESETS, TrainConfig, methods_for
 
     methods = methods_for(stage)
-    verb = "Safety-align a model" if stage == "align" else "Fine-tune a model on user data (the attack)"
+    verb = COMMAND_HELP[stage]
     listing = "\n".join(f"  {n:10s} {s.summary}" for n, s in methods.items())
     p = sub.add_parser(
         stage,
@@ -236,7 +236,7 @@ def cmd_evaluate(args) -> None:
 def _add_demo(sub):
     from .demo import DemoConfig
 
-    p = sub.add_parser("demo", help="Align, attack and measure the embedded SmolLM2 model (about 12 minutes on 2 cores)",
+    p = sub.add_parser("demo", help=COMMAND_HELP["demo"],
                        description="On SmolLM2-135M-Instruct: measure harmful score (two judges) and SST2 accuracy of "
                        "the base model, SFT-align it on refusals, measure, harmful-fine-tune it (SST2, p=0.1), measure; "
                        "print the table and write everything to the output directory.")
@@ -284,27 +284,54 @@ def cmd_data(_args) -> None:
         print(f"  {name:28s} {source.kind:15s} {where}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+# The one-line help of the commands whose options come from torch-importing modules (the method
+# registry, DemoConfig, clinic.sink, the selector registry). Their full parsers are built only for
+# the command chosen: `clinic --help` took 11.2 s on the 2-core CPU when every parser was built
+# (torch, TRL and PEFT imports) and takes 0.1 s this way; `clinic data` and `clinic report` gain
+# the same.
+COMMAND_HELP = {
+    "align": "Safety-align a model",
+    "finetune": "Fine-tune a model on user data (the attack)",
+    "demo": "Align, attack and measure the embedded SmolLM2 model (about 12 minutes on 2 cores)",
+    "sink": "Per-head sink divergence (harmful vs harmless) of a model or of every checkpoint of a run",
+    "curate": "Select a core subset of the alignment data (Pharmacist-like selector and baselines)",
+}
+
+
+def chosen_command(argv: list[str] | None) -> str | None:
+    """The sub-command named on the command line (the top-level parser has no option taking a value)."""
+    argv = sys.argv[1:] if argv is None else argv
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The CLI parser; of the heavy commands only ``command``'s parser is built in full (``None``: none)."""
     parser = Parser(prog="clinic", description="Defend LLM fine-tuning against harmful fine-tuning: "
                     "curate -> align -> finetune -> evaluate -> report.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    _add_train_command(sub, "align")
-    _add_train_command(sub, "finetune")
-    _add_evaluate(sub)
-    _add_demo(sub)
-    _add_methods(sub)
-    _add_data(sub)
-    for extra in EXTRA_COMMANDS:
-        extra(sub)
+    commands = [
+        ("align", lambda s: _add_train_command(s, "align")),
+        ("finetune", lambda s: _add_train_command(s, "finetune")),
+        ("evaluate", _add_evaluate),
+        ("demo", _add_demo),
+        ("methods", _add_methods),
+        ("data", _add_data),
+        ("sink", _sink_command),
+        ("run", _run_commands),  # also adds `report`
+        ("curate", lambda s: add_curate_command(s, help_text=COMMAND_HELP["curate"])),
+    ]
+    for name, add in commands:
+        if name in COMMAND_HELP and name != command:
+            sub.add_parser(name, help=COMMAND_HELP[name])  # listed in the help; never parsed, not being chosen
+        else:
+            add(sub)
     return parser
 
 
 def _sink_command(sub):
-    try:
-        from .sink import add_sink_command
-    except ImportError:
-        return
-    add_sink_command(sub)
+    from .sink import add_sink_command
+
+    add_sink_command(sub, help_text=COMMAND_HELP["sink"])
 
 
 def _run_commands(sub):
@@ -336,12 +363,9 @@ def cmd_report(args) -> None:
     write_report(args.run_dir, args.output, overwrite=args.overwrite)
 
 
-EXTRA_COMMANDS = [_sink_command, _run_commands, add_curate_command]
-
-
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    parser = build_parser()
+    parser = build_parser(chosen_command(argv))
     args = parser.parse_args(argv)
     try:
         args.func(args)

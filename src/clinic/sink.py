@@ -457,10 +457,10 @@ def run_sink_analysis(model_ref: str, out_dir: str | Path, n: int = 100, batch_s
 # CLI
 
 
-def add_sink_command(subparsers) -> None:
+def add_sink_command(subparsers, help_text: str = "Per-head sink divergence of a model or of a run's checkpoints") -> None:
     """Add ``clinic sink`` to an argparse sub-parser set (``func`` runs it)."""
     p = subparsers.add_parser(
-        "sink", help="Per-head sink divergence (harmful vs harmless) of a model or of every checkpoint of a run",
+        "sink", help=help_text,
         description="Sink divergence d[l,h] = mean sink attention on harmful QA - on harmless QA, per layer and head; "
                     "writes CSV, JSON and figures.")
     p.add_argument("--model", required=True, help="model name/path, or a run directory (all its checkpoints)")

@@ -338,7 +338,7 @@ def summary_lines(metrics: dict) -> list[str]:
 # CLI
 
 
-def add_curate_command(subparsers) -> None:
+def add_curate_command(subparsers, help_text: str = "Select a core subset of the alignment data") -> None:
     import argparse
     import dataclasses
 
@@ -347,7 +347,7 @@ def add_curate_command(subparsers) -> None:
 
     listing = "\n".join(f"  {name:14s} {spec.summary}" for name, spec in selectors().items())
     p = subparsers.add_parser(
-        "curate", help="Select a core subset of the alignment data (Pharmacist-like selector and baselines)",
+        "curate", help=help_text,
         description="Score every candidate alignment sample with a selector and keep the top k. Writes a run "
         "directory: subset.jsonl (for `clinic align --data`), scores.csv/.jsonl, scores.png, config.yaml, "
         f"metrics.json.\n\nselectors:\n{listing}",
