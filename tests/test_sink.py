@@ -142,7 +142,7 @@ def test_callback_loads_default_sources(data_dir):
 
 def test_cli_command_and_errors(tmp_path):
     parser = argparse.ArgumentParser()
-    add_sink_command(parser.add_subparsers(dest="command"))
+    add_sink_command(parser.add_subparsers(dest="command"), help_text="sink divergence")
     args = parser.parse_args(["sink", "--model", "tiny-random-llama", "--output", str(tmp_path / "x"), "--n", "0"])
     assert args.n == 0 and args.batch_size == 8 and args.sink_index == 0 and callable(args.func)
     with pytest.raises(ClinicError, match="--n"):

@@ -457,8 +457,9 @@ def run_sink_analysis(model_ref: str, out_dir: str | Path, n: int = 100, batch_s
 # CLI
 
 
-def add_sink_command(subparsers, help_text: str = "Per-head sink divergence of a model or of a run's checkpoints") -> None:
-    """Add ``clinic sink`` to an argparse sub-parser set (``func`` runs it)."""
+def add_sink_command(subparsers, help_text: str) -> None:
+    """Add ``clinic sink`` to an argparse sub-parser set (``func`` runs it); ``help_text`` is its line in
+    ``clinic --help``, kept in ``clinic.cli.COMMAND_HELP`` (listed there without importing this module)."""
     p = subparsers.add_parser(
         "sink", help=help_text,
         description="Sink divergence d[l,h] = mean sink attention on harmful QA - on harmless QA, per layer and head; "

@@ -338,7 +338,8 @@ def summary_lines(metrics: dict) -> list[str]:
 # CLI
 
 
-def add_curate_command(subparsers, help_text: str = "Select a core subset of the alignment data") -> None:
+def add_curate_command(subparsers, help_text: str) -> None:
+    """Add ``clinic curate``; ``help_text`` is its line in ``clinic --help`` (``clinic.cli.COMMAND_HELP``)."""
     import argparse
     import dataclasses
 
