@@ -26,7 +26,7 @@ from .data.mixture import build_attack_set, check_mixture_args, take_qa
 from .data.sources import load_rows
 from .errors import ClinicError
 from .methods.base import MethodSpec, TrainConfig, get_method, method_config
-from .methods.engines import check_engine, check_process_group, world_size
+from .methods.engines import check_engine, check_process_group, destroy_process_group_at_exit, world_size
 from .models import attach_lora, default_prompt_style, load_model, merge_adapter
 from .rundir import RunDir, check_output_dir, is_run_dir, package_versions, read_run
 from .tasks import SCORED_TASKS, get_task
@@ -162,6 +162,7 @@ def run_train(
     streams, stream_manifest = _extra_streams(spec, cfg, train.seed)
     args = train.sft_config(str(Path(output) / "checkpoints"))  # starts the process group, if any
     check_process_group()
+    destroy_process_group_at_exit()
     with RunDir(output, overwrite) as run:
         args.output_dir = str(run.path / "checkpoints")
         model_obj, tok = load_chain(chain)

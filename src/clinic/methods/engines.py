@@ -22,6 +22,8 @@ no FSDP, no ZeRO-3.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import os
 
@@ -120,6 +122,18 @@ def check_process_group() -> None:
             f"launched as {launched} processes, but accelerate runs each one alone (no GPU found?), so every "
             "process would train on all the data; on CPU set ACCELERATE_USE_CPU=true (gloo), or launch one process"
         )
+
+
+@functools.cache  # once per process, however many runs it makes
+def destroy_process_group_at_exit() -> None:
+    """Destroy the launcher's process group when the interpreter exits. Left to interpreter
+    teardown, gloo's threads may outlive it: a multi-process run that had finished and written
+    its run directory then aborted with "terminate called without an active exception" (exit -6;
+    seen once in six CI runs of tests/test_ddp.py). A single process has no group: nothing to do."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        atexit.register(PartialState().destroy_process_group)
 
 
 # --------------------------------------------------------------------------------------------
