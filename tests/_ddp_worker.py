@@ -4,8 +4,10 @@
 
 with ``ACCELERATE_USE_CPU=true`` gives two CPU processes on gloo. Each command is one
 ``clinic.cli.main`` argv, run in order in the same processes (one start-up for all of them).
+Every model is trained in float64 (:func:`float64_models`): see tests/test_ddp.py for why.
 """
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -14,10 +16,31 @@ import torch
 
 torch.set_num_threads(1)
 
+import clinic.pipeline  # noqa: E402
 from clinic.cli import main  # noqa: E402
 
+
+@contextlib.contextmanager
+def float64_models():
+    """Every model the pipeline loads, and the LoRA adapter it attaches (PEFT makes adapters
+    float32 whatever the base), is cast to float64 while this is active."""
+    load, attach = clinic.pipeline.load_chain, clinic.pipeline.attach_lora
+
+    def load_chain_float64(*args, **kwargs):
+        model, tok = load(*args, **kwargs)
+        return model.double(), tok
+
+    clinic.pipeline.load_chain = load_chain_float64
+    clinic.pipeline.attach_lora = lambda model, settings: attach(model, settings).double()
+    try:
+        yield
+    finally:
+        clinic.pipeline.load_chain, clinic.pipeline.attach_lora = load, attach
+
+
 if __name__ == "__main__":
-    for argv in json.loads(Path(sys.argv[1]).read_text()):
-        code = main(argv)
-        if code != 0:
-            sys.exit(code)
+    with float64_models():
+        for argv in json.loads(Path(sys.argv[1]).read_text()):
+            code = main(argv)
+            if code != 0:
+                sys.exit(code)

@@ -5,6 +5,21 @@ Surgery; every other method runs under DDP; engines a method cannot run under ar
 The data rows all have the same token count, so a mean over 4 rows equals the mean of two means
 over 2 rows, and the sampler hands rows 0-1 / 2-3 of the global batch to ranks 0 / 1: the two runs
 compute the same gradients up to float summation order.
+
+Why the compared runs train in float64. The two runs sum the same terms in different orders (two
+half-batch gradients all-reduced vs one full-batch reduction; and the kernels' own order depends on
+the CPU: AVX2 and AVX-512 machines pick different ones). A gradient element that is a cancelling sum
+has a relative rounding error of about n * u * sum|terms| / |sum| (u the unit roundoff), unbounded in
+general, and Adam turns a relative error of a near-zero gradient into an absolute parameter error of
+up to about lr. In float32 (u = 2**-24) that was seen as 1 of 1,024 LoRA elements off by 2.08e-6 on
+AVX-512 machines and within 2e-6 on AVX2 ones, so no float32 tolerance both holds everywhere and
+stays tight. In float64 (u = 2**-53, 2**29 times smaller) the largest differences measured were
+2.4e-16 absolute and 3.5e-15 relative (all four methods); the tolerances below (atol 1e-10, rtol 1e-8)
+leave a margin of 10**5 and stay 10**7 below what a real error does (a wrong gradient average or a
+missing sync moves an element by ~lr = 1e-3 after two Adam steps). The float64 comparison also
+caught a real one the float32 tolerance hid: Vaccine's DDP perturbation normalised the per-process
+gradients, not the global batch's, so its 1e-7 in ``rho * g / (||g|| + 1e-7)`` acted at another
+scale (4e-10 absolute after two steps; fixed in ``perturbation_from_grads``).
 """
 
 from __future__ import annotations
@@ -25,6 +40,9 @@ from safetensors.torch import load_file
 from clinic.cli import main
 from clinic.errors import ClinicError
 from clinic.methods.engines import check_engine, detect_engine
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _ddp_worker import float64_models  # noqa: E402
 
 WORKER = Path(__file__).with_name("_ddp_worker.py")
 COMMON = ["--model", "tiny-random-llama", "--max-steps", "2", "--lr", "1e-3", "--max-length", "64",
@@ -97,6 +115,10 @@ def runs(tmp_path_factory):
               "--main_process_port", str(_free_port()), str(WORKER), str(base / "commands.json")]
 
     def one_process_runs():
+        with float64_models():  # as the worker does
+            _one_process_runs()
+
+    def _one_process_runs():
         for m in COMPARED:
             assert main(_argv(m, data, harm) + COMMON + ["--batch-size", "4", "--output", str(base / f"single-{m}")]) == 0
 
@@ -123,14 +145,15 @@ def test_two_processes_train_like_one_with_the_global_batch(runs, method):
     a, b = _adapter(ddp), _adapter(single)
     assert a.keys() == b.keys()
     for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=2e-6, msg=lambda m, k=key: f"{method} {k}: {m}")
+        assert a[key].dtype == torch.float64, key  # the runs were float64 (see the module docstring)
+        torch.testing.assert_close(a[key], b[key], rtol=1e-8, atol=1e-10, msg=lambda m, k=key: f"{method} {k}: {m}")
     # the run moved: LoRA B started at 0
     assert any(a[k].abs().max() > 1e-4 for k in a if "lora_B" in k)
     # loss, and the norm of the (all-reduced) gradient before clipping: Adam's first steps hide
     # gradient scale, these do not
     for key in ("loss", "grad_norm"):
         assert len(_logged(ddp, key)) == 2
-        assert _logged(ddp, key) == pytest.approx(_logged(single, key), rel=1e-4), key
+        assert _logged(ddp, key) == pytest.approx(_logged(single, key), rel=1e-8), key
 
 
 @pytest.mark.parametrize("method", SMOKE)

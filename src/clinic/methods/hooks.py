@@ -319,9 +319,16 @@ def displaced(params: list[torch.Tensor], direction: list[torch.Tensor], scale: 
                 p.copy_(s)
 
 
-def grad_norm(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
-    """The global L2 norm of several tensors, accumulated in fp32."""
-    squares = [t.detach().float().pow(2).sum() for t in tensors]
+def squared_norm(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
+    """The sum of squares of several tensors, accumulated in fp32 or wider: bf16/fp16 tensors are
+    upcast to fp32, fp32 and fp64 ones keep their precision (a cast down would put fp32 rounding
+    into an fp64 run)."""
+    squares = [t.detach().to(torch.promote_types(t.dtype, torch.float32)).pow(2).sum() for t in tensors]
     if not squares:
         return torch.tensor(0.0)
-    return torch.stack([s.to(squares[0].device) for s in squares]).sum().sqrt()
+    return torch.stack([s.to(squares[0].device) for s in squares]).sum()
+
+
+def grad_norm(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
+    """The global L2 norm of several tensors (:func:`squared_norm`'s precision)."""
+    return squared_norm(tensors).sqrt()

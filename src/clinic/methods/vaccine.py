@@ -34,13 +34,14 @@ from torch import nn
 
 from ..errors import ClinicError
 from .base import ClinicTrainer, MethodConfig, register_method
-from .engines import WHOLE_WEIGHT_ENGINES, all_reduce_sum_, unwrap
+from .engines import WHOLE_WEIGHT_ENGINES, all_reduce_sum_, unwrap, world_size
 from .hooks import (
     attention_modules,
     capture_outputs,
     perturb_outputs,
     put_back_grads,
     record_output_grads,
+    squared_norm,
     take_grads,
 )
 
@@ -61,15 +62,20 @@ class VaccineConfig(MethodConfig):
 def perturbation_from_grads(grads: dict[int, torch.Tensor], rho: float, eps: float = 1e-7,
                             inplace: bool = False) -> dict[int, torch.Tensor]:
     """eps_l = rho * g_l / (G + 1e-7) with G the global L2 norm over all the given layers
-    (accumulated in fp32) and over every process's part of the batch. ``inplace`` scales the
-    given tensors instead of copying them."""
+    (accumulated in fp32 or wider, :func:`squared_norm`) and over every process's part of the batch.
+    ``inplace`` scales the given tensors instead of copying them.
+
+    Under n processes each one's g_l is the gradient of its own mean loss, n times its share of the
+    gradient of the global batch's mean loss; dividing by n first makes G, and so the effect of the
+    1e-7, exactly what one process with the global batch computes (without it the DDP perturbation
+    was off by a relative ~1e-7 / G)."""
     if not grads:
         return {}
-    squares = sum(g.detach().float().pow(2).sum() for g in grads.values())
-    total = all_reduce_sum_(squares).sqrt()
+    n = world_size()
+    total = all_reduce_sum_(squared_norm(grads.values()) / n**2).sqrt()
     out = {}
     for i, g in grads.items():
-        scale = (rho / (total.to(g.device) + eps)).to(g.dtype)
+        scale = (rho / (total.to(g.device) + eps) / n).to(g.dtype)
         out[i] = g.mul_(scale) if inplace else g * scale
     return out
 
