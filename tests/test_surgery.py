@@ -172,3 +172,36 @@ def test_most_attended_sink_mode(tmp_path):
         values = sink_attention_values(trainer.model, ids, mask, mode="most_attended")
     torch.testing.assert_close(d, values[:, :n].mean(1) - values[:, n:].mean(1))
     torch.testing.assert_close(reg, torch.relu(d).mean())
+
+
+# Probes of equal token length (byte-level tokenizer: equal byte length), so that the divergence
+# comes from content, not from length, and has both signs on a random model.
+HARMFUL_EQ = [Sample("how to hurt him?", "", "hit him hard")]
+HARMLESS_EQ = [Sample("how to bake pie?", "", "use the salt")]
+
+
+def test_divergence_is_harmful_minus_harmless_on_probes_the_test_chooses(tmp_path):
+    """The reference does not trust the trainer's probe batch: it builds its own from one harmful
+    and one harmless probe of equal length, so swapping the two streams (or the sign) fails."""
+    lam = 50.0
+    trainer, tok = make_trainer(tmp_path, lora=False, lam=lam, probes_per_step=2, harmful=HARMFUL_EQ,
+                                harmless=HARMLESS_EQ)
+    model = trainer.model
+    harmful, harmless = probe_ids(tok, HARMFUL_EQ[0], 512), probe_ids(tok, HARMLESS_EQ[0], 512)
+    assert len(harmful) == len(harmless) and harmful != harmless
+    ref, _ = tiny_random_model("llama", seed=2)
+    ref.load_state_dict(model.state_dict())
+    ref.set_attn_implementation("eager")
+    ids = torch.tensor([harmful, harmless])
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        a = eager_sink(ref, ids, mask)  # [L, 2, H]
+    d = a[:, 0] - a[:, 1]
+    assert (d > 0).any() and (d < 0).any()  # relu(d) != relu(-d): a swapped sign cannot pass
+
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, dict(batch))
+        ce = ref(**{k: batch[k] for k in ("input_ids", "attention_mask", "labels")}, use_cache=False).loss
+    torch.testing.assert_close(trainer.last_divergence, d, rtol=0, atol=1e-5)
+    torch.testing.assert_close(loss, ce + lam * torch.relu(d).mean(), rtol=1e-5, atol=1e-6)

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 import torch
-from _alignment_support import HARMFUL, assert_close_lists, fixed_batch, harmful_batch, lm_loss, make_trainer, cpu_settings  # noqa: F401
+from _alignment_support import HARMFUL, HARMFUL_OTHER, assert_close_lists, fixed_batch, harmful_batch, lm_loss, make_trainer, cpu_settings  # noqa: F401
 from scipy.stats import chisquare
 
 from clinic.errors import ClinicError
@@ -83,6 +83,59 @@ def test_scores_are_harmful_gradient_norms_and_seeded(tmp_path):
     other = make_trainer("tvaccine", tmp_path, options={"active_layers": 2}, model_overrides={"num_hidden_layers": 4})
     other.probabilities = trainer.probabilities
     assert [trainer.resample() for _ in range(5)] == [other.resample() for _ in range(5)]
+
+
+
+def attention_output_grad_norms(model, batch, n_layers):
+    """||d loss(batch) / d attention output of layer l|| for every l, by hooks of the test's own."""
+    outputs = {}
+    handles = [layer.self_attn.register_forward_hook(lambda m, a, o, i=i: outputs.__setitem__(i, o[0]))
+               for i, layer in enumerate(layers_of(model))]
+    try:
+        loss = lm_loss(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return [g.norm().item() for g in torch.autograd.grad(loss, [outputs[i] for i in range(n_layers)])]
+
+
+def test_the_trainers_own_step_scores_layers_on_a_harmful_sample(tmp_path):
+    """The training step itself (not a test call of score_layers) scores on the harmful stream:
+    a harmful pool of one sample unlike any alignment sample fixes what the scores must be."""
+    trainer = make_trainer("tvaccine", tmp_path, options={"active_layers": 2, "harmful_size": 1},
+                           model_overrides={"num_hidden_layers": 4}, harmful=HARMFUL_OTHER[3:4])
+    model = trainer.model
+    align = fixed_batch(trainer)
+    on_harmful = attention_output_grad_norms(model, harmful_batch(trainer, (0,)), 4)
+    on_align = attention_output_grad_norms(model, align, 4)
+    assert on_harmful != pytest.approx(on_align, rel=1e-3)  # the two are told apart
+    model.zero_grad(set_to_none=True)
+    trainer.training_step(model, align)  # step 0: scores, samples, trains
+    assert trainer.grad_norms == pytest.approx(on_harmful, rel=1e-5)
+    assert trainer.probabilities == pytest.approx([n / sum(on_harmful) for n in on_harmful], rel=1e-5)
+
+
+def test_the_trainers_own_steps_sample_layers_with_its_probabilities(tmp_path):
+    """Over many steps of the trainer (resampling every step), the layer it actually perturbs
+    follows its probabilities, not a uniform draw (seeded: the same counts every run)."""
+    trainer = make_trainer("tvaccine", tmp_path, options={"active_layers": 1, "resample_every": 1, "score_every": 10**6},
+                           model_overrides={"num_hidden_layers": 4})
+    trainer.record_perturbation = True
+    p = [0.7, 0.05, 0.15, 0.1]
+    trainer.probabilities = list(p)  # scored "at step 0" by hand; scoring is tested above
+    trainer._scored_at = 0
+    batch = fixed_batch(trainer, (0, 1))
+    steps = 120
+    counts = Counter()
+    for step in range(steps):
+        trainer.state.global_step = step
+        trainer.model.zero_grad(set_to_none=True)
+        trainer.training_step(trainer.model, batch)
+        (layer,) = trainer.last_perturbation  # the layer this step really perturbed
+        counts[layer] += 1
+    observed = [counts[i] for i in range(4)]
+    assert chisquare(observed, [x * steps for x in p]).pvalue > 1e-3
+    assert chisquare(observed, [steps / 4] * 4).pvalue < 1e-6  # a uniform sampler fails
 
 
 # -- freezing, perturbation, memory ------------------------------------------------------------
