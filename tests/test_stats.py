@@ -20,6 +20,7 @@ def test_wilson_known_answers():
     assert low == pytest.approx(2.5836, abs=1e-3) and high == pytest.approx(19.8642, abs=1e-3)
     # 0/40: the lower bound is 0 and the upper Z2 / (40 + Z2) = 3.841459 / 43.841459
     assert wilson_interval(0, 40) == pytest.approx((0.0, 8.7622), abs=1e-3)
+    assert wilson_interval(0, 3)[0] == 0.0 and wilson_interval(3, 3)[1] == 100.0  # the score lies inside
     # 40/40: mirror image, lower 40 / (40 + Z2)
     assert wilson_interval(40, 40) == pytest.approx((91.2378, 100.0), abs=1e-3)
     # no items: no information

@@ -35,7 +35,8 @@ def wilson_interval(k: int, n: int, confidence: float = CONFIDENCE) -> tuple[flo
     if n == 0:
         return 0.0, 100.0
     low, high = proportion_confint(k, n, alpha=1 - confidence, method="wilson")
-    return 100.0 * float(low), 100.0 * float(high)
+    # exact ends: statsmodels' centre - half width leaves ~1e-15 at k = 0, so a score of 0 fell outside
+    return (0.0 if k == 0 else 100.0 * float(low)), (100.0 if k == n else 100.0 * float(high))
 
 
 def mcnemar_exact(b: int, c: int) -> float:
