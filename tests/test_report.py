@@ -185,3 +185,25 @@ def test_metrics_lines_state_interval_and_n():
     lines = metrics_lines(metrics)
     assert "7.5 [2.6, 19.9]% (95 % Wilson CI, n=40" in lines[0]
     assert "50.0 [40.4, 59.6]% (95 % Wilson CI, n=100)" in lines[1]
+
+
+def _add_intervals():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "add_intervals.py"
+    spec = importlib.util.spec_from_file_location("add_intervals", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_docs_tables_gain_intervals_without_changing_numbers():
+    rewrite = _add_intervals().rewrite
+    text = "intro\n\n| model | HS (%) | s |\n|---|---|---|\n| a | **7.5** / 0.0 | 12.5 |\n| b |  | 3 |\n"
+    out, tables = rewrite(text, {"HS (%)": 40}, "doc.md")
+    assert tables == 1
+    assert "| model | HS (%) [95 % CI], n=40 | s |" in out
+    assert "| a | **7.5** [2.6, 19.9] / 0.0 [0.0, 8.8] | 12.5 |" in out  # other columns untouched
+    assert rewrite(out, {"HS (%) [95 % CI], n=40": 40}, "doc.md")[0] == out  # cells with intervals stay
+    with pytest.raises(SystemExit, match="not a whole count of n=40"):
+        rewrite("| HS (%) |\n|---|\n| 12.6 |\n", {"HS (%)": 40}, "doc.md")
