@@ -170,13 +170,24 @@ def test_percent_ylim_gives_a_constant_series_a_real_axis():
     assert percent_ylim([10.0], [60.0]) == pytest.approx((7.5, 62.5))  # wide enough: a 5 % margin only
 
 
-def test_figures_draw_intervals(tmp_path):
-    zero = [False] * 40
-    root = make_experiment(tmp_path, [(_labels("sft", "sft", p, 0), zero, None) for p in (0.0, 0.1, 0.2)],
+def test_figures_draw_intervals(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    closed, close = [], plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: (closed.append(fig), close(fig)))
+    quarter = [True] * 10 + [False] * 30
+    root = make_experiment(tmp_path, [(_labels("sft", "sft", p, 0), quarter, None) for p in (0.0, 0.1, 0.2)],
                            correct=[False] * 10)
     write_report(root)
     for name in ("hs_vs_p.png", "fa_vs_p.png"):
         assert (root / "report" / name).stat().st_size > 1000
+    fa = next(f for f in closed if f.axes[0].get_title() == "FA sst2")
+    ax = fa.axes[0]
+    low, high = ax.get_ylim()
+    assert low <= 0 and high >= wilson_interval(0, 10)[1] and high - low >= 10  # FA = 0: a real axis
+    hs = next(f for f in closed if f.axes[0].get_title() == HS)
+    segments = hs.axes[0].containers[0].lines[2][0].get_segments()  # each p's bar spans the Wilson interval
+    assert [end for s in segments for end in (s[0][1], s[1][1])] == pytest.approx(list(wilson_interval(10, 40)) * 3)
 
 
 def test_metrics_lines_state_interval_and_n():

@@ -58,13 +58,21 @@ def figures(rows: list[dict], out) -> list[str]:
         plotted = False
         for ax, col in zip(axes[0], cols):
             lows, highs = [], []
-            for (align, finetune, task), points in sorted(_series(rows, col).items()):
+            series = sorted(_series(rows, col).items())
+            every_p = [point[0] for _, points in series for point in points]
+            # series side by side around each p, so that equal scores do not hide each other's bars
+            span = max(max(every_p, default=0) - min(every_p, default=0), 0.1)
+            dodge = 0.02 * span
+            for i, ((align, finetune, task), points) in enumerate(series):
                 p, v, lo, hi = (list(t) for t in zip(*points))
+                p = [x + (i - (len(series) - 1) / 2) * dodge for x in p]
                 ax.errorbar(p, v, yerr=_error(v, lo, hi), marker="o", capsize=3,
                             label=f"{align} → {finetune} ({task})")
                 lows, highs, plotted = lows + lo, highs + hi, True
             if lows:
                 ax.set_ylim(*percent_ylim(lows, highs))
+                ax.set_xlim(min(every_p) - 0.1 * span, max(every_p) + 0.1 * span)
+                ax.set_xticks(sorted(set(every_p)))  # the grid's p values, not ticks between dodged points
             ax.set_xlabel("poison ratio p")
             ax.set_ylabel(f"{ylabel}, 95 % CI")
             ax.set_title(col)
