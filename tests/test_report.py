@@ -137,6 +137,20 @@ def test_missing_baseline_seed_and_old_metrics(tmp_path):
     assert format_delta(row[DELTA]) == "n/a: no per-prompt outcomes (generations.jsonl)"
 
 
+def test_same_labels_with_other_settings_are_not_pooled(tmp_path):
+    defended, attacked = flags(2, 1, 7, 30)
+    root = make_experiment(tmp_path, [(_labels("sft", "sft", 0.1, 0), attacked, None),
+                                      (_labels("sft", "sft", 0.1, 0), defended, None),  # e.g. another n
+                                      (_labels("sft", "lisa", 0.1, 0), defended, None)])
+    plan = json.loads((root / "plan.json").read_text())
+    plan["stages"][1]["config"] = {"judges": ["keyword"], "n": 500}
+    (root / "plan.json").write_text(json.dumps(plan))
+    rows = collect_results(root)[0]
+    assert len(rows) == 3 and [r["seeds"] for r in rows] == [[0], [0], [0]]
+    assert rows[0]["settings"] != rows[1]["settings"] and "settings" not in rows[2]
+    assert rows[2][DELTA] == {"n/a": "several baselines share these labels"}
+
+
 def test_fine_tune_accuracy_is_compared_too(tmp_path):
     model, base = flags(10, 0, 5, 5)
     root = make_experiment(tmp_path, [(_labels("sft", "sft", 0.1, 0), [False] * 4, None),

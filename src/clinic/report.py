@@ -58,7 +58,7 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 # --------------------------------------------------------------------------------------------
 # experiment reports (``clinic report``)
 
-LABEL_COLUMNS = ["stage", "align", "finetune", "task", "p", "seeds", "baseline"]
+LABEL_COLUMNS = ["stage", "align", "finetune", "task", "p", "seeds", "settings", "baseline"]
 TABLE_NOTE = ("Scores in percent: the mean over seeds with the 95 % Wilson interval of all seeds' items pooled, and n "
               "(items of all seeds); (seeds a-b): the lowest and highest seed. Δ... vs SFT: the score minus the "
               "baseline's on the same prompts and seeds, with Newcombe's paired 95 % interval and the exact McNemar "

@@ -52,6 +52,27 @@ def _outcomes(eval_dir: Path) -> dict:
     return items
 
 
+def _without_seeds(value):
+    if isinstance(value, dict):
+        return {k: _without_seeds(v) for k, v in value.items() if k != "seed"}
+    if isinstance(value, list):
+        return [_without_seeds(v) for v in value]
+    return value
+
+
+def _settings(stage: dict, by_hash: dict) -> str:
+    """A digest of everything behind an evaluation but its seed (its config and its ancestors'):
+    two evaluations are seeds of one model exactly when their labels and settings agree (two
+    fine-tuning blocks with the same labels but another n are two models, not two seeds)."""
+    import hashlib
+
+    chain = []
+    while stage is not None:
+        chain.append([stage["kind"], _without_seeds(stage["config"])])
+        stage = by_hash.get(stage["parent"]) if stage["parent"] else None
+    return hashlib.sha256(json.dumps(chain, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
 def collect_evaluations(root) -> tuple[list[dict], dict]:
     """One record per finished evaluation of an experiment directory, plus the plan."""
     from .experiment import load_plan
@@ -73,7 +94,8 @@ def collect_evaluations(root) -> tuple[list[dict], dict]:
         if metrics is None:
             continue
         labels = stage["labels"]
-        record = {"key": tuple(labels.get(k) for k in GROUP_FIELDS), "seed": labels.get("seed"), "counts": {},
+        record = {"key": tuple(labels.get(k) for k in GROUP_FIELDS), "settings": _settings(stage, by_hash),
+                  "seed": labels.get("seed"), "counts": {},
                   "other": {}, "items": _outcomes(Path(store) / stage["dir"]), "eval dir": stage["dir"]}
         for set_name, judges in metrics.get("harmful", {}).items():
             for judge, m in judges.items():  # round: old metrics.json files hold only the percentage
@@ -101,24 +123,33 @@ def collect_evaluations(root) -> tuple[list[dict], dict]:
     return records, plan
 
 
+def _groups(records: list[dict]) -> dict:
+    """``{(labels, settings): [records of its seeds]}``, in plan order."""
+    groups: dict = {}
+    for record in records:
+        groups.setdefault((record["key"], record["settings"]), []).append(record)
+    return groups
+
+
 def _mean(values: list) -> float | None:
     values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else None
 
 
 def aggregate(records: list[dict]) -> list[dict]:
-    """One row per model (records equal but for the seed), in plan order.
+    """One row per model (records equal but for the seed: same labels and settings), in plan order.
 
     A score column holds the mean over seeds, ``<column> n`` the prompts of all seeds,
     ``<column> ci95`` their pooled Wilson interval and, with several seeds,
     ``<column> seed range`` the lowest and highest seed's score. Other numbers are means."""
-    groups: dict = {}
-    for record in records:
-        groups.setdefault(record["key"], []).append(record)
+    groups = _groups(records)
+    ambiguous = {key for key, _ in groups if sum(k == key for k, _ in groups) > 1}
     rows = []
-    for key, members in groups.items():
+    for (key, settings), members in groups.items():
         row = dict(zip(GROUP_FIELDS, key))
         row["seeds"] = [m["seed"] for m in members]
+        if key in ambiguous:  # the labels alone do not name the model: show which settings
+            row["settings"] = settings
         for column in dict.fromkeys(c for m in members for c in m["counts"]):
             counts = [m["counts"][column] for m in members if column in m["counts"]]
             k, n = sum(c[0] for c in counts), sum(c[1] for c in counts)
@@ -174,21 +205,21 @@ def _paired(members: list[dict], baseline: list[dict], column: str) -> dict:
 
 
 def compare(rows: list[dict], records: list[dict]) -> list[dict]:
-    """Add ``Δ<column> vs SFT`` (the paired comparison) and ``baseline`` to every row that has one."""
-    members: dict = {}
-    for record in records:
-        members.setdefault(record["key"], []).append(record)
-    for row in rows:
-        key = tuple(row[f] for f in GROUP_FIELDS)
+    """Add ``Δ<column> vs SFT`` (the paired comparison) and ``baseline`` to every row of
+    ``aggregate(records)`` that has a baseline."""
+    groups = _groups(records)
+    for row, ((key, _), members) in zip(rows, groups.items()):
         base = baseline_key(key)
         if base is None:
             continue
         row["baseline"] = " → ".join(str(v) for v in base[1:3])
-        for column in dict.fromkeys(c for m in members[key] for c in m["counts"]):
-            if base not in members:
-                row[delta_column(column)] = {"n/a": "baseline not evaluated"}
+        candidates = [m for (k, _), m in groups.items() if k == base]
+        for column in dict.fromkeys(c for m in members for c in m["counts"]):
+            if len(candidates) != 1:
+                why = "baseline not evaluated" if not candidates else "several baselines share these labels"
+                row[delta_column(column)] = {"n/a": why}
                 continue
-            row[delta_column(column)] = _paired(members[key], members[base], column)
+            row[delta_column(column)] = _paired(members, candidates[0], column)
     return rows
 
 
