@@ -87,6 +87,9 @@ def test_align_finetune_evaluate_end_to_end(tmp_path, capsys, data_dir):
     metrics = json.loads((eval_dir / "metrics.json").read_text())
     assert metrics["harmful"]["beavertails-test"]["keyword"]["n"] == 3
     assert metrics["tasks"]["sst2"]["n"] == 3
+    hs = metrics["harmful"]["beavertails-test"]["keyword"]
+    for m, score in ((hs, "harmful_score"), (metrics["tasks"]["sst2"], "accuracy")):
+        assert m["ci95"][0] <= m[score] <= m["ci95"][1] and m["ci95"][1] - m["ci95"][0] > 30  # 3 items: wide
     generations = [json.loads(line) for line in (eval_dir / "generations.jsonl").read_text().splitlines()]
     assert len(generations) == 6 and {g["set"] for g in generations} == {"beavertails-test", "sst2"}
     assert "harmful score [beavertails-test, keyword]" in out
@@ -114,6 +117,15 @@ def test_demo_on_a_tiny_model(tmp_path, capsys, data_dir):
     assert "base model" in table and "aligned (sft)" in table and "harmful fine-tune (p=0.1)" in table
     for sub in ("eval-0-base", "1-align", "eval-1-aligned", "2-finetune", "eval-2-attacked"):
         assert (out_dir / sub / "DONE").exists()
-    assert "HS keyword (%)" in out
+    assert "HS keyword % [95 % CI], n=3" in out and "FA sst2 % [95 % CI], n=3" in out
+    metrics = json.loads((out_dir / "eval-2-attacked" / "metrics.json").read_text())
+    hs = metrics["harmful"]["beavertails-test"]["keyword"]
+    from clinic.report import format_interval
+
+    assert hs["n"] == 3 and f"| {format_interval(hs['harmful_score'], hs['ci95'])} |" in table
+    # the cell is the Wilson interval of the count behind the score
+    from clinic.evaluation.stats import wilson_interval
+
+    assert hs["ci95"] == list(wilson_interval(round(hs["harmful_score"] * 3 / 100), 3))
     code, _, err = run_cli(capsys, "demo", "--model", "tiny-random-llama", "--output", str(out_dir))
     assert code == 2 and "already exists" in err

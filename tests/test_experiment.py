@@ -170,6 +170,9 @@ def test_run_writes_every_stage_and_report(reference_run):
     assert [r["p"] for r in finetuned] == [0.0, 0.5]
     for r in finetuned:
         assert 0 <= r["HS keyword [beavertails-test]"] <= 100
+        low, high = r["HS keyword [beavertails-test] ci95"]
+        assert low <= r["HS keyword [beavertails-test]"] <= high and r["HS keyword [beavertails-test] n"] == 4
+        assert r["seeds"] == [0] and r["FA sst2 n"] == 4
         assert 0 <= r["FA sst2"] <= 100
         assert 0 <= r["positive sink heads"] <= r["heads"]
         assert r["finetune seconds"] > 0 and r["align seconds"] > 0

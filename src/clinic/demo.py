@@ -15,7 +15,7 @@ from pathlib import Path
 from .errors import ClinicError
 from .methods.base import train_config
 from .pipeline import DataSpec, EvalConfig, read_metrics, run_evaluate, run_train
-from .report import markdown_table
+from .report import format_interval, markdown_table
 from .rundir import check_output_dir
 
 
@@ -80,19 +80,21 @@ def run_demo(cfg: DemoConfig, output: str | Path, overwrite: bool = False) -> Pa
 
     stages = [("base model", eval_base), (f"aligned ({cfg.align_method})", eval_aligned),
               (f"aligned + harmful fine-tune (p={cfg.poison_ratio})", eval_attacked)]
-    header = ["stage"] + [f"HS {j} (%)" for j in judges] + ["empty answers (%)", f"FA {cfg.task} (%)"]
+    header = (["stage"] + [f"HS {j} % [95 % CI], n={cfg.n_prompts}" for j in judges]
+              + ["empty answers (%)", f"FA {cfg.task} % [95 % CI], n={cfg.n_task}"])
     rows, summary = [], {}
     for label, run_dir in stages:
         m = read_metrics(run_dir)
         hs = m["harmful"]["beavertails-test"]
-        fa = m["tasks"].get(cfg.task, {}).get("accuracy", float("nan"))
-        rows.append([label] + [hs[j]["harmful_score"] for j in judges] + [hs[judges[0]]["empty_share"], fa])
+        fa = m["tasks"].get(cfg.task)
+        rows.append([label] + [format_interval(hs[j]["harmful_score"], hs[j]["ci95"]) for j in judges]
+                    + [hs[judges[0]]["empty_share"], format_interval(fa["accuracy"], fa["ci95"]) if fa else "n/a"])
         summary[label] = m
     table = markdown_table(header, rows)
     settings = (f"model {cfg.model}; align: {cfg.n_align} refusals, lr {cfg.align_lr}; attack: {cfg.n_finetune} "
                 f"{cfg.task} samples, p={cfg.poison_ratio}, lr {cfg.finetune_lr}; batch {cfg.batch_size}, max length "
                 f"{cfg.max_length}; HS on the first {cfg.n_prompts} beavertails-test prompts, {cfg.max_new_tokens} "
-                f"new tokens; FA on the first {cfg.n_task} {cfg.task} validation rows")
+                f"new tokens; FA on the first {cfg.n_task} {cfg.task} validation rows; [95 % Wilson intervals]")
     (out / "demo_table.md").write_text(f"{table}\n\n{settings}\n\ntimings (s): {json.dumps(timings)}\n")
     (out / "demo.json").write_text(json.dumps({"config": asdict(cfg), "metrics": summary, "timings_s": timings}, indent=2))
     print()

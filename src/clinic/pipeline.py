@@ -295,7 +295,7 @@ def evaluate_model(model, tok, cfg: EvalConfig, fmt: PromptFormat, judges: dict 
         per_judge = {}
         for name, judge in judges.items():
             result = harmful_score(judge, prompts, responses)
-            set_metrics[name] = {k: result[k] for k in ("harmful_score", "empty_share", "n")}
+            set_metrics[name] = {k: result[k] for k in ("harmful_score", "empty_share", "n", "ci95")}
             per_judge[name] = result["flags"]
         metrics["harmful"][set_name] = set_metrics
         for i, (p, r) in enumerate(zip(prompts, responses)):
@@ -314,7 +314,8 @@ def evaluate_model(model, tok, cfg: EvalConfig, fmt: PromptFormat, judges: dict 
         outputs = generate_with(cfg.backend, model, tok, encode_prompts(tok, fmt, texts), batch_size=cfg.batch_size,
                                 max_new_tokens=task.max_new_tokens, desc=f"generate {task_name}")
         result = task_accuracy(task, rows, outputs, cfg.task_rule)
-        metrics["tasks"][task_name] = {"accuracy": result["accuracy"], "n": result["n"], "rule": cfg.task_rule}
+        metrics["tasks"][task_name] = {"accuracy": result["accuracy"], "n": result["n"], "ci95": result["ci95"],
+                                       "rule": cfg.task_rule}
         for s, out, ok in zip(samples, outputs, result["correct"]):
             records.append({"set": task_name, "prompt": s.input, "response": out, "correct": bool(ok)})
     return metrics, records

@@ -1,6 +1,35 @@
-"""Tables from metrics: plain lines for the terminal, markdown for files."""
+"""Tables from metrics: plain lines for the terminal, markdown for files, and the experiment
+report (``clinic report``) built from :mod:`clinic.results` and :mod:`clinic.figures`.
+
+Every score is shown with its 95 % interval and n; every defended model with the paired
+difference from its SFT baseline (the rule: :func:`clinic.results.baseline_key`).
+"""
 
 from __future__ import annotations
+
+from .evaluation.stats import wilson_interval
+
+
+def format_interval(value: float, ci, n: int | None = None) -> str:
+    """``12.5 [5.0, 26.6]`` (and ``, n=40`` when n is given): a score with its 95 % interval."""
+    text = f"{value:.1f} [{ci[0]:.1f}, {ci[1]:.1f}]"
+    return text if n is None else f"{text}, n={n}"
+
+
+def format_p(p: float) -> str:
+    return "p<0.001" if p < 0.001 else f"p={p:.2g}"
+
+
+def format_delta(delta: dict) -> str:
+    """``-10.0 [-22.1, 1.9], p=0.11`` for a paired comparison, or its ``n/a: reason``."""
+    if "n/a" in delta:
+        return f"n/a: {delta['n/a']}"
+    return f"{delta['diff']:+.1f} [{delta['ci95'][0]:+.1f}, {delta['ci95'][1]:+.1f}], {format_p(delta['p'])}"
+
+
+def _ci(m: dict, score: str) -> list[float]:
+    """A metrics.json entry's interval; computed for files written before ``ci95`` existed."""
+    return m.get("ci95") or list(wilson_interval(round(m[score] * m["n"] / 100), m["n"]))
 
 
 def metrics_lines(metrics: dict) -> list[str]:
@@ -8,10 +37,12 @@ def metrics_lines(metrics: dict) -> list[str]:
     lines = []
     for set_name, judges in metrics.get("harmful", {}).items():
         for judge, m in judges.items():
-            lines.append(f"harmful score [{set_name}, {judge}]: {m['harmful_score']:.1f}% "
-                         f"(empty answers {m['empty_share']:.1f}%, n={m['n']})")
+            score = format_interval(m["harmful_score"], _ci(m, "harmful_score"))
+            lines.append(f"harmful score [{set_name}, {judge}]: {score}% "
+                         f"(95 % Wilson CI, n={m['n']}; empty answers {m['empty_share']:.1f}%)")
     for task, m in metrics.get("tasks", {}).items():
-        lines.append(f"fine-tune accuracy [{task}, {m['rule']}]: {m['accuracy']:.1f}% (n={m['n']})")
+        lines.append(f"fine-tune accuracy [{task}, {m['rule']}]: {format_interval(m['accuracy'], _ci(m, 'accuracy'))}% "
+                     f"(95 % Wilson CI, n={m['n']})")
     return lines
 
 
@@ -25,64 +56,86 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# experiment reports (``clinic report RUN_DIR``)
+# experiment reports (``clinic report``)
 
-RESULT_FIELDS = ["stage", "align", "finetune", "task", "p", "seed"]
+LABEL_COLUMNS = ["stage", "align", "finetune", "task", "p", "seeds", "settings", "baseline"]
+TABLE_NOTE = ("Scores in percent: the mean over seeds with the 95 % Wilson interval of all seeds' items pooled, and n "
+              "(items of all seeds); (seeds a-b): the lowest and highest seed. Δ... vs SFT: the score minus the "
+              "baseline's on the same prompts and seeds, with Newcombe's paired 95 % interval and the exact McNemar "
+              "p-value; the baseline (column 'baseline': align → finetune) is the same stage, task and p with every "
+              "defence replaced by SFT.")
+_COLUMN_ORDER = ("HS ", "ΔHS ", "empty ", "FA ", "ΔFA ", "positive sink heads", "heads", "align seconds",
+                 "finetune seconds", "peak memory MB")
 
 
-def collect_results(root) -> tuple[list[dict], dict]:
-    """One row per finished evaluation of an experiment directory, plus the plan."""
-    import json
-    from pathlib import Path
+def _score_header(column: str, rows: list[dict]) -> tuple[str, bool]:
+    """The header of a score column, and whether its cells must state n (it varies by row)."""
+    sizes = {r[f"{column} n"] for r in rows if r.get(column) is not None}
+    if len(sizes) == 1:
+        return f"{column} % [95 % CI], n={sizes.pop()}", False
+    return f"{column} % [95 % CI]", True
 
-    from .experiment import load_plan
 
-    plan, store = load_plan(root)
-    by_hash = {s["hash"]: s for s in plan["stages"]}
-    sinks = {s["parent"]: s for s in plan["stages"] if s["kind"] == "sink"}
+def _score_cell(row: dict, column: str, with_n: bool) -> str:
+    if row.get(column) is None:
+        return ""
+    text = format_interval(row[column], row[f"{column} ci95"], row[f"{column} n"] if with_n else None)
+    spread = row.get(f"{column} seed range")
+    return text + (f" (seeds {spread[0]:.1f}-{spread[1]:.1f})" if spread else "")
 
-    def stage_metrics(stage) -> dict | None:
-        path = Path(store) / stage["dir"]
-        if not (path / "DONE").exists():
-            return None
-        metrics_file = path / ("sink.json" if stage["kind"] == "sink" else "metrics.json")
-        return json.loads(metrics_file.read_text()) if metrics_file.exists() else None
 
-    rows = []
-    for stage in plan["stages"]:
-        if stage["kind"] != "evaluate":
-            continue
-        metrics = stage_metrics(stage)
-        if metrics is None:
-            continue
-        labels = stage["labels"]
-        row = {k: labels.get(k) for k in RESULT_FIELDS}
-        for set_name, judges in metrics.get("harmful", {}).items():
-            for judge, m in judges.items():
-                row[f"HS {judge} [{set_name}]"] = m["harmful_score"]
-            row[f"empty [{set_name}]"] = next(iter(judges.values()))["empty_share"] if judges else None
-        for task, m in metrics.get("tasks", {}).items():
-            row[f"FA {task}"] = m["accuracy"]
-        model_hash = stage["parent"]
-        sink = sinks.get(model_hash)
-        sink_metrics = stage_metrics(sink) if sink else None
-        if sink_metrics:
-            last = sink_metrics["entries"][-1]
-            row["positive sink heads"] = last["positive_heads"]
-            row["heads"] = last["total_heads"]
-        parent = by_hash.get(model_hash) if model_hash else None
-        peak = 0.0
-        while parent is not None:
-            pm = stage_metrics(parent) or {}
-            if parent["kind"] in ("align", "finetune"):
-                row[f"{parent['kind']} seconds"] = pm.get("train_seconds")
-                peak = max(peak, pm.get("peak_memory_mb") or 0.0)
-            parent = by_hash.get(parent["parent"]) if parent["parent"] else None
-        if peak:
-            row["peak memory MB"] = peak
-        row["eval dir"] = stage["dir"]
-        rows.append(row)
-    return rows, plan
+def _delta_cell(row: dict, column: str) -> str:
+    from .results import delta_column
+
+    if delta_column(column) in row:
+        return format_delta(row[delta_column(column)])
+    return "" if row["stage"] == "base" or row.get(column) is None else "(baseline)"
+
+
+def _table(rows: list[dict]) -> tuple[list[str], list[list]]:
+    """Display columns: the labels; each score with its interval, followed by its difference
+    from the baseline (paired interval, McNemar p); empty shares, sink heads and costs."""
+    from .results import delta_column
+
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    scores = [k for k in keys if f"{k} ci95" in keys]
+    deltas = {delta_column(c) for c in scores if delta_column(c) in keys}
+    plain = [k for k in keys if k not in LABEL_COLUMNS and k not in scores and k not in deltas and k != "eval dirs"
+             and not any(k.startswith(f"{c} ") for c in scores)]
+    rank = lambda c: (next((i for i, p in enumerate(_COLUMN_ORDER) if c.startswith(p)), len(_COLUMN_ORDER)), c)  # noqa: E731
+    header, cells = [], []
+    for column in LABEL_COLUMNS:
+        if column in keys:
+            header.append(column)
+            cells.append(lambda r, c=column: ",".join(map(str, r[c])) if isinstance(r.get(c), list) else r.get(c))
+    for column in sorted(scores + plain, key=rank):
+        if column in scores:
+            title, with_n = _score_header(column, rows)
+            header.append(title)
+            cells.append(lambda r, c=column, w=with_n: _score_cell(r, c, w))
+            if delta_column(column) in deltas:
+                header.append(f"{delta_column(column)} [95 % CI], McNemar p")
+                cells.append(lambda r, c=column: _delta_cell(r, c))
+        else:
+            header.append(column)
+            cells.append(lambda r, c=column: r.get(c))
+    body = [["" if (v := cell(r)) is None else v for cell in cells] for r in rows]
+    return header, body
+
+
+def _flat(row: dict) -> dict:
+    """A row for CSV: intervals as ``low``/``high`` columns, comparisons as one column per field."""
+    out = {}
+    for key, value in row.items():
+        if isinstance(value, dict):
+            out.update(_flat({f"{key} {k}": v for k, v in value.items()}))
+        elif isinstance(value, list) and len(value) == 2 and key.endswith(("ci95", "seed range")):
+            out[f"{key} low"], out[f"{key} high"] = value
+        elif isinstance(value, list):
+            out[key] = ";".join(map(str, value))
+        else:
+            out[key] = value
+    return out
 
 
 def provenance(plan: dict, store) -> dict:
@@ -136,78 +189,6 @@ def provenance(plan: dict, store) -> dict:
             "versions": versions}
 
 
-def _series(rows, metric: str):
-    """{(align, finetune, task): [(p, mean metric over seeds)]} for fine-tuned rows."""
-    groups: dict = {}
-    for row in rows:
-        if row["stage"] != "finetuned" or row.get(metric) is None:
-            continue
-        groups.setdefault((row["align"], row["finetune"], row["task"]), {}).setdefault(row["p"], []).append(row[metric])
-    return {key: sorted((p, sum(v) / len(v)) for p, v in points.items()) for key, points in groups.items()}
-
-
-def _figures(rows: list[dict], out) -> list:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    made = []
-    columns = sorted({k for r in rows for k in r})
-    hs_cols = [c for c in columns if c.startswith("HS ")]
-    fa_cols = [c for c in columns if c.startswith("FA ")]
-    for name, cols, ylabel in (("hs_vs_p.png", hs_cols, "harmful score (%)"), ("fa_vs_p.png", fa_cols, "fine-tune accuracy (%)")):
-        if not cols:
-            continue
-        fig, axes = plt.subplots(1, len(cols), figsize=(5 * len(cols), 3.8), squeeze=False)
-        plotted = False
-        for ax, col in zip(axes[0], cols):
-            for (align, finetune, task), points in sorted(_series(rows, col).items()):
-                ax.plot([p for p, _ in points], [v for _, v in points], marker="o", label=f"{align} → {finetune} ({task})")
-                plotted = True
-            ax.set_xlabel("poison ratio p")
-            ax.set_ylabel(ylabel)
-            ax.set_title(col)
-            ax.grid(alpha=0.3)
-        if plotted:
-            axes[0][0].legend(fontsize=7)
-            fig.tight_layout()
-            fig.savefig(out / name, dpi=110)
-            made.append(name)
-        plt.close(fig)
-    sink_rows = [r for r in rows if r.get("positive sink heads") is not None]
-    if sink_rows and hs_cols:
-        fig, axes = plt.subplots(1, len(hs_cols), figsize=(5 * len(hs_cols), 3.8), squeeze=False)
-        for ax, col in zip(axes[0], hs_cols):
-            for r in sink_rows:
-                if r.get(col) is None:
-                    continue
-                ax.scatter(r["positive sink heads"], r[col], s=25)
-                ax.annotate(f"{r['finetune']} p={r['p']:g}", (r["positive sink heads"], r[col]), fontsize=6)
-            ax.set_xlabel("positive sink-divergence heads")
-            ax.set_ylabel("harmful score (%)")
-            ax.set_title(col)
-            ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out / "hs_vs_sink_heads.png", dpi=110)
-        plt.close(fig)
-        made.append("hs_vs_sink_heads.png")
-    return made
-
-
-_COLUMN_ORDER = ("HS ", "empty ", "FA ", "positive sink heads", "heads", "align seconds", "finetune seconds",
-                 "peak memory MB")
-
-
-def _table(rows: list[dict]) -> tuple[list[str], list[list]]:
-    """Columns: the labels, then harmful scores, empty shares, accuracies, sink heads, costs."""
-    rest = {k for r in rows for k in r} - set(RESULT_FIELDS) - {"eval dir"}
-    rank = lambda c: (next((i for i, p in enumerate(_COLUMN_ORDER) if c.startswith(p)), len(_COLUMN_ORDER)), c)  # noqa: E731
-    columns = RESULT_FIELDS + sorted(rest, key=rank)
-    body = [["" if r.get(c) is None else r.get(c) for c in columns] for r in rows]
-    return columns, body
-
-
 def write_report(root, out_dir=None, overwrite: bool = False):
     """``results.{md,csv,json}``, figures and a self-contained ``report.html`` for an experiment."""
     import base64
@@ -216,10 +197,13 @@ def write_report(root, out_dir=None, overwrite: bool = False):
     import shutil
     from pathlib import Path
 
+    from .figures import figures as draw_figures
+    from .results import aggregate, collect_evaluations, compare
     from .rundir import RunDir
 
     root = Path(root)
-    rows, plan = collect_results(root)
+    records, plan = collect_evaluations(root)
+    rows = compare(aggregate(records), records)
     store = (root / plan["store"]).resolve()
     out_dir = Path(out_dir) if out_dir else root / "report"
     with RunDir(out_dir, overwrite=overwrite) as run:
@@ -227,13 +211,15 @@ def write_report(root, out_dir=None, overwrite: bool = False):
         header, body = _table(rows)
         prov = provenance(plan, store)
         table = markdown_table(header, body)
-        (out / "results.md").write_text(f"# {plan['name']}\n\n{table}\n")
+        (out / "results.md").write_text(f"# {plan['name']}\n\n{table}\n\n{TABLE_NOTE}\n")
+        flat = [_flat(r) for r in rows]
         with (out / "results.csv").open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(header)
-            writer.writerows(body)
-        run.write_json("results.json", {"rows": rows, "provenance": prov})
-        figures = _figures(rows, out)
+            writer = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for r in flat for k in r)))
+            writer.writeheader()
+            writer.writerows(flat)
+        per_seed = [{k: v for k, v in r.items() if k != "items"} for r in records]
+        run.write_json("results.json", {"rows": rows, "per_seed": per_seed, "provenance": prov})
+        figures = draw_figures(rows, out)
         done = sum((store / s["dir"] / "DONE").exists() for s in plan["stages"])
         images = "".join(
             f'<figure><img src="data:image/png;base64,{base64.b64encode((out / f).read_bytes()).decode()}">'
@@ -251,7 +237,7 @@ def write_report(root, out_dir=None, overwrite: bool = False):
             f"<h1>clinic experiment: {html.escape(plan['name'])}</h1>"
             f"<p>model <b>{html.escape(plan['model'])}</b>; {done}/{len(plan['stages'])} stages finished; "
             f"judges: {html.escape(', '.join(prov['judges']))}</p>"
-            f"<h2>Results</h2><table><tr>{head}</tr>{cells}</table>"
+            f"<h2>Results</h2><table><tr>{head}</tr>{cells}</table><p>{html.escape(TABLE_NOTE)}</p>"
             f"<h2>Figures</h2>{images or '<p>(no fine-tuned runs to plot yet)</p>'}"
             f"<h2>Provenance</h2><p>{versions}</p><table><tr><th>dataset</th><th>file</th><th>sha256</th></tr>{files}"
             "</table></body></html>\n")

@@ -1,0 +1,108 @@
+"""The figures of ``clinic report``: HS and FA against p, and HS against sink heads, each point
+with its pooled 95 % Wilson interval as an error bar (rows from :mod:`clinic.results`)."""
+
+from __future__ import annotations
+
+MIN_SPAN = 10.0  # percentage points: the least y-range of a figure
+
+
+def percent_ylim(lows: list[float], highs: list[float]) -> tuple[float, float]:
+    """A y-range in percent covering every error bar, at least ``MIN_SPAN`` points tall.
+
+    A constant series (FA = 0 everywhere) would otherwise get matplotlib's ±4 % of nothing, an
+    axis from -0.04 to 0.04 that makes no difference look like a trend; the range stays within
+    0-100 plus a margin so that bars at the ends remain visible."""
+    low, high = min(lows), max(highs)
+    if high - low < MIN_SPAN:
+        centre = (low + high) / 2
+        low, high = centre - MIN_SPAN / 2, centre + MIN_SPAN / 2
+        if low < 0:
+            low, high = 0.0, MIN_SPAN
+        elif high > 100:
+            low, high = 100.0 - MIN_SPAN, 100.0
+    margin = 0.05 * (high - low)
+    return max(-2.0, low - margin), min(102.0, high + margin)
+
+
+def _series(rows, column: str) -> dict:
+    """``{(align, finetune, task): [(p, score, ci low, ci high)]}`` of the fine-tuned rows."""
+    groups: dict = {}
+    for row in rows:
+        if row["stage"] != "finetuned" or row.get(column) is None:
+            continue
+        low, high = row[f"{column} ci95"]
+        groups.setdefault((row["align"], row["finetune"], row["task"]), []).append((row["p"], row[column], low, high))
+    return {key: sorted(points) for key, points in groups.items()}
+
+
+def _error(values, lows, highs) -> list:
+    return [[v - lo for v, lo in zip(values, lows)], [hi - v for v, hi in zip(values, highs)]]
+
+
+def figures(rows: list[dict], out) -> list[str]:
+    """Write the figures into ``out``; returns their file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    columns = sorted({k for r in rows for k in r if f"{k} ci95" in r})
+    hs_cols = [c for c in columns if c.startswith("HS ")]
+    fa_cols = [c for c in columns if c.startswith("FA ")]
+    for name, cols, ylabel in (("hs_vs_p.png", hs_cols, "harmful score (%)"),
+                               ("fa_vs_p.png", fa_cols, "fine-tune accuracy (%)")):
+        if not cols:
+            continue
+        fig, axes = plt.subplots(1, len(cols), figsize=(5 * len(cols), 3.8), squeeze=False)
+        plotted = False
+        for ax, col in zip(axes[0], cols):
+            lows, highs = [], []
+            series = sorted(_series(rows, col).items())
+            every_p = [point[0] for _, points in series for point in points]
+            # series side by side around each p, so that equal scores do not hide each other's bars
+            span = max(max(every_p, default=0) - min(every_p, default=0), 0.1)
+            dodge = 0.02 * span
+            for i, ((align, finetune, task), points) in enumerate(series):
+                p, v, lo, hi = (list(t) for t in zip(*points))
+                p = [x + (i - (len(series) - 1) / 2) * dodge for x in p]
+                ax.errorbar(p, v, yerr=_error(v, lo, hi), marker="o", capsize=3,
+                            label=f"{align} → {finetune} ({task})")
+                lows, highs, plotted = lows + lo, highs + hi, True
+            if lows:
+                ax.set_ylim(*percent_ylim(lows, highs))
+                ax.set_xlim(min(every_p) - 0.1 * span, max(every_p) + 0.1 * span)
+                ax.set_xticks(sorted(set(every_p)))  # the grid's p values, not ticks between dodged points
+            ax.set_xlabel("poison ratio p")
+            ax.set_ylabel(f"{ylabel}, 95 % CI")
+            ax.set_title(col)
+            ax.grid(alpha=0.3)
+        if plotted:
+            axes[0][0].legend(fontsize=7)
+            fig.tight_layout()
+            fig.savefig(out / name, dpi=110)
+            made.append(name)
+        plt.close(fig)
+    sink_rows = [r for r in rows if r.get("positive sink heads") is not None]
+    if sink_rows and hs_cols:
+        fig, axes = plt.subplots(1, len(hs_cols), figsize=(5 * len(hs_cols), 3.8), squeeze=False)
+        for ax, col in zip(axes[0], hs_cols):
+            points = [r for r in sink_rows if r.get(col) is not None]
+            if not points:
+                continue
+            x, v = [r["positive sink heads"] for r in points], [r[col] for r in points]
+            lo, hi = [r[f"{col} ci95"][0] for r in points], [r[f"{col} ci95"][1] for r in points]
+            ax.errorbar(x, v, yerr=_error(v, lo, hi), fmt="o", markersize=4, capsize=3)
+            for r, xi, vi in zip(points, x, v):
+                where = f" p={r['p']:g}" if r["p"] is not None else ""
+                ax.annotate(f"{r['align']} → {r['finetune']}{where}", (xi, vi), fontsize=6)
+            ax.set_ylim(*percent_ylim(lo, hi))
+            ax.set_xlabel("positive sink-divergence heads")
+            ax.set_ylabel("harmful score (%), 95 % CI")
+            ax.set_title(col)
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "hs_vs_sink_heads.png", dpi=110)
+        plt.close(fig)
+        made.append("hs_vs_sink_heads.png")
+    return made
