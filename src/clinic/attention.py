@@ -291,10 +291,6 @@ class SinkProbe:
     def sink_positions(self) -> torch.Tensor:
         return self._collector.sink_positions
 
-    @property
-    def valid_queries(self) -> torch.Tensor:
-        return self._collector.valid
-
 
 def fixed_sink_positions(attention_mask: torch.Tensor, sink_index: int = 0) -> torch.Tensor:
     """First real token of each row + ``sink_index`` (works for left and right padding)."""
