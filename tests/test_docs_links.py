@@ -99,7 +99,8 @@ def test_the_check_sees_links_and_skips_code(tmp_path: Path):
     page = tmp_path / "page.md"
     page.write_text(
         "[ok](other.md) [folder](sub/) [anchor](other.md#72-harmful-score-hs--n) [second](other.md#repeat-1)\n"
-        "[self](#local) [web](https://example.org/missing.md)\n\n"
+        "[self](#local) [web](https://example.org/missing.md) [explicit](#point-4)\n\n"
+        '4. <a id="point-4"></a>a list item with an explicit anchor\n\n'
         "## Local\n\n"
         "    a[l,h](x) in an indented code block\n\n"
         "`b[0](y)` inline code, then [gone](missing.md) and [bad anchor](other.md#nope)\n"
