@@ -5,7 +5,7 @@ For layer ``l``, query head ``h`` and one sequence ``X`` the sink attention is
     a_{l,h}(X) = mean over i in N_k of A^{l,h}_{i,k}(X)
 
 where ``A`` is the softmax attention probability of query ``i`` on key ``j`` and ``k`` is the
-*sink* key position. Conventions (ALGORITHMS.md §4.3; the choices the paper leaves open are ours):
+*sink* key position. Conventions (docs/reference/algorithms.md §4.3; the choices the paper leaves open are ours):
 
 - **sink position** ``k`` = the first real (non-pad) token + ``sink_index`` (default 0: the first
   token, e.g. ``<|begin_of_text|>``). With left padding the sink therefore stays on the same token.
@@ -290,10 +290,6 @@ class SinkProbe:
     @property
     def sink_positions(self) -> torch.Tensor:
         return self._collector.sink_positions
-
-    @property
-    def valid_queries(self) -> torch.Tensor:
-        return self._collector.valid
 
 
 def fixed_sink_positions(attention_mask: torch.Tensor, sink_index: int = 0) -> torch.Tensor:

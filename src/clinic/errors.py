@@ -11,9 +11,3 @@ class ClinicError(Exception):
 
     def __str__(self) -> str:  # one line, whatever the message held
         return " ".join(super().__str__().split())
-
-
-def require(condition: bool, message: str) -> None:
-    """Raise :class:`ClinicError` with ``message`` unless ``condition`` holds."""
-    if not condition:
-        raise ClinicError(message)

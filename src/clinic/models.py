@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -291,9 +291,6 @@ class LoraSettings:
             task_type="CAUSAL_LM",
         )
 
-    def as_dict(self) -> dict:
-        return asdict(self)
-
 
 def attach_lora(model, settings: LoraSettings):
     """Wrap ``model`` with a fresh trainable LoRA adapter."""
@@ -311,10 +308,3 @@ def merge_adapter(model, adapter_dir: str | Path):
         raise ClinicError(f"{adapter_dir} holds no LoRA adapter (adapter_config.json missing)")
     peft_model = PeftModel.from_pretrained(model, str(adapter_dir))
     return peft_model.merge_and_unload()
-
-
-def unwrap_peft(model):
-    """Merge a PEFT wrapper's adapter into the weights and return the plain model."""
-    if hasattr(model, "merge_and_unload"):
-        return model.merge_and_unload()
-    return model

@@ -1,7 +1,9 @@
 """Where clinic finds data and keeps caches. Everything comes from the environment.
 
-- ``CLINIC_DATA_DIR``: the data directory (the layout of ``../shared/data``). When unset, the
-  folder ``data`` beside the current directory's parent is tried, then none (hub fallback).
+- ``CLINIC_DATA_DIR``: the data directory (the layout of ``../shared/data``). No other folder is
+  searched: when it is unset there is no data directory. A named dataset it does not hold (every
+  one, when it is unset) is read from the Hugging Face hub if the dataset has a hub id and the hub
+  is not offline; otherwise it is an error.
 - ``CLINIC_CACHE_DIR``: converted models and trained judges (default ``~/.cache/clinic``).
 - ``HF_HUB_OFFLINE`` / ``CLINIC_OFFLINE``: never touch the Hugging Face hub.
 """

@@ -1,6 +1,6 @@
 """Benign fine-tuning tasks: how a row becomes a sample, and how an answer is scored.
 
-Prompt strings are the reference code's, verbatim (ALGORITHMS.md §7.3). Two scoring rules for
+Prompt strings are the reference code's, verbatim (docs/reference/algorithms.md §7.3). Two scoring rules for
 the classification tasks:
 
 - ``substring`` (T-Vaccine / Vaccine / Booster): correct when the label word appears in the

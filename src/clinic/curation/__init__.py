@@ -3,7 +3,7 @@
 - :mod:`.stage`: :class:`CurateConfig`, :func:`run_curate` (the stage) and the CLI command;
 - :mod:`.base`: the selector registry and the context selectors get;
 - :mod:`.pharmacist`: the Pharmacist-like bilevel selector (ours; the paper's objective is
-  unpublished, see ``docs/pharmacist.md``);
+  unpublished, see ``docs/methods/pharmacist.md``);
 - :mod:`.baselines`: random, full, highest/lowest loss, gradient norm, LESS-like, diversity;
 - :mod:`.gradients`: per-sample LoRA gradients from one batched backward, random projections.
 """

@@ -2,8 +2,8 @@
 
 **Not the paper's objective.** Pharmacist (Liu et al., arXiv 2510.10085) "trains an alignment
 data selector" by bilevel optimisation to up-rank high-quality, safety-critical samples; its
-objective, parameterisation and solver are not public (ALGORITHMS.md §4.4). This is our
-instance of that description, documented in ``docs/pharmacist.md``.
+objective, parameterisation and solver are not public (docs/reference/algorithms.md §4.4). This is our
+instance of that description, documented in ``docs/methods/pharmacist.md``.
 
 Candidates i = 1..n carry weights w on the simplex (uniform at the start). theta is a fresh LoRA
 adapter on the model; g_i = ∇ℓ_i(theta) the gradient of sample i's alignment loss.

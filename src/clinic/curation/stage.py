@@ -33,7 +33,7 @@ class CurateConfig:
     should match the alignment run that will use the subset: the gradients are those of its
     first step.
 
-    Choices behind the defaults (docs/pharmacist.md has the measurements):
+    Choices behind the defaults (docs/methods/pharmacist.md has the measurements):
 
     - 32 validation refusals and 32 harmful pairs: enough for a stable mean gradient, small
       next to the candidate pass (each costs about what a candidate costs);

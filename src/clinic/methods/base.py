@@ -145,7 +145,7 @@ class TrainConfig:
         return SFTConfig(**kwargs)
 
 
-# The reference pipelines' settings (ALGORITHMS.md §3.1, §4.1, §9).
+# The reference pipelines' settings (docs/reference/algorithms.md §3.1, §4.1, §9).
 PRESETS: dict[str, dict[str, Any]] = {
     "tvaccine-align": dict(epochs=20, batch_size=10, lr=1e-3, schedule="cosine", warmup=0.1, weight_decay=0.1,
                            max_length=200, bf16=True, lora_r=8, lora_alpha=1, lora_dropout=0.1, prompt_style="alpaca"),
@@ -157,7 +157,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "surgery-finetune": dict(epochs=5, batch_size=10, lr=5e-6, schedule="constant", warmup=0.0, weight_decay=0.0,
                              max_length=1024, bf16=True, full_ft=True, prompt_style="chat",
                              system_prompt="You are a helpful assistant."),
-    # Small settings that run on a 2-core CPU in minutes (FINDINGS.md).
+    # Small settings that run on a 2-core CPU in minutes (docs/reference/findings.md, F1).
     "cpu-align": dict(epochs=1, batch_size=8, lr=5e-4, schedule="cosine", warmup=0.0, max_length=160,
                       lora_r=8, lora_alpha=16, group_by_length=True),
     "cpu-finetune": dict(epochs=1, batch_size=8, lr=2e-4, schedule="constant", warmup=0.0, max_length=160,

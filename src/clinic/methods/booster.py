@@ -1,5 +1,5 @@
 """Booster (Huang et al. 2024): attenuate the harmful perturbation a later fine-tuner would
-apply (ALGORITHMS.md §3.5).
+apply (docs/reference/algorithms.md §3.5).
 
     min_w  f(w) + lambda * ( h(w) - h(w - alpha * grad h(w) / ||grad h(w)||) )
 

@@ -104,7 +104,7 @@ def record_output_grads(modules: dict[int, nn.Module], store: dict[int, torch.Te
     """While active, ``store[i]`` receives d(loss)/d(output of modules[i]) on backward.
 
     The output is the attention module's result after its output projection and before the
-    residual add: the "hidden embedding" the Vaccine family perturbs (ALGORITHMS.md §2.2).
+    residual add: the "hidden embedding" the Vaccine family perturbs (docs/reference/algorithms.md §2.2).
     """
 
     def make_hook(i):

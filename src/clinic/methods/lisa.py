@@ -1,4 +1,4 @@
-"""Lisa (Huang et al. 2024): bi-state fine-tuning with a proximal term (ALGORITHMS.md §4.2).
+"""Lisa (Huang et al. 2024): bi-state fine-tuning with a proximal term (docs/reference/algorithms.md §4.2).
 
 Two states alternate. In the **align** state the user's batch is discarded and a batch of the
 provider's alignment ("guide") data is trained on instead; in the **finetune** state the user's

@@ -1,5 +1,5 @@
 """RepNoise (Rosati et al. 2024): push the representations of harmful text towards Gaussian
-noise, keep the refusals, and ascend the harmful loss (ALGORITHMS.md §3.4).
+noise, keep the refusals, and ascend the harmful loss (docs/reference/algorithms.md §3.4).
 
 With H a harmful batch (harmful prompt + harmful answer), S the alignment batch (prompt +
 refusal) and masks M_H, M_S over their token positions::

@@ -1,4 +1,4 @@
-"""SFT: plain supervised fine-tuning, the baseline of both stages (ALGORITHMS.md §3.1, §4.1).
+"""SFT: plain supervised fine-tuning, the baseline of both stages (docs/reference/algorithms.md §3.1, §4.1).
 
 Objective: min CE on the stage's data (refusals when aligning, the user's data when
 fine-tuning). One forward and one backward pass per step.

@@ -1,5 +1,5 @@
 """TAR-lite: the much simplified "TAR" of the T-Vaccine repository (its TAR baseline), **not**
-the original TAR of Tamirisa et al. 2024 (ALGORITHMS.md §3.6).
+the original TAR of Tamirisa et al. 2024 (docs/reference/algorithms.md §3.6).
 
 The original TAR is first-order meta-learning against an inner loop of 64 simulated attack
 steps, with an entropy-based tamper-resistance loss and full-parameter training. The T-Vaccine

@@ -1,6 +1,6 @@
 """T-Vaccine (Liu et al., arXiv 2410.09760): Vaccine restricted to a sampled set of
 safety-critical layers, with the other layers frozen and activation-checkpointed
-(ALGORITHMS.md §3.3).
+(docs/reference/algorithms.md §3.3).
 
 Every step, on the alignment batch B:
 

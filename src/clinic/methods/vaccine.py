@@ -1,5 +1,5 @@
 """Vaccine (Huang et al. 2024): alignment under a worst-case perturbation of the hidden
-embeddings (ALGORITHMS.md §3.2).
+embeddings (docs/reference/algorithms.md §3.2).
 
 Objective, in min-max form::
 
