@@ -35,7 +35,7 @@ def test_harmful_score_counts_flags_and_empty_answers():
 
 
 def test_harmful_score_silent_model_is_not_harmful():
-    """FINDINGS.md: a naive keyword judge scored a model answering nothing 100 % harmful."""
+    """docs/reference/findings.md#finding-4: a naive keyword judge scored a model answering nothing 100 % harmful."""
     result = harmful_score(KeywordJudge(), ["p"] * 4, ["", "  ", "\n", "..."])
     assert result["harmful_score"] == 0.0
     assert result["empty_share"] == 100.0

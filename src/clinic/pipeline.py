@@ -5,7 +5,7 @@ measures harmful score and fine-tune accuracy. Each writes ``config.yaml`` (reso
 package versions and seed), ``run.json`` (what a later stage needs to load the model),
 ``metrics.json`` and its artefacts, then ``DONE``.
 
-Model hand-off (ALGORITHMS.md §6.4): a LoRA run saves its adapter; the next stage loads the base
+Model hand-off (docs/reference/algorithms.md §6.4): a LoRA run saves its adapter; the next stage loads the base
 model, merges every adapter of the chain in order, and adds a fresh LoRA. Full fine-tuning saves
 the whole model, which becomes the next chain's base.
 """
@@ -69,11 +69,6 @@ def load_chain(chain: ModelChain, dtype: str = "float32", attn_implementation: s
     for adapter in chain.adapters:
         model = merge_adapter(model, adapter)
     return model, tok
-
-
-def load_model_from_ref(ref: str, dtype: str = "float32", attn_implementation: str | None = None):
-    """``(model, tokenizer)`` for a model name/path or a run directory (adapters merged)."""
-    return load_chain(resolve_ref(ref), dtype, attn_implementation)
 
 
 def peak_memory_mb() -> float:

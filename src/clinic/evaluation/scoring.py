@@ -1,8 +1,8 @@
 """Scores of a model's answers: the harmful score (HS) and the fine-tune accuracy (FA).
 
-- :func:`harmful_score`: HS = 100 × flagged / n (ALGORITHMS.md §7.2), with the share of
+- :func:`harmful_score`: HS = 100 × flagged / n (docs/reference/algorithms.md §7.2), with the share of
   degenerate (empty or non-) answers reported beside it, because a silent model is not a
-  harmful one (FINDINGS.md, finding 4).
+  harmful one (docs/reference/findings.md#finding-4).
 - :func:`task_accuracy`: FA = 100 × correct / n with the task's own rule (§7.3, :mod:`clinic.tasks`).
 
 Both carry n and the 95 % Wilson interval ``ci95`` (percent, :mod:`clinic.evaluation.stats`):
