@@ -375,11 +375,14 @@ def run_sink_analysis(model_ref: str, out_dir: str | Path, n: int = 100, batch_s
         raise ClinicError(f"--n must be at least 1, got {n}")
     if batch_size < 1:
         raise ClinicError(f"--batch-size must be at least 1, got {batch_size}")
+    if max_length < 2:
+        raise ClinicError(f"--max-length must be at least 2, got {max_length}")
     if sink_index < 0:
         raise ClinicError(f"--sink-index must be non-negative, got {sink_index}")
     if mode not in SINK_MODES:
         raise ClinicError(f"unknown sink mode {mode!r}; choose one of {', '.join(SINK_MODES)}")
-    check_output_dir(out_dir, overwrite)
+    inputs = (Path(model_ref),) if Path(model_ref).exists() else ()  # never replace the model analysed
+    check_output_dir(out_dir, overwrite, inputs)
     models = _run_models(model_ref)
     final_step = models[-1][1]
     step_scores = _read_scores(scores, final_step)
@@ -399,7 +402,7 @@ def run_sink_analysis(model_ref: str, out_dir: str | Path, n: int = 100, batch_s
         del model
 
     multi = len(entries) > 1
-    with RunDir(out_dir, overwrite) as run:
+    with RunDir(out_dir, overwrite, inputs) as run:
         with (run.path / "divergence.csv").open("w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(["label", "step", "layer", "head", "divergence", "sink_harmful", "sink_harmless"])

@@ -238,7 +238,9 @@ def run_curate(cfg: CurateConfig, output: str | Path, overwrite: bool = False, *
     from ..rundir import RunDir, check_output_dir, package_versions
     from .base import CurationContext, get_selector
 
-    check_output_dir(output, overwrite)
+    # never replace the model or the scores the curation reads
+    inputs = tuple(Path(p) for p in (cfg.model, cfg.scores_from) if p and Path(p).exists())
+    check_output_dir(output, overwrite, inputs)
     spec = get_selector(cfg.selector)
     data = split_data(cfg)
     n = len(data.candidates)
@@ -249,7 +251,7 @@ def run_curate(cfg: CurateConfig, output: str | Path, overwrite: bool = False, *
         chain = resolve_ref(cfg.model)
         check_chain(chain)
         model_loader = lambda: load_chain(chain)  # noqa: E731
-    with RunDir(output, overwrite) as run:
+    with RunDir(output, overwrite, inputs) as run:
         ctx = CurationContext(cfg, data, model_loader, embed_fn, progress)
         start = time.perf_counter()
         try:
