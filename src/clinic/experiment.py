@@ -35,7 +35,7 @@ from pathlib import Path
 import yaml
 
 from .errors import ClinicError
-from .rundir import MARKER, check_writable, pid_alive, write_marker
+from .rundir import MARKER, check_writable, pid_alive, read_json, write_marker
 from .values import INT_MAX, check_range, coerce
 
 # --------------------------------------------------------------------------------------------
@@ -607,5 +607,7 @@ def load_plan(root: str | Path) -> tuple[dict, Path]:
     plan_file = root / "plan.json"
     if not plan_file.exists():
         raise ClinicError(f"{root} is not an experiment directory (plan.json missing; run `clinic run` first)")
-    plan = json.loads(plan_file.read_text())
+    plan = read_json(plan_file)
+    if not isinstance(plan.get("store"), str) or not isinstance(plan.get("stages"), list):
+        raise ClinicError(f"{plan_file} is not a clinic plan (no store or stages)")
     return plan, (root / plan["store"]).resolve()

@@ -345,7 +345,10 @@ def attach_lora(model, settings: LoraSettings):
     """Wrap ``model`` with a fresh trainable LoRA adapter."""
     from peft import get_peft_model
 
-    return get_peft_model(model, settings.to_peft())
+    try:
+        return get_peft_model(model, settings.to_peft())
+    except ValueError as exc:  # e.g. target modules the model does not have: the user's --lora-targets
+        raise ClinicError(f"LoRA cannot be attached: {(str(exc).splitlines() or [''])[0]}") from None
 
 
 def merge_adapter(model, adapter_dir: str | Path):

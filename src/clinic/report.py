@@ -36,6 +36,7 @@ def collect_results(root) -> tuple[list[dict], dict]:
     from pathlib import Path
 
     from .experiment import load_plan
+    from .rundir import read_json
 
     plan, store = load_plan(root)
     by_hash = {s["hash"]: s for s in plan["stages"]}
@@ -46,7 +47,7 @@ def collect_results(root) -> tuple[list[dict], dict]:
         if not (path / "DONE").exists():
             return None
         metrics_file = path / ("sink.json" if stage["kind"] == "sink" else "metrics.json")
-        return json.loads(metrics_file.read_text()) if metrics_file.exists() else None
+        return read_json(metrics_file) if metrics_file.exists() else None
 
     rows = []
     for stage in plan["stages"]:

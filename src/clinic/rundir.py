@@ -271,12 +271,19 @@ def read_run(path: str | Path) -> dict:
         raise ClinicError(f"{path} is not a clinic run directory ({RUN_RECORD} missing)")
     if not (path / DONE).exists():
         raise ClinicError(f"run directory {path} is incomplete (no {DONE} marker)")
+    return read_json(record)
+
+
+def read_json(path: str | Path) -> dict:
+    """A JSON object from a file of a run or experiment directory; one line naming the file when
+    it cannot be read (a hand edit, a full disk, a copy cut short)."""
+    path = Path(path)
     try:
-        data = json.loads(record.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ClinicError(f"{record} cannot be read: {_reason(exc)}") from None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ClinicError(f"{path} cannot be read: {_reason(exc)}") from None
     if not isinstance(data, dict):
-        raise ClinicError(f"{record}: expected an object, got {type(data).__name__}")
+        raise ClinicError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
 
 
