@@ -76,9 +76,11 @@ def check_output_dir(path: str | Path, overwrite: bool, inputs: tuple = ()) -> P
 
 
 def is_clinic_dir(path: str | Path) -> bool:
-    """Whether clinic wrote the folder ``path`` (its marker, or the DONE of an older run)."""
+    """Whether clinic wrote the folder ``path``: its marker, or what runs and demos wrote before
+    the marker existed (a run's DONE, a demo's demo.json with its demo_table.md)."""
     path = Path(path)
-    return path.is_dir() and ((path / MARKER).is_file() or (path / DONE).is_file())
+    legacy = (path / DONE).is_file() or ((path / "demo.json").is_file() and (path / "demo_table.md").is_file())
+    return path.is_dir() and ((path / MARKER).is_file() or legacy)
 
 
 def write_marker(folder: Path, kind: str) -> None:
