@@ -100,7 +100,13 @@ def check_chain(chain: ModelChain) -> None:
     """Fail early (before any output is written) on a model that cannot be found."""
     from .models import resolve_model_path
 
-    if not chain.base.startswith("tiny-random-"):
+    if chain.base.startswith("tiny-random-"):
+        from .models import TINY_ARCHS
+
+        arch = chain.base.removeprefix("tiny-random-")
+        if arch not in TINY_ARCHS:
+            raise ClinicError(f"unknown tiny architecture {arch!r}; choose one of {', '.join(TINY_ARCHS)}")
+    else:
         resolve_model_path(chain.base)
     from .models import check_adapter_dir
 

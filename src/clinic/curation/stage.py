@@ -92,7 +92,10 @@ class CurateConfig:
                 "differ): reuse its scores instead of running the selector again (a ratio sweep scores once)"})
 
     def __post_init__(self):
+        from ..values import coerce_fields
         from .gradients import PROJECTIONS
+
+        coerce_fields(self, "curate setting ")  # numbers as written in an experiment file; no NaN
 
         if not 0.0 < self.ratio <= 1.0:
             raise ClinicError(f"subset ratio r must be within (0, 1], got {self.ratio}")

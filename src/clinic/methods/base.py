@@ -277,7 +277,12 @@ def method_config(spec: MethodSpec, **values) -> MethodConfig:
     if unknown:
         raise ClinicError(f"unknown option(s) {', '.join(sorted(unknown))} for method {spec.name!r}")
     hints = typing.get_type_hints(spec.config)
-    return spec.config(**{k: coerce(v, hints[k], f"{spec.name} option {k}") for k, v in values.items() if v is not None})
+    cfg = spec.config(**{k: coerce(v, hints[k], f"{spec.name} option {k}") for k, v in values.items() if v is not None})
+    for _source, size_field in spec.config.streams.values():  # an empty stream fails only inside the trainer
+        size = getattr(cfg, size_field)
+        if size is not None and size < 1:
+            raise ClinicError(f"{spec.name} option {size_field} must be at least 1, got {size}")
+    return cfg
 
 
 # --------------------------------------------------------------------------------------------
