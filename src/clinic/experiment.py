@@ -530,6 +530,9 @@ def run_experiment(path: str | Path, output: str | Path | None = None, store: st
             print(f"  [{'done' if is_done(store_dir, s) else 'todo'}] {s.dirname}")
         return root
     check_writable(root, root)
+    check_writable(store_dir, store_dir)
+    if store_dir.exists() and not store_dir.is_dir():
+        raise ClinicError(f"stage store {store_dir} is a file; choose another --store")
     from .evaluation.judges import get_judge
 
     judges = {name: get_judge(name) for name in exp.evaluate.get("judges", ["keyword", "classifier"])}

@@ -56,6 +56,8 @@ def resolve_ref(ref: str, train: bool = False) -> ModelChain:
     must be the ``adapter`` of a finished clinic run, or the chain is refused (a hand-edited or
     foreign record must not make clinic load files from anywhere). ``train``: the model is
     trained on, so an evaluation run (a record of a measurement, not a model) is refused."""
+    if not str(ref).strip():
+        raise ClinicError("the model is empty; name an alias, a model directory, a hub id or a run directory")
     path = Path(ref).expanduser()
     if is_incomplete_run(path):
         raise ClinicError(f"{path} is an incomplete clinic run (its stage did not finish; no DONE marker): "
@@ -160,6 +162,8 @@ def check_data_spec(stage: str, data: DataSpec) -> None:
     """Refuse settings that would be silently ignored (a mapping for data that has no columns to map)."""
     from .data.sources import SOURCES
 
+    if data.source is not None and not data.source.strip():
+        raise ClinicError("--data is empty; name a dataset or a file")
     if stage == "finetune" and data.task and data.source:
         raise ClinicError("give either --task (the attack set) or --data FILE, not both")
     if data.columns and stage == "finetune" and data.task:
@@ -351,6 +355,10 @@ class EvalConfig:
         for judge in self.judges:
             if judge not in JUDGES:
                 raise ClinicError(f"unknown judge {judge!r}; choose one of {', '.join(JUDGES)}")
+        for what, names in (("judge", self.judges), ("prompt set", self.harmful_sets), ("task", self.tasks)):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:  # scored once under one key: the second would silently overwrite the first
+                raise ClinicError(f"{what} {twice[0]!r} is named twice")
         check_range(self.batch_size, "batch size", 1)
         check_range(self.max_new_tokens, "max_new_tokens", 1)
         if self.task_rule not in SCORING_RULES:

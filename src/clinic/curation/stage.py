@@ -162,6 +162,20 @@ _REUSE_MAY_DIFFER = ("ratio", "k", "scores_from")
 def reused_scores(cfg: CurateConfig, candidate_index: list[int]):
     """The scores (and extra columns) of the finished run ``cfg.scores_from``, checked to come
     from the same selector, settings and candidates; its selector time goes into ``info``."""
+    import yaml
+
+    source = Path(cfg.scores_from).expanduser()
+    if not (source / "DONE").exists() or not (source / "scores.jsonl").exists():
+        raise ClinicError(f"--scores-from {source}: not a finished curation run (no DONE or scores.jsonl)")
+    try:
+        return _reused(source, cfg, candidate_index)
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError, yaml.YAMLError) as exc:
+        # a damaged or foreign run: its config.yaml, scores.jsonl or metrics.json is missing or not clinic's
+        raise ClinicError(f"--scores-from {source}: cannot be read ({type(exc).__name__}: "
+                          f"{(str(exc).splitlines() or [''])[0]})") from None
+
+
+def _reused(source: Path, cfg: CurateConfig, candidate_index: list[int]):
     import json
 
     import torch
@@ -169,9 +183,6 @@ def reused_scores(cfg: CurateConfig, candidate_index: list[int]):
 
     from .base import SelectorOutput
 
-    source = Path(cfg.scores_from).expanduser()
-    if not (source / "DONE").exists() or not (source / "scores.jsonl").exists():
-        raise ClinicError(f"--scores-from {source}: not a finished curation run (no DONE or scores.jsonl)")
     config = yaml.safe_load((source / "config.yaml").read_text()) or {}
     theirs, ours = config.get("curate") or {}, asdict(cfg)
     differing = [name for name in ours if name not in _REUSE_MAY_DIFFER and theirs.get(name) != ours[name]]
