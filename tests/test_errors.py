@@ -605,7 +605,7 @@ def test_overwrite_replaces_a_clinic_run_directory(tmp_path):
     assert (target / "new.txt").exists() and not (target / "old.txt").exists()
 
 
-def test_stale_staging_folders_of_a_stopped_run_are_removed(tmp_path):
+def test_stale_staging_folders_of_a_stopped_run_are_removed(tmp_path, capsys):
     import subprocess
 
     from clinic.rundir import RunDir
@@ -624,6 +624,7 @@ def test_stale_staging_folders_of_a_stopped_run_are_removed(tmp_path):
     with RunDir(tmp_path / "run") as run:
         (run.path / "x").write_text("")
     assert not stale.exists(), "the staging folder of a stopped process stays"
+    assert f"clinic: removed {stale}" in capsys.readouterr().err  # and says so
     assert live.exists() and unknown.exists(), "a live or unknown staging folder was removed"
 
 
@@ -671,6 +672,18 @@ def test_comment_only_edit_resumes_but_a_changed_value_does_not(tmp_path, capsys
     edited.write_text(_EXP.replace("n: 4}", "n: 5}"))
     with pytest.raises(ClinicError, match="holds a different experiment"):
         run_experiment(edited, root, dry_run=True)
+
+
+def test_validation_keeps_the_stage_hashes_of_existing_experiments(data_dir):
+    """Typing the values (1e-4, ints for floats, p=0) must not change a stage's hash: a changed hash
+    silently re-runs every finished stage of a store. Pinned from the code before the validation."""
+    from clinic.experiment import Experiment
+
+    root = Path(__file__).resolve().parents[1]
+    dirs = [s.dirname for s in Experiment.from_file(root / "configs" / "small-cpu.yaml").plan()]
+    assert dirs[:6] == ["evaluate-base-dc59a46d8009", "align-sft-4326b1fb438a", "evaluate-sft-08681527f59c",
+                        "finetune-sft-sft-sst2-p0-235be78df281", "evaluate-sft-sft-sst2-p0-9a3764a997f9",
+                        "sink-sft-sft-sst2-p0-e039ecd6053f"]
 
 
 def test_table_has_at_least_100_cases():

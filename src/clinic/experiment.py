@@ -93,7 +93,8 @@ _SAFE_NAME = re.compile(r"^[^/\\\x00-\x1f.][^/\\\x00-\x1f]{0,99}$")
 
 
 def check_name(value, where: str) -> str:
-    """``value`` when it can be a folder name as it is (no ``/``, no leading dot, no spaces)."""
+    """``value`` when it can be a folder name as it is (no ``/`` or ``\\``, no leading dot, no control
+    characters)."""
     text = str(value)
     if not _SAFE_NAME.match(text):
         raise ClinicError(f"{where} {text!r} cannot name a folder: no '/' or '\\', no leading '.', "
@@ -349,7 +350,7 @@ def _expand(exp: Experiment) -> list[Stage]:
                     options = _method_options(entry, "finetune")
                     for task in _as_list(block.get("tasks", ["sst2"]), "tasks"):
                         for p in _as_list(block.get("poison_ratios", [0.1]), "poison_ratios"):
-                            p = coerce(p, float, "poison_ratios item")
+                            p = float(coerce(p, float, "poison_ratios item"))  # 0 as 0.0: the hash as before
                             n = _integer(block.get("n", 1000), "finetune n")
                             check_mixture_args(n, p)
                             data = {"task": task, "n": n, "poison_ratio": p,

@@ -54,9 +54,9 @@ def check_output_dir(path: str | Path, overwrite: bool, inputs: tuple = ()) -> P
     """Validate an output directory before any work starts.
 
     An existing output is replaced (``overwrite``) only when clinic wrote it (see :data:`MARKER`),
-    and never when it is, holds or lies inside one of ``inputs`` (the run directories the stage
-    reads: replacing them would destroy what the stage is built from; an output inside one is
-    allowed, e.g. an experiment's report)."""
+    and an output that is or holds one of ``inputs`` (the folders the stage reads its model or
+    data from) is refused: replacing it would destroy what the stage is built from. An output
+    inside an input is allowed (an experiment's report)."""
     path = Path(path).expanduser().resolve()
     if path.exists() or path.is_symlink():
         if not overwrite:

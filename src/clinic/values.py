@@ -68,6 +68,8 @@ def coerce(value, kind, key: str):
 def _number(value, key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ClinicError(f"{key} must be a number, got {value!r}")
+    if isinstance(value, int):  # kept as it is: a stage's hash covers its settings as given (1, not 1.0)
+        return value
     try:
         number = float(value)
     except (ValueError, OverflowError):
