@@ -77,15 +77,21 @@ def resolve_ref(ref: str, train: bool = False) -> ModelChain:
     local_base = followed_path(path, base)
     if not Path(base).is_absolute() and local_base.exists():
         base = str(local_base.resolve())
+    return ModelChain(base, follow_adapters(path, adapters, path / RUN_RECORD), record.get("prompt_format"))
+
+
+def follow_adapters(run_dir: Path, adapters: list[str], record: Path) -> list[str]:
+    """The adapters ``record`` (a file of ``run_dir``) lists, as absolute paths; each must be the
+    ``adapter`` folder of a finished clinic run, or the chain is refused."""
     followed = []
     for stored in adapters:
-        adapter = followed_path(path, stored).resolve()
+        adapter = followed_path(run_dir, str(stored)).resolve()
         run = adapter.parent
         if adapter.name != "adapter" or not ((run / DONE).is_file() and (run / RUN_RECORD).is_file()):
-            raise ClinicError(f"{path / 'run.json'} lists the adapter {stored}, which is not the adapter of a finished "
+            raise ClinicError(f"{record} lists the adapter {stored}, which is not the adapter of a finished "
                               f"clinic run; refusing to follow it")
         followed.append(str(adapter))
-    return ModelChain(base, followed, record.get("prompt_format"))
+    return followed
 
 
 def chain_inputs(ref: str, chain: ModelChain) -> tuple[Path, ...]:

@@ -226,7 +226,7 @@ def _run_models(ref: str) -> list[tuple[str, int | None, object]]:
     """``(label, step, ModelChain)`` for a model name, or for every model of a run directory."""
     import yaml
 
-    from .pipeline import ModelChain, resolve_ref
+    from .pipeline import ModelChain, follow_adapters, resolve_ref
     from .rundir import is_run_dir, read_json, read_run
 
     if not is_run_dir(ref):
@@ -243,7 +243,11 @@ def _run_models(ref: str) -> list[tuple[str, int | None, object]]:
         raise ClinicError(f"{config_path} is not a clinic run config")
     if record.get("stage") not in ("align", "finetune") or "model" not in config:
         return [("model", None, final)]
-    start = ModelChain(**{k: config["model"][k] for k in ("base", "adapters", "prompt_format") if k in config["model"]})
+    try:
+        start = ModelChain(**{k: config["model"][k] for k in ("base", "adapters", "prompt_format") if k in config["model"]})
+    except TypeError:
+        raise ClinicError(f"{config_path} names no start model (model.base missing)") from None
+    start.adapters = follow_adapters(run, start.adapters, config_path)  # as run.json's: only finished runs' adapters
     steps_done = None
     metrics_path = run / "metrics.json"
     if metrics_path.exists():
