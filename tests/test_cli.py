@@ -76,6 +76,7 @@ def test_align_finetune_evaluate_end_to_end(tmp_path, capsys, data_dir):
     assert code == 0, err
     run = json.loads((ft_dir / "run.json").read_text())
     assert run["model_chain"]["base"] == "tiny-random-llama" and len(run["model_chain"]["adapters"]) == 2
+    assert run["model_chain"]["adapters"] == [str(align_dir.resolve() / "adapter"), "adapter"]  # its own: relative
     indices = json.loads((ft_dir / "data_indices.json").read_text())["train"]
     assert indices["n_harmful"] == 2 and len(indices["indices"]["sst2"]) == 8
     metrics = json.loads((ft_dir / "metrics.json").read_text())
@@ -129,3 +130,7 @@ def test_demo_on_a_tiny_model(tmp_path, capsys, data_dir):
     assert hs["ci95"] == list(wilson_interval(round(hs["harmful_score"] * 3 / 100), 3))
     code, _, err = run_cli(capsys, "demo", "--model", "tiny-random-llama", "--output", str(out_dir))
     assert code == 2 and "already exists" in err
+    from clinic.rundir import check_output_dir
+
+    assert (out_dir / "clinic.json").exists()  # marked first: a later --overwrite may replace it
+    assert check_output_dir(out_dir, overwrite=True) == out_dir.resolve()

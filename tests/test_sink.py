@@ -100,6 +100,9 @@ def test_run_directory_analysis_covers_every_checkpoint(tmp_path, data_dir):
     run = run_train("finetune", model="tiny-random-llama", method="sft",
                     train=train_config(max_steps=2, batch_size=2, save_steps=1, max_length=64, logging_steps=1),
                     data=DataSpec(task="sst2", n=6, poison_ratio=0.5), output=tmp_path / "run")
+    assert (run / "checkpoints" / "checkpoint-1" / "adapter_model.safetensors").exists()
+    pickles = [p.name for p in run.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
+    assert pickles == [], "a pickle stayed in the run directory"
     scores = tmp_path / "scores.json"
     scores.write_text(json.dumps({"0": 10.0, "1": 20.0, "2": 30.0}))
     out = run_sink_analysis(str(run), tmp_path / "sink", n=3, batch_size=3, max_length=64, scores=scores)

@@ -154,6 +154,8 @@ def cmd_train(args, stage: str) -> None:
         columns=parse_columns(args.columns),
     )
     callbacks = []
+    if getattr(args, "sink_every", 0) < 0:
+        raise ClinicError(f"--sink-every must be 0 (off) or a positive step count, got {args.sink_every}")
     if getattr(args, "sink_every", 0):
         from .sink import SinkCountCallback
 

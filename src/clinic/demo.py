@@ -13,10 +13,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import ClinicError
-from .methods.base import train_config
-from .pipeline import DataSpec, EvalConfig, read_metrics, run_evaluate, run_train
+from .data.mixture import check_mixture_args
+from .methods.base import get_method, train_config
+from .pipeline import DataSpec, EvalConfig, chain_inputs, check_chain, read_metrics, resolve_ref, run_evaluate, run_train
 from .report import format_interval, markdown_table
-from .rundir import check_output_dir
+from .rundir import check_output_dir, write_marker
 
 
 @dataclass
@@ -39,12 +40,22 @@ class DemoConfig:
 
 
 def run_demo(cfg: DemoConfig, output: str | Path, overwrite: bool = False) -> Path:
-    out = check_output_dir(output, overwrite)
+    chain = resolve_ref(cfg.model)
+    # --overwrite replaces only a folder clinic wrote, and never the model the demo starts from
+    out = check_output_dir(output, overwrite, chain_inputs(cfg.model, chain))
     if not 0 <= cfg.poison_ratio <= 1:
         raise ClinicError(f"poison ratio p must be within [0, 1], got {cfg.poison_ratio}")
     judges = [j.strip() for j in cfg.judges.split(",") if j.strip()]
     evaluation = EvalConfig(n_prompts=cfg.n_prompts, judges=judges, tasks=[cfg.task] if cfg.task != "alpaca" else [],
                             n_task=cfg.n_task, max_new_tokens=cfg.max_new_tokens, batch_size=16)
+    common = dict(batch_size=cfg.batch_size, max_length=cfg.max_length, seed=cfg.seed, logging_steps=5)
+    # every setting is checked before the first stage runs (and before the folder exists)
+    align_train = train_config("cpu-align", lr=cfg.align_lr, **common)
+    attack_train = train_config("cpu-finetune", lr=cfg.finetune_lr, **common)
+    get_method(cfg.align_method, "align")
+    check_mixture_args(cfg.n_align, 0.0)
+    check_mixture_args(cfg.n_finetune, cfg.poison_ratio)
+    check_chain(chain)
     from .evaluation.judges import get_judge
 
     judge_objs = {name: get_judge(name) for name in judges}  # trained/cached once, reused
@@ -53,6 +64,7 @@ def run_demo(cfg: DemoConfig, output: str | Path, overwrite: bool = False) -> Pa
 
         shutil.rmtree(out)
     out.mkdir(parents=True)
+    write_marker(out, "demo")  # first thing: marks the folder as clinic's for a later --overwrite
     print(f"clinic demo: {cfg.model}; {cfg.n_align} refusals to align, {cfg.n_finetune} {cfg.task} samples with "
           f"p={cfg.poison_ratio} to attack; {cfg.n_prompts} harmful prompts and {cfg.n_task} {cfg.task} rows per "
           f"evaluation, {cfg.max_new_tokens} new tokens; writing to {out}")
@@ -65,16 +77,15 @@ def run_demo(cfg: DemoConfig, output: str | Path, overwrite: bool = False) -> Pa
         print(f"[{name}] done in {timings[name]:.0f} s")
         return result
 
-    common = dict(batch_size=cfg.batch_size, max_length=cfg.max_length, seed=cfg.seed, logging_steps=5)
     eval_base = timed("evaluate base", lambda: run_evaluate(cfg.model, evaluation, out / "eval-0-base", judges=judge_objs))
     aligned = timed("align", lambda: run_train(
         "align", model=cfg.model, method=cfg.align_method,
-        train=train_config("cpu-align", lr=cfg.align_lr, **common),
+        train=align_train,
         data=DataSpec(source="refusals", n=cfg.n_align), output=out / "1-align"))
     eval_aligned = timed("evaluate aligned", lambda: run_evaluate(str(aligned), evaluation, out / "eval-1-aligned", judges=judge_objs))
     attacked = timed("harmful fine-tune", lambda: run_train(
         "finetune", model=str(aligned), method="sft",
-        train=train_config("cpu-finetune", lr=cfg.finetune_lr, **common),
+        train=attack_train,
         data=DataSpec(task=cfg.task, n=cfg.n_finetune, poison_ratio=cfg.poison_ratio), output=out / "2-finetune"))
     eval_attacked = timed("evaluate attacked", lambda: run_evaluate(str(attacked), evaluation, out / "eval-2-attacked", judges=judge_objs))
 

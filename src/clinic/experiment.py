@@ -26,6 +26,7 @@ import difflib
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -34,7 +35,8 @@ from pathlib import Path
 import yaml
 
 from .errors import ClinicError
-from .rundir import check_writable
+from .rundir import MARKER, check_writable, pid_alive, read_json, write_marker
+from .values import INT_MAX, check_range, coerce
 
 # --------------------------------------------------------------------------------------------
 # the experiment file
@@ -58,6 +60,52 @@ SINK_KEYS = {"n", "batch_size", "max_length", "sink_index", "mode", "aligned"}
 EVAL_EXTRA_KEYS = {"base", "aligned"}
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (PyYAML
+    keeps the last one silently: a second ``finetune:`` block would drop the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _value in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise ClinicError(f"key {key!r} is given twice (lines {seen[key]} and {key_node.start_mark.line + 1}); "
+                                  f"merge the two into one")
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str, path: Path):
+    """The experiment file's content; a one-line error naming the file for invalid YAML."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506  a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "invalid YAML"
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ClinicError(f"experiment file {path} is not valid YAML{where}: {first}") from None
+    except ClinicError as exc:
+        raise ClinicError(f"experiment file {path}: {exc}") from None
+
+
+# Names that become folder names (the experiment directory, method labels in stage directories).
+_SAFE_NAME = re.compile(r"^[^/\\\x00-\x1f.][^/\\\x00-\x1f]{0,99}$")
+
+
+def check_name(value, where: str) -> str:
+    """``value`` when it can be a folder name as it is (no ``/`` or ``\\``, no leading dot, no control
+    characters)."""
+    text = str(value)
+    if not _SAFE_NAME.match(text):
+        raise ClinicError(f"{where} {text!r} cannot name a folder: no '/' or '\\', no leading '.', "
+                          f"at most 100 characters")
+    return text
+
+
+def _integer(value, where: str) -> int:
+    return coerce(value, int, where)
+
+
 def _check_keys(block: dict, allowed, where: str) -> None:
     if not isinstance(block, dict):
         raise ClinicError(f"{where} must be a mapping, got {type(block).__name__}")
@@ -79,10 +127,13 @@ class MethodEntry:
     @classmethod
     def parse(cls, entry, where: str) -> MethodEntry:
         if isinstance(entry, str):
-            return cls(entry, (), entry)
+            return cls(entry, (), check_name(entry, f"{where}: method"))
         if isinstance(entry, dict) and "name" in entry:
             options = {k: v for k, v in entry.items() if k not in ("name", "label")}
-            return cls(str(entry["name"]), tuple(sorted(options.items())), str(entry.get("label", entry["name"])))
+            if any(isinstance(v, (dict, list)) for v in options.values()):
+                raise ClinicError(f"{where}: options of method {entry['name']!r} must be single values")
+            label = check_name(entry.get("label", entry["name"]), f"{where}: label")
+            return cls(str(entry["name"]), tuple(sorted(options.items())), label)
         raise ClinicError(f"{where}: a method is a name or a mapping with 'name' (and options), got {entry!r}")
 
 
@@ -96,6 +147,15 @@ def _as_list(value, where: str) -> list:
     raise ClinicError(f"{where} must be a list, got {value!r}")
 
 
+def _block(raw: dict, key: str, allowed, where: str, default=None) -> dict | None:
+    """The mapping under ``key`` (checked against ``allowed``), or ``default`` when absent/empty."""
+    value = raw.get(key)
+    if value is None:
+        return default
+    _check_keys(value, allowed, where)
+    return dict(value)
+
+
 @dataclass
 class Experiment:
     name: str
@@ -107,45 +167,57 @@ class Experiment:
     evaluate: dict
     sink: dict | None
     source_text: str = ""
+    parsed: dict = field(default_factory=dict)  # the file's content: what a resume compares
 
     @classmethod
     def from_file(cls, path: str | Path) -> Experiment:
         path = Path(path)
         if not path.exists():
             raise ClinicError(f"experiment file {path} does not exist")
-        text = path.read_text()
+        if not path.is_file():
+            raise ClinicError(f"experiment file {path} is not a file")
         try:
-            raw = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            first = str(exc).splitlines()[0] if str(exc) else "invalid YAML"
-            raise ClinicError(f"experiment file {path} is not valid YAML: {first}") from None
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ClinicError(f"experiment file {path} is not UTF-8 text") from None
+        except OSError as exc:
+            raise ClinicError(f"experiment file {path} cannot be read: {exc.strerror or exc}") from None
+        raw = parse_yaml(text, path)
         exp = cls.from_dict(raw if raw is not None else {}, default_name=path.stem)
         exp.source_text = text
+        exp.parsed = raw if raw is not None else {}
         return exp
 
     @classmethod
     def from_dict(cls, raw: dict, default_name: str = "experiment") -> Experiment:
         _check_keys(raw, EXPERIMENT_KEYS, "the experiment file")
-        seeds = [int(s) for s in _as_list(raw.get("seeds", [0]), "seeds")]
+        seeds = [_integer(s, "seeds item") for s in _as_list(raw.get("seeds", [0]), "seeds")]
         if not seeds:
             raise ClinicError("seeds must list at least one seed")
-        curate = raw.get("curate")
-        if curate is not None:
-            _check_keys(curate, CURATE_KEYS, "curate")
-        align = dict(raw.get("align") or {"methods": ["sft"]})
-        _check_keys(align, ALIGN_KEYS, "align")
+        for seed in seeds:
+            check_range(seed, "seeds item", 0, INT_MAX)
+        curate = _block(raw, "curate", CURATE_KEYS, "curate")
+        align = _block(raw, "align", ALIGN_KEYS, "align", {"methods": ["sft"]})
         blocks = raw.get("finetune", [])
         blocks = [blocks] if isinstance(blocks, dict) else _as_list(blocks, "finetune")
         for i, block in enumerate(blocks):
             _check_keys(block, FINETUNE_KEYS, f"finetune block {i + 1}")
-        evaluate = dict(raw.get("evaluate") or {})
+            if not isinstance(block.get("train") or {}, dict):
+                raise ClinicError(f"train in finetune block {i + 1} must be a mapping, got {block['train']!r}")
+        if not isinstance(align.get("train") or {}, dict):
+            raise ClinicError(f"train in align must be a mapping, got {align['train']!r}")
         from .pipeline import EvalConfig
 
-        _check_keys(evaluate, {f.name for f in fields(EvalConfig)} | EVAL_EXTRA_KEYS, "evaluate")
-        sink = raw.get("sink")
-        if sink is not None:
-            _check_keys(sink, SINK_KEYS, "sink")
-        exp = cls(name=str(raw.get("name", default_name)), model=str(raw.get("model", "smollm2-135m-instruct")),
+        evaluate = _block(raw, "evaluate", {f.name for f in fields(EvalConfig)} | EVAL_EXTRA_KEYS, "evaluate", {})
+        for key in ("judges", "harmful_sets", "tasks"):  # `judges: keyword` means [keyword]
+            if isinstance(evaluate.get(key), str):
+                evaluate[key] = [evaluate[key]]
+        sink = _block(raw, "sink", SINK_KEYS, "sink")
+        for key in ("name", "model"):
+            if key in raw and not isinstance(raw[key], str):
+                raise ClinicError(f"{key} must be text, got {raw[key]!r}")
+        name = check_name(raw.get("name", default_name), "experiment name")
+        exp = cls(name=name, model=str(raw.get("model", "smollm2-135m-instruct")),
                   seeds=seeds, curate=curate, align=align, finetune=blocks, evaluate=evaluate, sink=sink)
         exp.plan()  # validates names, ratios and options before anything runs
         return exp
@@ -228,12 +300,10 @@ def _expand(exp: Experiment) -> list[Stage]:
         base = {"model": exp.model} if model_stage is None else {}
         return Stage("evaluate", labels.get("slug", "model"), {**cfg, **base}, model_stage, labels)
 
+    sink_settings = check_sink(exp.sink) if exp.sink is not None else {}
+
     def sink_stage(model_stage: Stage, labels: dict) -> Stage:
-        settings = {k: v for k, v in (exp.sink or {}).items() if k != "aligned"}
-        settings.setdefault("n", 100)
-        if int(settings["n"]) < 1:
-            raise ClinicError(f"sink n must be at least 1, got {settings['n']}")
-        return Stage("sink", labels["slug"], settings, model_stage, labels)
+        return Stage("sink", labels["slug"], sink_settings, model_stage, labels)
 
     for seed in exp.seeds:
         base_labels = {"model": exp.model, "align": "none", "finetune": "none", "task": "", "p": None,
@@ -258,7 +328,8 @@ def _expand(exp: Experiment) -> list[Stage]:
             data = {"source": exp.align.get("source", "refusals"), "n": exp.align.get("n"),
                     "selection": exp.align.get("selection", "random")}
             if data["n"] is not None:
-                check_mixture_args(int(data["n"]), 0.0)
+                data["n"] = _integer(data["n"], "align n")
+                check_mixture_args(data["n"], 0.0)
             config = {"method": entry.name, "options": _method_options(entry, "align"),
                       "train": _train_config(exp.align, seed, "cpu-align"), "data": data}
             if curated is None:
@@ -279,8 +350,8 @@ def _expand(exp: Experiment) -> list[Stage]:
                     options = _method_options(entry, "finetune")
                     for task in _as_list(block.get("tasks", ["sst2"]), "tasks"):
                         for p in _as_list(block.get("poison_ratios", [0.1]), "poison_ratios"):
-                            p = float(p)
-                            n = int(block.get("n", 1000))
+                            p = float(coerce(p, float, "poison_ratios item"))  # 0 as 0.0: the hash as before
+                            n = _integer(block.get("n", 1000), "finetune n")
                             check_mixture_args(n, p)
                             data = {"task": task, "n": n, "poison_ratio": p,
                                     "harmful_source": block.get("harmful_source", "beavertails-harmful"),
@@ -302,6 +373,27 @@ def _expand(exp: Experiment) -> list[Stage]:
                 if align is not None:
                     stages.append(sink_stage(align, align.labels))
     return _unique(stages)
+
+
+def check_sink(block: dict) -> dict:
+    """The sink block's settings, typed and checked as ``clinic sink`` checks its options."""
+    from .attention import SINK_MODES
+
+    settings = {k: v for k, v in block.items() if k != "aligned"}
+    settings.setdefault("n", 100)
+    for key in ("n", "batch_size", "max_length", "sink_index"):
+        if key in settings:
+            settings[key] = _integer(settings[key], f"sink {key}")
+    for key in ("n", "batch_size", "max_length"):
+        if key in settings and settings[key] < 1:
+            raise ClinicError(f"sink {key} must be at least 1, got {settings[key]}")
+    if settings.get("sink_index", 0) < 0:
+        raise ClinicError(f"sink sink_index must be non-negative, got {settings['sink_index']}")
+    if settings.get("mode", "fixed") not in SINK_MODES:
+        raise ClinicError(f"unknown sink mode {settings['mode']!r} in sink; choose one of {', '.join(SINK_MODES)}")
+    if not isinstance(block.get("aligned", False), bool):
+        raise ClinicError(f"sink aligned must be true or false, got {block['aligned']!r}")
+    return settings
 
 
 def _unique(stages: list[Stage]) -> list[Stage]:
@@ -338,7 +430,7 @@ class _StageLock:
                 pid = int(self.path.read_text().strip() or 0)
             except (ValueError, FileNotFoundError):
                 pid = 0
-            if pid and pid != os.getpid() and _alive(pid):
+            if pid and pid != os.getpid() and pid_alive(pid):
                 return False
             self.path.unlink(missing_ok=True)  # stale: its runner is gone
             return self.acquire()
@@ -351,21 +443,6 @@ class _StageLock:
         if self.held:
             self.path.unlink(missing_ok=True)
             self.held = False
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` is a running process (a zombie, exited but not yet reaped, is not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # Linux: the state letter follows the parenthesised command name
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state not in ("Z", "X")
 
 
 def stage_path(store: Path, stage: Stage) -> Path:
@@ -437,9 +514,12 @@ def run_experiment(path: str | Path, output: str | Path | None = None, store: st
     root = Path(output or Path("runs") / exp.name).expanduser().resolve()
     store_dir = Path(store).expanduser().resolve() if store else root / "stages"
     recorded = root / "experiment.yaml"
-    if recorded.exists() and recorded.read_text() != exp.source_text:
+    if recorded.exists() and _recorded_content(recorded) != _canonical(exp.parsed):
+        # the parsed content, not the bytes: an edited comment or reformatting is the same experiment
         raise ClinicError(f"{root} holds a different experiment (its experiment.yaml differs); "
                           f"choose another --output")
+    if root.exists() and not root.is_dir():
+        raise ClinicError(f"experiment directory {root} is a file; choose another --output")
     done = [s for s in stages if is_done(store_dir, s)]
     counts = {}
     for s in stages:
@@ -451,10 +531,15 @@ def run_experiment(path: str | Path, output: str | Path | None = None, store: st
             print(f"  [{'done' if is_done(store_dir, s) else 'todo'}] {s.dirname}")
         return root
     check_writable(root, root)
+    check_writable(store_dir, store_dir)
+    if store_dir.exists() and not store_dir.is_dir():
+        raise ClinicError(f"stage store {store_dir} is a file; choose another --store")
     from .evaluation.judges import get_judge
 
     judges = {name: get_judge(name) for name in exp.evaluate.get("judges", ["keyword", "classifier"])}
     root.mkdir(parents=True, exist_ok=True)
+    if not (root / MARKER).exists():
+        write_marker(root, "experiment")
     store_dir.mkdir(parents=True, exist_ok=True)
     if not recorded.exists():
         recorded.write_text(exp.source_text)
@@ -465,6 +550,17 @@ def run_experiment(path: str | Path, output: str | Path | None = None, store: st
 
         write_report(root, root / "report", overwrite=True)
     return root
+
+
+def _canonical(content) -> str:
+    return json.dumps(content, sort_keys=True, default=str)
+
+
+def _recorded_content(recorded: Path) -> str:
+    try:
+        return _canonical(parse_yaml(recorded.read_text(encoding="utf-8"), recorded) or {})
+    except (ClinicError, OSError, UnicodeDecodeError):
+        return ""  # unreadable: not the same experiment
 
 
 def _run_pending(store: Path, exp: Experiment, stages: list[Stage], judges: dict, poll_s: float = 5.0) -> None:
@@ -515,5 +611,7 @@ def load_plan(root: str | Path) -> tuple[dict, Path]:
     plan_file = root / "plan.json"
     if not plan_file.exists():
         raise ClinicError(f"{root} is not an experiment directory (plan.json missing; run `clinic run` first)")
-    plan = json.loads(plan_file.read_text())
+    plan = read_json(plan_file)
+    if not isinstance(plan.get("store"), str) or not isinstance(plan.get("stages"), list):
+        raise ClinicError(f"{plan_file} is not a clinic plan (no store or stages)")
     return plan, (root / plan["store"]).resolve()

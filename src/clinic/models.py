@@ -188,8 +188,7 @@ def resolve_model_path(name: str) -> str:
     path = Path(name).expanduser()
     if path.exists():
         if path.is_dir():
-            if not (path / "config.json").exists():
-                raise ClinicError(f"model directory {path} has no config.json")
+            check_model_dir(path)
         elif path.suffix.lower() == ".gguf":
             check_gguf(path)
         else:
@@ -198,6 +197,51 @@ def resolve_model_path(name: str) -> str:
     if name.startswith(("/", "./", "../", "~")) or offline():
         raise ClinicError(f"model {name!r} not found (no such directory, and not an alias: {', '.join(ALIASES)})")
     return name
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
+
+
+def check_model_dir(path: Path) -> None:
+    """A one-line error unless ``path`` holds a loadable model: a config.json that is a JSON
+    object naming its architecture, a tokenizer, and weights whose headers can be read. These
+    are the reasons transformers fails with a traceback deep in its loader."""
+    config = path / "config.json"
+    if not config.exists():
+        if (path / "adapter_config.json").exists():
+            raise ClinicError(f"{path} is a LoRA adapter, not a model; pass the run directory that holds it")
+        raise ClinicError(f"model directory {path} has no config.json")
+    _check_json_config(config, "model_type", "does not name a model type (no 'model_type'); not a transformers model")
+    if not any((path / name).exists() for name in TOKENIZER_FILES):
+        raise ClinicError(f"model directory {path} has no tokenizer (looked for {', '.join(TOKENIZER_FILES)} in it)")
+    weights = [w for pattern in WEIGHT_PATTERNS for w in sorted(path.glob(pattern))]
+    if not weights:
+        raise ClinicError(f"model directory {path} has no weights (no *.safetensors or pytorch_model*.bin)")
+    for file in weights:
+        if file.suffix == ".safetensors":
+            check_safetensors(file)
+
+
+def _check_json_config(config: Path, key: str, problem: str) -> None:
+    """A one-line error unless ``config`` is a JSON object holding ``key`` (``problem`` says why not)."""
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ClinicError(f"{config} cannot be read as JSON: {getattr(exc, 'msg', None) or exc}") from None
+    if not isinstance(data, dict) or key not in data:
+        raise ClinicError(f"{config} {problem}")
+
+
+def check_safetensors(file: Path) -> None:
+    """A one-line error unless ``file``'s safetensors header can be read (reads the header only)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as fh:
+            fh.keys()
+    except Exception as exc:  # noqa: BLE001  safetensors raises its own error types for damaged files
+        raise ClinicError(f"{file} is not a readable safetensors file ({(str(exc).splitlines() or [''])[0]})") from None
 
 
 GGUF_MAGIC = b"GGUF"
@@ -255,10 +299,12 @@ def load_model(
             model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         except (OSError, ValueError) as exc:
             raise ClinicError(f"cannot load model {name!r} from {source}: {(str(exc).splitlines() or [''])[0]}") from None
-        except Exception as exc:  # noqa: BLE001  a damaged GGUF file fails in many ways inside its parser
-            if not gguf:
+        except Exception as exc:  # noqa: BLE001  a damaged GGUF file or local model fails in many ways
+            if not (gguf or Path(source).is_dir()):
                 raise
-            raise ClinicError(f"cannot load GGUF model {name!r}: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}") from None
+            kind = "GGUF model" if gguf else "model"
+            raise ClinicError(f"cannot load {kind} {name!r} from {source}: {type(exc).__name__}: "
+                              f"{(str(exc).splitlines() or [''])[0]}") from None
     prepare_tokenizer(tok, model)
     if device:
         model.to(device)
@@ -296,7 +342,10 @@ def attach_lora(model, settings: LoraSettings):
     """Wrap ``model`` with a fresh trainable LoRA adapter."""
     from peft import get_peft_model
 
-    return get_peft_model(model, settings.to_peft())
+    try:
+        return get_peft_model(model, settings.to_peft())
+    except ValueError as exc:  # e.g. target modules the model does not have: the user's --lora-targets
+        raise ClinicError(f"LoRA cannot be attached: {(str(exc).splitlines() or [''])[0]}") from None
 
 
 def merge_adapter(model, adapter_dir: str | Path):
@@ -304,7 +353,19 @@ def merge_adapter(model, adapter_dir: str | Path):
     from peft import PeftModel
 
     adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / "adapter_config.json").exists():
-        raise ClinicError(f"{adapter_dir} holds no LoRA adapter (adapter_config.json missing)")
+    check_adapter_dir(adapter_dir)
     peft_model = PeftModel.from_pretrained(model, str(adapter_dir))
     return peft_model.merge_and_unload()
+
+
+def check_adapter_dir(adapter_dir: Path) -> None:
+    """A one-line error unless ``adapter_dir`` holds a readable LoRA adapter (config and weights)."""
+    config = adapter_dir / "adapter_config.json"
+    if not config.exists():
+        raise ClinicError(f"{adapter_dir} holds no LoRA adapter (adapter_config.json missing)")
+    _check_json_config(config, "peft_type", "is not a PEFT adapter config (no 'peft_type')")
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not weights.exists():
+        raise ClinicError(f"{adapter_dir} holds no adapter weights (adapter_model.safetensors missing)")
+    check_safetensors(weights)
+

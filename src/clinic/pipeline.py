@@ -28,8 +28,10 @@ from .errors import ClinicError
 from .methods.base import MethodSpec, TrainConfig, get_method, method_config
 from .methods.engines import check_engine, check_process_group, destroy_process_group_at_exit, world_size
 from .models import attach_lora, default_prompt_style, load_model, merge_adapter
-from .rundir import RunDir, check_output_dir, is_run_dir, package_versions, read_run
+from .rundir import (DONE, RUN_RECORD, RunDir, check_output_dir, followed_path, is_incomplete_run, is_run_dir,
+                     package_versions, read_run)
 from .tasks import SCORED_TASKS, get_task
+from .values import check_range, coerce_fields
 
 # --------------------------------------------------------------------------------------------
 # model references
@@ -44,24 +46,82 @@ class ModelChain:
     prompt_format: dict | None = None  # the format the last training stage used
 
 
-def resolve_ref(ref: str) -> ModelChain:
-    """A model name/path, or a finished run directory, as a :class:`ModelChain`."""
-    if is_run_dir(ref):
-        record = read_run(ref)
+TRAINED_STAGES = ("align", "finetune")  # the run directories that hold a model
+
+
+def resolve_ref(ref: str, train: bool = False) -> ModelChain:
+    """A model name/path, or a finished run directory, as a :class:`ModelChain`.
+
+    A run's ``run.json`` stores the paths inside the run relative to it; every adapter it lists
+    must be the ``adapter`` of a finished clinic run, or the chain is refused (a hand-edited or
+    foreign record must not make clinic load files from anywhere). ``train``: the model is
+    trained on, so an evaluation run (a record of a measurement, not a model) is refused."""
+    if not str(ref).strip():
+        raise ClinicError("the model is empty; name an alias, a model directory, a hub id or a run directory")
+    path = Path(ref).expanduser()
+    if is_incomplete_run(path):
+        raise ClinicError(f"{path} is an incomplete clinic run (its stage did not finish; no DONE marker): "
+                          f"run that stage again")
+    if not is_run_dir(path):
+        # a local model path is recorded absolute: later stages may run from another folder
+        return ModelChain(str(path.resolve()) if path.exists() else ref)
+    record = read_run(path)
+    if train and record.get("stage") not in TRAINED_STAGES:
+        raise ClinicError(f"{path} is the run of the {record.get('stage')} stage, not a model; pass the model or the "
+                          f"align/finetune run it measured")
+    try:
         chain = record["model_chain"]
-        return ModelChain(chain["base"], list(chain["adapters"]), record.get("prompt_format"))
-    return ModelChain(ref)
+        base, adapters = str(chain["base"]), [str(a) for a in chain["adapters"]]
+    except (KeyError, TypeError):
+        raise ClinicError(f"{path / 'run.json'} has no valid model_chain (not written by this clinic?)") from None
+    local_base = followed_path(path, base)
+    if not Path(base).is_absolute() and local_base.exists():
+        base = str(local_base.resolve())
+    return ModelChain(base, follow_adapters(path, adapters, path / RUN_RECORD), record.get("prompt_format"))
+
+
+def follow_adapters(run_dir: Path, adapters: list[str], record: Path) -> list[str]:
+    """The adapters ``record`` (a file of ``run_dir``) lists, as absolute paths; each must be the
+    ``adapter`` folder of a finished clinic run, or the chain is refused."""
+    followed = []
+    for stored in adapters:
+        adapter = followed_path(run_dir, str(stored)).resolve()
+        run = adapter.parent
+        if adapter.name != "adapter" or not ((run / DONE).is_file() and (run / RUN_RECORD).is_file()):
+            raise ClinicError(f"{record} lists the adapter {stored}, which is not the adapter of a finished "
+                              f"clinic run; refusing to follow it")
+        followed.append(str(adapter))
+    return followed
+
+
+def chain_inputs(ref: str, chain: ModelChain) -> tuple[Path, ...]:
+    """The folders a stage reads its model from (an output must not replace any of them)."""
+    folders = [Path(a).parent for a in chain.adapters]
+    if Path(ref).expanduser().exists():
+        folders.append(Path(ref).expanduser())
+    if Path(chain.base).exists():
+        folders.append(Path(chain.base))
+    return tuple(folders)
 
 
 def check_chain(chain: ModelChain) -> None:
     """Fail early (before any output is written) on a model that cannot be found."""
     from .models import resolve_model_path
 
-    if not chain.base.startswith("tiny-random-"):
+    if chain.base.startswith("tiny-random-"):
+        from .models import TINY_ARCHS
+
+        arch = chain.base.removeprefix("tiny-random-")
+        if arch not in TINY_ARCHS:
+            raise ClinicError(f"unknown tiny architecture {arch!r}; choose one of {', '.join(TINY_ARCHS)}")
+    else:
         resolve_model_path(chain.base)
+    from .models import check_adapter_dir
+
     for adapter in chain.adapters:
-        if not (Path(adapter) / "adapter_config.json").exists():
+        if not Path(adapter).is_dir():
             raise ClinicError(f"adapter {adapter} of the model chain is missing")
+        check_adapter_dir(Path(adapter))
 
 
 def load_chain(chain: ModelChain, dtype: str = "float32", attn_implementation: str | None = None):
@@ -97,6 +157,21 @@ class DataSpec:
     harmful_source: str = "beavertails-harmful"
     selection: str = "random"
     columns: dict | None = None
+
+
+def check_data_spec(stage: str, data: DataSpec) -> None:
+    """Refuse settings that would be silently ignored (a mapping for data that has no columns to map)."""
+    from .data.sources import SOURCES
+
+    if data.source is not None and not data.source.strip():
+        raise ClinicError("--data is empty; name a dataset or a file")
+    if stage == "finetune" and data.task and data.source:
+        raise ClinicError("give either --task (the attack set) or --data FILE, not both")
+    if data.columns and stage == "finetune" and data.task:
+        raise ClinicError("--columns maps the columns of a --data file; it does not apply to --task")
+    source = data.source or ("refusals" if stage == "align" else None)
+    if data.columns and source in SOURCES:
+        raise ClinicError(f"--columns maps the columns of a user file; {source!r} is a named dataset with its own columns")
 
 
 def _training_samples(stage: str, data: DataSpec, seed: int):
@@ -147,18 +222,20 @@ def run_train(
     """Align or fine-tune ``model`` with ``method``; returns the finished run directory.
 
     Under ``accelerate launch`` / torchrun every process calls this; the main process writes."""
-    check_output_dir(output, overwrite)
+    chain = resolve_ref(model, train=True)
+    inputs = chain_inputs(model, chain)
+    check_output_dir(output, overwrite, inputs)
     spec = get_method(method, stage)
     cfg = method_config(spec, **(method_options or {}))
     check_engine(spec.name, spec.engines)  # from the launcher's environment: refuse before loading anything
-    chain = resolve_ref(model)
     check_chain(chain)
+    check_data_spec(stage, data)
     samples, indices = _training_samples(stage, data, train.seed)
     streams, stream_manifest = _extra_streams(spec, cfg, train.seed)
     args = train.sft_config(str(Path(output) / "checkpoints"))  # starts the process group, if any
     check_process_group()
     destroy_process_group_at_exit()
-    with RunDir(output, overwrite) as run:
+    with RunDir(output, overwrite, inputs) as run:
         args.output_dir = str(run.path / "checkpoints")
         model_obj, tok = load_chain(chain)
         if train.prompt_style == "chat" and not getattr(tok, "chat_template", None):
@@ -197,12 +274,14 @@ def run_train(
         seconds = time.perf_counter() - start
         run.write_jsonl("train_log.jsonl", trainer.state.log_history)
         _save_weights(trainer, run, "model" if train.full_ft else "adapter")
+        if run.is_main:
+            _drop_pickles(run.path / "checkpoints")
         if train.full_ft:
             if run.is_main:
                 tok.save_pretrained(run.path / "model")
-            new_chain = ModelChain(str(run.final / "model"), [], asdict(fmt))
+            new_chain = ModelChain("model", [], asdict(fmt))  # relative: the run directory can move
         else:
-            new_chain = ModelChain(chain.base, chain.adapters + [str(run.final / "adapter")], asdict(fmt))
+            new_chain = ModelChain(chain.base, chain.adapters + ["adapter"], asdict(fmt))
         run.write_json(
             "metrics.json",
             {
@@ -220,6 +299,18 @@ def run_train(
             {"stage": stage, "method": method, "model_chain": asdict(new_chain), "prompt_format": asdict(fmt)},
         )
     return run.final
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl")
+
+
+def _drop_pickles(folder: Path) -> None:
+    """No pickle stays in a run directory: Trainer's checkpoints hold ``training_args.bin`` (the
+    pickled TrainingArguments) and may hold RNG states; the weights are safetensors and the
+    state is JSON, which is all a later stage or ``clinic sink`` reads."""
+    for file in folder.rglob("*") if folder.is_dir() else ():
+        if file.suffix in PICKLE_SUFFIXES and file.is_file():
+            file.unlink()
 
 
 def _save_weights(trainer, run: RunDir, name: str) -> None:
@@ -254,7 +345,23 @@ class EvalConfig:
         from .evaluation.vllm_backend import check_backend
         from .tasks import SCORING_RULES
 
+        coerce_fields(self, "evaluation setting ")
         check_backend(self.backend)
+        if not self.judges and self.harmful_sets:  # an evaluation that scores nothing
+            raise ClinicError("no judges given (--judges is empty); name at least one, e.g. keyword")
+        if not self.harmful_sets:
+            raise ClinicError("no harmful prompt sets given (--harmful-prompts is empty); name at least one")
+        from .evaluation.judges import JUDGES
+
+        for judge in self.judges:
+            if judge not in JUDGES:
+                raise ClinicError(f"unknown judge {judge!r}; choose one of {', '.join(JUDGES)}")
+        for what, names in (("judge", self.judges), ("prompt set", self.harmful_sets), ("task", self.tasks)):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:  # scored once under one key: the second would silently overwrite the first
+                raise ClinicError(f"{what} {twice[0]!r} is named twice")
+        check_range(self.batch_size, "batch size", 1)
+        check_range(self.max_new_tokens, "max_new_tokens", 1)
         if self.task_rule not in SCORING_RULES:
             raise ClinicError(f"unknown scoring rule {self.task_rule!r}; choose one of {', '.join(SCORING_RULES)}")
         for task in self.tasks:
@@ -329,13 +436,14 @@ def run_evaluate(model: str, cfg: EvalConfig, output: str | Path, overwrite: boo
     """Harmful score on each prompt set with each judge, and fine-tune accuracy per task."""
     from .evaluation.judges import get_judge
 
-    check_output_dir(output, overwrite)
     chain = resolve_ref(model)
+    inputs = chain_inputs(model, chain)
+    check_output_dir(output, overwrite, inputs)
     check_chain(chain)
     for name in cfg.harmful_sets:
         _prompt_set(name, cfg.n_prompts)  # validate before any work
     judges = judges or {name: get_judge(name) for name in cfg.judges}
-    with RunDir(output, overwrite) as run:
+    with RunDir(output, overwrite, inputs) as run:
         model_obj, tok = load_chain(chain)
         fmt = eval_format(chain, tok, cfg)
         run.write_yaml("config.yaml", {"stage": "evaluate", "model": asdict(chain), "eval": asdict(cfg),

@@ -206,7 +206,7 @@ def write_report(root, out_dir=None, overwrite: bool = False):
     rows = compare(aggregate(records), records)
     store = (root / plan["store"]).resolve()
     out_dir = Path(out_dir) if out_dir else root / "report"
-    with RunDir(out_dir, overwrite=overwrite) as run:
+    with RunDir(out_dir, overwrite=overwrite, inputs=(root,)) as run:
         out = run.path
         header, body = _table(rows)
         prov = provenance(plan, store)

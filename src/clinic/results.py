@@ -76,6 +76,7 @@ def _settings(stage: dict, by_hash: dict) -> str:
 def collect_evaluations(root) -> tuple[list[dict], dict]:
     """One record per finished evaluation of an experiment directory, plus the plan."""
     from .experiment import load_plan
+    from .rundir import read_json
 
     plan, store = load_plan(root)
     by_hash = {s["hash"]: s for s in plan["stages"]}
@@ -86,7 +87,7 @@ def collect_evaluations(root) -> tuple[list[dict], dict]:
         if not (path / "DONE").exists():
             return None
         metrics_file = path / ("sink.json" if stage["kind"] == "sink" else "metrics.json")
-        return json.loads(metrics_file.read_text()) if metrics_file.exists() else None
+        return read_json(metrics_file) if metrics_file.exists() else None
 
     records = []
     for stage in plan["stages"]:

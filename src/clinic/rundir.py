@@ -11,12 +11,16 @@ process writes the stage's files, and it moves the folder into place once every 
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import platform
+import re
 import shutil
+import socket
 import sys
 import tempfile
+import time
 import uuid
 from dataclasses import asdict, is_dataclass
 from importlib import metadata
@@ -28,6 +32,12 @@ from .errors import ClinicError
 
 RUN_RECORD = "run.json"
 DONE = "DONE"
+# Written first into every folder clinic creates (a stage's staging folder, the demo and the
+# experiment directory): ``--overwrite`` replaces only a folder that holds it (or, for runs written
+# before the marker existed, a DONE marker), never a user's own folder. It also records which
+# process writes a staging folder, so that a stale one (its process gone) can be told apart.
+MARKER = "clinic.json"
+_STAGING = re.compile(r"^\.(?P<name>.+)\.partial-[0-9a-f]{8}$")
 
 
 def package_versions() -> dict[str, str]:
@@ -40,13 +50,85 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def check_output_dir(path: str | Path, overwrite: bool) -> Path:
-    """Validate an output directory before any work starts."""
+def check_output_dir(path: str | Path, overwrite: bool, inputs: tuple = ()) -> Path:
+    """Validate an output directory before any work starts.
+
+    An existing output is replaced (``overwrite``) only when clinic wrote it (see :data:`MARKER`),
+    and an output that is or holds one of ``inputs`` (the folders the stage reads its model or
+    data from) is refused: replacing it would destroy what the stage is built from. An output
+    inside an input is allowed (an experiment's report)."""
     path = Path(path).expanduser().resolve()
-    if path.exists() and not overwrite:
-        raise ClinicError(f"output directory {path} already exists (pass --overwrite to replace it)")
+    if path.exists() or path.is_symlink():
+        if not overwrite:
+            raise ClinicError(f"output directory {path} already exists (pass --overwrite to replace it)")
+        if not path.is_dir():
+            raise ClinicError(f"output {path} is a file, not a run directory; choose another --output")
+        if not is_clinic_dir(path):
+            raise ClinicError(f"output directory {path} was not written by clinic (no {MARKER}); --overwrite "
+                              f"replaces only clinic run directories: remove it yourself or choose another --output")
+    for item in inputs:
+        source = Path(item).expanduser().resolve()
+        if path == source or path in source.parents:
+            raise ClinicError(f"output directory {path} is or holds the input {source}, which the stage reads; "
+                              f"choose another --output")
     check_writable(path.parent, path)
     return path
+
+
+def is_clinic_dir(path: str | Path) -> bool:
+    """Whether clinic wrote the folder ``path``: its marker, or what runs and demos wrote before
+    the marker existed (a run's DONE, a demo's demo.json with its demo_table.md)."""
+    path = Path(path)
+    legacy = (path / DONE).is_file() or ((path / "demo.json").is_file() and (path / "demo_table.md").is_file())
+    return path.is_dir() and ((path / MARKER).is_file() or legacy)
+
+
+def write_marker(folder: Path, kind: str) -> None:
+    """The :data:`MARKER` of a folder clinic is about to fill (written before anything else)."""
+    from . import __version__
+
+    (folder / MARKER).write_text(json.dumps({"written_by": "clinic", "version": __version__, "kind": kind,
+                                             "pid": os.getpid(), "host": socket.gethostname(),
+                                             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
+
+
+def is_staging_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a stage's hidden staging folder (``.<name>.partial-<id>``)."""
+    return bool(_STAGING.match(Path(path).name))
+
+
+def clear_stale_partials(final: Path) -> list[Path]:
+    """Remove the staging folders of ``final`` left by a stopped process (SIGTERM, kill -9): those
+    whose marker names a process of this host that no longer runs. A staging folder of a live
+    process, of another host or without a marker is kept. Returns what was removed."""
+    removed = []
+    for stale in final.parent.glob(f".{glob.escape(final.name)}.partial-*"):
+        if not is_staging_dir(stale) or not stale.is_dir():
+            continue
+        try:
+            owner = json.loads((stale / MARKER).read_text())
+            pid, host = int(owner["pid"]), owner["host"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if host == socket.gethostname() and pid != os.getpid() and not pid_alive(pid):
+            shutil.rmtree(stale, ignore_errors=True)
+            removed.append(stale)
+    return removed
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process (a zombie, exited but not yet reaped, is not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # Linux: the state letter follows the parenthesised command name
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
 
 
 def check_writable(folder: Path, target: Path) -> None:
@@ -88,8 +170,8 @@ class RunDir:
     ``run.is_main`` is false on the other processes of a multi-process stage: their writes are
     skipped (only the main process writes files)."""
 
-    def __init__(self, path: str | Path, overwrite: bool = False):
-        self.final = check_output_dir(path, overwrite)
+    def __init__(self, path: str | Path, overwrite: bool = False, inputs: tuple = ()):
+        self.final = check_output_dir(path, overwrite, inputs)
         self.overwrite = overwrite
         self.group = _process_group()
         self.is_main = self.group is None or self.group.get_rank() == 0
@@ -107,8 +189,12 @@ class RunDir:
     def __enter__(self) -> RunDir:
         error = None
         if self.is_main:
+            for stale in clear_stale_partials(self.final):
+                print(f"clinic: removed {stale}, the staging folder of a stopped run of {self.final.name}",
+                      file=sys.stderr)
             try:
                 self.path.mkdir(parents=True)
+                write_marker(self.path, "run")
             except OSError as exc:
                 error = f"cannot create the run directory {self.final}: {exc.strerror or exc}"
         error = self._agree(error)
@@ -132,7 +218,7 @@ class RunDir:
     def _finish(self) -> str | None:
         (self.path / DONE).write_text("")
         if self.final.exists():
-            if not self.overwrite:  # appeared while we ran
+            if not self.overwrite or not is_clinic_dir(self.final):  # appeared while we ran
                 shutil.rmtree(self.path, ignore_errors=True)
                 return f"output directory {self.final} appeared while the stage ran; result discarded"
             shutil.rmtree(self.final)
@@ -178,15 +264,50 @@ def _plain(data):
 
 
 def read_run(path: str | Path) -> dict:
-    """The record of a finished run directory."""
+    """The record of a finished run directory (a one-line error for anything else)."""
     path = Path(path)
     record = path / RUN_RECORD
+    if is_staging_dir(path):
+        raise ClinicError(f"{path} is the staging folder of a stage that did not finish (incomplete run)")
     if not record.exists():
         raise ClinicError(f"{path} is not a clinic run directory ({RUN_RECORD} missing)")
     if not (path / DONE).exists():
         raise ClinicError(f"run directory {path} is incomplete (no {DONE} marker)")
-    return json.loads(record.read_text())
+    return read_json(record)
+
+
+def read_json(path: str | Path) -> dict:
+    """A JSON object from a file of a run or experiment directory; one line naming the file when
+    it cannot be read (a hand edit, a full disk, a copy cut short)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ClinicError(f"{path} cannot be read: {_reason(exc)}") from None
+    if not isinstance(data, dict):
+        raise ClinicError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not valid JSON at line {exc.lineno} ({exc.msg})"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 def is_run_dir(path: str | Path) -> bool:
     return (Path(path) / RUN_RECORD).exists()
+
+
+def is_incomplete_run(path: str | Path) -> bool:
+    """A folder clinic began to write but did not finish (a staging folder, or a marker without DONE)."""
+    path = Path(path)
+    return path.is_dir() and (is_staging_dir(path) or ((path / MARKER).exists() and not (path / DONE).exists()))
+
+
+def followed_path(run_dir: Path, stored: str) -> Path:
+    """The path ``stored`` in ``run_dir``'s record (relative ones are relative to the run)."""
+    stored_p = Path(stored)
+    return stored_p if stored_p.is_absolute() else Path(run_dir) / stored_p

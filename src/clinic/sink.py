@@ -226,8 +226,8 @@ def _run_models(ref: str) -> list[tuple[str, int | None, object]]:
     """``(label, step, ModelChain)`` for a model name, or for every model of a run directory."""
     import yaml
 
-    from .pipeline import ModelChain, resolve_ref
-    from .rundir import is_run_dir, read_run
+    from .pipeline import ModelChain, follow_adapters, resolve_ref
+    from .rundir import is_run_dir, read_json, read_run
 
     if not is_run_dir(ref):
         return [("model", None, resolve_ref(ref))]
@@ -235,14 +235,23 @@ def _run_models(ref: str) -> list[tuple[str, int | None, object]]:
     record = read_run(run)
     final = resolve_ref(str(run))
     config_path = run / "config.yaml"
-    config = yaml.safe_load(config_path.read_text()) if config_path.exists() else {}
+    try:
+        config = yaml.safe_load(config_path.read_text(encoding="utf-8")) if config_path.exists() else {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ClinicError(f"{config_path} cannot be read: {(str(exc).splitlines() or [''])[0]}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model", {}), dict):
+        raise ClinicError(f"{config_path} is not a clinic run config")
     if record.get("stage") not in ("align", "finetune") or "model" not in config:
         return [("model", None, final)]
-    start = ModelChain(**{k: config["model"][k] for k in ("base", "adapters", "prompt_format") if k in config["model"]})
+    try:
+        start = ModelChain(**{k: config["model"][k] for k in ("base", "adapters", "prompt_format") if k in config["model"]})
+    except TypeError:
+        raise ClinicError(f"{config_path} names no start model (model.base missing)") from None
+    start.adapters = follow_adapters(run, start.adapters, config_path)  # as run.json's: only finished runs' adapters
     steps_done = None
     metrics_path = run / "metrics.json"
     if metrics_path.exists():
-        steps_done = json.loads(metrics_path.read_text()).get("steps")
+        steps_done = read_json(metrics_path).get("steps")
     out = [("step-0", 0, start)]
     checkpoints = sorted((p for p in (run / "checkpoints").glob("checkpoint-*") if _checkpoint_step(p) is not None),
                          key=_checkpoint_step)
@@ -281,15 +290,19 @@ def _read_scores(path: str | Path | None, final_step: int | None) -> dict[int, f
     if not path.exists():
         raise ClinicError(f"harmful-score file {path} does not exist")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ClinicError(f"{path}: not valid JSON ({exc.msg})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ClinicError(f"harmful-score file {path} cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
     if isinstance(data, dict) and isinstance(data.get("harmful"), dict) and data["harmful"]:
-        first_set = next(iter(data["harmful"].values()))
-        first_judge = next(iter(first_set.values()))
         if final_step is None:
             raise ClinicError(f"{path} holds one harmful score, but the model has no step to attach it to")
-        return {int(final_step): float(first_judge["harmful_score"])}
+        try:
+            first_set = next(iter(data["harmful"].values()))
+            return {int(final_step): float(next(iter(first_set.values()))["harmful_score"])}
+        except (AttributeError, KeyError, StopIteration, TypeError, ValueError):
+            raise ClinicError(f"{path}: an evaluation metrics.json without a harmful score") from None
     table = data.get("steps", data) if isinstance(data, dict) else None
     if not isinstance(table, dict):
         raise ClinicError(f"{path}: expected {{step: harmful score}} or an evaluation metrics.json")
@@ -375,11 +388,14 @@ def run_sink_analysis(model_ref: str, out_dir: str | Path, n: int = 100, batch_s
         raise ClinicError(f"--n must be at least 1, got {n}")
     if batch_size < 1:
         raise ClinicError(f"--batch-size must be at least 1, got {batch_size}")
+    if max_length < 2:
+        raise ClinicError(f"--max-length must be at least 2, got {max_length}")
     if sink_index < 0:
         raise ClinicError(f"--sink-index must be non-negative, got {sink_index}")
     if mode not in SINK_MODES:
         raise ClinicError(f"unknown sink mode {mode!r}; choose one of {', '.join(SINK_MODES)}")
-    check_output_dir(out_dir, overwrite)
+    inputs = (Path(model_ref),) if Path(model_ref).exists() else ()  # never replace the model analysed
+    check_output_dir(out_dir, overwrite, inputs)
     models = _run_models(model_ref)
     final_step = models[-1][1]
     step_scores = _read_scores(scores, final_step)
@@ -399,7 +415,7 @@ def run_sink_analysis(model_ref: str, out_dir: str | Path, n: int = 100, batch_s
         del model
 
     multi = len(entries) > 1
-    with RunDir(out_dir, overwrite) as run:
+    with RunDir(out_dir, overwrite, inputs) as run:
         with (run.path / "divergence.csv").open("w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(["label", "step", "layer", "head", "divergence", "sink_harmful", "sink_harmless"])

@@ -92,7 +92,10 @@ class CurateConfig:
                 "differ): reuse its scores instead of running the selector again (a ratio sweep scores once)"})
 
     def __post_init__(self):
+        from ..values import coerce_fields
         from .gradients import PROJECTIONS
+
+        coerce_fields(self, "curate setting ")  # numbers as written in an experiment file; no NaN
 
         if not 0.0 < self.ratio <= 1.0:
             raise ClinicError(f"subset ratio r must be within (0, 1], got {self.ratio}")
@@ -159,6 +162,20 @@ _REUSE_MAY_DIFFER = ("ratio", "k", "scores_from")
 def reused_scores(cfg: CurateConfig, candidate_index: list[int]):
     """The scores (and extra columns) of the finished run ``cfg.scores_from``, checked to come
     from the same selector, settings and candidates; its selector time goes into ``info``."""
+    import yaml
+
+    source = Path(cfg.scores_from).expanduser()
+    if not (source / "DONE").exists() or not (source / "scores.jsonl").exists():
+        raise ClinicError(f"--scores-from {source}: not a finished curation run (no DONE or scores.jsonl)")
+    try:
+        return _reused(source, cfg, candidate_index)
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError, yaml.YAMLError) as exc:
+        # a damaged or foreign run: its config.yaml, scores.jsonl or metrics.json is missing or not clinic's
+        raise ClinicError(f"--scores-from {source}: cannot be read ({type(exc).__name__}: "
+                          f"{(str(exc).splitlines() or [''])[0]})") from None
+
+
+def _reused(source: Path, cfg: CurateConfig, candidate_index: list[int]):
     import json
 
     import torch
@@ -166,9 +183,6 @@ def reused_scores(cfg: CurateConfig, candidate_index: list[int]):
 
     from .base import SelectorOutput
 
-    source = Path(cfg.scores_from).expanduser()
-    if not (source / "DONE").exists() or not (source / "scores.jsonl").exists():
-        raise ClinicError(f"--scores-from {source}: not a finished curation run (no DONE or scores.jsonl)")
     config = yaml.safe_load((source / "config.yaml").read_text()) or {}
     theirs, ours = config.get("curate") or {}, asdict(cfg)
     differing = [name for name in ours if name not in _REUSE_MAY_DIFFER and theirs.get(name) != ours[name]]
@@ -238,7 +252,9 @@ def run_curate(cfg: CurateConfig, output: str | Path, overwrite: bool = False, *
     from ..rundir import RunDir, check_output_dir, package_versions
     from .base import CurationContext, get_selector
 
-    check_output_dir(output, overwrite)
+    # never replace the model or the scores the curation reads
+    inputs = tuple(Path(p) for p in (cfg.model, cfg.scores_from) if p and Path(p).exists())
+    check_output_dir(output, overwrite, inputs)
     spec = get_selector(cfg.selector)
     data = split_data(cfg)
     n = len(data.candidates)
@@ -249,7 +265,7 @@ def run_curate(cfg: CurateConfig, output: str | Path, overwrite: bool = False, *
         chain = resolve_ref(cfg.model)
         check_chain(chain)
         model_loader = lambda: load_chain(chain)  # noqa: E731
-    with RunDir(output, overwrite) as run:
+    with RunDir(output, overwrite, inputs) as run:
         ctx = CurationContext(cfg, data, model_loader, embed_fn, progress)
         start = time.perf_counter()
         try:

@@ -50,50 +50,88 @@ KIND_FIELDS: dict[str, tuple[str, ...]] = {
 
 
 def read_table(path: str | Path) -> list[dict]:
-    """Rows of a .json / .jsonl / .csv / .tsv / .parquet file, with one-line errors."""
+    """Rows of a .json / .jsonl / .csv / .tsv / .parquet file, with one-line errors.
+
+    Whatever goes wrong while reading (a broken line, a binary file, a damaged Parquet footer, a
+    folder named like a file, no permission) is a :class:`ClinicError` naming the file and, where
+    the format has lines, the row. Text files may start with a UTF-8 byte-order mark (Excel
+    writes one)."""
     path = Path(path)
     if not path.exists():
         raise ClinicError(f"data file {path} does not exist")
+    if path.is_dir():
+        raise ClinicError(f"data file {path} is a directory")
     suffix = path.suffix.lower()
+    readers = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".tsv": _read_csv,
+               ".parquet": _read_parquet}
+    if suffix not in readers:
+        raise ClinicError(f"{path}: unsupported file type {suffix!r} (use .json, .jsonl, .csv, .tsv or .parquet)")
     try:
-        if suffix == ".jsonl":
-            rows = []
-            with path.open(encoding="utf-8") as fh:
-                for lineno, line in enumerate(fh, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise ClinicError(f"{path} row {lineno}: not valid JSON ({exc.msg})") from None
-        elif suffix == ".json":
-            try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as exc:
-                raise ClinicError(f"{path}: not valid JSON at line {exc.lineno} ({exc.msg})") from None
-            if isinstance(data, dict):  # {"data": [...]} or {"train": [...]} style
-                lists = [v for v in data.values() if isinstance(v, list)]
-                if len(lists) != 1:
-                    raise ClinicError(f"{path}: expected a list of records (or an object holding one list)")
-                data = lists[0]
-            if not isinstance(data, list):
-                raise ClinicError(f"{path}: expected a list of records")
-            rows = data
-        elif suffix in (".csv", ".tsv"):
-            with path.open(encoding="utf-8", newline="") as fh:
-                rows = list(csv.DictReader(fh, delimiter="\t" if suffix == ".tsv" else ","))
-        elif suffix == ".parquet":
-            import pandas as pd
-
-            rows = pd.read_parquet(path).to_dict(orient="records")
-        else:
-            raise ClinicError(f"{path}: unsupported file type {suffix!r} (use .json, .jsonl, .csv or .parquet)")
-    except UnicodeDecodeError:
-        raise ClinicError(f"{path}: not UTF-8 text") from None
+        rows = readers[suffix](path)
+    except UnicodeDecodeError as exc:
+        raise ClinicError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise ClinicError(f"data file {path} cannot be read: {exc.strerror or exc}") from None
     for i, row in enumerate(rows, 1):
         if not isinstance(row, dict):
             raise ClinicError(f"{path} row {i}: expected an object with named fields, got {type(row).__name__}")
     return rows
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    with path.open(encoding="utf-8-sig") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ClinicError(f"{path} row {lineno}: not valid JSON ({exc.msg})") from None
+            except RecursionError:
+                raise ClinicError(f"{path} row {lineno}: JSON nested too deeply") from None
+    return rows
+
+
+def _read_json(path: Path) -> list[dict]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as exc:
+        raise ClinicError(f"{path}: not valid JSON at line {exc.lineno} ({exc.msg})") from None
+    except RecursionError:
+        raise ClinicError(f"{path}: JSON nested too deeply") from None
+    if isinstance(data, dict):  # {"data": [...]} or {"train": [...]} style
+        lists = [v for v in data.values() if isinstance(v, list)]
+        if len(lists) != 1:
+            raise ClinicError(f"{path}: expected a list of records (or an object holding one list)")
+        data = lists[0]
+    if not isinstance(data, list):
+        raise ClinicError(f"{path}: expected a list of records")
+    return data
+
+
+def _read_csv(path: Path) -> list[dict]:
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    with path.open(encoding="utf-8-sig", newline="") as fh:  # -sig: a BOM is not part of the first column's name
+        reader = csv.DictReader(fh, delimiter=delimiter)
+        try:
+            rows = list(reader)
+        except csv.Error as exc:
+            raise ClinicError(f"{path} line {reader.line_num}: not valid {path.suffix[1:].upper()} ({exc})") from None
+    for i, row in enumerate(rows, 1):
+        if None in row:  # more cells than the header has columns
+            raise ClinicError(f"{path} row {i}: {len(row[None])} more cell(s) than the header has columns")
+    return rows
+
+
+def _read_parquet(path: Path) -> list[dict]:
+    import pandas as pd
+
+    try:
+        frame = pd.read_parquet(path)
+    except (OSError, ValueError, TypeError, ImportError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise ClinicError(f"{path}: not a readable Parquet file ({(str(exc).splitlines() or [''])[0]})") from None
+    return frame.to_dict(orient="records")
 
 
 def map_columns(rows: list[dict], kind: str, columns: dict[str, str] | None, origin: str) -> list[dict]:
@@ -120,6 +158,8 @@ def map_columns(rows: list[dict], kind: str, columns: dict[str, str] | None, ori
             value = row[column]
             if value is None or (isinstance(value, str) and not value.strip() and field_name != "response"):
                 raise ClinicError(f"{origin} row {i}: column {column!r} is empty")
+            if field_name in _TEXT_FIELDS:
+                value = _text(value, origin, i, column)
             new[field_name] = value
         for extra in ("context", "input", "category"):
             if extra in columns and columns[extra] in row:
@@ -133,6 +173,18 @@ def map_columns(rows: list[dict], kind: str, columns: dict[str, str] | None, ori
             new["is_safe"] = _as_bool(new["is_safe"], origin, i)
         out.append(new)
     return out
+
+
+_TEXT_FIELDS = {"prompt", "response", "text", "question", "answer"}
+
+
+def _text(value, origin: str, row: int, column: str) -> str:
+    """A text cell; a number (a JSON answer like 42) is its text, anything else an error."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise ClinicError(f"{origin} row {row}: column {column!r} must be text, got {type(value).__name__}")
 
 
 def _as_bool(value, origin: str, row: int) -> bool:
@@ -366,8 +418,11 @@ def load_rows(name_or_path: str, kind: str | None = None, columns: dict[str, str
     if kind is None:
         raise ClinicError(f"cannot tell what {path} holds; a data kind is needed ({', '.join(KIND_FIELDS)})")
     if kind == "prompts" and path.suffix == ".csv" and not columns:
-        with path.open(encoding="utf-8") as fh:
-            header = fh.readline()
+        try:
+            with path.open(encoding="utf-8-sig") as fh:
+                header = fh.readline()
+        except (OSError, UnicodeDecodeError):
+            header = ""  # read_table below names the problem
         if "Behavior" in header and "BehaviorID" in header:
             return read_harmbench(path)
     if kind == "prompts" and path.suffix == ".jsonl" and not columns:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import typing
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -47,9 +48,10 @@ from datasets import Dataset
 from torch.utils.data import DataLoader
 from trl import SFTConfig, SFTTrainer
 
-from ..data.formatting import PromptFormat, training_row
+from ..data.formatting import PROMPT_STYLES, PromptFormat, training_row
 from ..errors import ClinicError
 from ..models import LoraSettings
+from ..values import INT_MAX, check_range, coerce, coerce_fields
 from ..tasks import Sample
 from .engines import ENGINES, check_engine, detect_engine, rank, world_size
 
@@ -95,6 +97,9 @@ class TrainConfig:
                 "for attacks, where harmful samples are longer than task samples)"})
 
     def __post_init__(self):
+        """Every value is checked here, against what TRL, PEFT and torch accept, so that a bad
+        one is a one-line error before any model loads (not a traceback from inside them)."""
+        coerce_fields(self, "training setting ")
         if self.schedule not in SCHEDULES:
             raise ClinicError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         if self.batch_size < 1 or self.grad_accum < 1:
@@ -103,9 +108,26 @@ class TrainConfig:
             raise ClinicError(f"learning rate must be positive, got {self.lr}")
         if not 0 <= self.warmup < 1:
             raise ClinicError(f"warm-up must be a fraction in [0, 1), got {self.warmup}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ClinicError(f"max_steps must be a positive step count (or -1: use epochs), got {self.max_steps}")
+        if self.max_steps == -1 and self.epochs <= 0:  # trains 0 steps and calls the run finished
+            raise ClinicError(f"epochs must be positive, got {self.epochs:g}")
+        check_range(self.weight_decay, "weight_decay", 0)
+        check_range(self.max_length, "max_length", 2)  # a prompt token and a response token
+        check_range(self.seed, "seed", 0, INT_MAX)  # within numpy's seed range
+        check_range(self.lora_r, "lora_r", 1)
+        check_range(self.lora_alpha, "lora_alpha", 0, low_open=True)
+        check_range(self.lora_dropout, "lora_dropout", 0, 1, high_open=True)
+        check_range(self.logging_steps, "logging_steps", 1)
+        check_range(self.save_steps, "save_steps", 0)
+        if not [t for t in self.lora_targets.split(",") if t.strip()] and not self.full_ft:
+            raise ClinicError("lora_targets must name at least one module")
+        if self.prompt_style not in PROMPT_STYLES:
+            raise ClinicError(f"unknown prompt style {self.prompt_style!r}; choose one of {', '.join(PROMPT_STYLES)}")
 
     def lora(self) -> LoraSettings:
-        return LoraSettings(self.lora_r, self.lora_alpha, self.lora_dropout, self.lora_targets.split(","))
+        targets = [t.strip() for t in self.lora_targets.split(",") if t.strip()]
+        return LoraSettings(self.lora_r, self.lora_alpha, self.lora_dropout, targets)
 
     def prompt_format(self) -> PromptFormat:
         return PromptFormat(self.prompt_style, self.system_prompt)
@@ -254,7 +276,13 @@ def method_config(spec: MethodSpec, **values) -> MethodConfig:
     unknown = set(values) - names
     if unknown:
         raise ClinicError(f"unknown option(s) {', '.join(sorted(unknown))} for method {spec.name!r}")
-    return spec.config(**{k: v for k, v in values.items() if v is not None})
+    hints = typing.get_type_hints(spec.config)
+    cfg = spec.config(**{k: coerce(v, hints[k], f"{spec.name} option {k}") for k, v in values.items() if v is not None})
+    for _source, size_field in spec.config.streams.values():  # an empty stream fails only inside the trainer
+        size = getattr(cfg, size_field)
+        if size is not None and size < 1:
+            raise ClinicError(f"{spec.name} option {size_field} must be at least 1, got {size}")
+    return cfg
 
 
 # --------------------------------------------------------------------------------------------

@@ -52,6 +52,9 @@ class BoosterConfig(MethodConfig):
     def __post_init__(self):
         if self.harmful_batch_size < 0:
             raise ClinicError("harmful_batch_size must be non-negative")
+        for name in ("lam", "alpha", "rho"):  # a weight, a step size and a radius: negative flips the method
+            if getattr(self, name) < 0:
+                raise ClinicError(f"booster: {name} must be non-negative, got {getattr(self, name)}")
 
 
 def loss_grads(trainer: ClinicTrainer, model, batch, params: list[torch.nn.Parameter],
