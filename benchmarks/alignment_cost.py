@@ -155,7 +155,8 @@ def worker(opts: dict) -> dict:
 
     main_batch = batch(opts["batch"])
     harmful = {n: batch(n) for n in {1, opts["batch"]}}
-    trainer.next_batch = lambda name, batch_size=None: harmful[batch_size or opts["batch"]]
+    # the same signature as ClinicTrainer.next_batch (T-Vaccine's layer scoring passes shard=False)
+    trainer.next_batch = lambda name, batch_size=None, shard=True: harmful[batch_size or opts["batch"]]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.1)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 

@@ -81,7 +81,7 @@ if [[ $DRY -eq 1 ]]; then
   step smoke 300 "$PY" benchmarks/gpu_smoke.py --shape tiny --stage-timeout 120 --work "$SCRATCH/smoke" \
     --out "$OUT/smoke.json"
   step alignment 300 "$PY" benchmarks/alignment_cost.py --device cpu --shape small --steps 1 --batch 2 --seq 200 \
-    --threads 1 --variants sft vaccine tvaccine --worker-timeout 120 --out "$OUT/alignment_cost.json"
+    --threads 1 --worker-timeout 120 --out "$OUT/alignment_cost.json"
   step surgery 300 "$PY" benchmarks/surgery_cost.py --device cpu --shape small --batches 2x64 --steps 1 --warmup 1 \
     --memory-steps 1 --probe-lengths 16,12 --worker-timeout 120 --output "$OUT/surgery_cost.json"
   step audit 60 "$PY" benchmarks/gpu_prepare.py audit --import-log "$SCRATCH/imports" --out "$OUT/import_audit.json"
