@@ -96,3 +96,4 @@ else
 fi
 echo "=== done in $(($(date +%s) - T0)) s; files in $OUT:"
 ls -l "$OUT"
+sleep 1  # let tee write the last lines of gpu_check.log before the device tool collects $OUT

@@ -170,6 +170,10 @@ def summarize(folder: Path, dry: bool) -> dict:
 
 def install(folder: Path) -> None:
     """Copy a GPU run's JSON into benchmarks/results (see the module docstring)."""
+    summary = _load(folder, "summary.json")
+    if not summary or summary.get("dry_run") or summary.get("gpu") in (None, "no GPU"):
+        print(f"gpu_summary: error: {folder} holds no GPU run's results (a dry run, or no summary.json)", file=sys.stderr)
+        sys.exit(2)
     surgery = folder / "surgery_cost.json"
     if surgery.is_file():
         shutil.copyfile(surgery, RESULTS / "surgery_cost_cuda.json")
