@@ -106,31 +106,40 @@ atexit.register(_record_imports)
 '''
 
 
-def install(args) -> int:
-    own_tags = set(sys_tags())
+def choose(rows: list[dict], dry_run: bool, own_tags: set) -> tuple[list[Path] | None, list[str]]:
+    """(wheel paths to install, one note per package), or (None, notes) when the rehearsal cannot
+    stand in for a wheel this Python cannot install."""
     chosen, notes = [], []
-    for row in read_wheels():
-        if row["rule"] == "dryrun" and not args.dry_run:
+    for row in rows:
+        if row["rule"] == "dryrun" and not dry_run:
             continue
         ok, version = satisfied(row)
         if row["rule"] == "ifneed" and ok:
             notes.append(f"{row['name']}: keeping the installed {version} ({row['requirement']})")
             continue
-        if args.dry_run and not (row["tags"] & own_tags):
+        if dry_run and not (row["tags"] & own_tags):
             # e.g. pyarrow's cp312 build on this 3.11: the rehearsal uses this Python's own copy
             if not ok:
-                print(f"gpu_prepare: error: {row['wheel']} does not install on this Python and the installed "
-                      f"{row['name']} ({version}) fails {row['requirement']}", file=sys.stderr)
-                return 1
+                notes.append(f"{row['wheel']} does not install on this Python and the installed "
+                             f"{row['name']} ({version}) fails {row['requirement']}")
+                return None, notes
             notes.append(f"{row['name']}: {row['wheel']} is not for this Python; dry run uses the installed {version}")
             continue
-        path = ROOT / (DRYRUN_DIR if row["rule"] == "dryrun" else CARRY_DIR) / row["wheel"]
-        if not path.is_file():
-            print(f"gpu_prepare: error: {path} is missing (python benchmarks/gpu_prepare.py download)", file=sys.stderr)
-            return 1
-        chosen.append(path)
+        chosen.append(ROOT / (DRYRUN_DIR if row["rule"] == "dryrun" else CARRY_DIR) / row["wheel"])
         notes.append(f"{row['name']}: installing {row['version']} ({row['rule']}; found {version or 'none'})")
+    return chosen, notes
+
+
+def install(args) -> int:
+    chosen, notes = choose(read_wheels(), args.dry_run, set(sys_tags()))
+    if chosen is None:
+        print(f"gpu_prepare: error: {notes[-1]}", file=sys.stderr)
+        return 1
     print("\n".join(notes), flush=True)
+    missing = [p for p in chosen if not p.is_file()]
+    if missing:
+        print(f"gpu_prepare: error: {missing[0]} is missing (python benchmarks/gpu_prepare.py download)", file=sys.stderr)
+        return 1
     target = Path(args.target)
     target.mkdir(parents=True, exist_ok=True)
     if chosen:
