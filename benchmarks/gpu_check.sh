@@ -89,9 +89,9 @@ if [[ $DRY -eq 1 ]]; then
 else
   step sink 45 "$PY" benchmarks/gpu_sink_check.py --device cuda --out "$OUT/sink_check.json"
   step smoke 90 "$PY" benchmarks/gpu_smoke.py --stage-timeout 40 --work "$SCRATCH/smoke" --out "$OUT/smoke.json"
-  step alignment 120 "$PY" benchmarks/alignment_cost.py --device cuda --worker-timeout 40 \
+  step alignment 135 "$PY" benchmarks/alignment_cost.py --device cuda --worker-timeout 40 \
     --out "$OUT/alignment_cost.json"
-  step surgery 150 "$PY" benchmarks/surgery_cost.py --device cuda --worker-timeout 45 --output "$OUT/surgery_cost.json"
+  step surgery 135 "$PY" benchmarks/surgery_cost.py --device cuda --worker-timeout 45 --output "$OUT/surgery_cost.json"
   step summary 10 "$PY" benchmarks/gpu_summary.py "$OUT"
 fi
 echo "=== done in $(($(date +%s) - T0)) s; files in $OUT:"
