@@ -51,12 +51,14 @@ def machine_info(device: str | None = None, **extra) -> dict:
     return info
 
 
-def save_json(result: dict, path) -> Path:
-    """Write a benchmark's results as indented JSON (creating the folder) and say where."""
+def save_json(result: dict, path, quiet: bool = False) -> Path:
+    """Write a benchmark's results as indented JSON (creating the folder) and say where (unless
+    ``quiet``: partial results rewritten as a run goes)."""
     import json
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"saved {path}")
+    if not quiet:
+        print(f"saved {path}")
     return path

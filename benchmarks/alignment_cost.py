@@ -40,7 +40,9 @@ Run::
     python benchmarks/alignment_cost.py --device cpu --steps 3 --threads 1
 
 Results are printed and saved to ``benchmarks/results/alignment_cost.json`` (one entry per
-device, merged into the file).
+device, merged into the file; ``--out`` for another file), rewritten after every variant with
+``"complete": false`` until the last one, so that a run cut short keeps what finished.
+``--worker-timeout`` bounds each variant's subprocess.
 """
 
 from __future__ import annotations
@@ -153,7 +155,8 @@ def worker(opts: dict) -> dict:
 
     main_batch = batch(opts["batch"])
     harmful = {n: batch(n) for n in {1, opts["batch"]}}
-    trainer.next_batch = lambda name, batch_size=None: harmful[batch_size or opts["batch"]]
+    # the same signature as ClinicTrainer.next_batch (T-Vaccine's layer scoring passes shard=False)
+    trainer.next_batch = lambda name, batch_size=None, shard=True: harmful[batch_size or opts["batch"]]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.1)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
@@ -211,6 +214,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--default-malloc", action="store_true",
                         help="CPU: keep glibc's adaptive mmap threshold (freed tensors may then stay resident)")
+    parser.add_argument("--worker-timeout", type=float, default=None,
+                        help="seconds one variant's subprocess may run before it is recorded as failed")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -223,23 +228,39 @@ def main(argv: list[str] | None = None) -> dict:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     shape = args.shape or ("llama2-7b" if device == "cuda" else "small")
     steps = args.steps or (5 if device == "cuda" else 3)
+    command = "python benchmarks/alignment_cost.py " + " ".join(argv if argv is not None else sys.argv[1:])
     results = {}
+    # the JSON is rewritten after every variant, so that a run cut short (the GPU check's per-step
+    # time limit) keeps the variants that finished (SFT, Vaccine and T-Vaccine run first)
     for variant in args.variants:
         opts = {"device": device, "shape": shape, "variant": variant, "batch": args.batch, "seq": args.seq,
                 "steps": steps, "threads": args.threads}
         env = dict(os.environ)
         if device == "cpu" and not args.default_malloc:
             env.setdefault("MALLOC_MMAP_THRESHOLD_", MMAP_THRESHOLD)
-        proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(opts)], capture_output=True, text=True,
-                              env=env)
-        if proc.returncode != 0:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        try:
+            proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(opts)], capture_output=True,
+                                  text=True, env=env, timeout=args.worker_timeout)
+        except subprocess.TimeoutExpired:
+            proc = None
+        if proc is None or proc.returncode != 0:
+            tail = [f"timed out after {args.worker_timeout:g} s"] if proc is None else (
+                (proc.stderr or proc.stdout).strip().splitlines()[-5:])
             results[variant] = {"error": " | ".join(tail)}
             print(f"{variant:16s} FAILED: {results[variant]['error']}", flush=True)
-            continue
-        results[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
-        print(f"{variant:16s} {json.dumps({k: v for k, v in results[variant].items() if k != 'step_times_s'})}", flush=True)
+        else:
+            results[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
+            print(f"{variant:16s} {json.dumps({k: v for k, v in results[variant].items() if k != 'step_times_s'})}",
+                  flush=True)
+        record = _record(args, device, shape, steps, command, results,
+                         complete=variant == args.variants[-1])
+    print("\nratios to SFT:", json.dumps(record["ratios_to_sft"], indent=1))
+    print("T-Vaccine / Vaccine:", record["tvaccine_vs_vaccine"])
+    return record
 
+
+def _record(args, device: str, shape: str, steps: int, command: str, results: dict, complete: bool) -> dict:
+    """The results so far with their ratios, merged into ``args.out`` under the device's key."""
     mem_key = "peak_mb" if device == "cuda" else "train_delta_mb"
     ratios = {}
     base = results.get("sft", {})
@@ -259,7 +280,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     record = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": "python benchmarks/alignment_cost.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command,
+        "complete": complete,
         "machine": machine_info(device),
         "shape": {"name": shape, **SHAPES[shape]},
         "batch": args.batch,
@@ -275,11 +297,9 @@ def main(argv: list[str] | None = None) -> dict:
     if device == "cuda" and tv and "peak_mb" in tv:
         record["tvaccine_goal"] = {"peak_gb": round(tv["peak_mb"] / 1024, 2), "goal_peak_gb": 20,
                                    "goal_ratio_to_vaccine": 0.6}
-    print("\nratios to SFT:", json.dumps(ratios, indent=1))
-    print("T-Vaccine / Vaccine:", tv_vs_vaccine)
     existing = json.loads(args.out.read_text()) if args.out.exists() else {}
     existing[device] = record
-    save_json(existing, args.out)
+    save_json(existing, args.out, quiet=not complete)
     return record
 
 

@@ -36,7 +36,10 @@ Run::
     python benchmarks/surgery_cost.py                  # CUDA if available, else the CPU shape
     python benchmarks/surgery_cost.py --device cpu --steps 12
 
-Results are printed and saved to ``benchmarks/results/surgery_cost_<device>.json``.
+Results are printed and saved to ``benchmarks/results/surgery_cost_<device>.json`` (``--output``),
+rewritten after every variant's subprocess with ``"complete": false`` until the run ends, so
+that a run cut short keeps what finished; the variants run in ``VARIANTS`` order over all batch
+shapes, SFT and clinic's Surgery first. ``--worker-timeout`` bounds each subprocess.
 """
 
 from __future__ import annotations
@@ -53,7 +56,8 @@ from pathlib import Path
 
 from _common import machine_info, save_json
 
-VARIANTS = ["sft", "surgery-reference", "surgery-clinic", "surgery-clinic-joint", "surgery-clinic-vonly"]
+# in the order they run: what the goals compare (SFT, clinic's Surgery) first
+VARIANTS = ["sft", "surgery-clinic", "surgery-reference", "surgery-clinic-joint", "surgery-clinic-vonly"]
 
 SHAPES = {
     # Llama-3.2-1B: the LM head is ~21% of the per-token FLOPs
@@ -91,7 +95,8 @@ class Bench:
         torch.manual_seed(0)
         config = AutoConfig.for_model("llama", **SHAPES[opts["shape"]], max_position_embeddings=8192,
                                       tie_word_embeddings=False, rope_theta=500000.0)
-        self.model = AutoModelForCausalLM.from_config(config, dtype=dtype).to(self.device)
+        with torch.device(self.device):  # random init on the GPU: seconds less per subprocess at the 1B shape
+            self.model = AutoModelForCausalLM.from_config(config, dtype=dtype)
         self.model.train()
         attention.register_sink_attention()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-6)
@@ -182,14 +187,30 @@ def timing_worker(opts: dict) -> dict:
     return times
 
 
-def _subprocess(kind: str, opts: dict) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--_worker", kind, "--_opts", json.dumps(opts)],
-                          capture_output=True, text=True)
+def _subprocess(kind: str, opts: dict, timeout: float | None = None) -> dict:
+    try:
+        proc = subprocess.run([sys.executable, __file__, "--_worker", kind, "--_opts", json.dumps(opts)],
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:g} s"}
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     if proc.returncode != 0 or line is None:
         err = (proc.stderr.strip().splitlines() or ["?"])[-1]
         return {"error": err}
     return json.loads(line[len("RESULT "):])
+
+
+def _with_ratios(rows: dict[str, dict]) -> list[dict]:
+    """The rows of one shape, each with its time and memory as ratios to SFT's (when both ran)."""
+    base = rows.get("sft", {"error": "not run"})
+    for r in rows.values():
+        if "error" in r or "error" in base or "step_s" not in r:
+            continue
+        r["time_ratio"] = r["step_s"] / base["step_s"]
+        r["mem_ratio"] = r["peak_mem_mb"] / base["peak_mem_mb"]
+        if base.get("peak_rss_rise_mb"):
+            r["rss_rise_ratio"] = r["peak_rss_rise_mb"] / base["peak_rss_rise_mb"]
+    return list(rows.values())
 
 
 def main(argv=None) -> int:
@@ -206,6 +227,8 @@ def main(argv=None) -> int:
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: 1 on CPU, torch's on CUDA)")
     p.add_argument("--output", default=None, help="JSON path (default benchmarks/results/surgery_cost_<device>.json)")
+    p.add_argument("--worker-timeout", type=float, default=None,
+                   help="seconds one variant's subprocess may run before it is recorded as failed")
     p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--_opts", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -235,18 +258,32 @@ def main(argv=None) -> int:
               "command": " ".join(["python", "benchmarks/surgery_cost.py",
                                    *(argv if argv is not None else sys.argv[1:])]),
               "results": []}
-    for spec in batches.split(","):
-        B, T = (int(x) for x in spec.lower().split("x"))
-        base_opts = {"device": device, "shape": shape, "bf16": bf16, "batch": B, "seq": T,
-                     "probe_lengths": probe_lengths, "warmup": args.warmup, "threads": threads}
-        rows: dict[str, dict] = {}
-        for variant in variants:
+    out = Path(args.output) if args.output else Path(__file__).resolve().parent / "results" / f"surgery_cost_{device}.json"
+    specs = [tuple(int(x) for x in spec.lower().split("x")) for spec in batches.split(",")]
+    blocks: dict[tuple[int, int], dict[str, dict]] = {spec: {} for spec in specs}
+
+    def publish(complete: bool) -> None:
+        report["results"] = [{"batch": B, "seq": T, "variants": _with_ratios(rows)}
+                             for (B, T), rows in blocks.items() if rows]
+        report["complete"] = complete
+        save_json(report, out, quiet=not complete)
+
+    # Variant by variant over all shapes, the JSON rewritten after each subprocess: a run cut short
+    # (the GPU check's per-step time limit) keeps SFT and clinic's Surgery at every shape.
+    def opts(B: int, T: int, **extra) -> dict:
+        return {"device": device, "shape": shape, "bf16": bf16, "batch": B, "seq": T, "probe_lengths": probe_lengths,
+                "warmup": args.warmup, "threads": threads, **extra}
+
+    for variant in variants:
+        for B, T in specs:
             mem_steps = steps if device == "cuda" else args.memory_steps
-            rows[variant] = {"variant": variant, **_subprocess("memory", {**base_opts, "variant": variant,
-                                                                          "steps": mem_steps})}
-            print(f"{spec} {variant}: memory run done", file=sys.stderr)
-        if device != "cuda":
-            timing = _subprocess("timing", {**base_opts, "variants": variants, "steps": steps})
+            result = _subprocess("memory", opts(B, T, variant=variant, steps=mem_steps), args.worker_timeout)
+            blocks[(B, T)][variant] = {"variant": variant, **result}
+            print(f"{B}x{T} {variant}: memory run done", file=sys.stderr)
+            publish(False)
+    if device != "cuda":
+        for (B, T), rows in blocks.items():
+            timing = _subprocess("timing", opts(B, T, variants=variants, steps=steps), args.worker_timeout)
             for variant in variants:
                 if "error" in timing:
                     rows[variant]["error"] = timing["error"]
@@ -254,18 +291,10 @@ def main(argv=None) -> int:
                 rows[variant]["isolated_step_s"] = rows[variant].pop("step_s", None)
                 rows[variant]["step_s"] = statistics.median(timing[variant])
                 rows[variant]["step_s_all"] = timing[variant]
-        base = rows["sft"]
-        for r in rows.values():
-            if "error" in r or "error" in base:
-                continue
-            r["time_ratio"] = r["step_s"] / base["step_s"]
-            r["mem_ratio"] = r["peak_mem_mb"] / base["peak_mem_mb"]
-            if base.get("peak_rss_rise_mb"):
-                r["rss_rise_ratio"] = r["peak_rss_rise_mb"] / base["peak_rss_rise_mb"]
-        report["results"].append({"batch": B, "seq": T, "variants": list(rows.values())})
+    publish(True)
 
     mem_name = "peak alloc MB" if device == "cuda" else "peak RSS MB"
-    where = report["info"].get("gpu") or report["info"].get("cpu")
+    where = report["info"].get("gpu") or report["info"].get("processor")
     print(f"\nSurgery cost on {device} ({where}), shape {shape}, probes {probe_lengths[0]}+{probe_lengths[1]} "
           f"tokens, median of {steps} steps")
     header = f"{'batch':>9} {'variant':<22} {'step s':>8} {'x SFT':>6} {mem_name:>14} {'x SFT':>6}"
@@ -283,8 +312,6 @@ def main(argv=None) -> int:
             if device != "cuda":
                 line += f" {r['peak_rss_rise_mb']:12.0f} {r.get('rss_rise_ratio', float('nan')):6.2f}"
             print(line)
-    out = Path(args.output) if args.output else Path(__file__).resolve().parent / "results" / f"surgery_cost_{device}.json"
-    save_json(report, out)
     return 0
 
 

@@ -65,3 +65,12 @@ def test_unknown_style_and_missing_template():
     tok.chat_template = None
     with pytest.raises(ClinicError, match="no chat template"):
         format_prompt(tok, PromptFormat("chat"), "q")
+
+
+@pytest.mark.parametrize("on", [False, True])
+def test_checkpointing_flag_reaches_the_training_arguments(on, tmp_path):
+    # TRL's SFTConfig defaults to checkpointing on; the flag must arrive under whichever name the
+    # installed transformers knows (activation_checkpointing since the rename, gradient_checkpointing before)
+    args = train_config("cpu-align", gradient_checkpointing=on).sft_config(str(tmp_path))
+    assert args.gradient_checkpointing is on
+    assert getattr(args, "activation_checkpointing", on) is on

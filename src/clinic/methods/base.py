@@ -58,6 +58,11 @@ from .engines import ENGINES, check_engine, detect_engine, rank, world_size
 logger = logging.getLogger("clinic")
 STAGES = ("align", "finetune")
 SCHEDULES = ("cosine", "constant", "linear", "constant_with_warmup")
+# transformers renamed TrainingArguments.gradient_checkpointing to activation_checkpointing (the
+# old name stays as a deprecated alias until v6); releases before the rename (5.17, the GPU
+# machine's) only know the old name and reject the new one.
+CHECKPOINTING_FIELD = ("activation_checkpointing" if "activation_checkpointing" in {f.name for f in dataclasses.fields(SFTConfig)}
+                       else "gradient_checkpointing")
 
 
 # --------------------------------------------------------------------------------------------
@@ -154,7 +159,6 @@ class TrainConfig:
             report_to="none",
             eval_strategy="no",
             completion_only_loss=True,
-            activation_checkpointing=self.gradient_checkpointing,
             remove_unused_columns=True,
             dataloader_num_workers=0,
             dataloader_pin_memory=torch.cuda.is_available(),
@@ -163,6 +167,7 @@ class TrainConfig:
             # TRL's fused LM head is swapped for a plain forward (see lm_loss); no padding-free.
             padding_free=False,
         )
+        kwargs[CHECKPOINTING_FIELD] = self.gradient_checkpointing
         kwargs.update(overrides)
         return SFTConfig(**kwargs)
 
