@@ -4,8 +4,10 @@ measured against it.
     # 1. candidates: a seeded sample of the harmful-prompt answers in finished evaluate runs
     python benchmarks/gold_set.py collect --run base=runs/store/evaluate-... --run aligned=... \
         --per-set beavertails-test=60 --per-set advbench=20 --out benchmarks/gold/candidates.jsonl
-    # 2. label every candidate by reading it (docs/judges.md, "Gold set": the rubric); the labelled
-    #    file is benchmarks/gold/gold.jsonl, one row per candidate with "label" set
+    # 2. two readers label every candidate by reading it (docs/judges.md, "Gold set": the rubric),
+    #    each into a file of {"id", "label", "reason"} rows; a third reading settles disagreements
+    python benchmarks/gold_set.py merge --candidates benchmarks/gold/candidates.jsonl \
+        --reader a=labels-a.jsonl --reader b=labels-b.jsonl --adjudicated adjudicated.json
     # 3. each judge against the gold labels
     CLINIC_DATA_DIR=../shared/data python benchmarks/gold_set.py score --judges keyword,classifier,harm-ce
 
@@ -63,6 +65,45 @@ def collect(runs: dict[str, Path], per_set: dict[str, int], seed: int) -> list[d
     return items
 
 
+def merge(candidates: list[dict], readers: dict[str, dict[str, dict]], adjudicated: dict[str, list]) -> list[dict]:
+    """Gold rows: the readers' common label, else the adjudicated one (an error when missing)."""
+    out = []
+    for item in candidates:
+        labels = {name: rows[item["id"]]["label"] for name, rows in readers.items() if item["id"] in rows}
+        if len(labels) != len(readers):
+            sys.exit(f"gold_set: error: item {item['id']} lacks a label from {sorted(set(readers) - set(labels))}")
+        bad = [v for v in labels.values() if v not in LABELS]
+        if bad:
+            sys.exit(f"gold_set: error: item {item['id']} has the label {bad[0]!r}; labels: {', '.join(LABELS)}")
+        row = {k: item[k] for k in ("id", "model", "set", "prompt", "response")}
+        row["readers"] = labels
+        if len(set(labels.values())) == 1:
+            row["label"] = next(iter(labels.values()))
+        elif item["id"] in adjudicated:
+            row["label"], row["adjudication"] = adjudicated[item["id"]]
+        else:
+            sys.exit(f"gold_set: error: the readers disagree on {item['id']} ({labels}) and it is not adjudicated")
+        out.append(row)
+    return out
+
+
+def reader_agreement(rows: list[dict]) -> dict:
+    """How often the first two readers agree: on all three labels, and on the items both decided
+    (with Cohen's kappa)."""
+    from sklearn.metrics import cohen_kappa_score
+
+    names = sorted(rows[0]["readers"]) if rows and len(rows[0].get("readers", {})) >= 2 else []
+    if not names:
+        return {}
+    a, b = names[:2]
+    both = [r for r in rows if "undecided" not in (r["readers"][a], r["readers"][b])]
+    return {"readers": [a, b], "n": len(rows), "same_label": sum(r["readers"][a] == r["readers"][b] for r in rows),
+            "n_both_decided": len(both), "agree_both_decided": sum(r["readers"][a] == r["readers"][b] for r in both),
+            "kappa_both_decided": round(float(cohen_kappa_score([r["readers"][a] for r in both],
+                                                                 [r["readers"][b] for r in both])), 4),
+            "adjudicated": sum("adjudication" in r for r in rows)}
+
+
 def agreement(gold: list[bool], predicted: list[bool]) -> dict:
     """Accuracy (with its 95 % Wilson interval), precision, recall, F1 and Cohen's kappa."""
     from sklearn.metrics import accuracy_score, cohen_kappa_score, precision_recall_fscore_support
@@ -89,7 +130,8 @@ def score(gold_rows: list[dict], judge_names: list[str]) -> dict:
     truth = [r["label"] == "harmful" for r in decided]
     result = {"n_items": len(gold_rows), "n_decided": len(decided), "n_undecided": len(gold_rows) - len(decided),
               "gold_harmful": sum(truth), "by_model": dict(Counter(r["model"] for r in decided)),
-              "by_set": dict(Counter(r["set"] for r in decided)), "judges": {}}
+              "by_set": dict(Counter(r["set"] for r in decided)), "reader_agreement": reader_agreement(gold_rows),
+              "judges": {}}
     for name in judge_names:
         judge = get_judge(name)
         start = time.perf_counter()
@@ -108,8 +150,13 @@ def score(gold_rows: list[dict], judge_names: list[str]) -> dict:
 
 def markdown(result: dict) -> str:
     lines = [f"Gold set: {result['n_items']} generations, {result['n_decided']} decided "
-             f"({result['gold_harmful']} harmful), {result['n_undecided']} undecided (dropped).", "",
-             "| judge | n | accuracy [95 % CI] | precision | recall | F1 | Cohen's κ |", "|---|---|---|---|---|---|---|"]
+             f"({result['gold_harmful']} harmful), {result['n_undecided']} undecided (dropped).", ""]
+    ra = result.get("reader_agreement")
+    if ra:
+        lines += [f"Two readers: same label on {ra['same_label']} of {ra['n']}; on the {ra['n_both_decided']} items both "
+                  f"decided they agree on {ra['agree_both_decided']} (Cohen's κ {ra['kappa_both_decided']:.2f}); "
+                  f"{ra['adjudicated']} disagreements settled by a third reading.", ""]
+    lines += ["| judge | n | accuracy [95 % CI] | precision | recall | F1 | Cohen's κ |", "|---|---|---|---|---|---|---|"]
     for name, entry in result["judges"].items():
         a = entry["all"]
         lines.append(f"| {name} | {a['n']} | {100 * a['accuracy']:.1f} [{100 * a['accuracy_ci95'][0]:.1f}, "
@@ -135,6 +182,11 @@ def main(argv: list[str] | None = None) -> dict | None:
     c.add_argument("--per-set", action="append", required=True, metavar="SET=N", help="answers per model from a prompt set")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--out", type=Path, required=True)
+    m = sub.add_parser("merge", help="the gold file from the readers' labels and the adjudications")
+    m.add_argument("--candidates", type=Path, action="append", required=True)
+    m.add_argument("--reader", action="append", required=True, metavar="NAME=FILE[,FILE...]")
+    m.add_argument("--adjudicated", type=Path, action="append", default=[])
+    m.add_argument("--out", type=Path, default=GOLD)
     s = sub.add_parser("score", help="every judge against the gold labels")
     s.add_argument("--gold", type=Path, default=GOLD)
     s.add_argument("--judges", default="keyword,classifier,harm-ce")
@@ -148,6 +200,19 @@ def main(argv: list[str] | None = None) -> dict | None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("".join(json.dumps(i) + "\n" for i in items))
         print(f"{len(items)} candidates -> {args.out}: {dict(Counter((i['model'], i['set']) for i in items))}")
+        return None
+    if args.command == "merge":
+        candidates = [row for path in args.candidates for row in read_jsonl(path)]
+        readers = {}
+        for spec in args.reader:
+            name, files = spec.split("=", 1)
+            readers[name] = {r["id"]: r for f in files.split(",") for r in read_jsonl(Path(f))}
+        adjudicated = {k: v for path in args.adjudicated for k, v in json.loads(path.read_text()).items()}
+        rows = merge(candidates, readers, adjudicated)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        print(f"{len(rows)} gold rows -> {args.out}: {dict(Counter(r['label'] for r in rows))}; "
+              f"readers: {reader_agreement(rows)}")
         return None
     result = score(read_jsonl(args.gold), [j.strip() for j in args.judges.split(",") if j.strip()])
     result["gold_file"] = str(args.gold.relative_to(HERE.parent)) if args.gold.is_relative_to(HERE.parent) else str(args.gold)
