@@ -8,6 +8,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import torch
 
 from clinic.errors import ClinicError
 from clinic.evaluation import harm_ce as H
@@ -95,7 +96,9 @@ def test_tiny_training_run_is_seeded_and_loadable(tmp_path):
     assert any(not (wa[k] == wc[k]).all() for k in wa)  # another seed -> other weights
     meta = json.loads((a / H.META_FILE).read_text())
     assert meta["note"] == "tiny" and meta["training"]["seed"] == 0 and meta["max_length"] == 32
+    rng = torch.random.get_rng_state()
     judge = get_judge("harm-ce", weights_dir=str(a))
+    assert torch.equal(rng, torch.random.get_rng_state())  # loading leaves the caller's RNG alone
     assert len(judge.score(["q"], ["an answer"])) == 1
 
 

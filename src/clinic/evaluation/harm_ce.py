@@ -168,12 +168,14 @@ def load_tokenizer():
     return AutoTokenizer.from_pretrained(str(encoder_path()))
 
 
-def base_model(seed: int):
-    """The packaged encoder with a fresh (seeded) 2-label classification head."""
+def base_model(seed: int | None):
+    """The packaged encoder with a fresh 2-label classification head, seeded when ``seed`` is
+    given (training); loading passes ``None`` so that a judge never reseeds the caller's RNGs."""
     from transformers import AutoModelForSequenceClassification, set_seed
     from transformers.utils import logging as hf_logging
 
-    set_seed(seed)
+    if seed is not None:
+        set_seed(seed)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialised head" warning is expected here
     try:
@@ -259,6 +261,7 @@ def save_weights(peft_model, output_dir: Path, meta: dict) -> None:
 def load_harm_ce(weights_dir: str | Path = WEIGHTS_DIR):
     """``(model, tokenizer, meta)``: the encoder with the saved LoRA merged in (once, at load
     time, so scoring runs a plain BERT), in eval mode."""
+    import torch
     from peft import PeftModel
     from transformers.utils import logging as hf_logging
 
@@ -269,8 +272,11 @@ def load_harm_ce(weights_dir: str | Path = WEIGHTS_DIR):
     meta = json.loads((weights_dir / META_FILE).read_text())
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
+    # The fresh head's random init (overwritten by the saved head) must not move the caller's
+    # torch RNG: loading a judge mid-experiment would otherwise change later sampling.
     try:
-        model = PeftModel.from_pretrained(base_model(0), str(weights_dir))  # loads safetensors, no pickle
+        with torch.random.fork_rng(devices=[]):
+            model = PeftModel.from_pretrained(base_model(None), str(weights_dir))  # safetensors, no pickle
     finally:
         hf_logging.set_verbosity(verbosity)
     model = model.merge_and_unload()
