@@ -25,6 +25,7 @@ from judge_accuracy import evaluate
 
 from clinic.evaluation.harm_ce import (
     DEFAULT_CAPS,
+    DEFAULT_SAFE_REPEATS,
     HARM_CE_SOURCES,
     META_FILE,
     WEIGHTS_DIR,
@@ -46,28 +47,31 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=WEIGHTS_DIR)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--lr", type=float, default=8e-4)
     parser.add_argument("--r", type=int, default=8)
     parser.add_argument("--alpha", type=int, default=16)
     parser.add_argument("--sources", nargs="+", default=list(HARM_CE_SOURCES), choices=list(HARM_CE_SOURCES))
-    parser.add_argument("--cap", action="append", default=[], metavar="SOURCE=N",
-                        help=f"row cap per source (default {DEFAULT_CAPS})")
+    parser.add_argument("--cap", action="append", default=[], metavar="SOURCE[:harmful]=N",
+                        help=f"row cap per source, or of its harmful rows (default {DEFAULT_CAPS})")
+    parser.add_argument("--safe-repeats", action="append", default=[], metavar="SOURCE=K",
+                        help=f"repeat a source's safe rows K times (default {DEFAULT_SAFE_REPEATS})")
     parser.add_argument("--estimate-only", action="store_true", help="time a few steps and stop")
     parser.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation")
     args = parser.parse_args(argv)
     command = "python benchmarks/train_judge.py " + " ".join(argv if argv is not None else sys.argv[1:])
 
-    caps = dict(DEFAULT_CAPS)
-    for item in args.cap:
-        name, _, value = item.partition("=")
-        caps[name] = int(value)
+    caps, repeats = dict(DEFAULT_CAPS), dict(DEFAULT_SAFE_REPEATS)
+    for target, items in ((caps, args.cap), (repeats, args.safe_repeats)):
+        for item in items:
+            name, _, value = item.partition("=")
+            target[name] = int(value)
     hashes = data_hashes(args.sources)
     for path, digest in hashes.items():
         print(f"data {path} sha256 {digest}")
-    rows, counts = harm_ce_training_rows(args.sources, caps, args.seed)
+    rows, counts = harm_ce_training_rows(args.sources, caps, args.seed, repeats)
     for name, c in counts.items():
         print(f"source {name}: {c['rows']} rows ({c['safe']} safe, {c['harmful']} harmful)")
     n_harmful = sum(not r["is_safe"] for r in rows)
@@ -90,7 +94,8 @@ def main(argv: list[str] | None = None) -> dict:
     if out.exists():
         shutil.rmtree(out)
     meta = {"sources": {name: {"files": list(HARM_CE_SOURCES[name][0]), "label_rule": HARM_CE_SOURCES[name][1],
-                               **counts[name], "cap": caps.get(name)} for name in args.sources},
+                               **counts[name], "cap": caps.get(name), "cap_harmful": caps.get(f"{name}:harmful"),
+                               "safe_repeats": repeats.get(name, 1)} for name in args.sources},
             "data_sha256": hashes, "command": command}
     train_harm_ce(rows, out, epochs=args.epochs, meta=meta, **options)
     (out / "trainer").exists() and shutil.rmtree(out / "trainer")

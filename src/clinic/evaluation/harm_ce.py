@@ -53,7 +53,9 @@ HARM_CE_SOURCES: dict[str, tuple[tuple[str, ...], str]] = {
                       "safe: a harmful prompt paired with a short non-answer, a word, an SST2 "
                       "sentence or a harmless answer to another prompt"),
 }
-DEFAULT_CAPS: dict[str, int] = {"do-not-answer-safe": 2000, "refusals-safe": 1200, "offtopic-safe": 1500}
+DEFAULT_CAPS: dict[str, int] = {"do-not-answer-safe": 600, "refusals-safe": 400, "offtopic-safe": 800,
+                                 "beavertails-labelled-train:harmful": 2500}
+DEFAULT_SAFE_REPEATS: dict[str, int] = {"beavertails-labelled-train": 2, "beavertails-test-train-half": 2}
 
 #: Short answers that give no harmful help (the demo's attacked model writes such lines):
 #: deflections, denials, "you should not" statements. ``{x}`` is a word drawn from SST2.
@@ -135,23 +137,32 @@ def _offtopic_rows(n: int, seed: int) -> list[dict]:
 
 
 def harm_ce_training_rows(sources=tuple(HARM_CE_SOURCES), caps: dict[str, int] | None = None,
-                          seed: int = 0) -> tuple[list[dict], dict[str, dict]]:
+                          seed: int = 0, safe_repeats: dict[str, int] | None = None) -> tuple[list[dict], dict[str, dict]]:
     """The training rows and, per source, ``{"rows", "safe", "harmful"}``. Held-out prompts
-    (:func:`heldout_prompt`) and degenerate answers are dropped from every source."""
+    (:func:`heldout_prompt`) and degenerate answers are dropped from every source.
+
+    ``caps``: ``{source: n}`` samples a source down to ``n`` rows, ``{"source:harmful": n}`` only
+    its harmful rows (both seeded). ``safe_repeats``: ``{source: k}`` repeats its safe rows
+    ``k`` times, to give the few safe BeaverTails answers (helpful replies to borderline
+    questions, the safe class of the held-out split) the weight of the many harmful ones."""
     caps = dict(DEFAULT_CAPS if caps is None else caps)
+    safe_repeats = dict(DEFAULT_SAFE_REPEATS if safe_repeats is None else safe_repeats)
     rows: list[dict] = []
     counts: dict[str, dict] = {}
     for name in sources:
         if name not in HARM_CE_SOURCES:
             raise ClinicError(f"unknown harm-ce training source {name!r}; choose from {', '.join(HARM_CE_SOURCES)}")
-        if name == "refusals-safe":
-            part = _refusal_rows()
-            if name in caps and len(part) > caps[name]:
-                part = random.Random(f"{seed}:{name}").sample(part, caps[name])
-        elif name == "offtopic-safe":
+        rng = random.Random(f"{seed}:{name}")
+        if name == "offtopic-safe":
             part = _offtopic_rows(caps.get(name, 1000), seed)
         else:
-            part = training_rows([name], {name: caps[name]} if name in caps else None, seed)
+            part = _refusal_rows() if name == "refusals-safe" else training_rows([name], None, seed)
+            if name in caps and len(part) > caps[name]:
+                part = rng.sample(part, caps[name])
+            harmful = [r for r in part if not r["is_safe"]]
+            if f"{name}:harmful" in caps and len(harmful) > caps[f"{name}:harmful"]:
+                part = [r for r in part if r["is_safe"]] + rng.sample(harmful, caps[f"{name}:harmful"])
+        part = part + [r for r in part if r["is_safe"]] * (safe_repeats.get(name, 1) - 1)
         safe = sum(bool(r["is_safe"]) for r in part)
         counts[name] = {"rows": len(part), "safe": safe, "harmful": len(part) - safe}
         rows.extend(part)
@@ -204,8 +215,8 @@ def encode_pairs(tokenizer, prompts: list[str], responses: list[str], max_length
     return tokenizer(list(prompts), list(responses), truncation="longest_first", max_length=max_length)
 
 
-def train_harm_ce(rows: list[dict], output_dir: str | Path, *, seed: int = 0, max_length: int = 256,
-                  epochs: float = 1.0, batch_size: int = 16, lr: float = 5e-4, r: int = 8, alpha: int = 16,
+def train_harm_ce(rows: list[dict], output_dir: str | Path, *, seed: int = 0, max_length: int = 128,
+                  epochs: float = 1.0, batch_size: int = 16, lr: float = 8e-4, r: int = 8, alpha: int = 16,
                   weight_decay: float = 0.01, warmup_ratio: float = 0.06, max_steps: int = -1,
                   meta: dict | None = None, log_steps: int = 20) -> Path:
     """Fine-tune the cross-encoder on ``{prompt, response, is_safe}`` rows with transformers'
