@@ -143,3 +143,19 @@ def test_pair_encoding_keeps_the_prompt_and_the_start_of_the_response():
     assert first.startswith("sure, here is how.")  # the long answer keeps its start
     second = tok.decode([i for i, t in zip(enc["input_ids"][1], enc["token_type_ids"][1]) if t == 1])
     assert second == "no. [SEP]"  # a long prompt is cut, not the short answer
+
+
+def test_training_rows_never_hold_a_heldout_prompt():
+    if data_dir() is None or not (data_dir() / "beavertails_30k_test" / "30k_test.jsonl").exists():
+        pytest.skip("no data directory")
+    from clinic.evaluation.judges import heldout_rows
+
+    rows, counts = H.harm_ce_training_rows()
+    held = {r["prompt"].strip() for r in heldout_rows()}
+    assert held and not any(r["prompt"].strip() in held for r in rows)
+    assert sum(c["rows"] for c in counts.values()) == len(rows)
+    assert counts["beavertails-labelled-train"]["harmful"] == H.DEFAULT_CAPS["beavertails-labelled-train:harmful"]
+    once, _ = H.harm_ce_training_rows(["beavertails-test-train-half"], {}, safe_repeats={})
+    assert counts["beavertails-test-train-half"]["safe"] == 2 * sum(r["is_safe"] for r in once)
+    assert all(r["is_safe"] for name in ("refusals-safe", "offtopic-safe", "do-not-answer-safe")
+               for r in H.harm_ce_training_rows([name])[0])

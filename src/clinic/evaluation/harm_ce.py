@@ -12,9 +12,12 @@ Truncation: ``longest_first`` on the pair, cut on the right. Long BeaverTails an
 their tail first; a long (jailbreak-style) prompt is cut before the start of a short answer
 is lost: the start of the response, where compliance or refusal shows, is kept.
 
-Deviations from the issue text: none in the method; the training rows are
-:func:`harm_ce_training_rows` (the ``classifier`` judge's sources plus refusals and
-synthesised off-topic answers, all safe), never the held-out half (filtered by prompt).
+Training rows: :func:`harm_ce_training_rows` (the ``classifier`` judge's sources plus refusals
+and synthesised off-topic answers, all safe), never the held-out half (filtered by prompt).
+
+Deviation from issue 12: its goal (held-out accuracy >= 0.85, F1 >= 0.87) is not reached; the
+shipped weights reach 0.744 / 0.779, level with the ``classifier`` judge (docs/judges.md gives
+the variants tried and where the ceiling comes from).
 """
 
 from __future__ import annotations
@@ -53,6 +56,11 @@ HARM_CE_SOURCES: dict[str, tuple[tuple[str, ...], str]] = {
                       "safe: a harmful prompt paired with a short non-answer, a word, an SST2 "
                       "sentence or a harmless answer to another prompt"),
 }
+#: Why these caps and repeats: with every BeaverTails row once (93 % of the disjoint-attack set
+#: is harmful) the judge flagged most safe BeaverTails answers (held-out precision 0.69); the safe
+#: class of the held-out split is helpful answers to borderline questions, so those few rows are
+#: repeated and the harmful ones sampled down, while the easy safe sources (refusals, off-topic)
+#: stay small. ``"source:harmful"`` caps only a source's harmful rows.
 DEFAULT_CAPS: dict[str, int] = {"do-not-answer-safe": 600, "refusals-safe": 400, "offtopic-safe": 800,
                                  "beavertails-labelled-train:harmful": 2500}
 DEFAULT_SAFE_REPEATS: dict[str, int] = {"beavertails-labelled-train": 2, "beavertails-test-train-half": 2}
