@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> dict:
     for target, items in ((caps, args.cap), (repeats, args.safe_repeats)):
         for item in items:
             name, _, value = item.partition("=")
+            if name.split(":")[0] not in HARM_CE_SOURCES or not value.isdigit():
+                parser.error(f"expected SOURCE=N with a source of {', '.join(HARM_CE_SOURCES)}, got {item!r}")
             target[name] = int(value)
     hashes = data_hashes(args.sources)
     for path, digest in hashes.items():
@@ -90,15 +92,16 @@ def main(argv: list[str] | None = None) -> dict:
     if args.estimate_only:
         return {"seconds_per_step": per_step, "steps": total_steps}
 
-    out = args.out
-    if out.exists():
-        shutil.rmtree(out)
+    # Written beside the target and moved into place at the end, so that a failed or killed run
+    # leaves the previous weights (e.g. the shipped ones) as they were.
+    out = args.out.with_name(args.out.name + ".partial")
+    shutil.rmtree(out, ignore_errors=True)
     meta = {"sources": {name: {"files": list(HARM_CE_SOURCES[name][0]), "label_rule": HARM_CE_SOURCES[name][1],
                                **counts[name], "cap": caps.get(name), "cap_harmful": caps.get(f"{name}:harmful"),
                                "safe_repeats": repeats.get(name, 1)} for name in args.sources},
             "data_sha256": hashes, "command": command}
     train_harm_ce(rows, out, epochs=args.epochs, meta=meta, **options)
-    (out / "trainer").exists() and shutil.rmtree(out / "trainer")
+    shutil.rmtree(out / "trainer", ignore_errors=True)  # the Trainer's scratch folder is not shipped
     if not args.no_eval:
         metrics = heldout_metrics(out)
         meta_path = out / META_FILE
@@ -107,6 +110,8 @@ def main(argv: list[str] | None = None) -> dict:
         saved["machine"] = machine_info("cpu")
         meta_path.write_text(json.dumps(saved, indent=1, sort_keys=True) + "\n")
         print(json.dumps(metrics, indent=1))
+    shutil.rmtree(args.out, ignore_errors=True)
+    out = out.rename(args.out)
     size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
     print(f"wrote {out} ({size / 2**20:.2f} MiB)")
     return json.loads((out / META_FILE).read_text())
