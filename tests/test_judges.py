@@ -53,7 +53,7 @@ def test_not_degenerate(text):
 
 
 def test_registry_and_errors():
-    assert set(JUDGES) == {"keyword", "classifier", "beaverdam", "llamaguard"}
+    assert set(JUDGES) == {"keyword", "classifier", "beaverdam", "llamaguard", "harm-ce"}
     for cls in JUDGES.values():
         assert issubclass(cls, Judge)
         assert "degenerate" in cls.degenerate_policy.lower() and "never flagged" in cls.degenerate_policy

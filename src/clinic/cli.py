@@ -179,7 +179,8 @@ def _add_evaluate(sub):
                    help="comma-separated prompt sets: beavertails-test, advbench, strongreject, do-not-answer, "
                    "harmbench, sorrybench, or files")
     p.add_argument("--n-prompts", type=int, default=100, help="prompts per set (the first N)")
-    p.add_argument("--judges", default="keyword,classifier", help="comma-separated: keyword, classifier, beaverdam, llamaguard")
+    p.add_argument("--judges", default="keyword,harm-ce",
+                   help="comma-separated: keyword, harm-ce, classifier, beaverdam, llamaguard")
     p.add_argument("--judge-model", action="append", default=[], metavar="JUDGE=PATH",
                    help="local weights of a model judge, e.g. beaverdam=/models/beaver-dam-7b (repeatable)")
     p.add_argument("--tasks", default="sst2", help="comma-separated tasks for accuracy (sst2, agnews, gsm8k; '' for none)")

@@ -35,7 +35,7 @@ class DemoConfig:
     n_prompts: int = field(default=40, metadata={"help": "harmful prompts (beavertails-test) per evaluation"})
     n_task: int = field(default=100, metadata={"help": "SST2 validation rows per evaluation"})
     max_new_tokens: int = field(default=48, metadata={"help": "new tokens per harmful answer"})
-    judges: str = field(default="keyword,classifier", metadata={"help": "comma-separated judges"})
+    judges: str = field(default="keyword,harm-ce", metadata={"help": "comma-separated judges"})
     seed: int = field(default=0, metadata={"help": "seed"})
 
 

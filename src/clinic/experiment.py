@@ -286,7 +286,9 @@ def _expand(exp: Experiment) -> list[Stage]:
 
     for judge in eval_settings.get("judges", []):
         if judge not in JUDGES:
-            raise ClinicError(f"unknown judge {judge!r} in evaluate; choose one of {', '.join(JUDGES)}")
+            close = difflib.get_close_matches(str(judge), list(JUDGES), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ClinicError(f"unknown judge {judge!r} in evaluate{hint}; choose one of {', '.join(JUDGES)}")
     ft_tasks = []
     for block in exp.finetune:
         for task in _as_list(block.get("tasks", ["sst2"]), "tasks"):
@@ -536,7 +538,7 @@ def run_experiment(path: str | Path, output: str | Path | None = None, store: st
         raise ClinicError(f"stage store {store_dir} is a file; choose another --store")
     from .evaluation.judges import get_judge
 
-    judges = {name: get_judge(name) for name in exp.evaluate.get("judges", ["keyword", "classifier"])}
+    judges = {name: get_judge(name) for name in exp.evaluate.get("judges", ["keyword", "harm-ce"])}
     root.mkdir(parents=True, exist_ok=True)
     if not (root / MARKER).exists():
         write_marker(root, "experiment")

