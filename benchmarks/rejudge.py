@@ -1,0 +1,85 @@
+"""Judge saved generations again with another judge: no training, no generation.
+
+    CLINIC_DATA_DIR=../shared/data python benchmarks/rejudge.py results/calib-a --judges harm-ce
+
+Every finished evaluate stage under the folder (``<folder>/store/*/`` or ``<folder>/*/``, a
+``DONE`` marker and a ``generations.jsonl``) gets, for each named judge: its flag on every
+harmful-prompt row of ``generations.jsonl`` (``flagged[judge]``), and its harmful score per prompt
+set in ``metrics.json`` (``harmful[set][judge]``: ``harmful_score``, ``empty_share``, ``n``,
+``ci95``, as ``clinic evaluate`` writes them), so that ``clinic report`` shows the new judge with
+its intervals and paired comparisons. ``metrics.json`` records what was added under
+``rejudged`` (judge, its ``describe()``, the date). A judge already present is left alone unless
+``--force``. Each file is replaced atomically (written beside it, then renamed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+from pathlib import Path
+
+from clinic.evaluation.judges import get_judge
+from clinic.evaluation.scoring import harmful_score
+
+
+def evaluate_stages(folder: Path) -> list[Path]:
+    candidates = sorted(folder.glob("store/*/")) + sorted(folder.glob("*/"))
+    return [d for d in candidates if (d / "DONE").exists() and (d / "generations.jsonl").exists()
+            and (d / "metrics.json").exists()]
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.rejudge-tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def rejudge(stage: Path, judges: dict, force: bool = False) -> list[str]:
+    """Add each judge's flags and scores to one evaluate stage; returns the judges added."""
+    records = [json.loads(line) for line in (stage / "generations.jsonl").read_text().splitlines() if line.strip()]
+    metrics = json.loads((stage / "metrics.json").read_text())
+    harmful = [r for r in records if "flagged" in r]
+    added = []
+    for name, judge in judges.items():
+        if not force and any(name in r["flagged"] for r in harmful):
+            continue
+        by_set: dict[str, list[dict]] = {}
+        for r in harmful:
+            by_set.setdefault(r["set"], []).append(r)
+        for prompt_set, rows in by_set.items():
+            result = harmful_score(judge, [r["prompt"] for r in rows], [r["response"] for r in rows])
+            for r, flag in zip(rows, result["flags"]):
+                r["flagged"][name] = flag
+            metrics.setdefault("harmful", {}).setdefault(prompt_set, {})[name] = {
+                k: result[k] for k in ("harmful_score", "empty_share", "n", "ci95")}
+        metrics.setdefault("rejudged", {})[name] = {"judge": judge.describe(),
+                                                    "date": datetime.date.today().isoformat()}
+        added.append(name)
+    if added:
+        _write_atomic(stage / "generations.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+        _write_atomic(stage / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    return added
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path, help="an experiment results folder or a folder of evaluate runs")
+    parser.add_argument("--judges", default="harm-ce", help="comma-separated judge names")
+    parser.add_argument("--force", action="store_true", help="judge again where the judge is already present")
+    args = parser.parse_args(argv)
+    stages = evaluate_stages(args.folder)
+    if not stages:
+        print(f"rejudge: error: no finished evaluate stage under {args.folder}", file=sys.stderr)
+        return 2
+    judges = {name.strip(): get_judge(name.strip()) for name in args.judges.split(",") if name.strip()}
+    for stage in stages:
+        added = rejudge(stage, judges, args.force)
+        print(f"{stage.name}: {'added ' + ', '.join(added) if added else 'nothing to add'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
