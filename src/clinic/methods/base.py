@@ -189,6 +189,12 @@ PRESETS: dict[str, dict[str, Any]] = {
                       lora_r=8, lora_alpha=16, group_by_length=True),
     "cpu-finetune": dict(epochs=1, batch_size=8, lr=2e-4, schedule="constant", warmup=0.0, max_length=160,
                          lora_r=8, lora_alpha=16),
+    # The calibrated small-scale protocol on SmolLM2-135M (docs/protocol.md, cell A): a deeper
+    # alignment (use it on 1,024 refusals) and a gentle, long attack (256 task samples).
+    "protocol-align": dict(epochs=2, batch_size=8, lr=5e-4, schedule="cosine", warmup=0.0, max_length=128,
+                           lora_r=8, lora_alpha=16, group_by_length=True),
+    "protocol-attack": dict(epochs=5, batch_size=8, lr=5e-5, schedule="constant", warmup=0.0, max_length=128,
+                            lora_r=8, lora_alpha=16),
 }
 
 
