@@ -677,13 +677,44 @@ def test_comment_only_edit_resumes_but_a_changed_value_does_not(tmp_path, capsys
         run_experiment(edited, root, dry_run=True)
 
 
-def test_validation_keeps_the_stage_hashes_of_existing_experiments(data_dir):
+# configs/small-cpu.yaml as it was at da8b04f, before the validation (the repository's copy has
+# changed since: its judges now name harm-ce, which rightly changes the evaluate stages' hashes)
+_SMALL_CPU_DA8B04F = """\
+name: small-cpu
+model: smollm2-135m-instruct
+seeds: [0]
+align:
+  methods: [sft]
+  preset: cpu-align
+  n: 240
+  train: {max_length: 128}
+finetune:
+  methods: [sft, surgery]
+  preset: cpu-finetune
+  tasks: [sst2]
+  n: 240
+  poison_ratios: [0, 0.2]
+  train: {max_length: 128}
+evaluate:
+  n_prompts: 32
+  judges: [keyword, classifier]
+  n_task: 100
+  max_new_tokens: 40
+sink:
+  n: 32
+  max_length: 128
+"""
+
+
+def test_validation_keeps_the_stage_hashes_of_existing_experiments(data_dir, tmp_path):
     """Typing the values (1e-4, ints for floats, p=0) must not change a stage's hash: a changed hash
-    silently re-runs every finished stage of a store. Pinned from the code before the validation."""
+    silently re-runs every finished stage of a store. Pinned from the code before the validation,
+    on a fixed copy of the experiment file."""
     from clinic.experiment import Experiment
 
-    root = Path(__file__).resolve().parents[1]
-    dirs = [s.dirname for s in Experiment.from_file(root / "configs" / "small-cpu.yaml").plan()]
+    path = tmp_path / "small-cpu.yaml"
+    path.write_text(_SMALL_CPU_DA8B04F)
+    dirs = [s.dirname for s in Experiment.from_file(path).plan()]
     assert dirs[:6] == ["evaluate-base-dc59a46d8009", "align-sft-4326b1fb438a", "evaluate-sft-08681527f59c",
                         "finetune-sft-sft-sst2-p0-235be78df281", "evaluate-sft-sft-sst2-p0-9a3764a997f9",
                         "sink-sft-sft-sst2-p0-e039ecd6053f"]
