@@ -282,13 +282,10 @@ def _expand(exp: Experiment) -> list[Stage]:
     stages: list[Stage] = []
     eval_settings = {k: v for k, v in exp.evaluate.items() if k not in EVAL_EXTRA_KEYS}
     EvalConfig(**{**eval_settings, "tasks": []})  # validates counts and the scoring rule
-    from .evaluation.judges import JUDGES
+    from .evaluation.judges import check_judge_name
 
     for judge in eval_settings.get("judges", []):
-        if judge not in JUDGES:
-            close = difflib.get_close_matches(str(judge), list(JUDGES), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ClinicError(f"unknown judge {judge!r} in evaluate{hint}; choose one of {', '.join(JUDGES)}")
+        check_judge_name(judge, " in evaluate")
     ft_tasks = []
     for block in exp.finetune:
         for task in _as_list(block.get("tasks", ["sst2"]), "tasks"):
