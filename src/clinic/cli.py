@@ -121,6 +121,8 @@ def _add_train_command(sub, stage: str):
     d = p.add_argument_group("data")
     if stage == "align":
         d.add_argument("--data", default="refusals", help="alignment data: a named QA dataset or a file (default refusals)")
+        d.add_argument("--helpful", help="a helpful instruction dataset to mix into the alignment data (e.g. alpaca)")
+        d.add_argument("--helpful-n", type=int, help="how many --helpful rows to mix in")
     else:
         d.add_argument("--task", help="benign task: sst2, agnews, gsm8k, alpaca")
         d.add_argument("--poison-ratio", type=float, default=0.0, help="fraction p of harmful samples, in [0, 1]")
@@ -152,6 +154,8 @@ def cmd_train(args, stage: str) -> None:
         harmful_source=getattr(args, "harmful_data", "beavertails-harmful"),
         selection=args.selection,
         columns=parse_columns(args.columns),
+        helpful=getattr(args, "helpful", None),
+        helpful_n=getattr(args, "helpful_n", None),
     )
     callbacks = []
     if getattr(args, "sink_every", 0) < 0:

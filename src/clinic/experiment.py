@@ -53,7 +53,7 @@ EXPERIMENT_KEYS = {
     "sink": "optional sink analysis of every fine-tuned model: n, batch_size, max_length, ...",
 }
 CURATE_KEYS = {"selector", "ratio", "k", "options"}
-ALIGN_KEYS = {"methods", "preset", "train", "source", "n", "selection"}
+ALIGN_KEYS = {"methods", "preset", "train", "source", "n", "selection", "helpful", "helpful_n"}
 FINETUNE_KEYS = {"methods", "preset", "train", "tasks", "n", "poison_ratios", "harmful_source", "selection",
                  "aligned_with"}
 SINK_KEYS = {"n", "batch_size", "max_length", "sink_index", "mode", "aligned"}
@@ -329,6 +329,14 @@ def _expand(exp: Experiment) -> list[Stage]:
             if data["n"] is not None:
                 data["n"] = _integer(data["n"], "align n")
                 check_mixture_args(data["n"], 0.0)
+            if ("helpful" in exp.align or "helpful_n" in exp.align) and curated is not None:
+                raise ClinicError("align helpful cannot be combined with a curate block yet: the curated subset is the alignment data")
+            if "helpful" in exp.align or "helpful_n" in exp.align:  # only then: older stage hashes stay as they were
+                if "helpful" not in exp.align or "helpful_n" not in exp.align:
+                    raise ClinicError("align helpful and helpful_n go together: the helpful dataset and how many rows")
+                data["helpful"] = str(exp.align["helpful"])
+                data["helpful_n"] = _integer(exp.align["helpful_n"], "align helpful_n")
+                check_mixture_args(data["helpful_n"], 0.0)
             config = {"method": entry.name, "options": _method_options(entry, "align"),
                       "train": _train_config(exp.align, seed, "cpu-align"), "data": data}
             if curated is None:
@@ -474,7 +482,8 @@ def run_stage(store: Path, exp: Experiment, stage: Stage, judges: dict) -> Path:
             model_ref = exp.model
             data = DataSpec(source=str(stage_path(store, stage.parent) / "subset.jsonl"), n=None)
         elif stage.kind == "align":
-            data = DataSpec(source=cfg["data"]["source"], n=cfg["data"]["n"], selection=cfg["data"]["selection"])
+            data = DataSpec(source=cfg["data"]["source"], n=cfg["data"]["n"], selection=cfg["data"]["selection"],
+                            helpful=cfg["data"].get("helpful"), helpful_n=cfg["data"].get("helpful_n"))
         else:
             data = DataSpec(**cfg["data"])
         return run_train(stage.kind, model=model_ref, method=cfg["method"], train=TrainConfig(**cfg["train"]),

@@ -145,7 +145,10 @@ def peak_memory_mb() -> float:
 class DataSpec:
     """The training data of a stage.
 
-    align: ``source`` (a named QA dataset or file) and ``n`` samples (``None``: all).
+    align: ``source`` (a named QA dataset or file) and ``n`` samples (``None``: all), plus
+    optionally ``helpful_n`` rows of a ``helpful`` instruction source mixed in (the
+    Safety-Tuned-LLaMAs recipe: refusals alone teach a small model to refuse everything, so a
+    benign fine-tune must unlearn refusing itself; helpful rows keep answering ordinary requests).
     finetune: ``task`` + ``n`` + ``poison_ratio`` builds the attack set; or ``source`` (a user
     file of prompt/response rows, with ``columns``) is used as it is.
     """
@@ -157,6 +160,8 @@ class DataSpec:
     harmful_source: str = "beavertails-harmful"
     selection: str = "random"
     columns: dict | None = None
+    helpful: str | None = None
+    helpful_n: int | None = None
 
 
 def check_data_spec(stage: str, data: DataSpec) -> None:
@@ -170,6 +175,14 @@ def check_data_spec(stage: str, data: DataSpec) -> None:
     if data.columns and stage == "finetune" and data.task:
         raise ClinicError("--columns maps the columns of a --data file; it does not apply to --task")
     source = data.source or ("refusals" if stage == "align" else None)
+    if (data.helpful is None) != (data.helpful_n is None):
+        raise ClinicError("--helpful and --helpful-n go together: name the helpful dataset and how many of its rows to mix in")
+    if data.helpful is not None and stage != "align":
+        raise ClinicError("--helpful mixes helpful answers into alignment data; it does not apply to fine-tuning")
+    if data.helpful_n is not None:
+        check_mixture_args(data.helpful_n, 0.0)
+    if data.helpful is not None and data.helpful == source:
+        raise ClinicError(f"--helpful names the alignment data itself ({source!r}); name another dataset")
     if data.columns and source in SOURCES:
         raise ClinicError(f"--columns maps the columns of a user file; {source!r} is a named dataset with its own columns")
 
@@ -194,8 +207,13 @@ def _training_samples(stage: str, data: DataSpec, seed: int):
             raise ClinicError(f"asked for {data.n} samples but {source} has only {len(rows)}")
         rows = rows[: data.n] if data.n is not None else rows
         return [qa_sample(r) for r in rows], {"n": len(rows), "indices": {source: list(range(len(rows)))}}
-    samples, idx = take_qa(source, data.n, seed, "first" if data.selection == "first" else "random")
-    return samples, {"n": len(samples), "indices": {source: idx}}
+    selection = "first" if data.selection == "first" else "random"
+    samples, idx = take_qa(source, data.n, seed, selection)
+    indices = {source: idx}
+    if data.helpful is not None:
+        helpful, h_idx = take_qa(data.helpful, data.helpful_n, seed, selection)
+        samples, indices = samples + helpful, {source: idx, data.helpful: h_idx}
+    return samples, {"n": len(samples), "indices": indices}
 
 
 def _extra_streams(spec: MethodSpec, cfg, seed: int) -> tuple[dict, dict]:
