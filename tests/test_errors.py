@@ -94,6 +94,8 @@ CASES: list[Bad] = [
     Bad("n-above-available", "more task samples than exist",
         ["finetune", *TINY, "--task", "sst2", "--n", "999999", "--poison-ratio", "0.5"], "are available"),
     Bad("n-above-available-align", "more alignment samples than exist", ["align", *TINY, "--n", "100000"], "are available"),
+    Bad("helpful-without-n", "--helpful without --helpful-n", ["align", *TINY, "--n", "4", "--helpful", "alpaca"],
+        "--helpful and --helpful-n go together"),
     Bad("n-prompts-above-available", "more evaluation prompts than the set holds",
         ["evaluate", *TINY, "--harmful-prompts", "advbench", "--n-prompts", "5000", "--judges", "keyword"], "only 520"),
     # models
@@ -325,6 +327,8 @@ EXPERIMENT_CASES_2: list[Bad] = [
         _exp("", "model: tiny-random-llama\nfinetune: {n: many}\n")),
     Bad("experiment-n-fraction", "a sample count that is not whole", ["run", "{in}/bad.yaml"], "align n must be a whole number",
         _exp("", "model: tiny-random-llama\nalign: {methods: [sft], n: 4.5}\n")),
+    Bad("experiment-helpful-without-n", "align helpful without helpful_n", ["run", "{in}/bad.yaml"],
+        "align helpful and helpful_n go together", _exp("", _TRAIN.replace("n: 4", "n: 4, helpful: alpaca"))),
     Bad("experiment-p-text", "a poison ratio that is no number", ["run", "{in}/bad.yaml"],
         "poison_ratios item must be a number, got 'high'", _exp("", "model: tiny-random-llama\nfinetune: {poison_ratios: [high]}\n")),
     Bad("experiment-sink-mode", "an invalid sink mode (refused in the plan, before align runs)", ["run", "{in}/bad.yaml"],

@@ -45,3 +45,32 @@ def test_bad_arguments(data_dir, n, p, message):
 def test_unknown_task():
     with pytest.raises(ClinicError, match="unknown task 'imdb'"):
         build_attack_set("imdb", 10, 0.1)
+
+
+def test_alignment_data_mixes_helpful_rows(data_dir):
+    """--helpful adds helpful_n seeded rows of an instruction set after the refusals, recorded."""
+    from clinic.data.sources import load_rows
+    from clinic.pipeline import DataSpec, _training_samples
+
+    samples, manifest = _training_samples("align", DataSpec(source="refusals", n=5, helpful="alpaca", helpful_n=3), seed=1)
+    assert manifest["n"] == 8 and len(samples) == 8
+    assert len(manifest["indices"]["refusals"]) == 5 and len(manifest["indices"]["alpaca"]) == 3
+    alpaca = load_rows("alpaca", kind="qa")
+    assert [s.output for s in samples[5:]] == [alpaca[i]["response"] for i in manifest["indices"]["alpaca"]]
+    again, _ = _training_samples("align", DataSpec(source="refusals", n=5, helpful="alpaca", helpful_n=3), seed=1)
+    assert again == samples
+    plain, plain_manifest = _training_samples("align", DataSpec(source="refusals", n=5), seed=1)
+    assert plain == samples[:5] and list(plain_manifest["indices"]) == ["refusals"]
+
+
+@pytest.mark.parametrize("spec,message", [
+    (dict(helpful="alpaca"), "go together"),
+    (dict(helpful_n=3), "go together"),
+    (dict(helpful="refusals", helpful_n=3), "names the alignment data itself"),
+    (dict(helpful="alpaca", helpful_n=0), "positive integer"),
+])
+def test_helpful_mix_bad_settings(data_dir, spec, message):
+    from clinic.pipeline import DataSpec, check_data_spec
+
+    with pytest.raises(ClinicError, match=message):
+        check_data_spec("align", DataSpec(source="refusals", n=5, **spec))
