@@ -12,6 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Tiny models are dominated by thread overhead: one thread is much faster on a busy 2-core box.
 torch.set_num_threads(1)
+os.environ.setdefault("CLINIC_THREADS", "1")  # the CLI commands tests call keep to one thread too
 _default_data = Path(__file__).resolve().parents[2] / "shared" / "data"
 if "CLINIC_DATA_DIR" not in os.environ and _default_data.exists():
     os.environ["CLINIC_DATA_DIR"] = str(_default_data)

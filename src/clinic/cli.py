@@ -14,6 +14,7 @@ import time
 
 from .curation import add_curate_command  # light: the module imports torch only when run
 from .errors import ClinicError
+from .settings import COMPUTE_COMMANDS, torch_threads
 
 # --------------------------------------------------------------------------------------------
 # argparse helpers
@@ -370,11 +371,26 @@ def cmd_report(args) -> None:
     write_report(args.run_dir, args.output, overwrite=args.overwrite)
 
 
+def _set_threads() -> None:
+    """Apply :func:`clinic.settings.torch_threads`; say so when clinic chose fewer threads than torch would."""
+    threads, reason = torch_threads()
+    if threads is None:
+        return
+    import torch
+
+    if threads != torch.get_num_threads():
+        if not os.environ.get("CLINIC_THREADS"):
+            print(f"clinic: {reason}", file=sys.stderr)
+        torch.set_num_threads(threads)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser(chosen_command(argv))
     args = parser.parse_args(argv)
     try:
+        if args.command in COMPUTE_COMMANDS:
+            _set_threads()
         args.func(args)
     except ClinicError as exc:
         print(f"clinic: error: {exc}", file=sys.stderr)

@@ -30,3 +30,35 @@ def cache_dir() -> Path:
 def offline() -> bool:
     """True when the hub must not be contacted."""
     return any(os.environ.get(k, "").lower() in ("1", "true", "yes") for k in ("HF_HUB_OFFLINE", "CLINIC_OFFLINE"))
+
+
+# Commands that train or generate: the only ones whose speed depends on the torch thread count.
+COMPUTE_COMMANDS = ("align", "finetune", "repair", "evaluate", "curate", "sink", "run", "demo")
+
+
+def torch_threads(cores: int | None = None, load: float | None = None) -> tuple[int | None, str]:
+    """The torch (OpenMP) thread count for this process, and why.
+
+    ``CLINIC_THREADS`` wins; ``OMP_NUM_THREADS`` is left to torch, which reads it itself. Otherwise,
+    when other processes keep cores busy (the 1-minute load average, rounded, counts them), clinic
+    uses only the free cores, at least one: OpenMP threads synchronise at every operation, so a
+    thread sharing a core with another process makes all of them wait (on 2 shared cores, 2 threads
+    were 5x slower than 1; docs/generation.md). On a quiet machine torch's own default stands.
+    Returns ``(None, reason)`` when clinic leaves the count alone."""
+    explicit = os.environ.get("CLINIC_THREADS", "").strip()
+    if explicit:
+        if not explicit.isdigit() or int(explicit) < 1:
+            from .errors import ClinicError
+
+            raise ClinicError(f"CLINIC_THREADS must be a positive whole number, got {explicit!r}")
+        return int(explicit), f"CLINIC_THREADS={explicit}"
+    if os.environ.get("OMP_NUM_THREADS", "").strip():
+        return None, "OMP_NUM_THREADS is set"
+    cores = cores if cores is not None else len(os.sched_getaffinity(0))
+    load = load if load is not None else os.getloadavg()[0]
+    busy = min(cores, int(load + 0.5))
+    if busy == 0:
+        return None, "the machine is quiet"
+    threads = max(1, cores - busy)
+    return threads, (f"load average {load:.1f} on {cores} cores: using {threads} torch thread(s) so that they do "
+                     f"not wait on other processes (set CLINIC_THREADS to choose)")

@@ -1,0 +1,56 @@
+"""The torch thread policy: explicit settings win; otherwise only the cores other processes leave free."""
+
+from __future__ import annotations
+
+import pytest
+
+from clinic.errors import ClinicError
+from clinic.settings import torch_threads
+
+
+@pytest.fixture
+def no_thread_env(monkeypatch):
+    monkeypatch.delenv("CLINIC_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+
+
+@pytest.mark.parametrize("cores,load,expected", [
+    (2, 0.0, None), (2, 0.4, None),          # quiet: torch's default stands
+    (2, 1.0, 1), (2, 0.6, 1), (2, 3.7, 1),   # one core or more taken: one thread, never zero
+    (16, 4.2, 12), (16, 40.0, 1),
+])
+def test_free_cores(no_thread_env, cores, load, expected):
+    threads, reason = torch_threads(cores=cores, load=load)
+    assert threads == expected
+    if expected is not None:
+        assert f"{load:.1f} on {cores} cores" in reason and f"using {expected} torch thread" in reason
+
+
+def test_explicit_settings_win(no_thread_env, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert torch_threads(cores=2, load=5.0)[0] is None  # torch reads OMP_NUM_THREADS itself
+    monkeypatch.setenv("CLINIC_THREADS", "3")
+    assert torch_threads(cores=2, load=5.0) == (3, "CLINIC_THREADS=3")
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two", "1.5"])
+def test_bad_clinic_threads(no_thread_env, monkeypatch, value):
+    monkeypatch.setenv("CLINIC_THREADS", value)
+    with pytest.raises(ClinicError, match="CLINIC_THREADS must be a positive whole number"):
+        torch_threads(cores=2, load=0.0)
+
+
+def test_cli_applies_and_says_so(no_thread_env, monkeypatch, capsys):
+    import torch
+
+    from clinic import cli
+
+    monkeypatch.setattr(cli, "torch_threads", lambda: (1, "load average 1.0 on 2 cores: using 1 torch thread(s)"))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        cli._set_threads()
+        assert torch.get_num_threads() == 1
+        assert "using 1 torch thread" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)
