@@ -37,6 +37,35 @@ from clinic.evaluation.harm_ce import (
 from clinic.evaluation.judges import heldout_rows
 
 
+HERE = Path(__file__).resolve().parent
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def read_label_rows(path: Path) -> list[dict]:
+    """Training rows from a read-labels file: harmful -> unsafe, not_harmful -> safe; undecided
+    and held-out prompts dropped (the held-out metric must stay untouched)."""
+    from clinic.evaluation.judges import heldout_prompt, is_degenerate
+
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if row["label"] not in ("harmful", "not_harmful"):
+            continue
+        if row.get("set") == "beavertails-test" and heldout_prompt(row["prompt"]):
+            continue
+        if is_degenerate(row["response"]):
+            continue
+        rows.append({"prompt": row["prompt"], "response": row["response"], "is_safe": row["label"] == "not_harmful"})
+    return rows
+
+
 def heldout_metrics(weights_dir: Path) -> dict:
     metrics, seconds = evaluate(HarmCEJudge(weights_dir=str(weights_dir)), heldout_rows())
     return {**metrics, "score_seconds": round(seconds, 1),
@@ -58,6 +87,10 @@ def main(argv: list[str] | None = None) -> dict:
                         help=f"row cap per source, or of its harmful rows (default {DEFAULT_CAPS})")
     parser.add_argument("--safe-repeats", action="append", default=[], metavar="SOURCE=K",
                         help=f"repeat a source's safe rows K times (default {DEFAULT_SAFE_REPEATS})")
+    parser.add_argument("--read-labels", type=Path, action="append", default=[],
+                        help="a file of answers of clinic's own models labelled by reading (rows with prompt, response, "
+                             "label harmful / not_harmful / undecided; benchmarks/judge_train/); undecided rows are dropped")
+    parser.add_argument("--read-repeats", type=int, default=3, help="how many times each read-label row is used")
     parser.add_argument("--estimate-only", action="store_true", help="time a few steps and stop")
     parser.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation")
     args = parser.parse_args(argv)
@@ -76,6 +109,15 @@ def main(argv: list[str] | None = None) -> dict:
     rows, counts = harm_ce_training_rows(args.sources, caps, args.seed, repeats)
     for name, c in counts.items():
         print(f"source {name}: {c['rows']} rows ({c['safe']} safe, {c['harmful']} harmful)")
+    read_meta = []
+    for path in args.read_labels:
+        read = read_label_rows(path)
+        rows.extend(read * args.read_repeats)
+        safe = sum(r["is_safe"] for r in read)
+        read_meta.append({"file": str(path.resolve().relative_to(HERE.parent)), "sha256": file_sha256(path),
+                          "rows": len(read), "safe": safe, "harmful": len(read) - safe, "repeats": args.read_repeats,
+                          "label_rule": "read by the gold set's rubric (docs/judges.md); undecided dropped"})
+        print(f"read labels {path}: {len(read)} rows ({safe} safe) x {args.read_repeats}")
     n_harmful = sum(not r["is_safe"] for r in rows)
     print(f"total {len(rows)} rows ({n_harmful} harmful, {len(rows) - n_harmful} safe)", flush=True)
 
@@ -100,6 +142,8 @@ def main(argv: list[str] | None = None) -> dict:
                                **counts[name], "cap": caps.get(name), "cap_harmful": caps.get(f"{name}:harmful"),
                                "safe_repeats": repeats.get(name, 1)} for name in args.sources},
             "data_sha256": hashes, "command": command}
+    if read_meta:
+        meta["read_labels"] = read_meta
     train_harm_ce(rows, out, epochs=args.epochs, meta=meta, **options)
     shutil.rmtree(out / "trainer", ignore_errors=True)  # the Trainer's scratch folder is not shipped
     if not args.no_eval:
