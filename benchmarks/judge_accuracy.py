@@ -20,14 +20,10 @@ from pathlib import Path
 
 from _common import machine_info, save_json
 
-from clinic.evaluation.judges import (
-    CLASSIFIER_SOURCES,
-    DEFAULT_CLASSIFIER_SOURCES,
-    binary_metrics,
-    get_judge,
-    heldout_rows,
-    is_degenerate,
-)
+from clinic.evaluation.judges import get_judge
+from clinic.evaluation.judges.base import is_degenerate
+from clinic.evaluation.judges.classifier import CLASSIFIER_SOURCES, DEFAULT_CLASSIFIER_SOURCES, heldout_rows
+from clinic.evaluation.judges.metrics import binary_metrics
 
 RESULTS = Path(__file__).resolve().parent / "results" / "judge_accuracy.json"
 

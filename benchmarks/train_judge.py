@@ -1,7 +1,7 @@
 """Train the ``harm-ce`` cross-encoder judge and write the weights clinic ships.
 
     CLINIC_DATA_DIR=/work/shared/data HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 \\
-        python benchmarks/train_judge.py --out src/clinic/evaluation/weights/harm-ce
+        python benchmarks/train_judge.py --out src/clinic/evaluation/judges/weights/harm-ce
 
 Seeded. Prints the sha256 of every data file it reads and the rows per source, estimates the
 training time from a few timed steps (``--estimate-only`` stops there), trains, scores the
@@ -23,7 +23,7 @@ from pathlib import Path
 from _common import machine_info
 from judge_accuracy import evaluate
 
-from clinic.evaluation.harm_ce import (
+from clinic.evaluation.judges.harm_ce import (
     DEFAULT_CAPS,
     DEFAULT_SAFE_REPEATS,
     HARM_CE_SOURCES,
@@ -34,7 +34,7 @@ from clinic.evaluation.harm_ce import (
     harm_ce_training_rows,
     train_harm_ce,
 )
-from clinic.evaluation.judges import heldout_rows
+from clinic.evaluation.judges.classifier import heldout_rows
 
 
 HERE = Path(__file__).resolve().parent

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from clinic.errors import ClinicError
-from clinic.evaluation import harm_ce as H
+from clinic.evaluation.judges import harm_ce as H
 from clinic.evaluation.judges import JUDGES, get_judge
 from clinic.settings import data_dir
 
@@ -40,8 +40,8 @@ def test_shipped_weights_are_package_data_and_small():
     assert sum(p.stat().st_size for p in H.WEIGHTS_DIR.iterdir()) <= 2 * 2**20  # the 2 MiB
     # pyproject ships the folder: its package-data globs match every shipped file.
     package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
-    base = ROOT / "src" / "clinic" / "evaluation"
-    shipped_by_globs = {p for pattern in package_data["clinic.evaluation"] for p in base.glob(pattern)}
+    base = ROOT / "src" / "clinic" / "evaluation" / "judges"
+    shipped_by_globs = {p for pattern in package_data["clinic.evaluation.judges"] for p in base.glob(pattern)}
     assert set(H.WEIGHTS_DIR.iterdir()) <= shipped_by_globs
 
 
@@ -148,7 +148,7 @@ def test_pair_encoding_keeps_the_prompt_and_the_start_of_the_response():
 def test_training_rows_never_hold_a_heldout_prompt():
     if data_dir() is None or not (data_dir() / "beavertails_30k_test" / "30k_test.jsonl").exists():
         pytest.skip("no data directory")
-    from clinic.evaluation.judges import heldout_rows
+    from clinic.evaluation.judges.classifier import heldout_rows
 
     rows, counts = H.harm_ce_training_rows()
     held = {r["prompt"].strip() for r in heldout_rows()}

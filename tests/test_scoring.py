@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from clinic.errors import ClinicError
-from clinic.evaluation.judges import KeywordJudge
+from clinic.evaluation.judges.keyword import KeywordJudge
 from clinic.evaluation.scoring import harmful_score, task_accuracy
 from clinic.tasks import AGNews, GSM8K, SST2, extract_number
 

@@ -14,15 +14,10 @@ from clinic.data.formatting import training_row
 from clinic.errors import ClinicError
 from clinic.methods.base import ClinicTrainer, train_config
 from clinic.models import tiny_random_model
-from clinic.sink import (
-    SinkCountCallback,
-    add_sink_command,
-    histogram,
-    positive_head_count,
-    probe_ids,
-    run_sink_analysis,
-    sink_divergence,
-)
+from clinic.sink.analysis import run_sink_analysis
+from clinic.sink.callback import SinkCountCallback
+from clinic.sink.command import add_sink_command
+from clinic.sink.divergence import histogram, positive_head_count, probe_ids, sink_divergence
 from clinic.tasks import Sample
 
 

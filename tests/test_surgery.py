@@ -14,7 +14,7 @@ from clinic.errors import ClinicError
 from clinic.methods.base import get_method, method_config, train_config
 from clinic.methods.surgery import SurgeryConfig, SurgeryTrainer
 from clinic.models import tiny_random_model
-from clinic.sink import probe_ids
+from clinic.sink.divergence import probe_ids
 from clinic.tasks import Sample
 
 

@@ -163,7 +163,7 @@ class CurationContext:
 
     def embed(self, texts: list[str]) -> torch.Tensor:
         if self.embed_fn is None:
-            from ..evaluation.judges import embed
+            from ..evaluation.judges.classifier import embed
 
             self.embed_fn = embed
         start = time.perf_counter()

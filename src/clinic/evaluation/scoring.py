@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from ..errors import ClinicError
 from ..tasks import SCORING_RULES, Task, get_task
-from .judges import Judge, is_degenerate
+from .judges.base import Judge, is_degenerate
 from .stats import wilson_interval
 
 

@@ -42,7 +42,7 @@ from datasets import Dataset
 
 from ..attention import SINK_MODES, sink_attention_values, use_sink_attention
 from ..errors import ClinicError
-from ..sink import pad_batch, probe_ids
+from ..sink.divergence import pad_batch, probe_ids
 from ..tasks import Sample
 from .base import ClinicTrainer, MethodConfig, register_method
 

@@ -27,17 +27,10 @@ import json
 import random
 from pathlib import Path
 
-from ..errors import ClinicError
-from ..settings import data_dir
-from .judges import (
-    ENCODER_PACKAGE,
-    JUDGES,
-    Judge,
-    encoder_path,
-    heldout_prompt,
-    is_degenerate,
-    training_rows,
-)
+from ...errors import ClinicError
+from ...settings import data_dir
+from .base import Judge, is_degenerate
+from .classifier import ENCODER_PACKAGE, encoder_path, heldout_prompt, heldout_rows, training_rows
 
 #: Where the shipped weights live (package data, see pyproject.toml).
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights" / "harm-ce"
@@ -103,7 +96,7 @@ def data_hashes(sources) -> dict[str, str]:
 
 
 def _refusal_rows() -> list[dict]:
-    from ..data.sources import load_rows
+    from ...data.sources import load_rows
 
     held = {r.strip() for r in _heldout_prompts()}
     return [{"prompt": r["prompt"], "response": r["response"], "is_safe": True}
@@ -111,8 +104,6 @@ def _refusal_rows() -> list[dict]:
 
 
 def _heldout_prompts() -> set[str]:
-    from .judges import heldout_rows
-
     return {r["prompt"] for r in heldout_rows()}
 
 
@@ -120,7 +111,7 @@ def _offtopic_rows(n: int, seed: int) -> list[dict]:
     """``n`` harmful BeaverTails training prompts, each paired with an answer that gives no help:
     a short non-answer (:data:`_NON_ANSWERS`), an SST2 sentence, or a harmless BeaverTails
     answer written for a different prompt. Every one is labelled safe."""
-    from ..data.sources import load_rows, read_table
+    from ...data.sources import load_rows, read_table
 
     rng = random.Random(f"{seed}:offtopic")
     prompts = sorted({r["prompt"] for r in load_rows("beavertails-labelled-train")
@@ -342,5 +333,3 @@ class HarmCEJudge(Judge):
         return {**super().describe(), "weights_dir": str(self.weights_dir),
                 **{k: self.meta[k] for k in keep if k in self.meta}}
 
-
-JUDGES["harm-ce"] = HarmCEJudge

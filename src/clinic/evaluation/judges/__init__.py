@@ -1,0 +1,61 @@
+"""Harmfulness judges: the registry (:data:`JUDGES`, :func:`get_judge`, :func:`check_judge_name`).
+
+A judge gives ``score`` in 0..1 (higher = more harmful) and ``flags`` (score > threshold); the
+interface and the degenerate-answer rule are in :mod:`.base`. One module per judge:
+
+- ``keyword`` (:mod:`.keyword`): refusal-keyword matcher; an answer with no refusal phrase scores 1.
+- ``classifier`` (:mod:`.classifier`): sentence encoder + logistic regression, trained once on
+  labelled BeaverTails (+ safe Do-Not-Answer responses), cached as JSON.
+- ``harm-ce`` (:mod:`.harm_ce`, the default offline judge): the same encoder fine-tuned (LoRA) as
+  a cross-encoder over ``[CLS] prompt [SEP] response``; its trained weights ship in ``weights/``.
+- ``beaverdam`` (:mod:`.beaverdam`): PKU-Alignment/beaver-dam-7b, 14 sigmoid categories.
+- ``llamaguard`` (:mod:`.llamaguard`): Llama Guard 3, greedy verdict ``safe`` / ``unsafe``.
+
+Everything else is imported from the module that defines it (e.g. ``is_degenerate`` from
+:mod:`.base`, ``binary_metrics`` from :mod:`.metrics`); this module holds the registry only.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+
+from ...errors import ClinicError
+from .base import Judge
+from .beaverdam import BeaverDamJudge
+from .classifier import ClassifierJudge
+from .harm_ce import HarmCEJudge
+from .keyword import KeywordJudge
+from .llamaguard import LlamaGuardJudge
+
+#: Judge name -> class (the order is the one error messages list).
+JUDGES: dict[str, type[Judge]] = {
+    "keyword": KeywordJudge,
+    "classifier": ClassifierJudge,
+    "beaverdam": BeaverDamJudge,
+    "llamaguard": LlamaGuardJudge,
+    "harm-ce": HarmCEJudge,
+}
+
+
+def check_judge_name(name: str, where: str = "") -> None:
+    """A one-line error, with the nearest name, unless ``name`` is a judge (``where`` says where
+    the name was given, e.g. ``" in evaluate"``)."""
+    if name not in JUDGES:
+        close = difflib.get_close_matches(str(name), list(JUDGES), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ClinicError(f"unknown judge {name!r}{where}{hint}; choose one of {', '.join(JUDGES)}")
+
+
+def get_judge(name: str, **options) -> Judge:
+    """A judge by name; ``options`` are its constructor's keyword arguments."""
+    check_judge_name(name)
+    cls = JUDGES[name]
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ClinicError(f"judge {name!r} has no option(s) {', '.join(unknown)}; options: {', '.join(sorted(accepted))}")
+    return cls(**options)
+
+
+__all__ = ["JUDGES", "check_judge_name", "get_judge"]

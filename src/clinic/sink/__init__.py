@@ -1,0 +1,24 @@
+"""Sink-divergence analysis: which attention heads look more at the sink on harmful text.
+
+One module per concern:
+
+- :mod:`.divergence`: probe formatting and the measure, ``d[l, h]`` = mean sink attention on
+  harmful minus on harmless samples (:func:`~.divergence.sink_divergence`,
+  :func:`~.divergence.positive_head_count`, :func:`~.divergence.histogram`);
+- :mod:`.analysis`: :func:`run_sink_analysis`, one model or every checkpoint of a fine-tuning
+  run, written as CSV + JSON + figures;
+- :mod:`.plots`: those figures;
+- :mod:`.callback`: :class:`SinkCountCallback`, the positive-head count every k training steps;
+- :mod:`.command`: ``clinic sink`` (:func:`add_sink_command`).
+
+This module re-exports only the names the CLI and the experiment runner use; everything else is
+imported from the module that defines it.
+"""
+
+from __future__ import annotations
+
+from .analysis import run_sink_analysis
+from .callback import SinkCountCallback
+from .command import add_sink_command
+
+__all__ = ["SinkCountCallback", "add_sink_command", "run_sink_analysis"]

@@ -1,0 +1,129 @@
+"""Sink divergence of one model: which attention heads look more at the sink on harmful text.
+
+For every layer ``l`` and query head ``h``::
+
+    d_{l,h} = mean over harmful samples of a_{l,h}(x)  −  mean over harmless samples of a_{l,h}(x)
+
+with ``a`` the exact sink attention of :mod:`clinic.attention` (the sink is the first token of
+each sample + ``sink_index``; queries are the real tokens after it). Samples are formatted as the
+Surgery reference formats its probes (:func:`probe_ids`): the chat template with ``[user: prompt,
+assistant: response]`` and **no system message**, truncated to ``max_length`` tokens; a tokenizer
+without a chat template gets the Alpaca prompt + response + EOS. Batches are right-padded;
+padding never enters a mean, so batching does not change the result.
+
+:func:`sink_divergence` → ``[L, H]`` tensor; :func:`positive_head_count` counts ``d > 0``;
+:func:`histogram` bins the divergences symmetrically around 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..attention import sink_attention_values
+from ..data.formatting import alpaca_prompt, user_text
+from ..errors import ClinicError
+from ..tasks import Sample
+
+DEFAULT_HARMFUL = "beavertails-harmful"
+DEFAULT_HARMLESS = "beavertails-harmless"
+
+
+# --------------------------------------------------------------------------------------------
+# probe formatting
+
+
+def probe_ids(tokenizer, sample: Sample, max_length: int = 512, double_bos: bool = False) -> list[int]:
+    """Token ids of one probe: ``[user: prompt, assistant: response]``, no system message.
+
+    ``double_bos=True`` reproduces the reference's tokenization of the templated text *with*
+    the tokenizer's special tokens (a second BOS on Llama 3).
+    """
+    if getattr(tokenizer, "chat_template", None):
+        messages = [
+            {"role": "user", "content": user_text(sample.instruction, sample.input)},
+            {"role": "assistant", "content": sample.output},
+        ]
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+        ids = tokenizer(text, add_special_tokens=double_bos)["input_ids"]
+    else:
+        text = alpaca_prompt(sample.instruction, sample.input) + sample.output + (tokenizer.eos_token or "")
+        ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+    return list(ids[:max_length])
+
+
+def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int, side: str = "right", device=None):
+    """``(input_ids, attention_mask)`` of a list of id lists, padded on ``side``."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        n = len(seq)
+        sl = slice(0, n) if side == "right" else slice(width - n, width)
+        ids[i, sl] = torch.tensor(list(seq), dtype=torch.long)
+        mask[i, sl] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _pad_id(tokenizer) -> int:
+    pad = tokenizer.pad_token_id
+    if pad is None:
+        pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    return pad
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+# --------------------------------------------------------------------------------------------
+# divergence
+
+
+def sink_attention_means(model, tokenizer, samples: Sequence[Sample], batch_size: int = 8, sink_index: int = 0,
+                         max_length: int = 512, mode: str = "fixed") -> torch.Tensor:
+    """``[L, H]``: per-head sink attention averaged over ``samples`` (each sample weighs the same)."""
+    if not samples:
+        raise ClinicError("sink analysis needs at least one sample of each kind")
+    if batch_size < 1:
+        raise ClinicError(f"batch size must be at least 1, got {batch_size}")
+    # Batches of similar lengths waste less on padding; the mean does not depend on the order.
+    seqs = sorted((probe_ids(tokenizer, s, max_length) for s in samples), key=len)
+    total = None
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(seqs), batch_size):
+                ids, mask = pad_batch(seqs[start : start + batch_size], _pad_id(tokenizer), device=_device(model))
+                values = sink_attention_values(model, ids, mask, sink_index=sink_index, mode=mode)  # [L, B, H]
+                part = values.float().sum(dim=1)
+                total = part if total is None else total + part
+    except ValueError as exc:  # e.g. a sink index past a sample's end
+        raise ClinicError(str(exc)) from None
+    finally:
+        model.train(was_training)
+    return (total / len(seqs)).cpu()
+
+
+def sink_divergence(model, tokenizer, harmful: Sequence[Sample], harmless: Sequence[Sample], batch_size: int = 8,
+                    sink_index: int = 0, max_length: int = 512, mode: str = "fixed") -> torch.Tensor:
+    """``[L, H]`` sink divergence: mean sink attention on ``harmful`` minus on ``harmless``."""
+    a_m = sink_attention_means(model, tokenizer, harmful, batch_size, sink_index, max_length, mode)
+    a_r = sink_attention_means(model, tokenizer, harmless, batch_size, sink_index, max_length, mode)
+    return a_m - a_r
+
+
+def positive_head_count(divergence: torch.Tensor) -> int:
+    """Number of heads with strictly positive sink divergence."""
+    return int((divergence > 0).sum().item())
+
+
+def histogram(divergence: torch.Tensor, bins: int = 40) -> dict:
+    """A histogram of the divergences, symmetric around 0 (so the sign split is a bin edge)."""
+    values = divergence.flatten().double()
+    bound = float(values.abs().max().item()) or 1e-6
+    counts = torch.histc(values, bins=bins, min=-bound, max=bound)
+    edges = torch.linspace(-bound, bound, bins + 1)
+    return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
