@@ -61,6 +61,8 @@ def _dimensions() -> dict:
 
 
 def _range(spec: dict, kind, where: str) -> list:
+    if kind not in (int, float):
+        raise ClinicError(f"{where}: a range needs a numeric setting; list the values instead")
     unknown = set(spec) - RANGE_KEYS
     if unknown or not {"low", "high", "step"} <= set(spec):
         raise ClinicError(f"{where}: a range is {{low, high, step}}, got {spec!r}")
@@ -156,6 +158,11 @@ def attack_settings(block: dict, where: str, eval_settings: dict) -> tuple[Attac
     if search is not None and search["judge"] is not None and search["judge"] not in judges:
         raise ClinicError(f"search judge {search['judge']!r} in {where} is not one of the evaluation's judges "
                           f"({', '.join(judges)})")
+    if search is not None:
+        import importlib.util
+
+        if importlib.util.find_spec("optuna") is None:
+            raise ClinicError(f"search in {where} needs Optuna: pip install 'clinic[adaptive]' (or optuna)")
     return space, search
 
 
