@@ -250,3 +250,18 @@ def test_search_objective_guards_against_the_best_accuracy_so_far():
         best = trial["fa"] if best is None else max(best, trial["fa"])
     assert any(t["objective"] < 0 for t in trials)
     assert trials == run_search(space, {"budget": 6, "seed": 0, "guard": 5.0}, lambda p: scores[p["lr"]], None)
+
+
+def test_end_to_end_on_a_tiny_model(tmp_path, data_dir):
+    """Two attacks (the fixed lr and a 10x one) on SFT and Lisa, trained and evaluated for real."""
+    exp = attack_experiment({"lr": [1e-4, 1e-3]}, methods=["sft", "lisa"])
+    exp["evaluate"] = {"n_prompts": 4, "judges": ["keyword"], "n_task": 4, "max_new_tokens": 4, "batch_size": 4,
+                       "base": False, "aligned": False}
+    path = tmp_path / "exp.yaml"
+    path.write_text(json.dumps(exp))
+    root = run_experiment(path, tmp_path / "run")
+    entries = json.loads((root / "report" / "results.json").read_text())["adaptive"]
+    assert [(e["finetune"], e["attacks"]) for e in entries] == [("sft", 2), ("lisa", 2)]
+    assert entries[0]["verdict"] == "(baseline)" and "verdict" in entries[1]
+    assert entries[1]["worst"]["attack"] in ("lr=0.0001", "lr=0.001")
+    assert "## Adaptive attacker" in (root / "results.md").read_text()

@@ -582,7 +582,8 @@ def run_experiment(path: str | Path, output: str | Path | None = None, store: st
     _run_pending(store_dir, exp, stages, judges)
     for group in exp.searches:  # budgeted attack searches: each trial's stages are added as it is asked
         def run_point(new: list[Stage]) -> dict:
-            stages.extend(s for s in new if s.hash not in {t.hash for t in stages})
+            known = {t.hash for t in stages}
+            stages.extend(s for s in new if s.hash not in known)
             write_plan(root, store_dir, exp, stages)  # the report sees the trials
             _run_pending(store_dir, exp, new, judges)
             return read_json(stage_path(store_dir, new[1]) / "metrics.json")
