@@ -67,6 +67,13 @@ def test_fixed_attack_outside_the_space_is_run_and_ranges_expand(data_dir):
     assert all(s.labels["fixed attack"] == "epochs=1 p=0.1" for s in stages if s.kind == "finetune")
 
 
+def test_a_point_equal_to_the_fixed_attack_is_the_fixed_run(data_dir):
+    plain = [s.dirname for s in Experiment.from_dict(attack_experiment(methods=["sft"])).plan() if s.kind == "finetune"]
+    stages = Experiment.from_dict(attack_experiment({"epochs": [1.0, 2]}, methods=["sft"])).plan()
+    runs = [(s.labels["attack"], s.dirname) for s in stages if s.kind == "finetune"]
+    assert runs[0] == ("epochs=1", plain[0]) and len(runs) == 2  # epochs 1.0 is the block's epochs 1
+
+
 def test_full_fine_tuning_ignores_the_lora_rank(data_dir):
     stages = Experiment.from_dict(attack_experiment({"full_ft": [False, True], "lora_r": [8, 16]},
                                                     methods=["sft"])).plan()
@@ -177,6 +184,7 @@ def test_report_shows_the_adaptive_table(fake_run, capsys):
     lisa = next(line for line in text.splitlines() if line.startswith("| sft | lisa | sst2 | lr=0.0001 |"))
     assert "80.0 [" in lisa and "lr=0.001" in lisa and "disappears" in lisa
     assert (fake_run / "report" / "adaptive.csv").exists()
+    assert "<h2>Adaptive attacker</h2>" in (fake_run / "report" / "report.html").read_text()
     assert "adaptive" in json.loads((fake_run / "report" / "results.json").read_text())
     assert main(["report", str(fake_run), "--output", str(fake_run / "r2"), "--guard-fa", "150"]) == 2
     assert "accuracy floor must be within [0, 100]" in capsys.readouterr().err

@@ -196,7 +196,8 @@ def fixed_point(space: AttackSpace, base_train: dict, p: float) -> dict:
 def point_attack(point: dict, base: dict, base_train: dict, p: float) -> Attack:
     """The attack at ``point`` of a defence whose fixed attack is ``base`` (both over the space's
     dimensions) and whose block trains with ``base_train`` at ratio ``p``."""
-    point = dict(point)
+    # a value equal to the fixed attack's takes its form (epochs 5.0 as 5): the same run, the same hash
+    point = {k: base[k] if k in base and v == base[k] else v for k, v in point.items()}
     if point.get("full_ft", base_train["full_ft"]):  # LoRA settings do nothing: keep the base ones
         point.update({k: base[k] for k in LORA_ONLY if k in point})
     train = {k: v for k, v in point.items() if k != P_DIM}

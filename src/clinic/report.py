@@ -147,11 +147,9 @@ ADAPTIVE_NOTE = ("Per defence (align → finetune, task, fixed attack = the fine
                  "prompts and seeds [Newcombe 95 % CI], McNemar p.")
 
 
-def adaptive_markdown(entries: list[dict]) -> str:
-    """The report's adaptive-attacker section: one table per harmful-score column."""
-    if not entries:
-        return ""
-    parts = ["## Adaptive attacker", ""]
+def adaptive_tables(entries: list[dict]) -> list[tuple[str, list[str], list[list]]]:
+    """The adaptive-attacker tables, one per harmful-score column: (column, header, body)."""
+    tables = []
     for column in dict.fromkeys(e["column"] for e in entries):
         header = ["align", "finetune", "task", "fixed attack", f"{column} fixed [95 % CI]", "ΔHS fixed vs SFT",
                   "attacks counted", "guard", f"{column} worst case [95 % CI]", "worst attack", "FA of worst",
@@ -166,8 +164,27 @@ def adaptive_markdown(entries: list[dict]) -> str:
                          format_interval(worst["score"], worst["ci95"], worst["n"]), worst["attack"],
                          "" if worst["FA"] is None else f"{worst['FA']:.1f}",
                          format_delta(e["Δworst vs SFT"]) if "Δworst vs SFT" in e else "", e["verdict"]])
+        tables.append((column, header, body))
+    return tables
+
+
+def adaptive_markdown(entries: list[dict]) -> str:
+    """The report's adaptive-attacker section (empty without an attack space)."""
+    if not entries:
+        return ""
+    parts = ["## Adaptive attacker", ""]
+    for column, header, body in adaptive_tables(entries):
         parts += [f"### {column}", "", markdown_table(header, body), ""]
     return "\n".join(parts + [ADAPTIVE_NOTE, ""])
+
+
+def _html_table(header: list[str], body: list[list]) -> str:
+    import html
+
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in header)
+    cells = "".join("<tr>" + "".join(f"<td>{html.escape(f'{v:.1f}' if isinstance(v, float) else str(v))}</td>"
+                                     for v in row) + "</tr>" for row in body)
+    return f"<table><tr>{head}</tr>{cells}</table>"
 
 
 def provenance(plan: dict, store) -> dict:
@@ -269,9 +286,8 @@ def write_report(root, out_dir=None, overwrite: bool = False, guard=None):
         images = "".join(
             f'<figure><img src="data:image/png;base64,{base64.b64encode((out / f).read_bytes()).decode()}">'
             f"<figcaption>{html.escape(f)}</figcaption></figure>" for f in figures)
-        head = "".join(f"<th>{html.escape(str(c))}</th>" for c in header)
-        cells = "".join("<tr>" + "".join(f"<td>{html.escape(f'{v:.1f}' if isinstance(v, float) else str(v))}</td>"
-                                         for v in row) + "</tr>" for row in body)
+        adaptive_html = "".join(f"<h3>{html.escape(column)}</h3>{_html_table(h, b)}"
+                                for column, h, b in adaptive_tables(adaptive))
         files = "".join(f"<tr><td>{html.escape(n)}</td><td>{html.escape(str(f['path']))}</td>"
                         f"<td><code>{f['sha256']}</code></td></tr>" for n, f in prov["data_files"].items())
         versions = html.escape(", ".join(f"{k} {v}" for k, v in prov["versions"].items()))
@@ -282,8 +298,8 @@ def write_report(root, out_dir=None, overwrite: bool = False, guard=None):
             f"<h1>clinic experiment: {html.escape(plan['name'])}</h1>"
             f"<p>model <b>{html.escape(plan['model'])}</b>; {done}/{len(plan['stages'])} stages finished; "
             f"judges: {html.escape(', '.join(prov['judges']))}</p>"
-            f"<h2>Results</h2><table><tr>{head}</tr>{cells}</table><p>{html.escape(TABLE_NOTE)}</p>"
-            + (f"<pre>{html.escape(adaptive_md)}</pre>" if adaptive_md else "") +
+            f"<h2>Results</h2>{_html_table(header, body)}<p>{html.escape(TABLE_NOTE)}</p>"
+            + (f"<h2>Adaptive attacker</h2>{adaptive_html}<p>{html.escape(ADAPTIVE_NOTE)}</p>" if adaptive else "") +
             f"<h2>Figures</h2>{images or '<p>(no fine-tuned runs to plot yet)</p>'}"
             f"<h2>Provenance</h2><p>{versions}</p><table><tr><th>dataset</th><th>file</th><th>sha256</th></tr>{files}"
             "</table></body></html>\n")
