@@ -303,6 +303,7 @@ SILENT_CASES: list[Bad] = [
 ]
 
 _TRAIN = "model: tiny-random-llama\nalign: {methods: [sft], n: 4}\n"
+_ATTACK = "model: tiny-random-llama\nalign: {{methods: [sft], n: 4}}\nfinetune: {{n: 4, poison_ratios: [0.1], {}}}\n"
 EXPERIMENT_CASES_2: list[Bad] = [
     Bad("experiment-duplicate-key", "an experiment file with the same top-level key twice", ["run", "{in}/bad.yaml"],
         "key 'finetune' is given twice (lines 3 and 4)", _exp("finetune: {n: 8}\n")),
@@ -357,6 +358,34 @@ EXPERIMENT_CASES_2: list[Bad] = [
         _write("bad.yaml", b"\xff\xfe\x00binary")),
     Bad("experiment-output-file", "an experiment --output that is a file", ["run", "{in}/ok.yaml", "--output", "{in}/x"],
         "is a file", _setups(_write("ok.yaml", _EXP), _write("x", "mine"))),
+    Bad("attack-space-typo", "a typo in an attack-space setting", ["run", "{in}/bad.yaml"],
+        "unknown key 'lrr' in attack_space in finetune block 1 (did you mean 'lr'?)",
+        _exp("", _ATTACK.format("attack_space: {lrr: [1e-4]}"))),
+    Bad("attack-space-text", "an attack-space learning rate that is no number", ["run", "{in}/bad.yaml"],
+        "attack_space in finetune block 1 lr item must be a number, got 'fast'",
+        _exp("", _ATTACK.format("attack_space: {lr: [1e-4, fast]}"))),
+    Bad("attack-space-scalar", "an attack-space setting given one value, not a list", ["run", "{in}/bad.yaml"],
+        "attack_space in finetune block 1 epochs must be a non-empty list or a range",
+        _exp("", _ATTACK.format("attack_space: {epochs: 3}"))),
+    Bad("attack-space-p-outside", "an attack-space poison ratio above 1", ["run", "{in}/bad.yaml"],
+        "poison_ratio item must be within [0, 1], got 1.5", _exp("", _ATTACK.format("attack_space: {poison_ratio: [0.1, 1.5]}"))),
+    Bad("attack-space-range-step", "an attack-space range with step 0", ["run", "{in}/bad.yaml"],
+        "a range needs low <= high and a positive step",
+        _exp("", _ATTACK.format("attack_space: {lora_r: {low: 8, high: 32, step: 0}}"))),
+    Bad("attack-space-two-fixed-p", "poison_ratio in the attack space and two fixed poison ratios", ["run", "{in}/bad.yaml"],
+        "poison_ratios names the fixed attack's ratio and must hold one value",
+        _exp("", _ATTACK.format("attack_space: {poison_ratio: [0.2]}").replace("[0.1]", "[0.1, 0.2]"))),
+    Bad("attack-search-no-space", "a search without an attack space", ["run", "{in}/bad.yaml"],
+        "search in finetune block 1 needs an attack_space", _exp("", _ATTACK.format("search: {budget: 4}"))),
+    Bad("attack-search-budget", "a search budget of 0", ["run", "{in}/bad.yaml"], "search in finetune block 1 budget must be at least 1",
+        _exp("", _ATTACK.format("attack_space: {lr: [1e-4]}, search: {budget: 0}"))),
+    Bad("attack-search-judge", "a search judge the evaluation does not run", ["run", "{in}/bad.yaml"],
+        "search judge 'harm-ce' in finetune block 1 is not one of the evaluation's judges (keyword)",
+        _exp("evaluate: {judges: [keyword]}\n", _ATTACK.format("attack_space: {lr: [1e-4]}, search: {budget: 2, judge: harm-ce}"))),
+    Bad("report-guard-fa", "report --guard-fa above 100", ["report", "{in}/exp", "--guard-fa", "150"],
+        "the guard's accuracy floor must be within [0, 100] (percent), got 150.0"),
+    Bad("report-guard-points", "report --guard-points below 0", ["report", "{in}/exp", "--guard-points", "-1"],
+        "the guard's points must be a non-negative number, got -1.0"),
 ]
 
 # One accepted format at a time, damaged in the ways files are damaged in practice.

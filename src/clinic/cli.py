@@ -356,6 +356,11 @@ def _run_commands(sub):
     r.add_argument("run_dir", help="experiment directory written by `clinic run`")
     r.add_argument("--output", help="report directory (default RUN_DIR/report)")
     r.add_argument("--overwrite", action="store_true", help="replace an existing report directory")
+    r.add_argument("--guard-points", type=float, default=5.0, metavar="POINTS",
+                   help="adaptive attacker: an attack counts when its fine-tune accuracy is within POINTS of the "
+                        "defence's best attack (default 5)")
+    r.add_argument("--guard-fa", type=float, default=None, metavar="PERCENT",
+                   help="adaptive attacker: count the attacks with fine-tune accuracy >= PERCENT instead")
     r.set_defaults(func=cmd_report)
 
 
@@ -366,9 +371,11 @@ def cmd_run(args) -> None:
 
 
 def cmd_report(args) -> None:
+    from .adaptive import Guard
     from .report import write_report
 
-    write_report(args.run_dir, args.output, overwrite=args.overwrite)
+    guard = Guard(args.guard_points, args.guard_fa)  # checked before anything is written
+    write_report(args.run_dir, args.output, overwrite=args.overwrite, guard=guard)
 
 
 def _set_threads() -> None:

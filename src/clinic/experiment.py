@@ -23,6 +23,7 @@ uninterrupted one (tested).
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
 import os
@@ -34,6 +35,7 @@ from pathlib import Path
 
 import yaml
 
+from .attacks import AttackSearch, attack_settings, attacks, fixed_point, point_attack
 from .errors import ClinicError
 from .rundir import MARKER, check_writable, pid_alive, read_json, write_marker
 from .values import INT_MAX, check_range, coerce
@@ -55,7 +57,7 @@ EXPERIMENT_KEYS = {
 CURATE_KEYS = {"selector", "ratio", "k", "options"}
 ALIGN_KEYS = {"methods", "preset", "train", "source", "n", "selection", "helpful", "helpful_n"}
 FINETUNE_KEYS = {"methods", "preset", "train", "tasks", "n", "poison_ratios", "harmful_source", "selection",
-                 "aligned_with"}
+                 "aligned_with", "attack_space", "search"}
 SINK_KEYS = {"n", "batch_size", "max_length", "sink_index", "mode", "aligned"}
 EVAL_EXTRA_KEYS = {"base", "aligned"}
 
@@ -168,6 +170,7 @@ class Experiment:
     sink: dict | None
     source_text: str = ""
     parsed: dict = field(default_factory=dict)  # the file's content: what a resume compares
+    searches: list = field(default_factory=list)  # budgeted attack searches (clinic.attacks), filled by plan()
 
     @classmethod
     def from_file(cls, path: str | Path) -> Experiment:
@@ -223,6 +226,7 @@ class Experiment:
         return exp
 
     def plan(self) -> list[Stage]:
+        self.searches = []
         return _expand(self)
 
 
@@ -304,9 +308,31 @@ def _expand(exp: Experiment) -> list[Stage]:
     def sink_stage(model_stage: Stage, labels: dict) -> Stage:
         return Stage("sink", labels["slug"], sink_settings, model_stage, labels)
 
+    def attacked(block, seed, align, entry_a, entry, options, task, n, attack) -> list[Stage]:
+        """One fine-tuning run (one attack of an attack space, or the block's only attack) with its
+        evaluation and sink stages."""
+        check_mixture_args(n, attack.p)
+        data = {"task": task, "n": n, "poison_ratio": attack.p,
+                "harmful_source": block.get("harmful_source", "beavertails-harmful"),
+                "selection": block.get("selection", "random")}
+        train_block = {**block, "train": {**(block.get("train") or {}), **attack.train}}
+        config = {"method": entry.name, "options": options,
+                  "train": _train_config(train_block, seed, "cpu-finetune"), "data": data}
+        if align is None:
+            config["model"] = exp.model
+        slug = f"{entry_a.label}-{entry.label}-{task}-p{_fmt_p(attack.p)}"
+        labels = {**base_labels_of(seed), "align": entry_a.label, "finetune": entry.label, "task": task,
+                  "p": attack.p, "slug": slug, "stage": "finetuned", **attack.labels}
+        ft = Stage("finetune", slug, config, align, labels)
+        out = [ft, evaluation(ft, [task] if task in SCORED_TASKS else [], labels)]
+        return out + ([sink_stage(ft, labels)] if exp.sink is not None else [])
+
+    def base_labels_of(seed: int) -> dict:
+        return {"model": exp.model, "align": "none", "finetune": "none", "task": "", "p": None,
+                "seed": seed, "slug": "base"}
+
     for seed in exp.seeds:
-        base_labels = {"model": exp.model, "align": "none", "finetune": "none", "task": "", "p": None,
-                       "seed": seed, "slug": "base"}
+        base_labels = base_labels_of(seed)
         if exp.evaluate.get("base", True):
             stages.append(evaluation(None, scored, {**base_labels, "stage": "base"}))
         curated = None
@@ -347,7 +373,8 @@ def _expand(exp: Experiment) -> list[Stage]:
             aligned_models.append((entry, align))
             if exp.evaluate.get("aligned", True):
                 stages.append(evaluation(align, scored, labels))
-        for block in exp.finetune:
+        for i, block in enumerate(exp.finetune):
+            space, search = attack_settings(block, f"finetune block {i + 1}", eval_settings)
             only = _as_list(block.get("aligned_with"), "aligned_with")
             for entry_a, align in aligned_models:
                 if only and entry_a.label not in only:
@@ -359,27 +386,23 @@ def _expand(exp: Experiment) -> list[Stage]:
                         for p in _as_list(block.get("poison_ratios", [0.1]), "poison_ratios"):
                             p = float(coerce(p, float, "poison_ratios item"))  # 0 as 0.0: the hash as before
                             n = _integer(block.get("n", 1000), "finetune n")
-                            check_mixture_args(n, p)
-                            data = {"task": task, "n": n, "poison_ratio": p,
-                                    "harmful_source": block.get("harmful_source", "beavertails-harmful"),
-                                    "selection": block.get("selection", "random")}
-                            config = {"method": entry.name, "options": options,
-                                      "train": _train_config(block, seed, "cpu-finetune"), "data": data}
-                            if align is None:
-                                config["model"] = exp.model
-                            slug = f"{entry_a.label}-{entry.label}-{task}-p{_fmt_p(p)}"
-                            labels = {**base_labels, "align": entry_a.label, "finetune": entry.label, "task": task,
-                                      "p": p, "slug": slug, "stage": "finetuned"}
-                            ft = Stage("finetune", slug, config, align, labels)
-                            stages.append(ft)
-                            stages.append(evaluation(ft, [task] if task in SCORED_TASKS else [], labels))
-                            if exp.sink is not None:
-                                stages.append(sink_stage(ft, labels))
+                            base_train = _train_config(block, seed, "cpu-finetune")
+                            make = functools.partial(attacked, block, seed, align, entry_a, entry, options, task, n)
+                            for attack in attacks(space, base_train, p, search is not None):
+                                stages.extend(make(attack))
+                            if search is not None:
+                                fixed = next(s for s in stages[::-1] if s.kind == "evaluate")
+                                exp.searches.append(AttackSearch(space, search, fixed, functools.partial(
+                                    _point_stages, make, fixed_point(space, base_train, p), base_train, p)))
         if exp.sink is not None and exp.sink.get("aligned", False):
             for _entry, align in aligned_models:
                 if align is not None:
                     stages.append(sink_stage(align, align.labels))
     return _unique(stages)
+
+
+def _point_stages(make, base: dict, base_train: dict, p: float, point: dict) -> list[Stage]:
+    return make(point_attack(point, base, base_train, p))
 
 
 def check_sink(block: dict) -> dict:
@@ -405,11 +428,13 @@ def check_sink(block: dict) -> dict:
 
 def _unique(stages: list[Stage]) -> list[Stage]:
     """Drop repeated stages (same hash), keeping the first; order stays topological."""
-    seen, out = set(), []
+    seen, out = {}, []
     for stage in stages:
         if stage.hash not in seen:
-            seen.add(stage.hash)
+            seen[stage.hash] = stage
             out.append(stage)
+        elif "attack" in stage.labels and "attack" not in seen[stage.hash].labels:
+            seen[stage.hash].labels.update(stage.labels)  # a fixed attack also run by a block without a space
     return out
 
 
@@ -537,6 +562,8 @@ def run_experiment(path: str | Path, output: str | Path | None = None, store: st
     if dry_run:
         for s in stages:
             print(f"  [{'done' if is_done(store_dir, s) else 'todo'}] {s.dirname}")
+        for group in exp.searches:
+            print(f"  [search] up to {group.search['budget']} more attacks on {group.fixed.dirname}")
         return root
     check_writable(root, root)
     check_writable(store_dir, store_dir)
@@ -553,6 +580,15 @@ def run_experiment(path: str | Path, output: str | Path | None = None, store: st
         recorded.write_text(exp.source_text)
     write_plan(root, store_dir, exp, stages)
     _run_pending(store_dir, exp, stages, judges)
+    for group in exp.searches:  # budgeted attack searches: each trial's stages are added as it is asked
+        def run_point(new: list[Stage]) -> dict:
+            known = {t.hash for t in stages}
+            stages.extend(s for s in new if s.hash not in known)
+            write_plan(root, store_dir, exp, stages)  # the report sees the trials
+            _run_pending(store_dir, exp, new, judges)
+            return read_json(stage_path(store_dir, new[1]) / "metrics.json")
+
+        group.run(run_point, read_json(stage_path(store_dir, group.fixed) / "metrics.json"))
     if report:
         from .report import write_report
 

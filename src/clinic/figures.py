@@ -28,7 +28,8 @@ def _series(rows, column: str) -> dict:
     """``{(align, finetune, task): [(p, score, ci low, ci high)]}`` of the fine-tuned rows."""
     groups: dict = {}
     for row in rows:
-        if row["stage"] != "finetuned" or row.get(column) is None:
+        if row["stage"] != "finetuned" or row.get(column) is None or row.get("attack", "") != row.get("fixed attack", ""):
+            # an attack space's other points are in the adaptive table, not on the p axis
             continue
         low, high = row[f"{column} ci95"]
         groups.setdefault((row["align"], row["finetune"], row["task"]), []).append((row["p"], row[column], low, high))

@@ -58,7 +58,7 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 # --------------------------------------------------------------------------------------------
 # experiment reports (``clinic report``)
 
-LABEL_COLUMNS = ["stage", "align", "finetune", "task", "p", "seeds", "settings", "baseline"]
+LABEL_COLUMNS = ["stage", "align", "finetune", "task", "p", "attack", "fixed attack", "seeds", "settings", "baseline"]
 TABLE_NOTE = ("Scores in percent: the mean over seeds with the 95 % Wilson interval of all seeds' items pooled, and n "
               "(items of all seeds); (seeds a-b): the lowest and highest seed. Δ... vs SFT: the score minus the "
               "baseline's on the same prompts and seeds, with Newcombe's paired 95 % interval and the exact McNemar "
@@ -138,6 +138,55 @@ def _flat(row: dict) -> dict:
     return out
 
 
+ADAPTIVE_NOTE = ("Per defence (align → finetune, task, fixed attack = the fine-tuning block's own preset, train "
+                 "overrides and poison ratio) and harmful-score column: the fixed attack's score, and the worst case over "
+                 "the attack space (the fixed attack included) among the attacks whose fine-tune accuracy passes the "
+                 "guard, with the attack that reached it. Scores: mean over seeds [95 % Wilson interval of the pooled "
+                 "items]; the worst case's interval is that attack's own, not adjusted for taking a maximum (biased "
+                 "upwards). Δ vs SFT: paired difference from the SFT defence's fixed / worst-case attack on the same "
+                 "prompts and seeds [Newcombe 95 % CI], McNemar p.")
+
+
+def adaptive_tables(entries: list[dict]) -> list[tuple[str, list[str], list[list]]]:
+    """The adaptive-attacker tables, one per harmful-score column: (column, header, body)."""
+    tables = []
+    for column in dict.fromkeys(e["column"] for e in entries):
+        header = ["align", "finetune", "task", "fixed attack", f"{column} fixed [95 % CI]", "ΔHS fixed vs SFT",
+                  "attacks counted", "guard", f"{column} worst case [95 % CI]", "worst attack", "FA of worst",
+                  "ΔHS worst vs SFT", "verdict"]
+        body = []
+        for e in (e for e in entries if e["column"] == column):
+            fixed, worst = e.get("fixed"), e["worst"]
+            body.append([e["align"], e["finetune"], e["task"], e["fixed attack"],
+                         format_interval(fixed["score"], fixed["ci95"], fixed["n"]) if fixed else "not evaluated",
+                         format_delta(e["Δfixed vs SFT"]) if "Δfixed vs SFT" in e else "",
+                         f"{e['counted']}/{e['attacks']}", e["guard"],
+                         format_interval(worst["score"], worst["ci95"], worst["n"]), worst["attack"],
+                         "" if worst["FA"] is None else f"{worst['FA']:.1f}",
+                         format_delta(e["Δworst vs SFT"]) if "Δworst vs SFT" in e else "", e["verdict"]])
+        tables.append((column, header, body))
+    return tables
+
+
+def adaptive_markdown(entries: list[dict]) -> str:
+    """The report's adaptive-attacker section (empty without an attack space)."""
+    if not entries:
+        return ""
+    parts = ["## Adaptive attacker", ""]
+    for column, header, body in adaptive_tables(entries):
+        parts += [f"### {column}", "", markdown_table(header, body), ""]
+    return "\n".join(parts + [ADAPTIVE_NOTE, ""])
+
+
+def _html_table(header: list[str], body: list[list]) -> str:
+    import html
+
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in header)
+    cells = "".join("<tr>" + "".join(f"<td>{html.escape(f'{v:.1f}' if isinstance(v, float) else str(v))}</td>"
+                                     for v in row) + "</tr>" for row in body)
+    return f"<table><tr>{head}</tr>{cells}</table>"
+
+
 def provenance(plan: dict, store) -> dict:
     """Model, data files with SHA-256, judges and package versions behind an experiment."""
     import hashlib
@@ -189,14 +238,17 @@ def provenance(plan: dict, store) -> dict:
             "versions": versions}
 
 
-def write_report(root, out_dir=None, overwrite: bool = False):
-    """``results.{md,csv,json}``, figures and a self-contained ``report.html`` for an experiment."""
+def write_report(root, out_dir=None, overwrite: bool = False, guard=None):
+    """``results.{md,csv,json}``, figures and a self-contained ``report.html`` for an experiment;
+    with an attack space also ``adaptive.csv`` and the adaptive-attacker section (``guard``: a
+    :class:`clinic.adaptive.Guard`, default within 5 points of the best attack's accuracy)."""
     import base64
     import csv
     import html
     import shutil
     from pathlib import Path
 
+    from .adaptive import Guard, adaptive_rows
     from .figures import figures as draw_figures
     from .results import aggregate, collect_evaluations, compare
     from .rundir import RunDir
@@ -204,6 +256,7 @@ def write_report(root, out_dir=None, overwrite: bool = False):
     root = Path(root)
     records, plan = collect_evaluations(root)
     rows = compare(aggregate(records), records)
+    adaptive = adaptive_rows(rows, records, guard or Guard())
     store = (root / plan["store"]).resolve()
     out_dir = Path(out_dir) if out_dir else root / "report"
     with RunDir(out_dir, overwrite=overwrite, inputs=(root,)) as run:
@@ -211,22 +264,30 @@ def write_report(root, out_dir=None, overwrite: bool = False):
         header, body = _table(rows)
         prov = provenance(plan, store)
         table = markdown_table(header, body)
-        (out / "results.md").write_text(f"# {plan['name']}\n\n{table}\n\n{TABLE_NOTE}\n")
+        adaptive_md = adaptive_markdown(adaptive)
+        (out / "results.md").write_text(f"# {plan['name']}\n\n{table}\n\n{TABLE_NOTE}\n"
+                                        + (f"\n{adaptive_md}" if adaptive_md else ""))
         flat = [_flat(r) for r in rows]
         with (out / "results.csv").open("w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for r in flat for k in r)))
             writer.writeheader()
             writer.writerows(flat)
         per_seed = [{k: v for k, v in r.items() if k != "items"} for r in records]
-        run.write_json("results.json", {"rows": rows, "per_seed": per_seed, "provenance": prov})
+        run.write_json("results.json", {"rows": rows, "per_seed": per_seed, "provenance": prov,
+                                        **({"adaptive": adaptive} if adaptive else {})})
+        if adaptive:
+            flat_adaptive = [_flat(e) for e in adaptive]
+            with (out / "adaptive.csv").open("w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for r in flat_adaptive for k in r)))
+                writer.writeheader()
+                writer.writerows(flat_adaptive)
         figures = draw_figures(rows, out)
         done = sum((store / s["dir"] / "DONE").exists() for s in plan["stages"])
         images = "".join(
             f'<figure><img src="data:image/png;base64,{base64.b64encode((out / f).read_bytes()).decode()}">'
             f"<figcaption>{html.escape(f)}</figcaption></figure>" for f in figures)
-        head = "".join(f"<th>{html.escape(str(c))}</th>" for c in header)
-        cells = "".join("<tr>" + "".join(f"<td>{html.escape(f'{v:.1f}' if isinstance(v, float) else str(v))}</td>"
-                                         for v in row) + "</tr>" for row in body)
+        adaptive_html = "".join(f"<h3>{html.escape(column)}</h3>{_html_table(h, b)}"
+                                for column, h, b in adaptive_tables(adaptive))
         files = "".join(f"<tr><td>{html.escape(n)}</td><td>{html.escape(str(f['path']))}</td>"
                         f"<td><code>{f['sha256']}</code></td></tr>" for n, f in prov["data_files"].items())
         versions = html.escape(", ".join(f"{k} {v}" for k, v in prov["versions"].items()))
@@ -237,7 +298,8 @@ def write_report(root, out_dir=None, overwrite: bool = False):
             f"<h1>clinic experiment: {html.escape(plan['name'])}</h1>"
             f"<p>model <b>{html.escape(plan['model'])}</b>; {done}/{len(plan['stages'])} stages finished; "
             f"judges: {html.escape(', '.join(prov['judges']))}</p>"
-            f"<h2>Results</h2><table><tr>{head}</tr>{cells}</table><p>{html.escape(TABLE_NOTE)}</p>"
+            f"<h2>Results</h2>{_html_table(header, body)}<p>{html.escape(TABLE_NOTE)}</p>"
+            + (f"<h2>Adaptive attacker</h2>{adaptive_html}<p>{html.escape(ADAPTIVE_NOTE)}</p>" if adaptive else "") +
             f"<h2>Figures</h2>{images or '<p>(no fine-tuned runs to plot yet)</p>'}"
             f"<h2>Provenance</h2><p>{versions}</p><table><tr><th>dataset</th><th>file</th><th>sha256</th></tr>{files}"
             "</table></body></html>\n")

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from .evaluation.stats import paired_difference, wilson_interval
 
-GROUP_FIELDS = ["stage", "align", "finetune", "task", "p"]  # a model; seeds are pooled within it
+GROUP_FIELDS = ["stage", "align", "finetune", "task", "p", "attack", "fixed attack"]  # a model; seeds are pooled
+ATTACK_FIELDS = ("attack", "fixed attack")  # labels of attack-space runs only (clinic.attacks); absent elsewhere
 BASELINE = "sft"  # the label of the undefended method, in align and in finetune
 KEEP_LABELS = ("none", BASELINE)  # not a defence: kept as it is in the baseline's labels
 
@@ -147,7 +148,7 @@ def aggregate(records: list[dict]) -> list[dict]:
     ambiguous = {key for key, _ in groups if sum(k == key for k, _ in groups) > 1}
     rows = []
     for (key, settings), members in groups.items():
-        row = dict(zip(GROUP_FIELDS, key))
+        row = {k: v for k, v in zip(GROUP_FIELDS, key) if k not in ATTACK_FIELDS or v is not None}
         row["seeds"] = [m["seed"] for m in members]
         if key in ambiguous:  # the labels alone do not name the model: show which settings
             row["settings"] = settings
@@ -168,7 +169,7 @@ def aggregate(records: list[dict]) -> list[dict]:
 
 
 def baseline_key(key: tuple) -> tuple | None:
-    """The model a row is compared with: the same stage, task and p with every defence
+    """The model a row is compared with: the same stage, task, p and attack with every defence
     (an align or finetune label other than ``sft`` and ``none``) replaced by ``sft``.
 
     A defended fine-tune (sft -> lisa) is compared with the SFT fine-tune of the same aligned
@@ -181,11 +182,11 @@ def baseline_key(key: tuple) -> tuple | None:
     for field in ("align", "finetune"):
         if row[field] not in KEEP_LABELS:
             row[field] = BASELINE
-    base = tuple(row[f] for f in GROUP_FIELDS)
+    base = tuple(row.values())  # as long as the key (the attack labels may be left off)
     return None if base == tuple(key) else base
 
 
-def _paired(members: list[dict], baseline: list[dict], column: str) -> dict:
+def paired_comparison(members: list[dict], baseline: list[dict], column: str) -> dict:
     """The paired comparison of one score column over the seeds of a row and its baseline."""
     by_seed = {m["seed"]: m for m in baseline}
     x, y = [], []
@@ -220,7 +221,7 @@ def compare(rows: list[dict], records: list[dict]) -> list[dict]:
                 why = "baseline not evaluated" if not candidates else "several baselines share these labels"
                 row[delta_column(column)] = {"n/a": why}
                 continue
-            row[delta_column(column)] = _paired(members, candidates[0], column)
+            row[delta_column(column)] = paired_comparison(members, candidates[0], column)
     return rows
 
 
