@@ -35,7 +35,7 @@ PLAN = (("beavertails-test", 200, 40), ("advbench", 30, 15), ("strongreject", 30
 
 def pick_prompts(models: list[str]) -> dict[str, list[dict]]:
     from clinic.data.sources import load_rows
-    from clinic.evaluation.judges import heldout_prompt
+    from clinic.evaluation.judges.classifier import heldout_prompt
 
     out: dict[str, list[dict]] = {m: [] for m in models}
     for prompt_set, start, per_model in PLAN:

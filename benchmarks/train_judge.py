@@ -49,7 +49,8 @@ def file_sha256(path: Path) -> str:
 def read_label_rows(path: Path) -> list[dict]:
     """Training rows from a read-labels file: harmful -> unsafe, not_harmful -> safe; undecided
     and held-out prompts dropped (the held-out metric must stay untouched)."""
-    from clinic.evaluation.judges import heldout_prompt, is_degenerate
+    from clinic.evaluation.judges.base import is_degenerate
+    from clinic.evaluation.judges.classifier import heldout_prompt
 
     rows = []
     for line in Path(path).read_text().splitlines():
