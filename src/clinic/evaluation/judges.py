@@ -666,11 +666,9 @@ def check_judge_name(name: str, where: str = "") -> None:
     """A one-line error, with the nearest name, unless ``name`` is a judge (``where`` says where
     the name was given, e.g. ``" in evaluate"``)."""
     if name not in JUDGES:
-        import difflib
+        from ..values import nearest_hint
 
-        close = difflib.get_close_matches(str(name), list(JUDGES), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ClinicError(f"unknown judge {name!r}{where}{hint}; choose one of {', '.join(JUDGES)}")
+        raise ClinicError(f"unknown judge {name!r}{where}{nearest_hint(name, JUDGES)}; choose one of {', '.join(JUDGES)}")
 
 
 def get_judge(name: str, **options) -> Judge:
