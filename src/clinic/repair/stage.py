@@ -84,8 +84,8 @@ def run_repair(model: str, method: str, output: str | Path, options: dict | None
     chain, record, run_config = _fine_tuned(model)
     inputs = chain_inputs(model, chain)
     check_output_dir(output, overwrite, inputs)
-    check_chain(chain)
     refs = references(chain, cfg.base_model, cfg.aligned_model) if hasattr(cfg, "aligned_model") else {}
+    check_chain(chain)
     inputs += tuple(p for ref in refs.values() for p in chain_inputs(ref.base, ref))
     fmt = PromptFormat(**(record.get("prompt_format") or chain.prompt_format or {"style": "chat"}))
     with RunDir(output, overwrite, inputs) as run:
