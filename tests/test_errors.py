@@ -556,6 +556,13 @@ REPAIR_CASES: list[Bad] = [
     Bad("repair-no-alignment-adapter", "SafeLoRA on a fine-tune of an unaligned model without naming the references",
         ["repair", "--model", "{in}/ft", "--method", "safelora"], "name the models with --base-model and --aligned-model",
         _run_dir("ft", stage="finetune")),
+    Bad("experiment-repair-unknown-method", "an unknown repair method in an experiment's repair block",
+        ["run", "{in}/bad.yaml"], "unknown repair method 'antidot' (did you mean 'antidote'?)",
+        _exp("repair: {methods: [antidot]}\n")),
+    Bad("experiment-repair-key-typo", "a typo in a key of the repair block", ["run", "{in}/bad.yaml"],
+        "unknown key 'method' in repair (did you mean 'methods'?)", _exp("repair: {method: [safelora]}\n")),
+    Bad("experiment-repair-bad-option", "a repair option out of range in an experiment", ["run", "{in}/bad.yaml"],
+        "safelora num_layers must be at least 1, got 0", _exp("repair: {methods: [{name: safelora, num_layers: 0}]}\n")),
 ]
 CASES += DESTRUCTIVE_CASES + SILENT_CASES + FILE_CASES + OPTION_CASES + REPAIR_CASES
 EXPERIMENT_CASES += EXPERIMENT_CASES_2

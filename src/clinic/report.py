@@ -58,14 +58,14 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 # --------------------------------------------------------------------------------------------
 # experiment reports (``clinic report``)
 
-LABEL_COLUMNS = ["stage", "align", "finetune", "task", "p", "seeds", "settings", "baseline"]
+LABEL_COLUMNS = ["stage", "align", "finetune", "repair", "task", "p", "seeds", "settings", "baseline"]
 TABLE_NOTE = ("Scores in percent: the mean over seeds with the 95 % Wilson interval of all seeds' items pooled, and n "
               "(items of all seeds); (seeds a-b): the lowest and highest seed. Δ... vs SFT: the score minus the "
               "baseline's on the same prompts and seeds, with Newcombe's paired 95 % interval and the exact McNemar "
               "p-value; the baseline (column 'baseline': align → finetune) is the same stage, task and p with every "
               "defence replaced by SFT.")
 _COLUMN_ORDER = ("HS ", "ΔHS ", "empty ", "FA ", "ΔFA ", "positive sink heads", "heads", "align seconds",
-                 "finetune seconds", "peak memory MB")
+                 "finetune seconds", "repair seconds", "peak memory MB")
 
 
 def _score_header(column: str, rows: list[dict]) -> tuple[str, bool]:
@@ -107,7 +107,7 @@ def _table(rows: list[dict]) -> tuple[list[str], list[list]]:
     for column in LABEL_COLUMNS:
         if column in keys:
             header.append(column)
-            cells.append(lambda r, c=column: ",".join(map(str, r[c])) if isinstance(r.get(c), list) else r.get(c))
+            cells.append(lambda r, c=column: ",".join(map(str, r[c])) if isinstance(r.get(c), list) else r.get(c, ""))
     for column in sorted(scores + plain, key=rank):
         if column in scores:
             title, with_n = _score_header(column, rows)

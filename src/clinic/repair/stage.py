@@ -129,16 +129,17 @@ def summary_line(metrics: dict) -> str:
 # the experiment runner's entry points
 
 
-def repair_stage_config(entry_name: str, options: dict, block: dict) -> dict:
+def repair_stage_config(entry_name: str, options: dict, block: dict, seed: int) -> dict:
     """The resolved, hashable config of one repair stage of an experiment's ``repair`` block."""
     spec = get_repair(entry_name)
-    settings = RepairSettings(**{k: block[k] for k in ("batch_size", "max_length") if k in block})
+    settings = RepairSettings(seed=seed, **{k: block[k] for k in ("batch_size", "max_length") if k in block})
     return {"method": spec.name, "options": asdict(repair_config(spec, **options)), "settings": asdict(settings)}
 
 
-def run_repair_stage(config: dict, model: str, output: str | Path, seed: int) -> Path:
-    settings = RepairSettings(**{**config["settings"], "seed": seed})
-    return run_repair(model, config["method"], output, config["options"], settings)
+def run_repair_stage(config: dict, model: str, output: str | Path) -> Path:
+    """The experiment runner's entry point: the fine-tuned run ``model`` repaired as ``config`` says."""
+    return run_repair(model, config["method"], output, config["options"], RepairSettings(**config["settings"]),
+                      progress=False)
 
 
 # --------------------------------------------------------------------------------------------
