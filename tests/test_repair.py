@@ -174,6 +174,36 @@ def test_safelora_without_an_alignment_adapter_needs_named_models(chains, tmp_pa
     assert not (tmp_path / "rep").exists()
 
 
+def test_safelora_follows_a_fully_fine_tuned_alignment_back_to_its_base(tmp_path, data_dir):
+    """base -> full-FT align -> LoRA finetune: the aligned model is the align run's model/, the
+    base the model its config.yaml records; the aligned weights read from the loaded model equal
+    the aligned chain loaded anew."""
+    from clinic.methods.base import train_config
+    from clinic.pipeline import DataSpec, ModelChain, load_chain, run_train
+    from clinic.repair.stage import references
+
+    quiet()
+    train = train_config("cpu-align", max_steps=1, batch_size=4, logging_steps=1, lr=1e-2)
+    align = run_train("align", model="tiny-random-llama", train=train_config("cpu-align", max_steps=1, batch_size=4,
+                      logging_steps=1, lr=1e-3, full_ft=True), data=DataSpec(source="refusals", n=4), output=tmp_path / "al")
+    ft = run_train("finetune", model=str(align), train=train, data=DataSpec(task="sst2", n=4, poison_ratio=0.5),
+                   output=tmp_path / "ft")
+    chain, _record, _config = _fine_tuned(str(ft))
+    refs = references(chain, None, None)
+    assert refs["base"] == ModelChain("tiny-random-llama", [])
+    assert refs["aligned"] == ModelChain(str(align / "model"), [])
+    ctx = context(ft, references=refs)
+    shortcut = ctx.linear_weights("aligned")
+    loaded, _tok = load_chain(refs["aligned"])
+    modules = dict(loaded.named_modules())
+    for name, weight in shortcut.items():
+        torch.testing.assert_close(weight, modules[name].weight)
+    ctx.close()
+    out = run_repair(str(ft), "safelora", tmp_path / "rep", {"select": "threshold", "threshold": 1.0})
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["layers"] == metrics["projected"] > 0
+
+
 # --------------------------------------------------------------------------------------------
 # Antidote: Wanda scores and the mask
 

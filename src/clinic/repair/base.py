@@ -166,7 +166,11 @@ class RepairContext:
 
         if which not in self.references:
             raise ClinicError(f"no {which} model to compare with")
-        model, _tok = load_chain(self.references[which])
+        ref = self.references[which]
+        if (ref.base, list(ref.adapters)) == (self.chain.base, list(self.chain.adapters[:-1])):
+            # the model under the fine-tuning adapter: already loaded (and the memory of one copy saved)
+            return {name: layer.base_layer.weight.detach().clone() for name, layer in lora_layers(self.model)}
+        model, _tok = load_chain(ref)
         weights = {name: module.weight.detach().clone() for name, module in model.named_modules()
                    if isinstance(module, torch.nn.Linear)}
         del model

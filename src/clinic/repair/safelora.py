@@ -74,7 +74,7 @@ def select_layers(cosines: list[float], cfg: SafeLoRAConfig) -> list[bool]:
 def safelora(ctx, cfg: SafeLoRAConfig) -> dict:
     layers = lora_layers(ctx.model)
     base, aligned = ctx.linear_weights("base"), ctx.linear_weights("aligned")
-    names, projections, cosines, skipped = [], [], [], []
+    kept, projections, cosines, skipped = [], [], [], []
     for name, layer in layers:
         if name not in base or name not in aligned:
             raise ClinicError(f"the base or aligned model has no layer {name}; name models of the fine-tuned "
@@ -91,18 +91,18 @@ def safelora(ctx, cfg: SafeLoRAConfig) -> dict:
         if c.shape[0] != b.shape[0]:
             raise ClinicError(f"layer {name}: the reference models' weight has {c.shape[0]} outputs, the adapter {b.shape[0]}")
         delta = b @ a
-        names.append(name)
+        kept.append((name, layer))
         projections.append(c)
         cosines.append(cosine(delta, c @ delta))
-    if not names:
+    if not kept:
         raise ClinicError("the base and aligned models are identical in every adapted layer: there is no alignment "
                           "direction to project onto")
     chosen = select_layers(cosines, cfg)
-    for (name, layer), c, project in zip(((n, dict(layers)[n]) for n in names), projections, chosen):
+    for (_name, layer), c, project in zip(kept, projections, chosen):
         if project:
             weight = layer.lora_B["default"].weight
             weight.copy_((c @ weight.double()).to(weight.dtype))
     return {
-        "layers": len(names), "projected": sum(chosen), "skipped_zero_alignment": skipped,
-        "per_layer": [{"layer": n, "cosine": round(c, 6), "projected": p} for n, c, p in zip(names, cosines, chosen)],
+        "layers": len(kept), "projected": sum(chosen), "skipped_zero_alignment": skipped,
+        "per_layer": [{"layer": n, "cosine": round(c, 6), "projected": p} for (n, _), c, p in zip(kept, cosines, chosen)],
     }

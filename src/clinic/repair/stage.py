@@ -53,18 +53,46 @@ def _fine_tuned(ref: str):
 
 
 def references(chain, base_model: str | None, aligned_model: str | None) -> dict:
-    """The base and aligned models SafeLoRA compares: the ones named, else the fine-tuned chain
-    without its last adapter (aligned) and without its last two (base: before the alignment)."""
+    """The base and aligned models SafeLoRA compares: the ones named; else the fine-tuned chain
+    without its last adapter (aligned) and, for the base (before the alignment), that chain
+    without the alignment: its last adapter, or, for a fully fine-tuned alignment, the model the
+    alignment run started from (its config.yaml)."""
     from ..pipeline import ModelChain, check_chain, resolve_ref
 
-    if (base_model is None or aligned_model is None) and len(chain.adapters) < 2:
-        raise ClinicError("the fine-tuned model's chain holds no alignment adapter before the fine-tuning one (it was "
-                          "not LoRA-aligned by clinic): name the models with --base-model and --aligned-model")
-    refs = {"base": resolve_ref(base_model) if base_model else ModelChain(chain.base, chain.adapters[:-2]),
-            "aligned": resolve_ref(aligned_model) if aligned_model else ModelChain(chain.base, chain.adapters[:-1])}
-    for ref in refs.values():
+    aligned = resolve_ref(aligned_model) if aligned_model else ModelChain(chain.base, chain.adapters[:-1])
+    if base_model:
+        base = resolve_ref(base_model)
+    elif aligned_model is None and len(chain.adapters) >= 2:
+        base = ModelChain(chain.base, chain.adapters[:-2])
+    else:
+        base = _alignment_input(aligned) if aligned_model is None else None
+    if base is None:
+        raise ClinicError("the fine-tuned model's chain holds no alignment run clinic can follow back to its base "
+                          "model: name the models with --base-model and --aligned-model")
+    for ref in (base, aligned):
         check_chain(ref)
-    return refs
+    return {"base": base, "aligned": aligned}
+
+
+def _alignment_input(aligned):
+    """The model a fully fine-tuned alignment run (whose ``model/`` is ``aligned``'s base) was
+    trained from, as its config.yaml records it; ``None`` when ``aligned`` is no such run."""
+    import yaml
+
+    from ..pipeline import ModelChain, follow_adapters
+    from ..rundir import is_run_dir, read_run
+
+    run = Path(aligned.base).parent
+    if aligned.adapters or Path(aligned.base).name != "model" or not is_run_dir(run):
+        return None
+    if read_run(run).get("stage") != "align":
+        return None
+    try:
+        recorded = (yaml.safe_load((run / "config.yaml").read_text()) or {})["model"]
+        base, adapters = str(recorded["base"]), [str(a) for a in recorded["adapters"]]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    return ModelChain(base, follow_adapters(run, adapters, run / "config.yaml"))
 
 
 def run_repair(model: str, method: str, output: str | Path, options: dict | None = None,
