@@ -186,8 +186,8 @@ def test_safelora_follows_a_fully_fine_tuned_alignment_back_to_its_base(tmp_path
     train = train_config("cpu-align", max_steps=1, batch_size=4, logging_steps=1, lr=1e-2)
     align = run_train("align", model="tiny-random-llama", train=train_config("cpu-align", max_steps=1, batch_size=4,
                       logging_steps=1, lr=1e-3, full_ft=True), data=DataSpec(source="refusals", n=4), output=tmp_path / "al")
-    ft = run_train("finetune", model=str(align), train=train, data=DataSpec(task="sst2", n=4, poison_ratio=0.5),
-                   output=tmp_path / "ft")
+    ft = run_train("finetune", model=str(align), train=dataclasses.replace(train, max_length=300),
+                   data=DataSpec(task="sst2", n=4, poison_ratio=0.5), output=tmp_path / "ft")
     chain, _record, _config = _fine_tuned(str(ft))
     refs = references(chain, None, None)
     assert refs["base"] == ModelChain("tiny-random-llama", [])
@@ -202,6 +202,9 @@ def test_safelora_follows_a_fully_fine_tuned_alignment_back_to_its_base(tmp_path
     out = run_repair(str(ft), "safelora", tmp_path / "rep", {"select": "threshold", "threshold": 1.0})
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["layers"] == metrics["projected"] > 0
+    import yaml
+
+    assert yaml.safe_load((out / "config.yaml").read_text())["settings"]["max_length"] == 300  # the fine-tuning's
 
 
 # --------------------------------------------------------------------------------------------

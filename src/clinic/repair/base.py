@@ -83,7 +83,8 @@ class RepairSettings:
 
     seed: int = field(default=0, metadata={"help": "seed: data samples of the repair"})
     batch_size: int = field(default=8, metadata={"help": "batch size of the forward/backward passes"})
-    max_length: int = field(default=256, metadata={"help": "truncate samples to this many tokens (as in training)"})
+    max_length: int | None = field(default=None, metadata={
+        "help": "truncate samples to this many tokens (default: the fine-tuned run's, else 256)"})
 
     def __post_init__(self):
         from ..values import INT_MAX, check_range, coerce_fields
@@ -91,7 +92,8 @@ class RepairSettings:
         coerce_fields(self, "repair setting ")
         check_range(self.seed, "seed", 0, INT_MAX)
         check_range(self.batch_size, "batch size", 1)
-        check_range(self.max_length, "max_length", 1)
+        if self.max_length is not None:
+            check_range(self.max_length, "max_length", 1)
 
 
 def lora_layers(model) -> list[tuple[str, torch.nn.Module]]:
@@ -154,7 +156,7 @@ class RepairContext:
             from ..methods.base import train_config
 
             s = self.settings
-            train = train_config(None, batch_size=s.batch_size, max_length=s.max_length, seed=s.seed,
+            train = train_config(None, batch_size=s.batch_size, max_length=s.max_length or 256, seed=s.seed,
                                  prompt_style=self.fmt.style, system_prompt=self.fmt.system_prompt)
             self._workspace = GradientWorkspace(self.model, self.tokenizer, train, sets)
         return self._workspace

@@ -15,6 +15,7 @@ merged, lets the repair method change the adapter's weights, and writes a run di
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -116,6 +117,9 @@ def run_repair(model: str, method: str, output: str | Path, options: dict | None
     check_chain(chain)
     inputs += tuple(p for ref in refs.values() for p in chain_inputs(ref.base, ref))
     fmt = PromptFormat(**(record.get("prompt_format") or chain.prompt_format or {"style": "chat"}))
+    if settings.max_length is None:  # the length the fine-tuning saw
+        trained = (run_config.get("train") or {}).get("max_length")
+        settings = dataclasses.replace(settings, max_length=trained if isinstance(trained, int) and trained > 0 else 256)
     with RunDir(output, overwrite, inputs) as run:
         ctx = RepairContext(chain, fmt, settings, run_config, refs, progress)
         torch.manual_seed(settings.seed)
