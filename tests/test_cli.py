@@ -18,7 +18,7 @@ def run_cli(capsys, *argv):
 
 
 @pytest.mark.parametrize("command", ["align", "finetune", "evaluate", "demo", "methods", "data", "sink", "run",
-                                     "report", "curate"])
+                                     "report", "curate", "repair"])
 def test_help_explains_every_option(command):
     out = subprocess.run([sys.executable, "-m", "clinic.cli", command, "--help"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
@@ -26,7 +26,8 @@ def test_help_explains_every_option(command):
         for option in ("--model", "--method", "--output", "--lr", "--epochs", "--lora-r", "--preset", "--overwrite"):
             assert option in out.stdout
         assert "methods:" in out.stdout and "sft" in out.stdout
-    expected = {"demo": "--n-align", "sink": "--sink-mode", "curate": "--selector", "report": "--overwrite"}
+    expected = {"demo": "--n-align", "sink": "--sink-mode", "curate": "--selector", "report": "--overwrite",
+                "repair": "--num-layers"}
     if command in expected:  # a heavy command's own options, not the stub that `clinic --help` lists
         assert expected[command] in out.stdout
 
@@ -48,7 +49,8 @@ def test_top_level_help_lists_every_command_without_importing_torch():
     out = subprocess.run([sys.executable, "-c", _HELP_IMPORTS], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "IMPORTED []" in out.stdout
-    for command in ("align", "finetune", "evaluate", "demo", "methods", "data", "sink", "run", "report", "curate"):
+    for command in ("align", "finetune", "evaluate", "demo", "methods", "data", "sink", "run", "report", "curate",
+                    "repair"):
         assert f"    {command} " in out.stdout
     assert "Safety-align a model" in out.stdout and "Pharmacist" in out.stdout
 

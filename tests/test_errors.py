@@ -560,7 +560,44 @@ OPTION_CASES: list[Bad] = [
     Bad(f"{argv[0]}{option}={value}", f"`{argv[0]} {option} {value}`", [*argv, option, value], message)
     for argv, option, value, message in _NUMERIC
 ]
-CASES += DESTRUCTIVE_CASES + SILENT_CASES + FILE_CASES + OPTION_CASES
+# `clinic repair`: what it repairs, and its options (checked before any model loads)
+REPAIR = ["repair", "--model", "{in}/ft"]
+_FT_RUN = _setups(_run_dir("al"), lambda i: _run_dir("ft", stage="finetune", adapters=(str(i / "al" / "adapter"), "adapter"))(i))
+REPAIR_CASES: list[Bad] = [
+    Bad("repair-unknown-method", "a repair method that does not exist (misspelt)", [*REPAIR, "--method", "safelra"],
+        "unknown repair method 'safelra' (did you mean 'safelora'?)", _FT_RUN),
+    Bad("repair-a-model", "repairing a model that is no fine-tuning run", ["repair", *TINY, "--method", "antidote"],
+        "repair needs a finished LoRA fine-tuning run directory"),
+    Bad("repair-an-aligned-run", "repairing an alignment run", ["repair", "--model", "{in}/al", "--method", "antidote"],
+        "is the run of the align stage; repair needs a fine-tuning", _run_dir("al")),
+    Bad("repair-full-ft-run", "repairing a fully fine-tuned run (no LoRA adapter)",
+        ["repair", "--model", "{in}/ft", "--method", "panacea"], "was fully fine-tuned (no LoRA adapter)",
+        _setups(_write("ft/model/config.json", '{"model_type": "llama"}'), _write("ft/run.json", json.dumps(
+            {"stage": "finetune", "model_chain": {"base": "model", "adapters": []}})), _write("ft/DONE", ""),
+            _write("ft/clinic.json", "{}"))),
+    Bad("repair-option-of-another-method", "an option of another repair method",
+        [*REPAIR, "--method", "safelora", "--fraction", "0.2"], "option --fraction does not apply to method 'safelora'",
+        _FT_RUN),
+    Bad("repair-fraction-above-one", "an Antidote fraction above 1", [*REPAIR, "--method", "antidote", "--fraction", "1.5"],
+        "antidote fraction must be within (0, 1], got 1.5", _FT_RUN),
+    Bad("repair-rho-zero", "a Panacea radius of 0", [*REPAIR, "--method", "panacea", "--rho", "0"],
+        "panacea rho must be above 0", _FT_RUN),
+    Bad("repair-bad-selection", "a SafeLoRA layer selection that does not exist",
+        [*REPAIR, "--method", "safelora", "--select", "all"], "unknown safelora selection 'all'", _FT_RUN),
+    Bad("repair-unknown-task", "a Panacea task that does not exist", [*REPAIR, "--method", "panacea", "--task", "imdb"],
+        "unknown task 'imdb'", _FT_RUN),
+    Bad("repair-no-alignment-adapter", "SafeLoRA on a fine-tune of an unaligned model without naming the references",
+        ["repair", "--model", "{in}/ft", "--method", "safelora"], "name the models with --base-model and --aligned-model",
+        _run_dir("ft", stage="finetune")),
+    Bad("experiment-repair-unknown-method", "an unknown repair method in an experiment's repair block",
+        ["run", "{in}/bad.yaml"], "unknown repair method 'antidot' (did you mean 'antidote'?)",
+        _exp("repair: {methods: [antidot]}\n")),
+    Bad("experiment-repair-key-typo", "a typo in a key of the repair block", ["run", "{in}/bad.yaml"],
+        "unknown key 'method' in repair (did you mean 'methods'?)", _exp("repair: {method: [safelora]}\n")),
+    Bad("experiment-repair-bad-option", "a repair option out of range in an experiment", ["run", "{in}/bad.yaml"],
+        "safelora num_layers must be at least 1, got 0", _exp("repair: {methods: [{name: safelora, num_layers: 0}]}\n")),
+]
+CASES += DESTRUCTIVE_CASES + SILENT_CASES + FILE_CASES + OPTION_CASES + REPAIR_CASES
 EXPERIMENT_CASES += EXPERIMENT_CASES_2
 
 

@@ -324,3 +324,32 @@ def test_report_cli_refuses_to_overwrite(reference_run, capsys):
     assert "already exists" in capsys.readouterr().err
     assert main(["report", str(root), "--output", str(root / "report-2")]) == 0
     assert (root / "report-2" / "report.html").exists()
+
+
+def test_repair_block_repairs_every_fine_tuned_model_and_reports_it(tmp_path, data_dir):
+    """A ``repair`` block adds, after each fine-tuned model, one repair stage per method and its
+    evaluation; the report's repaired rows name the repair and compare with the unrepaired SFT
+    fine-tune. Stages of the same file without the block keep their hashes."""
+    from clinic.results import collect_results
+
+    base = tiny_experiment(finetune={"methods": ["sft"], "tasks": ["sst2"], "n": 8, "poison_ratios": [0.5],
+                                     "train": {"batch_size": 4, "max_length": 512, "logging_steps": 1}},
+                           evaluate={"base": False, "aligned": False, **tiny_experiment()["evaluate"]}, sink=None)
+    exp = {**base, "repair": {"methods": ["safelora", {"name": "antidote", "n_harmful": 4, "label": "anti"}],
+                              "batch_size": 4}}
+    plain, repaired = Experiment.from_dict(base).plan(), Experiment.from_dict(exp).plan()
+    assert [s.kind for s in repaired] == ["align", "finetune", "evaluate", "repair", "evaluate", "repair", "evaluate"]
+    assert [s.hash for s in plain] == [s.hash for s in repaired if s.labels.get("repair") is None]
+    assert repaired[3].parent is repaired[1] and repaired[4].parent is repaired[3]
+    assert [s.labels["repair"] for s in repaired if s.kind == "repair"] == ["safelora", "anti"]
+    root = run_experiment(write_experiment(tmp_path / "rep.yaml", exp), tmp_path / "rep")
+    rows, _plan = collect_results(root)
+    by_repair = {row.get("repair"): row for row in rows}
+    assert set(by_repair) == {None, "safelora", "anti"}
+    for name in ("safelora", "anti"):
+        assert by_repair[name]["stage"] == "repaired" and by_repair[name]["baseline"] == "sft → sft (not repaired)"
+        assert "n/a" not in by_repair[name]["ΔHS keyword [beavertails-test] vs SFT"]  # paired with the unrepaired model
+    table = (root / "report" / "results.md").read_text()
+    assert "| finetune | repair |" in table and "| anti |" in table
+    with pytest.raises(ClinicError, match="unknown repair method 'panacia' \\(did you mean 'panacea'\\?\\)"):
+        Experiment.from_dict({**base, "repair": {"methods": ["panacia"]}})

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from .errors import ClinicError
 from .results import BASELINE, KEEP_LABELS, paired_comparison
 
-DEFENCE_FIELDS = ["align", "finetune", "task", "fixed attack"]
+DEFENCE_FIELDS = ["align", "finetune", "repair", "task", "fixed attack"]  # repair: "none" when not repaired
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,9 @@ def _verdict(fixed: dict, worst: dict) -> str:
 
 
 def _sft_counterpart(entry: dict) -> tuple:
-    labels = [entry[f] if entry[f] in KEEP_LABELS or f not in ("align", "finetune") else BASELINE
-              for f in DEFENCE_FIELDS]
+    # a repaired model's counterpart is the unrepaired SFT fine-tune (the repair is a defence too)
+    labels = [("none" if f == "repair" else BASELINE) if f in ("align", "finetune", "repair") and entry[f] not in KEEP_LABELS
+              else entry[f] for f in DEFENCE_FIELDS]
     return (*labels, entry["column"])
 
 
@@ -84,7 +85,7 @@ def adaptive_rows(rows: list[dict], records: list[dict], guard: Guard = Guard())
     them. Empty when no fine-tuning block has an attack space."""
     import pandas as pd
 
-    attacked = [r for r in rows if r.get("stage") == "finetuned" and "fixed attack" in r]
+    attacked = [{"repair": "none", **r} for r in rows if r.get("stage") in ("finetuned", "repaired") and "fixed attack" in r]
     if not attacked:
         return []
     frame = pd.DataFrame(attacked)

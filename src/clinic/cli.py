@@ -55,13 +55,14 @@ def add_dataclass_options(group, cls, skip=(), defaults_from=None, owners: dict 
             group.add_argument(flag, dest=f.name, type=kind, default=None, metavar=f.name.upper(), help=help_text)
 
 
-def add_method_options(parser, stage: str):
-    """Options of every method of ``stage``; a name shared by methods is one option."""
+def add_method_options(parser, stage: str, specs: dict | None = None):
+    """Options of every method of ``stage`` (or of ``specs``: name -> spec with a ``config``
+    dataclass); a name shared by methods is one option."""
     from .methods.base import methods_for
 
     owners: dict[str, list] = {}
     method_of_cls = {}
-    for name, spec in methods_for(stage).items():
+    for name, spec in (specs if specs is not None else methods_for(stage)).items():
         method_of_cls[spec.config] = name
         add_dataclass_options(None, spec.config, owners=owners)
     group = parser.add_argument_group("method options (each applies to the methods named in its help)")
@@ -270,9 +271,11 @@ def _add_methods(sub):
 def cmd_methods(_args) -> None:
     from .methods.base import methods_for
 
-    for stage in ("align", "finetune"):
+    from .repair import repair_methods
+
+    for stage in ("align", "finetune", "repair"):
         print(f"{stage}:")
-        for name, spec in methods_for(stage).items():
+        for name, spec in (repair_methods() if stage == "repair" else methods_for(stage)).items():
             print(f"  {name:10s} {spec.summary}")
 
 
@@ -303,6 +306,7 @@ COMMAND_HELP = {
     "demo": "Align, attack and measure the embedded SmolLM2 model (about 12 minutes on 2 cores)",
     "sink": "Per-head sink divergence (harmful vs harmless) of a model or of every checkpoint of a run",
     "curate": "Select a core subset of the alignment data (Pharmacist-like selector and baselines)",
+    "repair": "Repair a LoRA fine-tuned model after fine-tuning (SafeLoRA, Antidote, Panacea)",
 }
 
 
@@ -315,7 +319,7 @@ def chosen_command(argv: list[str] | None) -> str | None:
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The CLI parser; of the heavy commands only ``command``'s parser is built in full (``None``: none)."""
     parser = Parser(prog="clinic", description="Defend LLM fine-tuning against harmful fine-tuning: "
-                    "curate -> align -> finetune -> evaluate -> report.")
+                    "curate -> align -> finetune -> repair -> evaluate -> report.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     commands = [
         ("align", lambda s: _add_train_command(s, "align")),
@@ -327,6 +331,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         ("sink", _sink_command),
         ("run", _run_commands),  # also adds `report`
         ("curate", lambda s: add_curate_command(s, help_text=COMMAND_HELP["curate"])),
+        ("repair", _repair_command),
     ]
     for name, add in commands:
         if name in COMMAND_HELP and name != command:
@@ -334,6 +339,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         else:
             add(sub)
     return parser
+
+
+def _repair_command(sub):
+    from .repair import add_repair_command
+
+    add_repair_command(sub, help_text=COMMAND_HELP["repair"])
 
 
 def _sink_command(sub):

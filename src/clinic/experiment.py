@@ -5,7 +5,8 @@ grid of methods × tasks × poison ratios), the evaluation and the sink analysis
 everything. The runner expands it into stages::
 
     [curate] -> align (per method, seed) -> finetune (per aligned model × method × task × p)
-             -> evaluate (base, aligned and fine-tuned models) -> sink (per fine-tuned model)
+             -> [repair (per fine-tuned model × repair method)]
+             -> evaluate (base, aligned, fine-tuned and repaired models) -> sink (per fine-tuned model)
 
 Each stage's resolved config (which includes its parent's hash, never a path) is hashed; the
 stage lives in ``<store>/<kind>-<label>-<hash>``. Identical stages are therefore shared: ten
@@ -53,6 +54,7 @@ EXPERIMENT_KEYS = {
     "finetune": "one fine-tuning block or a list of them: methods, tasks, n, poison_ratios, ...",
     "evaluate": "evaluation settings (EvalConfig fields) plus base/aligned: evaluate those models too",
     "sink": "optional sink analysis of every fine-tuned model: n, batch_size, max_length, ...",
+    "repair": "optional post-fine-tuning repair of every fine-tuned model: methods, batch_size, max_length",
 }
 CURATE_KEYS = {"selector", "ratio", "k", "options"}
 ALIGN_KEYS = {"methods", "preset", "train", "source", "n", "selection", "helpful", "helpful_n"}
@@ -60,6 +62,7 @@ FINETUNE_KEYS = {"methods", "preset", "train", "tasks", "n", "poison_ratios", "h
                  "aligned_with", "attack_space", "search"}
 SINK_KEYS = {"n", "batch_size", "max_length", "sink_index", "mode", "aligned"}
 EVAL_EXTRA_KEYS = {"base", "aligned"}
+REPAIR_KEYS = {"methods", "batch_size", "max_length"}
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -171,6 +174,7 @@ class Experiment:
     source_text: str = ""
     parsed: dict = field(default_factory=dict)  # the file's content: what a resume compares
     searches: list = field(default_factory=list)  # budgeted attack searches (clinic.attacks), filled by plan()
+    repair: dict | None = None
 
     @classmethod
     def from_file(cls, path: str | Path) -> Experiment:
@@ -221,7 +225,8 @@ class Experiment:
                 raise ClinicError(f"{key} must be text, got {raw[key]!r}")
         name = check_name(raw.get("name", default_name), "experiment name")
         exp = cls(name=name, model=str(raw.get("model", "smollm2-135m-instruct")),
-                  seeds=seeds, curate=curate, align=align, finetune=blocks, evaluate=evaluate, sink=sink)
+                  seeds=seeds, curate=curate, align=align, finetune=blocks, evaluate=evaluate, sink=sink,
+                  repair=_block(raw, "repair", REPAIR_KEYS, "repair"))
         exp.plan()  # validates names, ratios and options before anything runs
         return exp
 
@@ -325,6 +330,8 @@ def _expand(exp: Experiment) -> list[Stage]:
                   "p": attack.p, "slug": slug, "stage": "finetuned", **attack.labels}
         ft = Stage("finetune", slug, config, align, labels)
         out = [ft, evaluation(ft, [task] if task in SCORED_TASKS else [], labels)]
+        for rep in _repair_stages(exp.repair, ft, seed):
+            out += [rep, evaluation(rep, [task] if task in SCORED_TASKS else [], rep.labels)]
         return out + ([sink_stage(ft, labels)] if exp.sink is not None else [])
 
     def base_labels_of(seed: int) -> dict:
@@ -403,6 +410,20 @@ def _expand(exp: Experiment) -> list[Stage]:
 
 def _point_stages(make, base: dict, base_train: dict, p: float, point: dict) -> list[Stage]:
     return make(point_attack(point, base, base_train, p))
+
+
+def _repair_stages(block: dict | None, ft: Stage, seed: int) -> list[Stage]:
+    """One repair stage per method of the ``repair`` block, after the fine-tuned model ``ft``."""
+    from .repair.stage import repair_stage_config
+
+    stages = []
+    for raw_method in _as_list((block or {}).get("methods"), "repair methods"):
+        entry = MethodEntry.parse(raw_method, "repair methods")
+        config = repair_stage_config(entry.name, dict(entry.options), block, seed)
+        slug = f"{ft.labels['slug']}-{entry.label}"
+        stages.append(Stage("repair", slug, config, ft, {**ft.labels, "repair": entry.label, "slug": slug,
+                                                         "stage": "repaired"}))
+    return stages
 
 
 def check_sink(block: dict) -> dict:
@@ -521,6 +542,10 @@ def run_stage(store: Path, exp: Experiment, stage: Stage, judges: dict) -> Path:
         from .sink import run_sink_analysis
 
         return run_sink_analysis(_model_ref(store, exp, stage), out, **cfg)
+    if stage.kind == "repair":
+        from .repair import run_repair_stage
+
+        return run_repair_stage(cfg, _model_ref(store, exp, stage), out)
     if stage.kind == "curate":
         from .curation import run_curate_stage
 

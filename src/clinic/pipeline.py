@@ -46,7 +46,7 @@ class ModelChain:
     prompt_format: dict | None = None  # the format the last training stage used
 
 
-TRAINED_STAGES = ("align", "finetune")  # the run directories that hold a model
+TRAINED_STAGES = ("align", "finetune", "repair")  # the run directories that hold a model
 
 
 def resolve_ref(ref: str, train: bool = False) -> ModelChain:

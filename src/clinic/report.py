@@ -58,14 +58,15 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 # --------------------------------------------------------------------------------------------
 # experiment reports (``clinic report``)
 
-LABEL_COLUMNS = ["stage", "align", "finetune", "task", "p", "attack", "fixed attack", "seeds", "settings", "baseline"]
+LABEL_COLUMNS = ["stage", "align", "finetune", "repair", "task", "p", "attack", "fixed attack", "seeds", "settings",
+                 "baseline"]
 TABLE_NOTE = ("Scores in percent: the mean over seeds with the 95 % Wilson interval of all seeds' items pooled, and n "
               "(items of all seeds); (seeds a-b): the lowest and highest seed. Δ... vs SFT: the score minus the "
               "baseline's on the same prompts and seeds, with Newcombe's paired 95 % interval and the exact McNemar "
               "p-value; the baseline (column 'baseline': align → finetune) is the same stage, task and p with every "
               "defence replaced by SFT.")
 _COLUMN_ORDER = ("HS ", "ΔHS ", "empty ", "FA ", "ΔFA ", "positive sink heads", "heads", "align seconds",
-                 "finetune seconds", "peak memory MB")
+                 "finetune seconds", "repair seconds", "peak memory MB")
 
 
 def _score_header(column: str, rows: list[dict]) -> tuple[str, bool]:
@@ -107,7 +108,7 @@ def _table(rows: list[dict]) -> tuple[list[str], list[list]]:
     for column in LABEL_COLUMNS:
         if column in keys:
             header.append(column)
-            cells.append(lambda r, c=column: ",".join(map(str, r[c])) if isinstance(r.get(c), list) else r.get(c))
+            cells.append(lambda r, c=column: ",".join(map(str, r[c])) if isinstance(r.get(c), list) else r.get(c, ""))
     for column in sorted(scores + plain, key=rank):
         if column in scores:
             title, with_n = _score_header(column, rows)
@@ -151,13 +152,14 @@ def adaptive_tables(entries: list[dict]) -> list[tuple[str, list[str], list[list
     """The adaptive-attacker tables, one per harmful-score column: (column, header, body)."""
     tables = []
     for column in dict.fromkeys(e["column"] for e in entries):
-        header = ["align", "finetune", "task", "fixed attack", f"{column} fixed [95 % CI]", "ΔHS fixed vs SFT",
+        repaired = any(e["repair"] != "none" for e in entries)
+        header = ["align", "finetune", *(["repair"] if repaired else []), "task", "fixed attack", f"{column} fixed [95 % CI]", "ΔHS fixed vs SFT",
                   "attacks counted", "guard", f"{column} worst case [95 % CI]", "worst attack", "FA of worst",
                   "ΔHS worst vs SFT", "verdict"]
         body = []
         for e in (e for e in entries if e["column"] == column):
             fixed, worst = e.get("fixed"), e["worst"]
-            body.append([e["align"], e["finetune"], e["task"], e["fixed attack"],
+            body.append([e["align"], e["finetune"], *([e["repair"]] if repaired else []), e["task"], e["fixed attack"],
                          format_interval(fixed["score"], fixed["ci95"], fixed["n"]) if fixed else "not evaluated",
                          format_delta(e["Δfixed vs SFT"]) if "Δfixed vs SFT" in e else "",
                          f"{e['counted']}/{e['attacks']}", e["guard"],

@@ -20,6 +20,8 @@ from .evaluation.stats import paired_difference, wilson_interval
 
 GROUP_FIELDS = ["stage", "align", "finetune", "task", "p", "attack", "fixed attack"]  # a model; seeds are pooled
 ATTACK_FIELDS = ("attack", "fixed attack")  # labels of attack-space runs only (clinic.attacks); absent elsewhere
+# a repaired model's key has one more field, the repair method (other keys stay as they were)
+REPAIR_FIELD = "repair"
 BASELINE = "sft"  # the label of the undefended method, in align and in finetune
 KEEP_LABELS = ("none", BASELINE)  # not a defence: kept as it is in the baseline's labels
 
@@ -96,7 +98,8 @@ def collect_evaluations(root) -> tuple[list[dict], dict]:
         if metrics is None:
             continue
         labels = stage["labels"]
-        record = {"key": tuple(labels.get(k) for k in GROUP_FIELDS), "settings": _settings(stage, by_hash),
+        key = tuple(labels.get(k) for k in GROUP_FIELDS) + ((labels[REPAIR_FIELD],) if REPAIR_FIELD in labels else ())
+        record = {"key": key, "settings": _settings(stage, by_hash),
                   "seed": labels.get("seed"), "counts": {},
                   "other": {}, "items": _outcomes(Path(store) / stage["dir"]), "eval dir": stage["dir"]}
         for set_name, judges in metrics.get("harmful", {}).items():
@@ -115,8 +118,9 @@ def collect_evaluations(root) -> tuple[list[dict], dict]:
         peak = 0.0
         while parent is not None:
             pm = stage_metrics(parent) or {}
-            if parent["kind"] in ("align", "finetune"):
-                record["other"][f"{parent['kind']} seconds"] = pm.get("train_seconds")
+            if parent["kind"] in ("align", "finetune", "repair"):
+                record["other"][f"{parent['kind']} seconds"] = pm.get("repair_seconds" if parent["kind"] == "repair"
+                                                                      else "train_seconds")
                 peak = max(peak, pm.get("peak_memory_mb") or 0.0)
             parent = by_hash.get(parent["parent"]) if parent["parent"] else None
         if peak:
@@ -148,7 +152,7 @@ def aggregate(records: list[dict]) -> list[dict]:
     ambiguous = {key for key, _ in groups if sum(k == key for k, _ in groups) > 1}
     rows = []
     for (key, settings), members in groups.items():
-        row = {k: v for k, v in zip(GROUP_FIELDS, key) if k not in ATTACK_FIELDS or v is not None}
+        row = {k: v for k, v in zip(GROUP_FIELDS + [REPAIR_FIELD], key) if k not in ATTACK_FIELDS or v is not None}
         row["seeds"] = [m["seed"] for m in members]
         if key in ambiguous:  # the labels alone do not name the model: show which settings
             row["settings"] = settings
@@ -174,11 +178,14 @@ def baseline_key(key: tuple) -> tuple | None:
 
     A defended fine-tune (sft -> lisa) is compared with the SFT fine-tune of the same aligned
     model (sft -> sft); an alignment defence (vaccine -> sft) with the SFT-aligned model under the
-    same attack (sft -> sft); both at once (vaccine -> lisa) with sft -> sft. ``None`` for the base
-    model and for rows that are their own baseline."""
+    same attack (sft -> sft); both at once (vaccine -> lisa) with sft -> sft; a repaired model
+    with the unrepaired SFT fine-tune (the repair is a defence too). ``None`` for the base model
+    and for rows that are their own baseline."""
     row = dict(zip(GROUP_FIELDS, key))
     if row["stage"] == "base":
         return None
+    if row["stage"] == "repaired":
+        row["stage"] = "finetuned"
     for field in ("align", "finetune"):
         if row[field] not in KEEP_LABELS:
             row[field] = BASELINE
@@ -214,7 +221,7 @@ def compare(rows: list[dict], records: list[dict]) -> list[dict]:
         base = baseline_key(key)
         if base is None:
             continue
-        row["baseline"] = " → ".join(str(v) for v in base[1:3])
+        row["baseline"] = " → ".join(str(v) for v in base[1:3]) + (" (not repaired)" if len(key) > len(GROUP_FIELDS) else "")
         candidates = [m for (k, _), m in groups.items() if k == base]
         for column in dict.fromkeys(c for m in members for c in m["counts"]):
             if len(candidates) != 1:

@@ -107,3 +107,11 @@ def check_range(value, key: str, low=None, high=None, low_open: bool = False, hi
 
 def _shown(bound) -> str:
     return f"{bound:g}" if isinstance(bound, float) else str(bound)
+
+
+def nearest_hint(name, choices) -> str:
+    """`` (did you mean 'x'?)`` for the choice nearest to a mistyped ``name``, else ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -17,10 +17,10 @@ Everything else is imported from the module that defines it (e.g. ``is_degenerat
 
 from __future__ import annotations
 
-import difflib
 import inspect
 
 from ...errors import ClinicError
+from ...values import nearest_hint
 from .base import Judge
 from .beaverdam import BeaverDamJudge
 from .classifier import ClassifierJudge
@@ -42,9 +42,7 @@ def check_judge_name(name: str, where: str = "") -> None:
     """A one-line error, with the nearest name, unless ``name`` is a judge (``where`` says where
     the name was given, e.g. ``" in evaluate"``)."""
     if name not in JUDGES:
-        close = difflib.get_close_matches(str(name), list(JUDGES), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ClinicError(f"unknown judge {name!r}{where}{hint}; choose one of {', '.join(JUDGES)}")
+        raise ClinicError(f"unknown judge {name!r}{where}{nearest_hint(name, JUDGES)}; choose one of {', '.join(JUDGES)}")
 
 
 def get_judge(name: str, **options) -> Judge:

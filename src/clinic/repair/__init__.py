@@ -1,0 +1,11 @@
+"""Post-fine-tuning repair (``clinic repair``): change a LoRA fine-tuned model so that it is safe again.
+
+- :mod:`.stage`: :func:`run_repair` (the stage), the experiment runner's entry points and the CLI command;
+- :mod:`.base`: the repair-method registry, :class:`RepairSettings` and the context a method gets;
+- :mod:`.safelora`, :mod:`.antidote`, :mod:`.panacea`: the methods (docs/methods/*.md).
+"""
+
+from .base import RepairSettings, get_repair, repair_methods
+from .stage import add_repair_command, run_repair, run_repair_stage
+
+__all__ = ["RepairSettings", "add_repair_command", "get_repair", "repair_methods", "run_repair", "run_repair_stage"]

@@ -1,0 +1,217 @@
+"""``clinic repair``: change a LoRA fine-tuned model after the fact, so that it is safe again.
+
+The stage reads a finished fine-tuning run (or a repaired one) whose model is ``base + adapters``
+with the fine-tuning adapter last, loads that adapter trainable on top of the rest of the chain
+merged, lets the repair method change the adapter's weights, and writes a run directory:
+
+- ``adapter/``: the repaired adapter (safetensors), replacing the fine-tuning adapter in the chain;
+- ``run.json``: the model chain (base, the earlier adapters, this adapter) and prompt format, so
+  that ``clinic evaluate --model RUN`` (and any later stage) loads the repaired model; and
+  ``repaired``, the fine-tuned run it came from;
+- ``config.yaml`` (method options, settings, the input chain, references, versions, seed),
+  ``metrics.json`` (what the method measured, its time and memory), ``data_indices.json`` and
+  ``DONE``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from ..errors import ClinicError
+from .base import RepairSettings, get_repair, repair_config
+
+REPAIRABLE_STAGES = ("finetune", "repair")
+
+
+def _fine_tuned(ref: str):
+    """The chain, record and config.yaml of a finished LoRA fine-tuning (or repair) run."""
+    import yaml
+
+    from ..pipeline import resolve_ref
+    from ..rundir import is_run_dir, read_run
+
+    path = Path(ref).expanduser()
+    if not is_run_dir(path):
+        resolve_ref(ref)  # the precise error for an incomplete run or a missing model
+        raise ClinicError(f"--model {ref}: repair needs a finished LoRA fine-tuning run directory (clinic finetune), "
+                          f"not a model")
+    record = read_run(path)
+    if record.get("stage") not in REPAIRABLE_STAGES:
+        raise ClinicError(f"--model {path} is the run of the {record.get('stage')} stage; repair needs a fine-tuning "
+                          f"(or repair) run")
+    chain = resolve_ref(ref)
+    if not chain.adapters or Path(chain.adapters[-1]).parent.resolve() != path.resolve():
+        raise ClinicError(f"--model {path} was fully fine-tuned (no LoRA adapter); the repair methods change a LoRA "
+                          f"fine-tuning adapter")
+    try:
+        config = yaml.safe_load((path / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        config = {}
+    return chain, record, config if isinstance(config, dict) else {}
+
+
+def references(chain, base_model: str | None, aligned_model: str | None) -> dict:
+    """The base and aligned models SafeLoRA compares: the ones named; else the fine-tuned chain
+    without its last adapter (aligned) and, for the base (before the alignment), that chain
+    without the alignment: its last adapter, or, for a fully fine-tuned alignment, the model the
+    alignment run started from (its config.yaml)."""
+    from ..pipeline import ModelChain, check_chain, resolve_ref
+
+    aligned = resolve_ref(aligned_model) if aligned_model else ModelChain(chain.base, chain.adapters[:-1])
+    if base_model:
+        base = resolve_ref(base_model)
+    elif aligned_model is None and len(chain.adapters) >= 2:
+        base = ModelChain(chain.base, chain.adapters[:-2])
+    else:
+        base = _alignment_input(aligned) if aligned_model is None else None
+    if base is None:
+        raise ClinicError("the fine-tuned model's chain holds no alignment run clinic can follow back to its base "
+                          "model: name the models with --base-model and --aligned-model")
+    for ref in (base, aligned):
+        check_chain(ref)
+    return {"base": base, "aligned": aligned}
+
+
+def _alignment_input(aligned):
+    """The model a fully fine-tuned alignment run (whose ``model/`` is ``aligned``'s base) was
+    trained from, as its config.yaml records it; ``None`` when ``aligned`` is no such run."""
+    import yaml
+
+    from ..pipeline import ModelChain, follow_adapters
+    from ..rundir import is_run_dir, read_run
+
+    run = Path(aligned.base).parent
+    if aligned.adapters or Path(aligned.base).name != "model" or not is_run_dir(run):
+        return None
+    if read_run(run).get("stage") != "align":
+        return None
+    try:
+        recorded = (yaml.safe_load((run / "config.yaml").read_text()) or {})["model"]
+        base, adapters = str(recorded["base"]), [str(a) for a in recorded["adapters"]]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    return ModelChain(base, follow_adapters(run, adapters, run / "config.yaml"))
+
+
+def run_repair(model: str, method: str, output: str | Path, options: dict | None = None,
+               settings: RepairSettings | None = None, overwrite: bool = False, progress: bool = True) -> Path:
+    """Repair the fine-tuned run ``model`` with ``method``; returns the finished run directory.
+    Everything the user gave is checked before anything is written."""
+    import torch
+
+    from ..data.formatting import PromptFormat
+    from ..pipeline import ModelChain, chain_inputs, check_chain, peak_memory_mb
+    from ..rundir import RunDir, check_output_dir, package_versions
+    from .base import RepairContext
+
+    settings = settings or RepairSettings()
+    spec = get_repair(method)
+    cfg = repair_config(spec, **(options or {}))
+    chain, record, run_config = _fine_tuned(model)
+    inputs = chain_inputs(model, chain)
+    check_output_dir(output, overwrite, inputs)
+    refs = references(chain, cfg.base_model, cfg.aligned_model) if hasattr(cfg, "aligned_model") else {}
+    check_chain(chain)
+    inputs += tuple(p for ref in refs.values() for p in chain_inputs(ref.base, ref))
+    fmt = PromptFormat(**(record.get("prompt_format") or chain.prompt_format or {"style": "chat"}))
+    if settings.max_length is None:  # the length the fine-tuning saw
+        trained = (run_config.get("train") or {}).get("max_length")
+        settings = dataclasses.replace(settings, max_length=trained if isinstance(trained, int) and trained > 0 else 256)
+    with RunDir(output, overwrite, inputs) as run:
+        ctx = RepairContext(chain, fmt, settings, run_config, refs, progress)
+        torch.manual_seed(settings.seed)
+        start = time.perf_counter()
+        try:
+            info = spec.fn(ctx, cfg)
+            seconds = time.perf_counter() - start
+            ctx.model.save_pretrained(run.path / "adapter", safe_serialization=True)
+        finally:
+            ctx.close()
+        new_chain = ModelChain(chain.base, chain.adapters[:-1] + ["adapter"], asdict(fmt))
+        run.write_yaml("config.yaml", {
+            "stage": "repair", "method": spec.name, "model": asdict(chain), "repaired": str(Path(model).resolve()),
+            "method_options": asdict(cfg), "settings": asdict(settings),
+            "references": {name: asdict(ref) for name, ref in refs.items()}, "seed": settings.seed,
+            "versions": package_versions()})
+        run.write_json("metrics.json", {"method": spec.name, "repair_seconds": round(seconds, 3),
+                                        "peak_memory_mb": round(peak_memory_mb(), 1), **info})
+        run.write_json("run.json", {"stage": "repair", "method": spec.name, "model_chain": asdict(new_chain),
+                                    "prompt_format": asdict(fmt), "repaired": str(Path(model).resolve())})
+    return run.final
+
+
+def summary_line(metrics: dict) -> str:
+    """What ``clinic repair`` prints about the method's effect."""
+    method = metrics["method"]
+    if "projected" in metrics:
+        what = f"{metrics['projected']} of {metrics['layers']} LoRA layers projected"
+    elif "weights_zeroed" in metrics:
+        what = f"{metrics['weights_zeroed']} of {metrics['weights_scored']} adapter weights zeroed"
+    else:
+        what = f"perturbation of norm {metrics['perturbation_norm']:.3g} added"
+    loss = (f"; harmful loss {metrics['harmful_loss_before']:.3f} -> {metrics['harmful_loss_after']:.3f}"
+            if "harmful_loss_after" in metrics else "")
+    return f"{method}: {what}{loss} ({metrics['repair_seconds']:.1f} s)"
+
+
+# --------------------------------------------------------------------------------------------
+# the experiment runner's entry points
+
+
+def repair_stage_config(entry_name: str, options: dict, block: dict, seed: int) -> dict:
+    """The resolved, hashable config of one repair stage of an experiment's ``repair`` block."""
+    spec = get_repair(entry_name)
+    settings = RepairSettings(seed=seed, **{k: block[k] for k in ("batch_size", "max_length") if k in block})
+    return {"method": spec.name, "options": asdict(repair_config(spec, **options)), "settings": asdict(settings)}
+
+
+def run_repair_stage(config: dict, model: str, output: str | Path) -> Path:
+    """The experiment runner's entry point: the fine-tuned run ``model`` repaired as ``config`` says."""
+    return run_repair(model, config["method"], output, config["options"], RepairSettings(**config["settings"]),
+                      progress=False)
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+
+
+def add_repair_command(subparsers, help_text: str) -> None:
+    """Add ``clinic repair``; ``help_text`` is its line in ``clinic --help``."""
+    import argparse
+
+    from ..cli import add_dataclass_options, add_method_options
+    from .base import repair_methods
+
+    methods = repair_methods()
+    listing = "\n".join(f"  {name:10s} {spec.summary}" for name, spec in methods.items())
+    p = subparsers.add_parser(
+        "repair", help=help_text,
+        description="Repair a LoRA fine-tuned model after fine-tuning (post-fine-tuning defence). Writes a run "
+        "directory (adapter/, config.yaml, metrics.json, run.json) that `clinic evaluate --model` loads."
+        f"\n\nmethods:\n{listing}",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="a finished LoRA fine-tuning run directory (clinic finetune)")
+    p.add_argument("--method", required=True, help=f"one of: {', '.join(methods)}")
+    p.add_argument("--output", required=True, help="run directory to create")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    add_dataclass_options(p.add_argument_group("settings"), RepairSettings)
+    add_method_options(p, "repair", methods)
+
+    def cmd(args) -> None:
+        import dataclasses
+        import json
+
+        from ..cli import method_values
+
+        spec = get_repair(args.method)
+        settings = RepairSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RepairSettings)
+                                     if getattr(args, f.name) is not None})
+        out = run_repair(args.model, spec.name, args.output, method_values(args, spec), settings,
+                         overwrite=args.overwrite)
+        print(summary_line(json.loads((out / "metrics.json").read_text())))
+        print(f"repair run written to {out}; measure it with: clinic evaluate --model {out} ...")
+
+    p.set_defaults(func=cmd)
