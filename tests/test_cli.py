@@ -26,7 +26,7 @@ def test_help_explains_every_option(command):
         for option in ("--model", "--method", "--output", "--lr", "--epochs", "--lora-r", "--preset", "--overwrite"):
             assert option in out.stdout
         assert "methods:" in out.stdout and "sft" in out.stdout
-    expected = {"demo": "--n-align", "sink": "--sink-mode", "curate": "--selector", "report": "--overwrite"}
+    expected = {"demo": "--n-align", "sink": "--mode", "curate": "--selector", "report": "--overwrite"}
     if command in expected:  # a heavy command's own options, not the stub that `clinic --help` lists
         assert expected[command] in out.stdout
 

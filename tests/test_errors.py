@@ -69,24 +69,24 @@ FT = ["finetune", *TINY, "--task", "sst2", "--n", "10"]
 
 CASES: list[Bad] = [
     # data
-    Bad("missing-data-file", "a data file that does not exist", ["align", *TINY, "--data", "{in}/nope.jsonl"],
+    Bad("missing-data-file", "a data file that does not exist", ["align", *TINY, "--source", "{in}/nope.jsonl"],
         "nope.jsonl does not exist"),
-    Bad("unknown-dataset", "a dataset name that is neither a named dataset nor a file", ["align", *TINY, "--data", "refusal"],
+    Bad("unknown-dataset", "a dataset name that is neither a named dataset nor a file", ["align", *TINY, "--source", "refusal"],
         "unknown dataset 'refusal': not a file, and not one of"),
-    Bad("malformed-jsonl", "a .jsonl file with a broken line", ["align", *TINY, "--data", "{in}/bad.jsonl"],
+    Bad("malformed-jsonl", "a .jsonl file with a broken line", ["align", *TINY, "--source", "{in}/bad.jsonl"],
         "bad.jsonl row 2: not valid JSON", _write("bad.jsonl", QA + '{"prompt": "x", "response": \n')),
     Bad("wrong-column-mapping", "a column mapping naming a column the file lacks",
-        ["align", *TINY, "--data", "{in}/qa.jsonl", "--columns", "prompt=question,response=reply"],
+        ["align", *TINY, "--source", "{in}/qa.jsonl", "--columns", "prompt=question,response=reply"],
         "qa.jsonl row 1: missing column 'reply'", _write("qa.jsonl", '{"question": "q", "answer": "a"}\n')),
     Bad("malformed-column-mapping", "a column mapping that is not field=column",
-        ["align", *TINY, "--data", "{in}/qa.jsonl", "--columns", "prompt"], "must look like field=column",
+        ["align", *TINY, "--source", "{in}/qa.jsonl", "--columns", "prompt"], "must look like field=column",
         _write("qa.jsonl", QA)),
-    Bad("empty-dataset", "an empty data file", ["finetune", *TINY, "--data", "{in}/empty.jsonl"],
+    Bad("empty-dataset", "an empty data file", ["finetune", *TINY, "--source", "{in}/empty.jsonl"],
         "the dataset is empty", _write("empty.jsonl", "")),
     Bad("unknown-task", "a task that does not exist", ["finetune", *TINY, "--task", "imdb", "--n", "10"],
         "unknown task 'imdb'"),
     Bad("unknown-prompt-set", "a harmful prompt set that does not exist",
-        ["evaluate", *TINY, "--harmful-prompts", "jailbreaks-2099", "--judges", "keyword"], "unknown dataset 'jailbreaks-2099'"),
+        ["evaluate", *TINY, "--harmful-sets", "jailbreaks-2099", "--judges", "keyword"], "unknown dataset 'jailbreaks-2099'"),
     Bad("p-negative", "a poison ratio below 0", [*FT, "--poison-ratio", "-0.1"], "within [0, 1], got -0.1"),
     Bad("p-above-one", "a poison ratio above 1", [*FT, "--poison-ratio", "1.5"], "within [0, 1], got 1.5"),
     Bad("n-not-positive", "a sample count of 0", ["finetune", *TINY, "--task", "sst2", "--n", "0"],
@@ -97,7 +97,7 @@ CASES: list[Bad] = [
     Bad("helpful-without-n", "--helpful without --helpful-n", ["align", *TINY, "--n", "4", "--helpful", "alpaca"],
         "--helpful and --helpful-n go together"),
     Bad("n-prompts-above-available", "more evaluation prompts than the set holds",
-        ["evaluate", *TINY, "--harmful-prompts", "advbench", "--n-prompts", "5000", "--judges", "keyword"], "only 520"),
+        ["evaluate", *TINY, "--harmful-sets", "advbench", "--n-prompts", "5000", "--judges", "keyword"], "only 520"),
     # models
     Bad("model-path-missing", "a model path that does not exist", ["align", "--model", "./missing-model", "--n", "4"],
         "model './missing-model' not found"),
@@ -121,7 +121,7 @@ CASES: list[Bad] = [
         "unrecognized arguments: --learning-rate"),
     Bad("unknown-preset", "a preset that does not exist", ["align", *TINY, "--preset", "fast"], "unknown preset 'fast'"),
     Bad("bad-schedule", "a learning-rate schedule that does not exist", ["align", *TINY, "--schedule", "cosin"],
-        "unknown schedule 'cosin'"),
+        "unknown schedule 'cosin' (did you mean 'cosine'?)"),
     Bad("negative-lr", "a negative learning rate", ["align", *TINY, "--lr", "-0.0001"],
         "learning rate must be positive, got -0.0001"),
     Bad("zero-batch-size", "a batch size of 0", ["align", *TINY, "--batch-size", "0"], "must be at least 1"),
@@ -144,7 +144,7 @@ CASES: list[Bad] = [
     Bad("unscored-task", "an accuracy task without a scoring rule", ["evaluate", *TINY, "--tasks", "alpaca"],
         "no accuracy rule"),
     Bad("unknown-backend", "a generation backend that does not exist", ["evaluate", *TINY, "--backend", "tgi"],
-        "invalid choice: 'tgi'"),
+        "unknown backend 'tgi'; choose one of hf, vllm"),
     # output
     Bad("output-exists", "an output directory that exists (no --overwrite)", ["align", *TINY, "--output", "{in}/taken"],
         "already exists (pass --overwrite to replace it)", _existing_output),
@@ -254,7 +254,7 @@ def _unreadable(name: str) -> Callable[[Path], None]:
     return setup
 
 
-ALIGN_DATA = ["align", *TINY, "--data"]
+ALIGN_DATA = ["align", *TINY, "--source"]
 _GOOD_PQ = [{"prompt": "how?", "response": "like so."}]
 
 DESTRUCTIVE_CASES: list[Bad] = [
@@ -289,14 +289,14 @@ SILENT_CASES: list[Bad] = [
     Bad("epochs-zero", "--epochs 0 (a 'finished' run of 0 steps)", ["align", *TINY, "--epochs", "0"], "epochs must be positive"),
     Bad("max-steps-zero", "--max-steps 0", ["align", *TINY, "--max-steps", "0"], "max_steps must be a positive step count"),
     Bad("judges-empty", "--judges '' (an evaluation without scores)", ["evaluate", *TINY, "--judges", ""], "no judges given"),
-    Bad("prompt-sets-empty", "--harmful-prompts '' (nothing to score)", ["evaluate", *TINY, "--harmful-prompts", ""],
+    Bad("prompt-sets-empty", "--harmful-sets '' (nothing to score)", ["evaluate", *TINY, "--harmful-sets", ""],
         "no harmful prompt sets given"),
     Bad("columns-with-task", "--columns together with --task (the mapping would be ignored)",
         [*FT, "--columns", "prompt=q,response=a"], "does not apply to --task"),
     Bad("columns-with-named-data", "--columns for a named dataset (it has its own columns)",
         ["align", *TINY, "--columns", "prompt=q,response=a"], "is a named dataset with its own columns"),
-    Bad("task-and-data", "--task and --data together (one would be ignored)",
-        [*FT, "--data", "{in}/qa.jsonl"], "not both", _write("qa.jsonl", QA)),
+    Bad("task-and-data", "--task and --source together (one would be ignored)",
+        [*FT, "--source", "{in}/qa.jsonl"], "not both", _write("qa.jsonl", QA)),
     Bad("evaluate-run-as-model", "an evaluation run passed as --model to finetune (it is not a model)",
         ["finetune", "--model", "{in}/eval", *FT[3:]], "is the run of the evaluate stage, not a model", _run_dir("eval", stage="evaluate")),
     Bad("sink-every-negative", "--sink-every below 0", [*FT, "--sink-every", "-1"], "--sink-every must be 0"),
@@ -414,11 +414,11 @@ FILE_CASES: list[Bad] = [
     Bad("data-unreadable", "a data file without read permission", [*ALIGN_DATA, "{in}/d.jsonl"], "cannot be read: Permission denied",
         _unreadable("d.jsonl"), root_ok=False),
     Bad("prompts-csv-latin1", "a harmful prompt .csv in Latin-1", ["evaluate", *TINY, "--judges", "keyword",
-        "--harmful-prompts", "{in}/p.csv"], "p.csv: not UTF-8 text", _write("p.csv", "prompt\ncaf\xe9\n".encode("latin-1"))),
+        "--harmful-sets", "{in}/p.csv"], "p.csv: not UTF-8 text", _write("p.csv", "prompt\ncaf\xe9\n".encode("latin-1"))),
     Bad("prompts-jsonl-number", "a harmful prompt that is an object", ["evaluate", *TINY, "--judges", "keyword",
-        "--harmful-prompts", "{in}/p.jsonl"], "column 'prompt' must be text, got dict", _write("p.jsonl", '{"prompt": {"a": 1}}\n')),
+        "--harmful-sets", "{in}/p.jsonl"], "column 'prompt' must be text, got dict", _write("p.jsonl", '{"prompt": {"a": 1}}\n')),
     Bad("harmbench-no-behavior", "a HarmBench-like CSV without Behavior", ["evaluate", *TINY, "--judges", "keyword",
-        "--harmful-prompts", "{in}/p.csv"], "row 1: missing column 'Behavior'", _write("p.csv", "Behaviour,BehaviorID\nx,1\n")),
+        "--harmful-sets", "{in}/p.csv"], "row 1: missing column 'Behavior'", _write("p.csv", "Behaviour,BehaviorID\nx,1\n")),
     # model and run directories
     Bad("model-no-tokenizer", "a model folder without a tokenizer", ["align", "--model", "{in}/m"],
         "has no tokenizer (looked for tokenizer.json", _model_dir("m", tokenizer=False, weights=b"x")),
@@ -451,7 +451,7 @@ FILE_CASES: list[Bad] = [
     Bad("run-adapter-broken", "a run whose adapter config is not JSON", ["evaluate", "--model", "{in}/run", "--judges", "keyword"],
         "adapter_config.json cannot be read as JSON", _setups(_run_dir("run"), _write("run/adapter/adapter_config.json", "{"))),
     Bad("model-empty", "an empty --model (it would mean the current folder)", ["align", "--model", ""], "the model is empty"),
-    Bad("data-empty", "an empty --data (it would mean the default data)", ["align", *TINY, "--data", ""], "--data is empty"),
+    Bad("data-empty", "an empty --source (it would mean the default data)", ["align", *TINY, "--source", ""], "--source is empty"),
     Bad("judge-twice", "a judge named twice", ["evaluate", *TINY, "--judges", "keyword,keyword"], "judge 'keyword' is named twice"),
     Bad("scores-from-damaged", "curation scores to reuse from a run whose files are damaged",
         ["curate", *TINY, "--n-candidates", "8", "--n-validation", "4", "--scores-from", "{in}/cur"],
@@ -739,9 +739,9 @@ def errors_markdown() -> str:
     lines = [
         "# Errors: what a bad input looks like",
         "",
-        "Every user error is reported on one line, `clinic: error: ...` (argparse: `clinic <command>: error: ...`),",
-        "the exit code is 2 and nothing is written: no output directory and no hidden `.<name>.partial-*`",
-        "staging folder. Anything else (a traceback) is a bug. The table is generated from the live messages by",
+        "Every user error is reported on one line, `clinic: error: ...`, the exit code is 2 and nothing is written:",
+        "no output directory and no hidden `.<name>.partial-*` staging folder; a misspelt option or value names the",
+        "nearest valid one. Anything else (a traceback) is a bug. The table is generated from the live messages by",
         "`python tests/test_errors.py > docs/errors.md`; `tests/test_errors.py` checks each row: exit 2, one",
         "line, no traceback, no output, and the inputs' folder unchanged (every path, size and modification time",
         "before and after). Besides single cases the table holds two classes: each accepted data format",
