@@ -54,8 +54,10 @@ class ArgParser(argparse.ArgumentParser):
         if action.choices is not None and value not in action.choices:
             what = "command" if isinstance(action, argparse._SubParsersAction) else action.dest.replace("_", " ")
             choices = [str(c) for c in action.choices]
-            raise argparse.ArgumentError(action, f"unknown {what} {value!r}{nearest(value, choices)}; "
-                                                 f"choose one of {', '.join(choices)}")
+            # named by its first spelling (argparse would join --prompt-style/--prompt_style)
+            name = f"argument {action.option_strings[0]}: " if action.option_strings else ""
+            raise argparse.ArgumentError(None, f"{name}unknown {what} {value!r}{nearest(value, choices)}; "
+                                               f"choose one of {', '.join(choices)}")
 
     def parse_known_args(self, args=None, namespace=None):
         args = list(sys.argv[1:] if args is None else args)
