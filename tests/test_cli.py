@@ -209,11 +209,13 @@ def test_old_option_spellings_still_work_with_one_warning_line(capsys, command, 
 
 
 def test_a_training_option_left_unset_keeps_the_presets_value():
+    import dataclasses
+
     from clinic.cli import command_parser
     from clinic.cli.options import values
     from clinic.methods.base import PRESETS, TrainConfig, train_config
 
-    names = [f.name for f in __import__("dataclasses").fields(TrainConfig)]
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
 
     def config(*argv):
         args = command_parser("align").parse_args(["--model", "m", "--output", "o", "--preset", "booster-align", *argv])
@@ -227,13 +229,15 @@ def test_a_training_option_left_unset_keeps_the_presets_value():
 
 
 def test_comma_separated_lists_and_their_defaults():
+    import dataclasses
+
     from clinic.cli import command_parser
     from clinic.cli.options import values
     from clinic.pipeline import EvalConfig
 
     def config(*argv):
         args = command_parser("evaluate").parse_args(["--model", "m", "--output", "o", *argv])
-        return EvalConfig(**values(args, [f.name for f in __import__("dataclasses").fields(EvalConfig)]))
+        return EvalConfig(**values(args, [f.name for f in dataclasses.fields(EvalConfig)]))
 
     assert config().judges == EvalConfig().judges and config().harmful_sets == ["beavertails-test"]
     assert config("--judges", "keyword, harm-ce").judges == ["keyword", "harm-ce"]

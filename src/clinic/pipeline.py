@@ -25,12 +25,12 @@ from .data.formatting import PROMPT_STYLES, PromptFormat, encode_prompts, format
 from .data.mixture import SELECTIONS, build_attack_set, check_mixture_args, take_qa
 from .data.sources import load_rows
 from .errors import ClinicError
+from .evaluation.vllm_backend import BACKENDS, check_backend  # light: imports vllm only when generating with it
 from .methods.base import MethodSpec, TrainConfig, get_method, method_config
 from .methods.engines import check_engine, check_process_group, destroy_process_group_at_exit, world_size
 from .models import attach_lora, default_prompt_style, load_model, merge_adapter
 from .rundir import (DONE, RUN_RECORD, RunDir, check_output_dir, followed_path, is_incomplete_run, is_run_dir,
                      package_versions, read_run)
-from .evaluation.vllm_backend import BACKENDS, check_backend  # light: imports vllm only when generating with it
 from .tasks import SCORED_TASKS, SCORING_RULES, get_task
 from .values import check_range, coerce_fields
 
@@ -163,7 +163,7 @@ class DataSpec:
     harmful_source: str = field(default="beavertails-harmful", metadata={"help": "source of the harmful samples"})
     selection: str = field(default="random", metadata={"help": "seeded random rows or the first n",
                                                        "choices": SELECTIONS})
-    # the CLI and experiment files give a mapping as text (prompt=question,response=answer)
+    # the CLI gives the mapping as text (prompt=question,response=answer), read by data.sources.parse_columns
     columns: dict | None = field(default=None, metadata={
         "help": "column mapping for a user file, e.g. prompt=question,response=answer"})
     helpful: str | None = field(default=None, metadata={

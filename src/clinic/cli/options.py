@@ -48,17 +48,15 @@ def _shown(value) -> str:
 class ConfigParser(ArgParser, HfArgumentParser):
     """An :class:`~clinic.cli.parser.ArgParser` that adds options from dataclass fields."""
 
-    def add_dataclass(self, cls, title: str | None = None, *, only=None, skip=(), unset: bool = False,
-                      helps: dict[str, str] | None = None) -> list[str]:
-        """One option per field of ``cls`` (``only``: these, in this order; ``skip``: not these),
-        in the argument group ``title``; ``helps`` replaces a field's help. Returns the field names."""
+    def add_dataclass(self, cls, title: str | None = None, *, only=None, unset: bool = False,
+                      helps: dict[str, str] | None = None) -> None:
+        """One option per field of ``cls`` (``only``: these, in this order) in the argument group
+        ``title``; ``helps`` replaces a field's help."""
         hints = typing.get_type_hints(cls)
         by_name = {f.name: f for f in dataclasses.fields(cls) if f.init and not f.name.startswith("_")}
-        names = [n for n in (only or by_name) if n not in skip]
         target = self.add_argument_group(title) if title else self
-        for name in names:
+        for name in only or by_name:
             self.add_field(target, by_name[name], hints[name], unset=unset, help_text=(helps or {}).get(name))
-        return names
 
     def add_field(self, target, f: dataclasses.Field, kind, *, unset: bool = False, help_text: str | None = None,
                   show_default: bool = True) -> None:
