@@ -93,16 +93,16 @@ def stages(work: Path, data: dict[str, Path], bf16: bool) -> list[tuple[str, lis
     precision = ["--bf16"] if bf16 else ["--no-bf16"]
     train = ["--max-steps", "6", "--batch-size", "4", "--max-length", "96", "--logging-steps", "1", *precision]
     return [
-        ("align-tvaccine", ["align", "--model", str(work / "model"), "--method", "tvaccine", "--data", str(data["align"]),
+        ("align-tvaccine", ["align", "--model", str(work / "model"), "--method", "tvaccine", "--source", str(data["align"]),
                             "--n", "32", "--harmful-data", str(data["harmful"]), "--harmful-size", "16",
                             "--active-layers", "8", "--resample-every", "2", "--score-every", "3", *train,
                             "--output", str(work / "align")]),
         ("finetune-surgery", ["finetune", "--model", str(work / "align"), "--method", "surgery",
-                              "--data", str(data["attack"]), "--n", "32",
+                              "--source", str(data["attack"]), "--n", "32",
                               "--harmful-probes", str(data["harmful"]), "--harmful-probe-pool", "16",
                               "--harmless-probes", str(data["harmless"]), "--harmless-probe-pool", "16", *train,
                               "--output", str(work / "finetune")]),
-        ("evaluate", ["evaluate", "--model", str(work / "finetune"), "--harmful-prompts", str(data["prompts"]),
+        ("evaluate", ["evaluate", "--model", str(work / "finetune"), "--harmful-sets", str(data["prompts"]),
                       "--n-prompts", "8", "--judges", "keyword", "--tasks", "", "--max-new-tokens", "16",
                       "--batch-size", "8", "--output", str(work / "evaluate")]),
         ("sink", ["sink", "--model", str(work / "finetune"), "--harmful-source", str(data["harmful"]),

@@ -26,7 +26,7 @@ def test_help_explains_every_option(command):
         for option in ("--model", "--method", "--output", "--lr", "--epochs", "--lora-r", "--preset", "--overwrite"):
             assert option in out.stdout
         assert "methods:" in out.stdout and "sft" in out.stdout
-    expected = {"demo": "--n-align", "sink": "--sink-mode", "curate": "--selector", "report": "--overwrite",
+    expected = {"demo": "--n-align", "sink": "--mode", "curate": "--selector", "report": "--overwrite",
                 "repair": "--num-layers"}
     if command in expected:  # a heavy command's own options, not the stub that `clinic --help` lists
         assert expected[command] in out.stdout
@@ -136,3 +136,141 @@ def test_demo_on_a_tiny_model(tmp_path, capsys, data_dir):
 
     assert (out_dir / "clinic.json").exists()  # marked first: a later --overwrite may replace it
     assert check_output_dir(out_dir, overwrite=True) == out_dir.resolve()
+
+
+# -- one name per setting: CLI option = experiment-file key = dataclass field (issue 14) -----------
+
+# options that are no setting of a stage's dataclass: what to read or write, and how
+_RUN_OPTIONS = {"help", "model", "method", "output", "overwrite", "preset", "judge_model", "sink_every", "command",
+                "func", "method_options"}
+
+
+def _settings_classes():
+    from clinic.cli.sink import SinkConfig
+    from clinic.curation import CurateConfig
+    from clinic.demo import DemoConfig
+    from clinic.methods.base import TrainConfig, methods_for
+    from clinic.pipeline import EvalConfig
+    from clinic.repair import RepairSettings, repair_methods
+
+    stages = {stage: [TrainConfig, *{spec.config for spec in methods_for(stage).values()}] for stage in ("align", "finetune")}
+    return {**stages, "evaluate": [EvalConfig], "curate": [CurateConfig], "sink": [SinkConfig], "demo": [DemoConfig],
+            "repair": [RepairSettings, *{spec.config for spec in repair_methods().values()}]}
+
+
+@pytest.mark.parametrize("command", ["align", "finetune", "evaluate", "curate", "sink", "demo", "repair"])
+def test_every_setting_has_exactly_one_option_of_its_own_name(command):
+    import dataclasses
+
+    from clinic.cli import command_parser
+    from clinic.cli.train import DATA_FIELDS
+
+    parser = command_parser(command)
+    actions = [a for a in parser._actions if a.option_strings]
+    for action in actions:  # every spelling of an option is its setting's name (or --no-NAME for a bool)
+        for option in action.option_strings:
+            name = option.lstrip("-").replace("-", "_")
+            assert name in (action.dest, f"no_{action.dest}") or option == "-h", (option, action.dest)
+    fields = {f.name for cls in _settings_classes()[command] for f in dataclasses.fields(cls) if f.init}
+    fields |= set(DATA_FIELDS.get(command, ()))
+    for name in fields:
+        flag = "--" + name.replace("_", "-")
+        owners = [a for a in actions if flag in a.option_strings]
+        assert len(owners) == 1 and owners[0].dest == name, (name, [a.option_strings for a in owners])
+    assert {a.dest for a in actions} <= fields | _RUN_OPTIONS  # no option outside the settings
+
+
+def test_the_sink_settings_are_run_sink_analysis_keywords():
+    import dataclasses
+    import inspect
+
+    from clinic.cli.sink import SinkConfig
+    from clinic.sink import run_sink_analysis
+
+    params = inspect.signature(run_sink_analysis).parameters
+    for f in dataclasses.fields(SinkConfig):
+        assert f.name in params and params[f.name].default == f.default, f.name
+
+
+@pytest.mark.parametrize(("command", "old", "value", "field", "parsed"), [
+    ("evaluate", "--harmful-prompts", "advbench,harmbench", "harmful_sets", ["advbench", "harmbench"]),
+    ("evaluate", "--rule", "exact", "task_rule", "exact"),
+    ("align", "--data", "my.jsonl", "source", "my.jsonl"),
+    ("finetune", "--data", "my.jsonl", "source", "my.jsonl"),
+    ("finetune", "--harmful-data", "advbench", "harmful_source", "advbench"),
+    ("sink", "--sink-mode", "most_attended", "mode", "most_attended"),
+])
+def test_old_option_spellings_still_work_with_one_warning_line(capsys, command, old, value, field, parsed):
+    from clinic.cli import command_parser
+
+    for argv in ([old, value], [f"{old}={value}"]):
+        args = command_parser(command).parse_args(["--model", "m", "--output", "o", *argv])
+        assert getattr(args, field) == parsed
+        new = "--" + field.replace("_", "-")
+        assert capsys.readouterr().err == f"clinic: warning: {old} is deprecated, use {new}\n"
+    command_parser(command).parse_args(["--model", "m", "--output", "o", new, value])
+    assert capsys.readouterr().err == ""  # the current spelling: no warning
+
+
+def test_a_training_option_left_unset_keeps_the_presets_value():
+    import dataclasses
+
+    from clinic.cli import command_parser
+    from clinic.cli.options import values
+    from clinic.methods.base import PRESETS, TrainConfig, train_config
+
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+
+    def config(*argv):
+        args = command_parser("align").parse_args(["--model", "m", "--output", "o", "--preset", "booster-align", *argv])
+        return train_config(args.preset, **values(args, names))
+
+    preset = PRESETS["booster-align"]
+    assert config().lr == preset["lr"] and config().lora_r == preset["lora_r"] and config().bf16 is True
+    assert config("--lr", "1e-3").lr == 1e-3 and config("--lr", "1e-3").lora_r == preset["lora_r"]
+    assert config("--no-bf16").bf16 is False and config("--bf16", "false").bf16 is False
+    assert config("--lora-r", "8").lora_r == 8  # the class's default, given: it wins over the preset
+
+
+def test_comma_separated_lists_and_their_defaults():
+    import dataclasses
+
+    from clinic.cli import command_parser
+    from clinic.cli.options import values
+    from clinic.pipeline import EvalConfig
+
+    def config(*argv):
+        args = command_parser("evaluate").parse_args(["--model", "m", "--output", "o", *argv])
+        return EvalConfig(**values(args, [f.name for f in dataclasses.fields(EvalConfig)]))
+
+    assert config().judges == EvalConfig().judges and config().harmful_sets == ["beavertails-test"]
+    assert config("--judges", "keyword, harm-ce").judges == ["keyword", "harm-ce"]
+    assert config("--tasks", "").tasks == []
+
+
+def _imported_modules(path, package: tuple[str, ...]):
+    """Every module ``path`` imports (relative imports resolved against ``package``)."""
+    import ast
+
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = list(package[: len(package) - node.level + 1]) if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            yield module
+            yield from (f"{module}.{alias.name}" for alias in node.names)
+
+
+def test_nothing_below_the_cli_imports_it():
+    from pathlib import Path
+
+    import clinic
+
+    root = Path(clinic.__file__).parent
+    for path in root.rglob("*.py"):
+        if root / "cli" in path.parents:
+            continue
+        package = path.relative_to(root.parent).parent.parts
+        for module in _imported_modules(path, package):
+            assert module != "clinic.cli" and not module.startswith("clinic.cli."), (path, module)

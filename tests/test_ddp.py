@@ -61,16 +61,16 @@ def _rows(path: Path, kind: str) -> Path:
 def _argv(method: str, data: Path, harm: Path) -> list[str]:
     harmful = ["--harmful-data", str(harm), "--harmful-size", "8"]
     return {
-        "sft": ["align", "--method", "sft", "--data", str(data)],
-        "vaccine": ["align", "--method", "vaccine", "--data", str(data)],
-        "booster": ["align", "--method", "booster", "--data", str(data), *harmful],
-        "tar-lite": ["align", "--method", "tar-lite", "--data", str(data), "--no-reproduce-bug", *harmful],
-        "repnoise": ["align", "--method", "repnoise", "--data", str(data), *harmful],
-        "tvaccine": ["align", "--method", "tvaccine", "--data", str(data), "--active-layers", "1", "--resample-every", "1",
+        "sft": ["align", "--method", "sft", "--source", str(data)],
+        "vaccine": ["align", "--method", "vaccine", "--source", str(data)],
+        "booster": ["align", "--method", "booster", "--source", str(data), *harmful],
+        "tar-lite": ["align", "--method", "tar-lite", "--source", str(data), "--no-reproduce-bug", *harmful],
+        "repnoise": ["align", "--method", "repnoise", "--source", str(data), *harmful],
+        "tvaccine": ["align", "--method", "tvaccine", "--source", str(data), "--active-layers", "1", "--resample-every", "1",
                      *harmful],
-        "surgery": ["finetune", "--method", "surgery", "--data", str(data), "--harmful-probes", str(harm),
+        "surgery": ["finetune", "--method", "surgery", "--source", str(data), "--harmful-probes", str(harm),
                     "--harmful-probe-pool", "8", "--harmless-probes", str(data), "--harmless-probe-pool", "8"],
-        "lisa": ["finetune", "--method", "lisa", "--data", str(data), "--guide-data", str(harm), "--guide-size", "8",
+        "lisa": ["finetune", "--method", "lisa", "--source", str(data), "--guide-data", str(harm), "--guide-size", "8",
                  "--align-steps", "1", "--finetune-steps", "1", "--prox-start", "0"],
     }[method]
 

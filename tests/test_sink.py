@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 
@@ -16,7 +15,6 @@ from clinic.methods.base import ClinicTrainer, train_config
 from clinic.models import tiny_random_model
 from clinic.sink.analysis import run_sink_analysis
 from clinic.sink.callback import SinkCountCallback
-from clinic.sink.command import add_sink_command
 from clinic.sink.divergence import histogram, positive_head_count, probe_ids, sink_divergence
 from clinic.tasks import Sample
 
@@ -139,9 +137,9 @@ def test_callback_loads_default_sources(data_dir):
 
 
 def test_cli_command_and_errors(tmp_path):
-    parser = argparse.ArgumentParser()
-    add_sink_command(parser.add_subparsers(dest="command"), help_text="sink divergence")
-    args = parser.parse_args(["sink", "--model", "tiny-random-llama", "--output", str(tmp_path / "x"), "--n", "0"])
+    from clinic.cli import command_parser
+
+    args = command_parser("sink").parse_args(["--model", "tiny-random-llama", "--output", str(tmp_path / "x"), "--n", "0"])
     assert args.n == 0 and args.batch_size == 8 and args.sink_index == 0 and callable(args.func)
     with pytest.raises(ClinicError, match="--n"):
         args.func(args)

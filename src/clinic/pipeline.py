@@ -21,16 +21,17 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 
-from .data.formatting import PromptFormat, encode_prompts, format_prompt, training_row
-from .data.mixture import build_attack_set, check_mixture_args, take_qa
+from .data.formatting import PROMPT_STYLES, PromptFormat, encode_prompts, format_prompt, training_row
+from .data.mixture import SELECTIONS, build_attack_set, check_mixture_args, take_qa
 from .data.sources import load_rows
 from .errors import ClinicError
+from .evaluation.vllm_backend import BACKENDS, check_backend  # light: imports vllm only when generating with it
 from .methods.base import MethodSpec, TrainConfig, get_method, method_config
 from .methods.engines import check_engine, check_process_group, destroy_process_group_at_exit, world_size
 from .models import attach_lora, default_prompt_style, load_model, merge_adapter
 from .rundir import (DONE, RUN_RECORD, RunDir, check_output_dir, followed_path, is_incomplete_run, is_run_dir,
                      package_versions, read_run)
-from .tasks import SCORED_TASKS, get_task
+from .tasks import SCORED_TASKS, SCORING_RULES, get_task
 from .values import check_range, coerce_fields
 
 # --------------------------------------------------------------------------------------------
@@ -153,15 +154,21 @@ class DataSpec:
     file of prompt/response rows, with ``columns``) is used as it is.
     """
 
-    source: str | None = None
-    task: str | None = None
-    n: int | None = None
-    poison_ratio: float = 0.0
-    harmful_source: str = "beavertails-harmful"
-    selection: str = "random"
-    columns: dict | None = None
-    helpful: str | None = None
-    helpful_n: int | None = None
+    source: str | None = field(default=None, metadata={
+        "help": "align: alignment data, a named QA dataset or a file (default refusals); finetune: a user file of "
+                "prompt/response rows instead of --task"})
+    task: str | None = field(default=None, metadata={"help": "benign task: sst2, agnews, gsm8k, alpaca"})
+    n: int | None = field(default=None, metadata={"help": "number of samples (align: default all)"})
+    poison_ratio: float = field(default=0.0, metadata={"help": "fraction p of harmful samples, in [0, 1]"})
+    harmful_source: str = field(default="beavertails-harmful", metadata={"help": "source of the harmful samples"})
+    selection: str = field(default="random", metadata={"help": "seeded random rows or the first n",
+                                                       "choices": SELECTIONS})
+    # the CLI gives the mapping as text (prompt=question,response=answer), read by data.sources.parse_columns
+    columns: dict | None = field(default=None, metadata={
+        "help": "column mapping for a user file, e.g. prompt=question,response=answer"})
+    helpful: str | None = field(default=None, metadata={
+        "help": "a helpful instruction dataset to mix into the alignment data (e.g. alpaca)"})
+    helpful_n: int | None = field(default=None, metadata={"help": "how many --helpful rows to mix in"})
 
 
 def check_data_spec(stage: str, data: DataSpec) -> None:
@@ -169,11 +176,11 @@ def check_data_spec(stage: str, data: DataSpec) -> None:
     from .data.sources import SOURCES
 
     if data.source is not None and not data.source.strip():
-        raise ClinicError("--data is empty; name a dataset or a file")
+        raise ClinicError("--source is empty; name a dataset or a file")
     if stage == "finetune" and data.task and data.source:
-        raise ClinicError("give either --task (the attack set) or --data FILE, not both")
+        raise ClinicError("give either --task (the attack set) or --source FILE, not both")
     if data.columns and stage == "finetune" and data.task:
-        raise ClinicError("--columns maps the columns of a --data file; it does not apply to --task")
+        raise ClinicError("--columns maps the columns of a --source file; it does not apply to --task")
     source = data.source or ("refusals" if stage == "align" else None)
     if (data.helpful is None) != (data.helpful_n is None):
         raise ClinicError("--helpful and --helpful-n go together: name the helpful dataset and how many of its rows to mix in")
@@ -196,7 +203,7 @@ def _training_samples(stage: str, data: DataSpec, seed: int):
         return attack.samples, attack.manifest()
     source = data.source or ("refusals" if stage == "align" else None)
     if source is None:
-        raise ClinicError("fine-tuning needs --task (with --n and --poison-ratio) or --data FILE")
+        raise ClinicError("fine-tuning needs --task (with --n and --poison-ratio) or --source FILE")
     if data.n is not None:
         check_mixture_args(data.n, 0.0)
     if data.columns:
@@ -347,28 +354,32 @@ def _save_weights(trainer, run: RunDir, name: str) -> None:
 
 @dataclass
 class EvalConfig:
-    harmful_sets: list[str] = field(default_factory=lambda: ["beavertails-test"])
-    n_prompts: int = 100
-    judges: list[str] = field(default_factory=lambda: ["keyword", "harm-ce"])
-    tasks: list[str] = field(default_factory=lambda: ["sst2"])
-    n_task: int = 100
-    task_rule: str = "substring"
-    batch_size: int = 16
-    max_new_tokens: int = 64
-    prompt_style: str | None = None  # None: what the model was trained with, else its default
-    system_prompt: str | None = None
-    backend: str = "hf"  # generation: hf (batched transformers) or vllm (falls back to hf when missing)
+    harmful_sets: list[str] = field(default_factory=lambda: ["beavertails-test"], metadata={
+        "help": "harmful prompt sets: beavertails-test, advbench, strongreject, do-not-answer, harmbench, sorrybench, "
+                "or files"})
+    n_prompts: int = field(default=100, metadata={"help": "prompts per set (the first N)"})
+    judges: list[str] = field(default_factory=lambda: ["keyword", "harm-ce"], metadata={
+        "help": "judges: keyword, harm-ce, classifier, beaverdam, llamaguard"})
+    tasks: list[str] = field(default_factory=lambda: ["sst2"], metadata={
+        "help": "tasks for accuracy (sst2, agnews, gsm8k; '' for none)"})
+    n_task: int = field(default=100, metadata={"help": "test rows per task (the first N)"})
+    task_rule: str = field(default="substring", metadata={"help": "classification scoring rule", "choices": SCORING_RULES})
+    batch_size: int = field(default=16, metadata={"help": "generation batch size"})
+    max_new_tokens: int = field(default=64, metadata={"help": "new tokens for harmful prompts"})
+    prompt_style: str | None = field(default=None, metadata={  # None: what the model was trained with, else its default
+        "help": "prompt format (default: as the model was trained)", "choices": PROMPT_STYLES})
+    system_prompt: str | None = field(default=None, metadata={"help": "system prompt for the chat style"})
+    backend: str = field(default="hf", metadata={
+        "help": "generation backend: hf (batched transformers) or vllm (pip install clinic[vllm]; falls back to hf "
+                "with a warning when vllm is missing)", "choices": BACKENDS})
 
     def __post_init__(self):
-        from .evaluation.vllm_backend import check_backend
-        from .tasks import SCORING_RULES
-
         coerce_fields(self, "evaluation setting ")
         check_backend(self.backend)
         if not self.judges and self.harmful_sets:  # an evaluation that scores nothing
             raise ClinicError("no judges given (--judges is empty); name at least one, e.g. keyword")
         if not self.harmful_sets:
-            raise ClinicError("no harmful prompt sets given (--harmful-prompts is empty); name at least one")
+            raise ClinicError("no harmful prompt sets given (--harmful-sets is empty); name at least one")
         from .evaluation.judges import JUDGES
 
         for judge in self.judges:

@@ -6,7 +6,7 @@ which holds no evaluation prompt), runs the selector, keeps the top k candidates
 run directory:
 
 - ``subset.jsonl``: the kept rows, with the source's columns (``prompt``, ``response``, ...):
-  ``clinic align --data RUN/subset.jsonl`` trains on it;
+  ``clinic align --source RUN/subset.jsonl`` trains on it;
 - ``scores.csv`` / ``scores.jsonl``: every candidate's source ``index``, ``score``, ``rank``
   (1 = best), ``selected``, plus the selector's own columns (loss, gradient norm, ...);
 - ``validation.jsonl`` and ``data_indices.json``: the trusted validation rows, and every index;
@@ -348,38 +348,3 @@ def summary_lines(metrics: dict) -> list[str]:
         "alignment steps, i.e. 1 - k/n at equal epochs and batch size; not measured here "
         "(benchmarks/curation.py measures it)",
     ]
-
-
-# --------------------------------------------------------------------------------------------
-# CLI
-
-
-def add_curate_command(subparsers, help_text: str) -> None:
-    """Add ``clinic curate``; ``help_text`` is its line in ``clinic --help`` (``clinic.cli.COMMAND_HELP``)."""
-    import argparse
-    import dataclasses
-
-    from ..cli import add_dataclass_options
-    from .base import selectors
-
-    listing = "\n".join(f"  {name:14s} {spec.summary}" for name, spec in selectors().items())
-    p = subparsers.add_parser(
-        "curate", help=help_text,
-        description="Score every candidate alignment sample with a selector and keep the top k. Writes a run "
-        "directory: subset.jsonl (for `clinic align --data`), scores.csv/.jsonl, scores.png, config.yaml, "
-        f"metrics.json.\n\nselectors:\n{listing}",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output", required=True, help="run directory to create")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    add_dataclass_options(p.add_argument_group("curation"), CurateConfig)
-
-    def cmd(args) -> None:
-        import json
-
-        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(CurateConfig)
-                  if getattr(args, f.name) is not None}
-        out = run_curate(CurateConfig(**values), args.output, overwrite=args.overwrite)
-        print("\n".join(summary_lines(json.loads((out / "metrics.json").read_text()))))
-        print(f"curation written to {out}; align on the subset with: clinic align --data {out / 'subset.jsonl'} ...")
-
-    p.set_defaults(func=cmd)

@@ -78,7 +78,7 @@ class TrainConfig:
     batch_size: int = field(default=8, metadata={"help": "per-device batch size"})
     grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
     lr: float = field(default=5e-4, metadata={"help": "peak learning rate (AdamW)"})
-    schedule: str = field(default="cosine", metadata={"help": f"learning-rate schedule: {', '.join(SCHEDULES)}"})
+    schedule: str = field(default="cosine", metadata={"help": "learning-rate schedule", "choices": SCHEDULES})
     warmup: float = field(default=0.0, metadata={"help": "warm-up as a fraction of the steps"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     max_length: int = field(default=256, metadata={"help": "truncate samples to this many tokens"})
@@ -92,7 +92,8 @@ class TrainConfig:
         default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
         metadata={"help": "comma-separated module names that get LoRA adapters"},
     )
-    prompt_style: str = field(default="chat", metadata={"help": "chat (tokenizer template) or alpaca"})
+    prompt_style: str = field(default="chat", metadata={"help": "chat (tokenizer template) or alpaca",
+                                                         "choices": PROMPT_STYLES})
     system_prompt: str | None = field(default=None, metadata={"help": "system prompt for the chat style"})
     logging_steps: int = field(default=5, metadata={"help": "log the loss every N steps"})
     save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0: only the final model)"})

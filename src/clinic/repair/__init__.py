@@ -6,6 +6,6 @@
 """
 
 from .base import RepairSettings, get_repair, repair_methods
-from .stage import add_repair_command, run_repair, run_repair_stage
+from .stage import run_repair, run_repair_stage
 
-__all__ = ["RepairSettings", "add_repair_command", "get_repair", "repair_methods", "run_repair", "run_repair_stage"]
+__all__ = ["RepairSettings", "get_repair", "repair_methods", "run_repair", "run_repair_stage"]

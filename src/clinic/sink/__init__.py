@@ -9,7 +9,8 @@ One module per concern:
   run, written as CSV + JSON + figures;
 - :mod:`.plots`: those figures;
 - :mod:`.callback`: :class:`SinkCountCallback`, the positive-head count every k training steps;
-- :mod:`.command`: ``clinic sink`` (:func:`add_sink_command`).
+
+The ``clinic sink`` command is :mod:`clinic.cli.sink`.
 
 This module re-exports only the names the CLI and the experiment runner use; everything else is
 imported from the module that defines it.
@@ -19,6 +20,5 @@ from __future__ import annotations
 
 from .analysis import run_sink_analysis
 from .callback import SinkCountCallback
-from .command import add_sink_command
 
-__all__ = ["SinkCountCallback", "add_sink_command", "run_sink_analysis"]
+__all__ = ["SinkCountCallback", "run_sink_analysis"]

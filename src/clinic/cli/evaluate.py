@@ -1,0 +1,54 @@
+"""``clinic evaluate``: harmful score and fine-tune accuracy of a model (:class:`clinic.pipeline.EvalConfig`)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..errors import ClinicError
+from .options import ConfigParser, values
+
+RENAMED = {"--harmful-prompts": "--harmful-sets", "--rule": "--task-rule"}  # old spellings, still accepted
+
+
+def parser(name: str) -> ConfigParser:
+    from ..pipeline import EvalConfig
+    from . import COMMANDS
+
+    p = ConfigParser(prog=f"clinic {name}", description=f"{COMMANDS[name][1]}: generate answers to harmful prompts "
+                     "and task questions, score them, and write generations.jsonl and metrics.json to a run directory.")
+    p.add_argument("--model", required=True, help="model name/path or a run directory")
+    p.add_output()
+    p.add_argument("--judge-model", action="append", default=[], metavar="JUDGE=PATH",
+                   help="local weights of a model judge, e.g. beaverdam=/models/beaver-dam-7b (repeatable)")
+    p.add_dataclass(EvalConfig, "evaluation")
+    p.deprecate(RENAMED)
+    return p
+
+
+def _judges(names: list[str], paths: list[str]) -> dict | None:
+    """The judges of ``names`` with the weights given by ``--judge-model JUDGE=PATH`` (None: defaults)."""
+    if not paths:
+        return None
+    from ..evaluation.judges import get_judge
+
+    given = {}
+    for item in paths:
+        judge, sep, path = item.partition("=")
+        if not sep or not path:
+            raise ClinicError(f"--judge-model {item!r} must look like JUDGE=PATH")
+        if judge not in names:
+            raise ClinicError(f"--judge-model names {judge}, which is not among --judges ({', '.join(names)})")
+        given[judge] = path
+    return {name: get_judge(name, **({"model_path": given[name]} if name in given else {})) for name in names}
+
+
+def run(args) -> None:
+    from ..pipeline import EvalConfig, read_metrics, run_evaluate
+    from ..report import metrics_lines
+    from ..rundir import check_output_dir
+
+    cfg = EvalConfig(**values(args, [f.name for f in dataclasses.fields(EvalConfig)]))
+    check_output_dir(args.output, args.overwrite)  # before loading any judge model
+    out = run_evaluate(args.model, cfg, args.output, overwrite=args.overwrite, judges=_judges(cfg.judges, args.judge_model))
+    print("\n".join(metrics_lines(read_metrics(out))))
+    print(f"evaluation written to {out}")

@@ -1,0 +1,43 @@
+"""``clinic repair``: repair a LoRA fine-tuned model after fine-tuning (:mod:`clinic.repair`).
+
+Options: the run's own (model, method, output), the repair settings
+(:class:`clinic.repair.stage.RepairSettings` fields) and the options of every repair method.
+"""
+
+from __future__ import annotations
+
+from .options import ConfigParser, values
+
+
+def parser(name: str) -> ConfigParser:
+    from ..repair.base import repair_methods
+    from ..repair.base import RepairSettings
+
+    methods = repair_methods()
+    listing = "\n".join(f"  {n:10s} {spec.summary}" for n, spec in methods.items())
+    p = ConfigParser(prog=f"clinic {name}", description="Repair a LoRA fine-tuned model after fine-tuning "
+                     "(post-fine-tuning defence). Writes a run directory (adapter/, config.yaml, metrics.json, "
+                     f"run.json) that `clinic evaluate --model` loads.\n\nmethods:\n{listing}")
+    p.add_argument("--model", required=True, help="a finished LoRA fine-tuning run directory (clinic finetune)")
+    p.add_argument("--method", required=True, help=f"one of: {', '.join(methods)}")
+    p.add_output()
+    p.add_dataclass(RepairSettings, "settings", unset=True)
+    method_options = p.add_method_options("repair", methods)
+    p.set_defaults(method_options=method_options)
+    return p
+
+
+def run(args) -> None:
+    import dataclasses
+    import json
+
+    from ..repair.base import get_repair
+    from ..repair.base import RepairSettings
+    from ..repair.stage import run_repair, summary_line
+    from .train import method_values
+
+    spec = get_repair(args.method)
+    settings = RepairSettings(**values(args, [f.name for f in dataclasses.fields(RepairSettings)]))
+    out = run_repair(args.model, spec.name, args.output, method_values(args, spec), settings, overwrite=args.overwrite)
+    print(summary_line(json.loads((out / "metrics.json").read_text())))
+    print(f"repair run written to {out}; measure it with: clinic evaluate --model {out} ...")

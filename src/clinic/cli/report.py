@@ -1,0 +1,26 @@
+"""``clinic report``: tables, figures and an HTML report of an experiment directory (:mod:`clinic.report`)."""
+
+from __future__ import annotations
+
+from .parser import ArgParser
+
+
+def parser(name: str) -> ArgParser:
+    p = ArgParser(prog=f"clinic {name}", description="Tables, figures and a self-contained HTML report for an "
+                  "experiment directory written by `clinic run`.")
+    p.add_argument("run_dir", help="experiment directory written by `clinic run`")
+    p.add_output("report directory", default="RUN_DIR/report")
+    p.add_argument("--guard-points", type=float, default=5.0, metavar="POINTS",
+                   help="adaptive attacker: an attack counts when its fine-tune accuracy is within POINTS of the "
+                        "defence's best attack (default 5)")
+    p.add_argument("--guard-fa", type=float, default=None, metavar="PERCENT",
+                   help="adaptive attacker: count the attacks with fine-tune accuracy >= PERCENT instead")
+    return p
+
+
+def run(args) -> None:
+    from ..adaptive import Guard
+    from ..report import write_report
+
+    guard = Guard(args.guard_points, args.guard_fa)  # checked before anything is written
+    write_report(args.run_dir, args.output, overwrite=args.overwrite, guard=guard)

@@ -1,0 +1,22 @@
+"""``clinic run``: run or resume an experiment file (:mod:`clinic.experiment`)."""
+
+from __future__ import annotations
+
+from .parser import ArgParser
+
+
+def parser(name: str) -> ArgParser:
+    p = ArgParser(prog=f"clinic {name}", description="Run or resume an experiment. Finished stages are skipped; a "
+                  "stage killed mid-way restarts from its beginning. See docs/experiments.md.")
+    p.add_argument("experiment", help="experiment YAML file (see configs/)")
+    p.add_argument("--output", help="experiment directory (default runs/<experiment name>)")
+    p.add_argument("--store", help="stage store shared between experiments (default <output>/stages)")
+    p.add_argument("--dry-run", action="store_true", help="print the stages and whether each is done, run nothing")
+    p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    return p
+
+
+def run(args) -> None:
+    from ..experiment import run_experiment
+
+    run_experiment(args.experiment, args.output, args.store, dry_run=args.dry_run, report=not args.no_report)
