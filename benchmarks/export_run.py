@@ -1,0 +1,60 @@
+"""Copy an experiment's small outputs into a tracked results folder, so that tables regenerate
+from the repository alone (runs/ is not tracked and does not survive a new machine).
+
+    python benchmarks/export_run.py runs/calib-b results/calib-b
+    clinic report results/calib-b
+
+Copies the experiment file, plan.json (its store set to the folder's own ``store``) and, for every
+finished stage of the plan, the stage directory without weights (``adapter/``, ``model/``,
+``checkpoints/``, ``*.safetensors``, ``*.bin``, ``*.pt``). Unfinished stages are left out and
+listed. Re-running refreshes the folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+WEIGHTS = ("adapter", "model", "checkpoints", "trainer", "*.safetensors", "*.bin", "*.pt")
+
+
+def export(run_dir: Path, out: Path) -> dict:
+    plan_path = run_dir / "plan.json"
+    if not plan_path.exists():
+        sys.exit(f"export_run: error: {plan_path} does not exist (not a `clinic run` directory)")
+    plan = json.loads(plan_path.read_text())
+    store = (run_dir / plan["store"]).resolve()
+    (out / "store").mkdir(parents=True, exist_ok=True)
+    copied, missing = [], []
+    for stage in plan["stages"]:
+        src = store / stage["dir"]
+        if not (src / "DONE").exists():
+            missing.append(stage["dir"])
+            continue
+        dst = out / "store" / stage["dir"]
+        shutil.rmtree(dst, ignore_errors=True)
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns(*WEIGHTS))
+        copied.append(stage["dir"])
+    for name in ("experiment.yaml", "clinic.json"):
+        if (run_dir / name).exists():
+            shutil.copy2(run_dir / name, out / name)
+    (out / "plan.json").write_text(json.dumps({**plan, "store": "store"}, indent=1) + "\n")
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    return {"copied": len(copied), "unfinished": missing, "bytes": size}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("out", type=Path)
+    args = parser.parse_args(argv)
+    summary = export(args.run_dir, args.out)
+    print(f"{args.out}: {summary['copied']} stages, {summary['bytes'] / 2**20:.2f} MiB"
+          + (f"; unfinished, left out: {', '.join(summary['unfinished'])}" if summary["unfinished"] else ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""benchmarks/export_run.py: finished stages copied without weights, plan pointed at the copy."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from export_run import export  # noqa: E402
+
+
+def test_export_copies_small_outputs_of_finished_stages_only(tmp_path):
+    run, store = tmp_path / "runs" / "exp", tmp_path / "runs" / "store"
+    for name, done in (("align-sft-aaa", True), ("evaluate-sft-bbb", True), ("finetune-sft-ccc", False)):
+        stage = store / name
+        (stage / "adapter").mkdir(parents=True)
+        (stage / "adapter" / "adapter_model.safetensors").write_bytes(b"w" * 100)
+        (stage / "model.safetensors").write_bytes(b"w")
+        (stage / "metrics.json").write_text("{}")
+        if done:
+            (stage / "DONE").write_text("")
+    run.mkdir(parents=True)
+    (run / "experiment.yaml").write_text("name: exp\n")
+    plan = {"name": "exp", "store": "../store", "stages": [{"dir": d} for d in ("align-sft-aaa", "evaluate-sft-bbb",
+                                                                                "finetune-sft-ccc")]}
+    (run / "plan.json").write_text(json.dumps(plan))
+    out = tmp_path / "results" / "exp"
+    summary = export(run, out)
+    assert summary["copied"] == 2 and summary["unfinished"] == ["finetune-sft-ccc"]
+    assert json.loads((out / "plan.json").read_text())["store"] == "store"
+    assert (out / "experiment.yaml").read_text() == "name: exp\n"
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert files == ["experiment.yaml", "plan.json", "store/align-sft-aaa/DONE", "store/align-sft-aaa/metrics.json",
+                     "store/evaluate-sft-bbb/DONE", "store/evaluate-sft-bbb/metrics.json"]
