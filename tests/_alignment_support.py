@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from clinic.data.formatting import training_row
-from clinic.methods.base import get_method, train_config
+from clinic.methods.config import train_config
+from clinic.methods.registry import get_method
 from clinic.models import attach_lora, tiny_random_model
 from clinic.tasks import Sample
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from _alignment_support import make_trainer, cpu_settings  # noqa: F401
 
-from clinic.methods.base import get_method, methods_for
+from clinic.methods.registry import get_method, methods_for
 
 ARCHS = ("llama", "qwen2", "gemma", "mistral")
 METHODS = {
@@ -57,7 +57,7 @@ def test_registry_and_options():
 
 def test_tvaccine_through_the_pipeline(tmp_path, data_dir):
     """The pipeline loads the harmful stream from its named source and the run finishes."""
-    from clinic.methods.base import train_config
+    from clinic.methods.config import train_config
     from clinic.pipeline import DataSpec, run_train
 
     out = run_train("align", model="tiny-random-llama", method="tvaccine",

@@ -28,7 +28,7 @@ def chains(tmp_path_factory):
     import os
     from pathlib import Path
 
-    from clinic.methods.base import train_config
+    from clinic.methods.config import train_config
 
     if not Path(os.environ.get("CLINIC_DATA_DIR", "/nonexistent")).exists():
         pytest.skip("CLINIC_DATA_DIR is not set (the data directory ../shared/data is missing)")
@@ -159,7 +159,7 @@ def test_safelora_without_an_alignment_adapter_needs_named_models(chains, tmp_pa
     ft = chains("llama")
     record = json.loads((ft / "run.json").read_text())
     assert len(record["model_chain"]["adapters"]) == 2  # base + align + finetune: the default references exist
-    from clinic.methods.base import train_config
+    from clinic.methods.config import train_config
     from clinic.pipeline import DataSpec, run_train
 
     direct = run_train("finetune", model="tiny-random-llama", data=DataSpec(task="sst2", n=4, poison_ratio=0.5),
@@ -178,7 +178,7 @@ def test_safelora_follows_a_fully_fine_tuned_alignment_back_to_its_base(tmp_path
     """base -> full-FT align -> LoRA finetune: the aligned model is the align run's model/, the
     base the model its config.yaml records; the aligned weights read from the loaded model equal
     the aligned chain loaded anew."""
-    from clinic.methods.base import train_config
+    from clinic.methods.config import train_config
     from clinic.pipeline import DataSpec, ModelChain, load_chain, run_train
     from clinic.repair.stage import references
 
