@@ -102,6 +102,11 @@ def small_trainer(method: str, stage: str, tmp_path, arch: str = "llama", max_st
                         batch_size=2, logging_steps=1, max_length=128, **overrides)
 
 
+def assert_finite_weights(trainer, what: str):
+    """Trainer reports a NaN loss as the running mean of the earlier ones: the weights tell."""
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters()), f"{what}: non-finite weights"
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("stage,method", STAGED)
 def test_two_steps_on_every_architecture(tmp_path, data_dir, stage, method, arch):
@@ -110,7 +115,7 @@ def test_two_steps_on_every_architecture(tmp_path, data_dir, stage, method, arch
     result = trainer.train()
     assert trainer.state.global_step == 2
     assert math.isfinite(result.training_loss)
-    assert all(math.isfinite(log["loss"]) for log in trainer.state.log_history if "loss" in log)
+    assert_finite_weights(trainer, f"{method} on {arch}")
     changed = [n for n, p in trainer.model.named_parameters() if n in before and not torch.equal(p, before[n])]
     assert any("lora_B" in n for n in changed), f"{method} on {arch} trained no adapter"
     assert all(p.requires_grad for n, p in trainer.model.named_parameters() if n in before)
@@ -120,6 +125,7 @@ def test_two_steps_on_every_architecture(tmp_path, data_dir, stage, method, arch
 def test_a_step_with_gradient_checkpointing(tmp_path, data_dir, stage, method):
     trainer = small_trainer(method, stage, tmp_path, max_steps=1, gradient_checkpointing=True)
     assert math.isfinite(trainer.train().training_loss)
+    assert_finite_weights(trainer, method)
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,7 +173,7 @@ def test_run_directory_reloads_and_runs_are_deterministic(tmp_path, data_dir, st
 
     quiet()
     data = DataSpec(source="refusals", n=8) if stage == "align" else DataSpec(task="sst2", n=8, poison_ratio=0.5)
-    train = train_config(f"cpu-{stage}", max_steps=2, batch_size=2, max_length=128, logging_steps=1, seed=3)
+    train = train_config(f"cpu-{stage}", max_steps=2, batch_size=2, max_length=256, logging_steps=1, seed=3)
     runs, logits = [], []
     for i in range(2):
         keep = FinalLogits()
