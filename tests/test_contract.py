@@ -50,7 +50,7 @@ def test_the_registries_hold_every_method():
     """Discovery finds the modules (no list kept by hand); a wrong name gets the nearest one."""
     assert {"sft", "vaccine", "tvaccine", "repnoise", "booster", "tar-lite", "surgery", "lisa"} <= set(METHODS)
     assert ("align", "sft") in STAGED and ("finetune", "sft") in STAGED
-    assert list(REPAIRS) == ["safelora", "antidote", "panacea"]  # listed in their declared order
+    assert list(REPAIRS)[:3] == ["safelora", "antidote", "panacea"]  # listed in their declared order, new ones after
     for spec in REPAIRS.values():
         assert spec.summary
         for f in dataclasses.fields(spec.config):
