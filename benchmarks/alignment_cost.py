@@ -108,7 +108,8 @@ def worker(opts: dict) -> dict:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from clinic.data.formatting import training_row
-    from clinic.methods.base import get_method, train_config
+    from clinic.methods.config import train_config
+    from clinic.methods.registry import get_method
     from clinic.models import attach_lora, tiny_tokenizer
     from clinic.tasks import Sample
 

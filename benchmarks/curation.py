@@ -110,7 +110,7 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     from clinic.curation import CurateConfig, run_curate
     from clinic.evaluation.judges import get_judge
-    from clinic.methods.base import train_config
+    from clinic.methods.config import train_config
     from clinic.pipeline import (
         DataSpec,
         EvalConfig,

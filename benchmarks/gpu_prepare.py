@@ -43,7 +43,7 @@ DEVICE_PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux
                     "manylinux2014_x86_64", "manylinux1_x86_64"]
 # every clinic module the check imports on the device (the CLI imports the rest lazily)
 CLINIC_MODULES = ["clinic.cli", "clinic.pipeline", "clinic.attention", "clinic.sink", "clinic.models",
-                  "clinic.methods.base", "clinic.evaluation.judges", "clinic.evaluation.generate"]
+                  "clinic.methods.trainer", "clinic.evaluation.judges", "clinic.evaluation.generate"]
 STACK = ["torch", "transformers", "trl", "datasets", "peft", "accelerate", "huggingface_hub", "tokenizers",
          "safetensors", "pyarrow", "fsspec", "dill", "multiprocess", "numpy", "pandas"]
 # top-level modules that belong to no installed distribution but are expected
@@ -175,9 +175,9 @@ def preflight(args) -> int:
             report["imports"][name] = f"{type(exc).__name__}: {exc}"
             failed = True
     try:
-        from clinic.methods import load_all
+        from clinic.methods.registry import METHODS
 
-        load_all()
+        METHODS.discover()
         report["imports"]["clinic.methods (all)"] = "ok"
     except Exception as exc:  # noqa: BLE001
         report["imports"]["clinic.methods (all)"] = f"{type(exc).__name__}: {exc}"

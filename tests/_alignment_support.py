@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from clinic.data.formatting import training_row
-from clinic.methods.base import get_method, train_config
+from clinic.methods.config import train_config
+from clinic.methods.registry import get_method
 from clinic.models import attach_lora, tiny_random_model
 from clinic.tasks import Sample
 
@@ -110,3 +111,35 @@ def assert_close_lists(actual, expected, rtol=1e-5, atol=1e-7):
     assert len(actual) == len(expected)
     for a, e in zip(actual, expected):
         torch.testing.assert_close(a, e, rtol=rtol, atol=atol)
+
+
+# --------------------------------------------------------------------------------------------
+# tiny chains: base -> LoRA align -> LoRA finetune, one per architecture, built once
+
+
+@pytest.fixture(scope="module")
+def chains(tmp_path_factory):
+    import os
+    from pathlib import Path
+
+    from clinic.methods.config import train_config
+
+    if not Path(os.environ.get("CLINIC_DATA_DIR", "/nonexistent")).exists():
+        pytest.skip("CLINIC_DATA_DIR is not set (the data directory ../shared/data is missing)")
+    from clinic.pipeline import DataSpec, run_train
+
+    quiet()
+    built = {}
+
+    def chain(arch: str):
+        if arch not in built:
+            root = tmp_path_factory.mktemp(f"chain-{arch}")
+            train = train_config("cpu-align", max_steps=2, batch_size=4, max_length=256, logging_steps=1, lr=1e-2)
+            align = run_train("align", model=f"tiny-random-{arch}", train=train, data=DataSpec(source="refusals", n=8),
+                              output=root / "align")
+            ft = run_train("finetune", model=str(align), train=train,
+                           data=DataSpec(task="sst2", n=8, poison_ratio=0.5), output=root / "ft")
+            built[arch] = ft
+        return built[arch]
+
+    return chain

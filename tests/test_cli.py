@@ -149,7 +149,8 @@ def _settings_classes():
     from clinic.cli.sink import SinkConfig
     from clinic.curation import CurateConfig
     from clinic.demo import DemoConfig
-    from clinic.methods.base import TrainConfig, methods_for
+    from clinic.methods.config import TrainConfig
+    from clinic.methods.registry import methods_for
     from clinic.pipeline import EvalConfig
     from clinic.repair import RepairSettings, repair_methods
 
@@ -217,7 +218,7 @@ def test_a_training_option_left_unset_keeps_the_presets_value():
 
     from clinic.cli import command_parser
     from clinic.cli.options import values
-    from clinic.methods.base import PRESETS, TrainConfig, train_config
+    from clinic.methods.config import PRESETS, TrainConfig, train_config
 
     names = [f.name for f in dataclasses.fields(TrainConfig)]
 

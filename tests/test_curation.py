@@ -275,7 +275,7 @@ def test_diversity_with_the_packaged_encoder():
 
 
 def test_cli_curate_writes_everything_and_the_subset_aligns(tmp_path, capsys, data_dir):
-    from clinic.methods.base import train_config
+    from clinic.methods.config import train_config
     from clinic.pipeline import DataSpec, run_train
 
     out = tmp_path / "curate"

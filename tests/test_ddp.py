@@ -225,7 +225,7 @@ def test_engine_from_launcher_environment(monkeypatch, env, engine):
 
 
 def test_every_method_declares_its_engines():
-    from clinic.methods.base import METHODS, methods_for
+    from clinic.methods.registry import METHODS, methods_for
 
     methods_for("align")
     table = {name: spec.engines for name, spec in METHODS.items()}
@@ -263,7 +263,7 @@ def test_accelerate_configs_and_the_engine_their_processes_see(monkeypatch, conf
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
     from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
 
-    from clinic.methods.base import METHODS, methods_for
+    from clinic.methods.registry import METHODS, methods_for
 
     path = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / f"{config}.yaml"
     args = launch_command_parser().parse_args(["--config_file", str(path), "-m", "clinic.cli", "align"])

@@ -72,7 +72,7 @@ CASES: list[Bad] = [
     Bad("missing-data-file", "a data file that does not exist", ["align", *TINY, "--source", "{in}/nope.jsonl"],
         "nope.jsonl does not exist"),
     Bad("unknown-dataset", "a dataset name that is neither a named dataset nor a file", ["align", *TINY, "--source", "refusal"],
-        "unknown dataset 'refusal': not a file, and not one of"),
+        "unknown dataset 'refusal' (did you mean 'refusals'?): not a file, and not one of"),
     Bad("malformed-jsonl", "a .jsonl file with a broken line", ["align", *TINY, "--source", "{in}/bad.jsonl"],
         "bad.jsonl row 2: not valid JSON", _write("bad.jsonl", QA + '{"prompt": "x", "response": \n')),
     Bad("wrong-column-mapping", "a column mapping naming a column the file lacks",

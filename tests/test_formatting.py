@@ -7,7 +7,8 @@ from datasets import Dataset
 
 from clinic.data.formatting import PromptFormat, alpaca_prompt, encode_prompts, format_prompt, training_row
 from clinic.errors import ClinicError
-from clinic.methods.base import ClinicTrainer, train_config
+from clinic.methods.config import train_config
+from clinic.methods.trainer import ClinicTrainer
 from clinic.models import tiny_random_model
 
 

@@ -9,7 +9,7 @@ from transformers import TrainerCallback
 from _alignment_support import tiny_trainer
 
 from clinic.errors import ClinicError
-from clinic.methods.base import get_method, method_config
+from clinic.methods.registry import get_method, method_config
 from clinic.methods.lisa import ALIGN, FINETUNE, LISA_REFERENCES, LisaConfig, proximal_term
 from clinic.tasks import Sample
 

@@ -10,45 +10,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from _alignment_support import cpu_settings, quiet  # noqa: F401
+from _alignment_support import chains, cpu_settings, quiet  # noqa: F401
 
 from clinic.errors import ClinicError
 from clinic.repair.base import RepairContext, RepairSettings, get_repair, lora_layers, repair_methods
 from clinic.repair.stage import _fine_tuned, run_repair
 
 ARCHS = ("llama", "qwen2", "gemma", "mistral")
-
-
-# --------------------------------------------------------------------------------------------
-# tiny chains: base -> LoRA align -> LoRA finetune, one per architecture, built once
-
-
-@pytest.fixture(scope="module")
-def chains(tmp_path_factory):
-    import os
-    from pathlib import Path
-
-    from clinic.methods.base import train_config
-
-    if not Path(os.environ.get("CLINIC_DATA_DIR", "/nonexistent")).exists():
-        pytest.skip("CLINIC_DATA_DIR is not set (the data directory ../shared/data is missing)")
-    from clinic.pipeline import DataSpec, run_train
-
-    quiet()
-    built = {}
-
-    def chain(arch: str):
-        if arch not in built:
-            root = tmp_path_factory.mktemp(f"chain-{arch}")
-            train = train_config("cpu-align", max_steps=2, batch_size=4, max_length=256, logging_steps=1, lr=1e-2)
-            align = run_train("align", model=f"tiny-random-{arch}", train=train, data=DataSpec(source="refusals", n=8),
-                              output=root / "align")
-            ft = run_train("finetune", model=str(align), train=train,
-                           data=DataSpec(task="sst2", n=8, poison_ratio=0.5), output=root / "ft")
-            built[arch] = ft
-        return built[arch]
-
-    return chain
 
 
 def context(ft, settings: RepairSettings | None = None, references: dict | None = None) -> RepairContext:
@@ -67,17 +35,6 @@ def adapter_weights(run) -> dict[str, torch.Tensor]:
 
 # --------------------------------------------------------------------------------------------
 # registry
-
-
-def test_registry_lists_documented_methods_and_suggests_the_nearest_name():
-    methods = repair_methods()
-    assert list(methods) == ["safelora", "antidote", "panacea"]
-    for spec in methods.values():
-        assert spec.summary
-        for f in dataclasses.fields(spec.config):
-            assert f.metadata.get("help"), f"{spec.name}.{f.name} has no help text"
-    with pytest.raises(ClinicError, match=r"unknown repair method 'safelra' \(did you mean 'safelora'\?\)"):
-        get_repair("safelra")
 
 
 # --------------------------------------------------------------------------------------------
@@ -159,7 +116,7 @@ def test_safelora_without_an_alignment_adapter_needs_named_models(chains, tmp_pa
     ft = chains("llama")
     record = json.loads((ft / "run.json").read_text())
     assert len(record["model_chain"]["adapters"]) == 2  # base + align + finetune: the default references exist
-    from clinic.methods.base import train_config
+    from clinic.methods.config import train_config
     from clinic.pipeline import DataSpec, run_train
 
     direct = run_train("finetune", model="tiny-random-llama", data=DataSpec(task="sst2", n=4, poison_ratio=0.5),
@@ -178,7 +135,7 @@ def test_safelora_follows_a_fully_fine_tuned_alignment_back_to_its_base(tmp_path
     """base -> full-FT align -> LoRA finetune: the aligned model is the align run's model/, the
     base the model its config.yaml records; the aligned weights read from the loaded model equal
     the aligned chain loaded anew."""
-    from clinic.methods.base import train_config
+    from clinic.methods.config import train_config
     from clinic.pipeline import DataSpec, ModelChain, load_chain, run_train
     from clinic.repair.stage import references
 
@@ -347,30 +304,6 @@ def test_panacea_stays_in_the_ball_and_the_cap_stops_the_harmful_push(chains):
 
 # --------------------------------------------------------------------------------------------
 # every architecture, through the stage
-
-
-OPTIONS = {"safelora": {"num_layers": 3}, "antidote": {"n_harmful": 4}, "panacea": {"n_harmful": 4, "n_task": 4, "steps": 1}}
-
-
-@pytest.mark.parametrize("arch", ARCHS)
-def test_every_method_repairs_every_architecture(chains, tmp_path, arch):
-    from clinic.pipeline import load_chain, resolve_ref
-
-    ft = chains(arch)
-    original = adapter_weights(ft)
-    for method, options in OPTIONS.items():
-        out = run_repair(str(ft), method, tmp_path / method, options, RepairSettings(batch_size=4))
-        repaired = adapter_weights(out)
-        assert set(repaired) == set(original)
-        changed = [k for k in original if not torch.equal(original[k], repaired[k])]
-        assert changed, f"{method} on {arch} changed nothing"
-        if method == "safelora":  # only B changes, in exactly the projected layers
-            assert all("lora_B" in k for k in changed)
-            assert len(changed) == json.loads((out / "metrics.json").read_text())["projected"] == 3
-        record = json.loads((out / "run.json").read_text())
-        assert record["stage"] == "repair" and record["model_chain"]["adapters"][-1] == "adapter"
-        model, _tok = load_chain(resolve_ref(str(out)))  # loadable like a fine-tuned run
-        assert model is not None
 
 
 def test_cli_align_finetune_repair_evaluate(tmp_path, capsys, data_dir):

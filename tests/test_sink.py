@@ -11,7 +11,8 @@ from datasets import Dataset
 
 from clinic.data.formatting import training_row
 from clinic.errors import ClinicError
-from clinic.methods.base import ClinicTrainer, train_config
+from clinic.methods.config import train_config
+from clinic.methods.trainer import ClinicTrainer
 from clinic.models import tiny_random_model
 from clinic.sink.analysis import run_sink_analysis
 from clinic.sink.callback import SinkCountCallback

@@ -11,7 +11,8 @@ from _alignment_support import tiny_trainer
 from clinic.attention import position_ids_for
 from clinic.data.formatting import training_row
 from clinic.errors import ClinicError
-from clinic.methods.base import get_method, method_config, train_config
+from clinic.methods.config import train_config
+from clinic.methods.registry import get_method, method_config
 from clinic.methods.surgery import SurgeryConfig, SurgeryTrainer
 from clinic.models import tiny_random_model
 from clinic.sink.divergence import probe_ids

@@ -10,7 +10,7 @@ an attack space::
       attack_space: {lr: [5e-5, 1e-4], epochs: [3, 5], poison_ratio: [0.1, 0.2]}
       search: {budget: 6, seed: 0}         # optional: Optuna trials instead of the full grid
 
-- A dimension is any training setting (a :class:`clinic.methods.base.TrainConfig` field but
+- A dimension is any training setting (a :class:`clinic.methods.config.TrainConfig` field but
   ``seed``: ``lr``, ``epochs``, ``lora_r``, ``full_ft``, ...) or ``poison_ratio``. Its values are
   a list, or a range ``{low, high, step}`` (both ends included), which is shorthand for the list.
 - The **fixed attack** is the block's base setting: its preset and ``train`` overrides at its
@@ -52,7 +52,7 @@ def _dimensions() -> dict:
     """{dimension: type}: every training setting but the seed (the experiment's seeds), and p."""
     import typing
 
-    from .methods.base import TrainConfig
+    from .methods.config import TrainConfig
 
     hints = typing.get_type_hints(TrainConfig)
     dims = {f.name: hints[f.name] for f in fields(TrainConfig) if f.name != "seed"}

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from .errors import ClinicError
 from .data.mixture import check_mixture_args
-from .methods.base import get_method, train_config
+from .methods.config import train_config
+from .methods.registry import get_method
 from .pipeline import DataSpec, EvalConfig, chain_inputs, check_chain, read_metrics, resolve_ref, run_evaluate, run_train
 from .report import format_interval, markdown_table
 from .rundir import check_output_dir, write_marker

@@ -265,7 +265,7 @@ class Stage:
 
 
 def _train_config(block: dict, seed: int, default_preset: str) -> dict:
-    from .methods.base import train_config
+    from .methods.config import train_config
 
     overrides = dict(block.get("train") or {})
     overrides["seed"] = seed
@@ -273,7 +273,7 @@ def _train_config(block: dict, seed: int, default_preset: str) -> dict:
 
 
 def _method_options(entry: MethodEntry, stage: str) -> dict:
-    from .methods.base import get_method, method_config
+    from .methods.registry import get_method, method_config
 
     spec = get_method(entry.name, stage)
     return asdict(method_config(spec, **dict(entry.options)))
@@ -521,7 +521,7 @@ def run_stage(store: Path, exp: Experiment, stage: Stage, judges: dict) -> Path:
     out = stage_path(store, stage)
     cfg = stage.config
     if stage.kind in ("align", "finetune"):
-        from .methods.base import TrainConfig
+        from .methods.config import TrainConfig
 
         model_ref = cfg.get("model") or _model_ref(store, exp, stage)
         if stage.kind == "align" and stage.parent is not None and stage.parent.kind == "curate":

@@ -26,7 +26,8 @@ from .data.mixture import SELECTIONS, build_attack_set, check_mixture_args, take
 from .data.sources import load_rows
 from .errors import ClinicError
 from .evaluation.vllm_backend import BACKENDS, check_backend  # light: imports vllm only when generating with it
-from .methods.base import MethodSpec, TrainConfig, get_method, method_config
+from .methods.config import TrainConfig
+from .methods.registry import MethodSpec, get_method, method_config
 from .methods.engines import check_engine, check_process_group, destroy_process_group_at_exit, world_size
 from .models import attach_lora, default_prompt_style, load_model, merge_adapter
 from .rundir import (DONE, RUN_RECORD, RunDir, check_output_dir, followed_path, is_incomplete_run, is_run_dir,
@@ -380,11 +381,10 @@ class EvalConfig:
             raise ClinicError("no judges given (--judges is empty); name at least one, e.g. keyword")
         if not self.harmful_sets:
             raise ClinicError("no harmful prompt sets given (--harmful-sets is empty); name at least one")
-        from .evaluation.judges import JUDGES
+        from .evaluation.judges import check_judge_name
 
         for judge in self.judges:
-            if judge not in JUDGES:
-                raise ClinicError(f"unknown judge {judge!r}; choose one of {', '.join(JUDGES)}")
+            check_judge_name(judge)
         for what, names in (("judge", self.judges), ("prompt set", self.harmful_sets), ("task", self.tasks)):
             twice = sorted({n for n in names if names.count(n) > 1})
             if twice:  # scored once under one key: the second would silently overwrite the first

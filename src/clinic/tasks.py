@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from .data.sources import load_rows
 from .errors import ClinicError
+from .registry import Registry
 
 SST2_INSTRUCTION = "Analyze the sentiment of the input, and respond only positive or negative"
 AGNEWS_INSTRUCTION = (
@@ -52,6 +53,10 @@ class Sample:
     output: str
 
 
+#: Task name -> class, in the order of definition (register a new task with ``@TASKS.register(name)``).
+TASKS = Registry("task")
+
+
 class Task:
     """A benign task: training rows, test rows, sample conversion and scoring."""
 
@@ -73,6 +78,7 @@ class Task:
         return load_rows(self.test_source)
 
 
+@TASKS.register("sst2")
 class SST2(Task):
     name, train_source, test_source, max_new_tokens = "sst2", "sst2", "sst2-validation", 8
 
@@ -86,6 +92,7 @@ class SST2(Task):
         return label in output or label.capitalize() in output
 
 
+@TASKS.register("agnews")
 class AGNews(Task):
     name, train_source, test_source, max_new_tokens = "agnews", "agnews", "agnews-test", 8
 
@@ -98,6 +105,7 @@ class AGNews(Task):
         return any(v in output for v in variants)
 
 
+@TASKS.register("gsm8k")
 class GSM8K(Task):
     name, train_source, test_source, max_new_tokens = "gsm8k", "gsm8k", "gsm8k-test", 256
 
@@ -113,6 +121,7 @@ class GSM8K(Task):
         return predicted is not None and truth is not None and abs(predicted - truth) < 1e-6
 
 
+@TASKS.register("alpaca")
 class Alpaca(Task):
     """Open-ended instructions: usable as benign fine-tuning data; no accuracy rule."""
 
@@ -125,11 +134,8 @@ class Alpaca(Task):
         raise ClinicError("alpaca has no accuracy rule (AlpacaEval needs an external judge)")
 
 
-TASKS: dict[str, type[Task]] = {"sst2": SST2, "agnews": AGNews, "gsm8k": GSM8K, "alpaca": Alpaca}
 SCORED_TASKS = ("sst2", "agnews", "gsm8k")
 
 
 def get_task(name: str) -> Task:
-    if name not in TASKS:
-        raise ClinicError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
-    return TASKS[name]()
+    return TASKS.get(name)()

@@ -10,7 +10,7 @@ def parser(name: str) -> ArgParser:
 
 
 def run(_args) -> None:
-    from ..methods.base import methods_for
+    from ..methods.registry import methods_for
     from ..repair import repair_methods
 
     for stage in ("align", "finetune", "repair"):

@@ -89,7 +89,7 @@ class ConfigParser(ArgParser, HfArgumentParser):
         """Options of every method of ``stage`` (or of ``specs``: name -> spec with a ``config``
         dataclass); a name shared by several methods is one option, its help naming each method's
         meaning and default. Returns the option names."""
-        from ..methods.base import methods_for
+        from ..methods.registry import methods_for
 
         owners: dict[str, list] = {}
         for method, spec in (specs if specs is not None else methods_for(stage)).items():

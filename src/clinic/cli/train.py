@@ -1,7 +1,7 @@
 """``clinic align`` and ``clinic finetune``: train a model with a registered method.
 
 Options: the run's own (model, method, output, preset), the data (:class:`clinic.pipeline.DataSpec`
-fields), the training settings (:class:`clinic.methods.base.TrainConfig` fields, unset unless
+fields), the training settings (:class:`clinic.methods.config.TrainConfig` fields, unset unless
 given, so that a ``--preset`` value stands) and the options of every method of the stage.
 """
 
@@ -27,7 +27,8 @@ SOURCE_HELP = {
 
 
 def parser(stage: str) -> ConfigParser:
-    from ..methods.base import PRESETS, TrainConfig, methods_for
+    from ..methods.config import PRESETS, TrainConfig
+    from ..methods.registry import methods_for
     from ..pipeline import DataSpec
     from . import COMMANDS
 
@@ -67,7 +68,8 @@ def run(args) -> None:
     import dataclasses
 
     from ..data.sources import parse_columns
-    from ..methods.base import TrainConfig, get_method, train_config
+    from ..methods.config import TrainConfig, train_config
+    from ..methods.registry import get_method
     from ..methods.engines import rank
     from ..pipeline import DataSpec, run_train
 

@@ -17,7 +17,6 @@ embeddings (:meth:`CurationContext.embed`).
 
 from __future__ import annotations
 
-import importlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,9 +26,8 @@ import torch
 
 from ..data.mixture import qa_sample
 from ..errors import ClinicError
+from ..registry import Registry
 from ..tasks import Sample
-
-SELECTOR_MODULES = ["pharmacist", "baselines"]
 
 
 @dataclass
@@ -70,28 +68,26 @@ class SelectorSpec:
     keeps_all: bool = False  # the "full" baseline: k = every candidate
 
 
-SELECTORS: dict[str, SelectorSpec] = {}
+#: Every selector; each module of :mod:`clinic.curation` registers its own and is found by
+#: discovery. Pharmacist lists first (``order=0``: the method the stage exists for).
+SELECTORS = Registry("selector", package=__package__)
 
 
-def register_selector(name: str, summary: str, needs_model: bool = False, keeps_all: bool = False):
+def register_selector(name: str, summary: str, needs_model: bool = False, keeps_all: bool = False,
+                      order: float = float("inf")):
     def wrap(fn):
-        SELECTORS[name] = SelectorSpec(name, fn, summary, needs_model, keeps_all)
+        SELECTORS.register(name, SelectorSpec(name, fn, summary, needs_model, keeps_all), order=order)
         return fn
 
     return wrap
 
 
 def selectors() -> dict[str, SelectorSpec]:
-    for module in SELECTOR_MODULES:
-        importlib.import_module(f"{__package__}.{module}")
-    return dict(SELECTORS)
+    return dict(SELECTORS.items())
 
 
 def get_selector(name: str) -> SelectorSpec:
-    valid = selectors()
-    if name not in valid:
-        raise ClinicError(f"unknown selector {name!r}; choose one of {', '.join(valid)}")
-    return valid[name]
+    return SELECTORS.get(name)
 
 
 class CurationContext:

@@ -208,11 +208,11 @@ class PerSampleStats:
 class GradientWorkspace:
     """A causal LM with a fresh, seeded LoRA adapter (theta), named tokenized data sets, and the
     gradient passes over them. Tokenization is the alignment stage's own: a
-    :class:`~clinic.methods.base.ClinicTrainer` (TRL prompt-completion rows, labels on the
+    :class:`~clinic.methods.trainer.ClinicTrainer` (TRL prompt-completion rows, labels on the
     response tokens only, same prompt format and truncation)."""
 
     def __init__(self, model, tokenizer, train, sets: dict, batch_size: int | None = None):
-        """``train``: a :class:`~clinic.methods.base.TrainConfig` (LoRA shape, prompt format,
+        """``train``: a :class:`~clinic.methods.config.TrainConfig` (LoRA shape, prompt format,
         max length, seed); ``sets``: name -> list of :class:`~clinic.tasks.Sample`. A fresh LoRA
         adapter (seeded with ``train.seed``) is attached unless ``model`` is a PEFT model."""
         import datasets
@@ -220,7 +220,7 @@ class GradientWorkspace:
         from peft import PeftModel
 
         from ..data.formatting import training_row
-        from ..methods.base import ClinicTrainer
+        from ..methods.trainer import ClinicTrainer
         from ..models import attach_lora
 
         if not sets or any(not samples for samples in sets.values()):

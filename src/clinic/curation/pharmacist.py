@@ -69,7 +69,7 @@ def standardise(x: torch.Tensor) -> torch.Tensor:
     return (x - x.mean()) / std if std > 0 else torch.zeros_like(x)
 
 
-@register_selector("pharmacist", needs_model=True,
+@register_selector("pharmacist", needs_model=True, order=0,
                    summary="ours (Pharmacist-like): one-step-unrolled bilevel hypergradient, validation refusals "
                            "+ robustness to a simulated harmful step")
 def pharmacist(ctx: CurationContext) -> SelectorOutput:

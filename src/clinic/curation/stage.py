@@ -118,7 +118,7 @@ class CurateConfig:
 
     def train_config(self):
         """The alignment settings the gradients are taken under (LoRA, prompt format, length)."""
-        from ..methods.base import train_config
+        from ..methods.config import train_config
 
         return train_config(None, batch_size=self.batch_size, max_length=self.max_length, seed=self.seed,
                             lora_r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=0.0,

@@ -33,7 +33,9 @@ from functools import cache
 from pathlib import Path
 
 from ..errors import ClinicError
+from ..registry import Registry
 from ..settings import data_dir, offline
+from ..values import nearest_hint
 
 KIND_FIELDS: dict[str, tuple[str, ...]] = {
     "qa": ("prompt", "response"),
@@ -323,55 +325,55 @@ def _hub_alpaca(r: dict) -> dict:
     return {"prompt": prompt, "response": r["output"]}
 
 
-SOURCES: dict[str, Source] = {
-    s.name: s
-    for s in [
-        Source("refusals", "qa", "harmful prompts with refusals (Safety-Tuned LLaMAs, 2,483)",
-               ("safety_tuned_llamas/refusals.jsonl",), None, _qa),
-        Source("beavertails-harmful", "qa", "BeaverTails harmful prompt + harmful answer (disjoint-attack set, no test overlap)",
-               ("beavertails_disjoint_attack/all.jsonl",), ("PKU-Alignment/BeaverTails", None, "30k_train"),
-               _beavertails_train_side(False),
-               lambda r: r if not r["is_safe"] else None),
-        Source("beavertails-harmless", "qa", "BeaverTails harmless prompt + safe answer (no evaluation prompts)",
-               ("beavertails_disjoint_attack/all.jsonl",), ("PKU-Alignment/BeaverTails", None, "30k_train"),
-               _beavertails_harmless, lambda r: r if r["is_safe"] else None),
-        Source("beavertails-test", "prompts", "BeaverTails 30k_test unsafe prompts, minus any seen in training files",
-               ("beavertails_30k_test/eval_prompts.jsonl",), ("PKU-Alignment/BeaverTails", None, "30k_test"),
-               _beavertails_eval, lambda r: {"prompt": r["prompt"]} if not r["is_safe"] else None),
-        Source("beavertails-labelled-train", "labelled_qa", "BeaverTails (prompt, response, is_safe), training side",
-               ("beavertails_disjoint_attack/all.jsonl",), ("PKU-Alignment/BeaverTails", None, "30k_train"), _labelled),
-        Source("beavertails-labelled-test", "labelled_qa", "BeaverTails 30k_test (prompt, response, is_safe)",
-               ("beavertails_30k_test/30k_test.jsonl",), ("PKU-Alignment/BeaverTails", None, "30k_test"), _labelled),
-        Source("sst2", "classification", "SST-2 train (GLUE)", ("sst2/train.jsonl",),
-               ("stanfordnlp/sst2", None, "train"), _classification, lambda r: {"text": r["sentence"], "label": r["label"]}),
-        Source("sst2-validation", "classification", "SST-2 validation, 872 (the split papers report)",
-               ("sst2/validation.jsonl",), ("stanfordnlp/sst2", None, "validation"), _classification,
-               lambda r: {"text": r["sentence"], "label": r["label"]}),
-        Source("agnews", "classification", "AG News train (10k sample offline)", ("ag_news/train.jsonl",),
-               ("fancyzhx/ag_news", None, "train"), _classification),
-        Source("agnews-test", "classification", "AG News test (7,600)", ("ag_news/test.jsonl",),
-               ("fancyzhx/ag_news", None, "test"), _classification),
-        Source("gsm8k", "gsm8k", "GSM8K train", ("gsm8k/train.jsonl",), ("openai/gsm8k", "main", "train"), _gsm8k),
-        Source("gsm8k-test", "gsm8k", "GSM8K test", ("gsm8k/test.jsonl",), ("openai/gsm8k", "main", "test"), _gsm8k),
-        Source("alpaca", "instruction", "Alpaca instructions (1k sample offline)", ("alpaca/train.jsonl",),
-               ("tatsu-lab/alpaca", None, "train"), _instruction, _hub_alpaca),
-        Source("alpaca-eval", "instruction", "AlpacaEval (805)", ("alpaca/test.jsonl",),
-               ("tatsu-lab/alpaca_eval", "alpaca_eval", "eval"), _instruction,
-               lambda r: {"prompt": r["instruction"], "response": r["output"]}),
-        Source("advbench", "prompts", "AdvBench harmful behaviours (520)", ("advbench/prompts.jsonl",),
-               ("walledai/AdvBench", None, "train"), _prompts),
-        Source("strongreject", "prompts", "StrongREJECT forbidden prompts (313)", ("strongreject/prompts.jsonl",),
-               ("walledai/StrongREJECT", None, "train"), _prompts),
-        Source("do-not-answer", "prompts", "Do-Not-Answer questions (939)", ("do_not_answer/prompts.jsonl",),
-               ("LibrAI/do-not-answer", None, "train"), _prompts, lambda r: {"prompt": r["question"]}),
-        Source("harmbench", "prompts", "HarmBench behaviours (official CSV, if present in the data directory)",
-               ("harmbench/harmbench_behaviors_text_all.csv", "harmbench/behaviors.csv"),
-               ("walledai/HarmBench", "standard", "train"), read_harmbench),
-        Source("sorrybench", "prompts", "SORRY-Bench (official question.jsonl, if present in the data directory)",
-               ("sorry_bench/question.jsonl", "sorrybench/question.jsonl"),
-               ("sorry-bench/sorry-bench-202406", None, "train"), read_sorrybench),
-    ]
-}
+#: Every named dataset (``clinic data`` lists them in this order).
+SOURCES = Registry("dataset")
+for _source in [
+    Source("refusals", "qa", "harmful prompts with refusals (Safety-Tuned LLaMAs, 2,483)",
+           ("safety_tuned_llamas/refusals.jsonl",), None, _qa),
+    Source("beavertails-harmful", "qa", "BeaverTails harmful prompt + harmful answer (disjoint-attack set, no test overlap)",
+           ("beavertails_disjoint_attack/all.jsonl",), ("PKU-Alignment/BeaverTails", None, "30k_train"),
+           _beavertails_train_side(False),
+           lambda r: r if not r["is_safe"] else None),
+    Source("beavertails-harmless", "qa", "BeaverTails harmless prompt + safe answer (no evaluation prompts)",
+           ("beavertails_disjoint_attack/all.jsonl",), ("PKU-Alignment/BeaverTails", None, "30k_train"),
+           _beavertails_harmless, lambda r: r if r["is_safe"] else None),
+    Source("beavertails-test", "prompts", "BeaverTails 30k_test unsafe prompts, minus any seen in training files",
+           ("beavertails_30k_test/eval_prompts.jsonl",), ("PKU-Alignment/BeaverTails", None, "30k_test"),
+           _beavertails_eval, lambda r: {"prompt": r["prompt"]} if not r["is_safe"] else None),
+    Source("beavertails-labelled-train", "labelled_qa", "BeaverTails (prompt, response, is_safe), training side",
+           ("beavertails_disjoint_attack/all.jsonl",), ("PKU-Alignment/BeaverTails", None, "30k_train"), _labelled),
+    Source("beavertails-labelled-test", "labelled_qa", "BeaverTails 30k_test (prompt, response, is_safe)",
+           ("beavertails_30k_test/30k_test.jsonl",), ("PKU-Alignment/BeaverTails", None, "30k_test"), _labelled),
+    Source("sst2", "classification", "SST-2 train (GLUE)", ("sst2/train.jsonl",),
+           ("stanfordnlp/sst2", None, "train"), _classification, lambda r: {"text": r["sentence"], "label": r["label"]}),
+    Source("sst2-validation", "classification", "SST-2 validation, 872 (the split papers report)",
+           ("sst2/validation.jsonl",), ("stanfordnlp/sst2", None, "validation"), _classification,
+           lambda r: {"text": r["sentence"], "label": r["label"]}),
+    Source("agnews", "classification", "AG News train (10k sample offline)", ("ag_news/train.jsonl",),
+           ("fancyzhx/ag_news", None, "train"), _classification),
+    Source("agnews-test", "classification", "AG News test (7,600)", ("ag_news/test.jsonl",),
+           ("fancyzhx/ag_news", None, "test"), _classification),
+    Source("gsm8k", "gsm8k", "GSM8K train", ("gsm8k/train.jsonl",), ("openai/gsm8k", "main", "train"), _gsm8k),
+    Source("gsm8k-test", "gsm8k", "GSM8K test", ("gsm8k/test.jsonl",), ("openai/gsm8k", "main", "test"), _gsm8k),
+    Source("alpaca", "instruction", "Alpaca instructions (1k sample offline)", ("alpaca/train.jsonl",),
+           ("tatsu-lab/alpaca", None, "train"), _instruction, _hub_alpaca),
+    Source("alpaca-eval", "instruction", "AlpacaEval (805)", ("alpaca/test.jsonl",),
+           ("tatsu-lab/alpaca_eval", "alpaca_eval", "eval"), _instruction,
+           lambda r: {"prompt": r["instruction"], "response": r["output"]}),
+    Source("advbench", "prompts", "AdvBench harmful behaviours (520)", ("advbench/prompts.jsonl",),
+           ("walledai/AdvBench", None, "train"), _prompts),
+    Source("strongreject", "prompts", "StrongREJECT forbidden prompts (313)", ("strongreject/prompts.jsonl",),
+           ("walledai/StrongREJECT", None, "train"), _prompts),
+    Source("do-not-answer", "prompts", "Do-Not-Answer questions (939)", ("do_not_answer/prompts.jsonl",),
+           ("LibrAI/do-not-answer", None, "train"), _prompts, lambda r: {"prompt": r["question"]}),
+    Source("harmbench", "prompts", "HarmBench behaviours (official CSV, if present in the data directory)",
+           ("harmbench/harmbench_behaviors_text_all.csv", "harmbench/behaviors.csv"),
+           ("walledai/HarmBench", "standard", "train"), read_harmbench),
+    Source("sorrybench", "prompts", "SORRY-Bench (official question.jsonl, if present in the data directory)",
+           ("sorry_bench/question.jsonl", "sorrybench/question.jsonl"),
+           ("sorry-bench/sorry-bench-202406", None, "train"), read_sorrybench),
+]:
+    SOURCES.register(_source.name, _source)
 
 
 @cache
@@ -413,7 +415,8 @@ def load_rows(name_or_path: str, kind: str | None = None, columns: dict[str, str
         if "/" in name_or_path or path.suffix.lower() in (".json", ".jsonl", ".csv", ".tsv", ".parquet"):
             raise ClinicError(f"data file {path} does not exist")
         raise ClinicError(
-            f"unknown dataset {name_or_path!r}: not a file, and not one of {', '.join(sorted(SOURCES))}"
+            f"unknown dataset {name_or_path!r}{nearest_hint(name_or_path, SOURCES)}: not a file, and not one of "
+            f"{', '.join(sorted(SOURCES))}"
         )
     if kind is None:
         raise ClinicError(f"cannot tell what {path} holds; a data kind is needed ({', '.join(KIND_FIELDS)})")

@@ -1,29 +1,11 @@
 """Training methods, one module each, registered by name.
 
-Adding a method: write ``clinic/methods/<name>.py`` (config dataclass + trainer decorated with
-``@register_method``) and add its module name to ``METHOD_MODULES`` below.
+Adding a method: write ``clinic/methods/<name>.py`` (a config dataclass + a trainer decorated with
+``@register_method``); the registry (:data:`clinic.methods.registry.METHODS`) imports every module
+of this package on its first look-up, so the new file is all there is to it (docs/contributing.md).
+
+- :mod:`.config`: the training settings, the presets, the method-config bases;
+- :mod:`.registry`: the method registry;
+- :mod:`.trainer`: :class:`~.trainer.ClinicTrainer`, which every method extends;
+- :mod:`.shared`: gradient helpers several methods use.
 """
-
-import importlib
-
-METHOD_MODULES = [
-    "sft",
-    "vaccine",
-    "tvaccine",
-    "repnoise",
-    "booster",
-    "tar",
-    "surgery",
-    "lisa",
-]
-
-_loaded = False
-
-
-def load_all() -> None:
-    """Import every method module so its ``@register_method`` runs."""
-    global _loaded
-    if not _loaded:
-        for module in METHOD_MODULES:
-            importlib.import_module(f"{__name__}.{module}")
-        _loaded = True

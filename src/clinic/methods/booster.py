@@ -31,23 +31,24 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import ClinicError
-from .base import ClinicTrainer, MethodConfig, register_method
-from .engines import WHOLE_WEIGHT_ENGINES, average_, unwrap
+from .config import HarmfulStreamConfig
+from .engines import WHOLE_WEIGHT_ENGINES
 from .hooks import attention_modules, displaced, grad_norm
+from .registry import register_method
+from .shared import linear_term, loss_grads
+from .trainer import ClinicTrainer
 from .vaccine import vaccine_passes
 
 
 @dataclass
-class BoosterConfig(MethodConfig):
+class BoosterConfig(HarmfulStreamConfig):
     lam: float = field(default=5.0, metadata={"help": "lambda: weight of the harmful-perturbation regulariser"})
     alpha: float = field(default=0.1, metadata={"help": "step size of the simulated (normalised) harmful step"})
     harmful_batch_size: int = field(default=0, metadata={"help": "harmful batch size (0: the training batch size; reference 10)"})
     perturb_aware: bool = field(default=False, metadata={"help": "use a Vaccine step for the alignment gradient (5 passes)"})
     rho: float = field(default=2.0, metadata={"help": "Vaccine rho when perturb_aware is on"})
-    harmful_data: str = field(default="beavertails-harmful", metadata={"help": "harmful (prompt, harmful answer) pairs"})
     harmful_size: int = field(default=2000, metadata={"help": "number of harmful pairs (Booster's scripts: 5000)"})
 
-    streams = {"harmful": ("harmful_data", "harmful_size")}
 
     def __post_init__(self):
         if self.harmful_batch_size < 0:
@@ -55,26 +56,6 @@ class BoosterConfig(MethodConfig):
         for name in ("lam", "alpha", "rho"):  # a weight, a step size and a radius: negative flips the method
             if getattr(self, name) < 0:
                 raise ClinicError(f"booster: {name} must be non-negative, got {getattr(self, name)}")
-
-
-def loss_grads(trainer: ClinicTrainer, model, batch, params: list[torch.nn.Parameter],
-               average: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """(loss, gradients of ``params``) of the LM loss on ``batch`` (not scaled for gradient
-    accumulation), with ``torch.autograd.grad`` on the unwrapped model: ``.grad`` is untouched and
-    no DDP sync or DeepSpeed gradient hook runs. ``average``: averaged over the processes."""
-    with trainer.compute_loss_context_manager():
-        loss = trainer.lm_loss(unwrap(model), batch)
-    found = torch.autograd.grad(loss, params, allow_unused=True)
-    grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(found, params)]
-    if average:
-        average_(grads)
-    return loss.detach(), grads
-
-
-def linear_term(params: list[torch.nn.Parameter], directions: list[torch.Tensor]) -> torch.Tensor:
-    """``sum_p <p, d_p>`` with the directions constant: its gradient w.r.t. each ``p`` is ``d_p``
-    (how a precomputed gradient joins a step's one backward)."""
-    return sum((p * d.to(p.dtype)).sum().float() for p, d in zip(params, directions))
 
 
 @register_method("booster", stage="align", config=BoosterConfig,

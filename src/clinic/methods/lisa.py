@@ -31,8 +31,10 @@ from typing import ClassVar
 import torch
 
 from ..errors import ClinicError
-from .base import ClinicTrainer, MethodConfig, register_method
+from .config import MethodConfig
 from .engines import WHOLE_WEIGHT_ENGINES
+from .registry import register_method
+from .trainer import ClinicTrainer
 
 ALIGN, FINETUNE = "align", "finetune"
 

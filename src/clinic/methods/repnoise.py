@@ -36,9 +36,11 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ClinicError
-from .base import ClinicTrainer, MethodConfig, register_method
+from .config import HarmfulStreamConfig
 from .engines import WHOLE_WEIGHT_ENGINES, unwrap
 from .hooks import capture_outputs, decoder_layers, final_norm, mlp_modules
+from .registry import register_method
+from .trainer import ClinicTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +48,7 @@ NOISE_ON = ("mlp", "hidden")
 
 
 @dataclass
-class RepNoiseConfig(MethodConfig):
+class RepNoiseConfig(HarmfulStreamConfig):
     alpha: float = field(default=0.1, metadata={"help": "weight of the harmful-loss ascent term -alpha*log(harm) (reference --rho)"})
     beta: float = field(default=0.001, metadata={"help": "weight of the noise (MMD) term (reference --lamb)"})
     paired: bool = field(
@@ -55,10 +57,7 @@ class RepNoiseConfig(MethodConfig):
                           "false: independent draws and the reference's token-difference mask"},
     )
     noise_on: str = field(default="mlp", metadata={"help": "representations pushed to noise: 'mlp' outputs (reference) or 'hidden' states"})
-    harmful_data: str = field(default="beavertails-harmful", metadata={"help": "harmful (prompt, harmful answer) pairs"})
-    harmful_size: int = field(default=2000, metadata={"help": "number of harmful pairs"})
 
-    streams = {"harmful": ("harmful_data", "harmful_size")}
 
     def __post_init__(self):
         if self.noise_on not in NOISE_ON:

@@ -4,8 +4,9 @@ Objective: min CE on the stage's data (refusals when aligning, the user's data w
 fine-tuning). One forward and one backward pass per step.
 """
 
-from .base import ClinicTrainer, register_method
 from .engines import ENGINES
+from .registry import register_method
+from .trainer import ClinicTrainer
 
 
 @register_method("sft", stage=("align", "finetune"), summary="plain supervised fine-tuning (1 pass per step)",

@@ -44,7 +44,9 @@ from ..attention import SINK_MODES, sink_attention_values, use_sink_attention
 from ..errors import ClinicError
 from ..sink.divergence import pad_batch, probe_ids
 from ..tasks import Sample
-from .base import ClinicTrainer, MethodConfig, register_method
+from .config import MethodConfig
+from .registry import register_method
+from .trainer import ClinicTrainer
 
 PROBE_STREAMS = ("harmful_probes", "harmless_probes")
 

@@ -33,16 +33,18 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import ClinicError
-from .base import ClinicTrainer, MethodConfig, register_method
+from .config import HarmfulStreamConfig
 from .engines import WHOLE_WEIGHT_ENGINES
-from .booster import linear_term, loss_grads
 from .hooks import displaced
+from .registry import register_method
+from .shared import linear_term, loss_grads
+from .trainer import ClinicTrainer
 
 SIGNS = {"plus": 1.0, "minus": -1.0}
 
 
 @dataclass
-class TarLiteConfig(MethodConfig):
+class TarLiteConfig(HarmfulStreamConfig):
     reproduce_bug: bool = field(
         default=True,
         metadata={"help": "reproduce the T-Vaccine repo's no-op (update = plain SFT gradient at 3x cost); "
@@ -56,10 +58,7 @@ class TarLiteConfig(MethodConfig):
     weight: float = field(default=2.0, metadata={"help": "weight of the post-attack terms (reference 2)"})
     attack_lr: float = field(default=0.01, metadata={"help": "learning rate of the simulated SGD attack step (reference 0.01)"})
     harmful_batch_size: int = field(default=0, metadata={"help": "harmful batch size (0: the training batch size)"})
-    harmful_data: str = field(default="beavertails-harmful", metadata={"help": "harmful (prompt, harmful answer) pairs"})
-    harmful_size: int = field(default=2000, metadata={"help": "number of harmful pairs"})
 
-    streams = {"harmful": ("harmful_data", "harmful_size")}
 
     def __post_init__(self):
         if self.harmful_sign not in SIGNS:

@@ -32,9 +32,11 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import ClinicError
-from .base import ClinicTrainer, MethodConfig, register_method
+from .config import HarmfulStreamConfig
 from .engines import unwrap
 from .hooks import LayerCheckpointer, attention_modules, capture_outputs, decoder_layers, inputs_require_grad
+from .registry import register_method
+from .trainer import ClinicTrainer
 from .vaccine import vaccine_passes
 
 FREEZE_MODES = ("layers", "attention")
@@ -42,7 +44,7 @@ UNCHECKPOINTED = ("active", "reference")
 
 
 @dataclass
-class TVaccineConfig(MethodConfig):
+class TVaccineConfig(HarmfulStreamConfig):
     rho: float = field(default=3.0, metadata={"help": "perturbation intensity rho (norm over the active layers)"})
     active_layers: int = field(default=8, metadata={"help": "S: layers perturbed and trained at a time (clamped to the layer count)"})
     resample_every: int = field(default=20, metadata={"help": "J: re-sample the active layers every J steps"})
@@ -63,7 +65,6 @@ class TVaccineConfig(MethodConfig):
     harmful_data: str = field(default="beavertails-harmful", metadata={"help": "harmful (prompt, answer) pairs for layer scoring"})
     harmful_size: int = field(default=200, metadata={"help": "N_h: size of the harmful probe pool"})
 
-    streams = {"harmful": ("harmful_data", "harmful_size")}
 
     def __post_init__(self):
         if self.freeze not in FREEZE_MODES:

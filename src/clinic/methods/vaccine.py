@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ..errors import ClinicError
-from .base import ClinicTrainer, MethodConfig, register_method
+from .config import MethodConfig
 from .engines import WHOLE_WEIGHT_ENGINES, all_reduce_sum_, unwrap, world_size
 from .hooks import (
     attention_modules,
@@ -44,6 +44,8 @@ from .hooks import (
     squared_norm,
     take_grads,
 )
+from .registry import register_method
+from .trainer import ClinicTrainer
 
 
 @dataclass

@@ -83,7 +83,7 @@ class InputNorms:
 
 
 @register_repair("antidote", config=AntidoteConfig,
-                 summary="zero the adapter weights most important on harmful data (Wanda scores; Huang et al. 2024)")
+                 summary="zero the adapter weights most important on harmful data (Wanda scores; Huang et al. 2024)", order=1)
 @torch.no_grad()
 def antidote(ctx, cfg: AntidoteConfig) -> dict:
     from ..data.mixture import take_qa

@@ -21,7 +21,6 @@ same tokenization and prompt format as training, batches, mean losses and their 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,9 +28,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import ClinicError
-from ..values import coerce, nearest_hint
-
-REPAIR_MODULES = ["safelora", "antidote", "panacea"]
+from ..registry import Registry
+from ..values import coerce
 
 
 @dataclass(frozen=True)
@@ -42,28 +40,25 @@ class RepairSpec:
     summary: str
 
 
-REPAIRS: dict[str, RepairSpec] = {}
+#: Every repair method; importing a module of :mod:`clinic.repair` registers its own. They list
+#: in their ``order`` (SafeLoRA, Antidote, Panacea: the order of the docs), new ones after.
+REPAIRS = Registry("repair method", package=__package__)
 
 
-def register_repair(name: str, config: type, summary: str):
+def register_repair(name: str, config: type, summary: str, order: float = float("inf")):
     def wrap(fn):
-        REPAIRS[name] = RepairSpec(name, fn, config, summary)
+        REPAIRS.register(name, RepairSpec(name, fn, config, summary), order=order)
         return fn
 
     return wrap
 
 
 def repair_methods() -> dict[str, RepairSpec]:
-    for module in REPAIR_MODULES:
-        importlib.import_module(f"{__package__}.{module}")
-    return dict(REPAIRS)
+    return dict(REPAIRS.items())
 
 
 def get_repair(name: str) -> RepairSpec:
-    valid = repair_methods()
-    if name not in valid:
-        raise ClinicError(f"unknown repair method {name!r}{nearest_hint(name, valid)}; choose one of {', '.join(valid)}")
-    return valid[name]
+    return REPAIRS.get(name)
 
 
 def repair_config(spec: RepairSpec, **values):
@@ -153,7 +148,7 @@ class RepairContext:
         """Tokenized data sets (name -> samples) over :attr:`model`; built once, on first use."""
         if self._workspace is None:
             from ..curation.gradients import GradientWorkspace
-            from ..methods.base import train_config
+            from ..methods.config import train_config
 
             s = self.settings
             train = train_config(None, batch_size=s.batch_size, max_length=s.max_length or 256, seed=s.seed,

