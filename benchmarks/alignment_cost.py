@@ -110,7 +110,7 @@ def worker(opts: dict) -> dict:
     from clinic.data.formatting import training_row
     from clinic.methods.base import get_method, train_config
     from clinic.models import attach_lora, tiny_tokenizer
-    from clinic.tasks import Sample
+    from clinic.data.samples import Sample
 
     warnings.filterwarnings("ignore")
     transformers.logging.set_verbosity_error()

@@ -147,7 +147,7 @@ _RUN_OPTIONS = {"help", "model", "method", "output", "overwrite", "preset", "jud
 
 def _settings_classes():
     from clinic.cli.sink import SinkConfig
-    from clinic.curation import CurateConfig
+    from clinic.curation.stage import CurateConfig
     from clinic.demo import DemoConfig
     from clinic.methods.base import TrainConfig, methods_for
     from clinic.pipeline import EvalConfig

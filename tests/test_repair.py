@@ -179,7 +179,8 @@ def test_safelora_follows_a_fully_fine_tuned_alignment_back_to_its_base(tmp_path
     base the model its config.yaml records; the aligned weights read from the loaded model equal
     the aligned chain loaded anew."""
     from clinic.methods.base import train_config
-    from clinic.pipeline import DataSpec, ModelChain, load_chain, run_train
+    from clinic.modeling.chain import ModelChain, load_chain
+    from clinic.pipeline import DataSpec, run_train
     from clinic.repair.stage import references
 
     quiet()
@@ -354,7 +355,7 @@ OPTIONS = {"safelora": {"num_layers": 3}, "antidote": {"n_harmful": 4}, "panacea
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_every_method_repairs_every_architecture(chains, tmp_path, arch):
-    from clinic.pipeline import load_chain, resolve_ref
+    from clinic.modeling.chain import load_chain, resolve_ref
 
     ft = chains(arch)
     original = adapter_weights(ft)

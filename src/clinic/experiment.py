@@ -286,7 +286,7 @@ def _fmt_p(p: float) -> str:
 def _expand(exp: Experiment) -> list[Stage]:
     from .data.mixture import check_mixture_args
     from .pipeline import EvalConfig
-    from .tasks import SCORED_TASKS, get_task
+    from .data.tasks import SCORED_TASKS, get_task
 
     stages: list[Stage] = []
     eval_settings = {k: v for k, v in exp.evaluate.items() if k not in EVAL_EXTRA_KEYS}
@@ -344,7 +344,7 @@ def _expand(exp: Experiment) -> list[Stage]:
             stages.append(evaluation(None, scored, {**base_labels, "stage": "base"}))
         curated = None
         if exp.curate:
-            from .curation import curate_config
+            from .curation.stage import curate_config
 
             curate_config({"model": exp.model, "seed": seed, **exp.curate})  # validates before anything runs
             curated = Stage("curate", str(exp.curate.get("selector", "pharmacist")),
@@ -428,7 +428,7 @@ def _repair_stages(block: dict | None, ft: Stage, seed: int) -> list[Stage]:
 
 def check_sink(block: dict) -> dict:
     """The sink block's settings, typed and checked as ``clinic sink`` checks its options."""
-    from .attention import SINK_MODES
+    from .modeling.attention import SINK_MODES
 
     settings = {k: v for k, v in block.items() if k != "aligned"}
     settings.setdefault("n", 100)
@@ -543,11 +543,11 @@ def run_stage(store: Path, exp: Experiment, stage: Stage, judges: dict) -> Path:
 
         return run_sink_analysis(_model_ref(store, exp, stage), out, **cfg)
     if stage.kind == "repair":
-        from .repair import run_repair_stage
+        from .repair.stage import run_repair_stage
 
         return run_repair_stage(cfg, _model_ref(store, exp, stage), out)
     if stage.kind == "curate":
-        from .curation import run_curate_stage
+        from .curation.stage import run_curate_stage
 
         return run_curate_stage(cfg, out)
     raise ClinicError(f"unknown stage kind {stage.kind!r}")
@@ -673,14 +673,3 @@ def _run_pending(store: Path, exp: Experiment, stages: list[Stage], judges: dict
 
 def _wait(seconds: float) -> None:
     time.sleep(seconds)
-
-
-def load_plan(root: str | Path) -> tuple[dict, Path]:
-    root = Path(root)
-    plan_file = root / "plan.json"
-    if not plan_file.exists():
-        raise ClinicError(f"{root} is not an experiment directory (plan.json missing; run `clinic run` first)")
-    plan = read_json(plan_file)
-    if not isinstance(plan.get("store"), str) or not isinstance(plan.get("stages"), list):
-        raise ClinicError(f"{plan_file} is not a clinic plan (no store or stages)")
-    return plan, (root / plan["store"]).resolve()

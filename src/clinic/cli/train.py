@@ -68,7 +68,7 @@ def run(args) -> None:
 
     from ..data.sources import parse_columns
     from ..methods.base import TrainConfig, get_method, train_config
-    from ..methods.engines import rank
+    from ..modeling.parallel import rank
     from ..pipeline import DataSpec, run_train
 
     stage = args.command

@@ -26,8 +26,8 @@ from functools import cached_property
 import torch
 
 from ..data.mixture import qa_sample
+from ..data.samples import Sample
 from ..errors import ClinicError
-from ..tasks import Sample
 
 SELECTOR_MODULES = ["pharmacist", "baselines"]
 

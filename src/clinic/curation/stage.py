@@ -248,7 +248,7 @@ def run_curate(cfg: CurateConfig, output: str | Path, overwrite: bool = False, *
     callable returning ``(model, tokenizer)``) and ``embed_fn`` (texts -> embeddings) replace
     the model named in ``cfg`` and the packaged sentence encoder (tests).
     """
-    from ..pipeline import check_chain, load_chain, resolve_ref
+    from ..modeling.chain import check_chain, load_chain, resolve_ref
     from ..rundir import RunDir, check_output_dir, package_versions
     from .base import CurationContext, get_selector
 

@@ -49,11 +49,12 @@ from torch.utils.data import DataLoader
 from trl import SFTConfig, SFTTrainer
 
 from ..data.formatting import PROMPT_STYLES, PromptFormat, training_row
+from ..data.samples import Sample
 from ..errors import ClinicError
+from ..modeling.parallel import rank, world_size
 from ..models import LoraSettings
 from ..values import INT_MAX, check_range, coerce, coerce_fields
-from ..tasks import Sample
-from .engines import ENGINES, check_engine, detect_engine, rank, world_size
+from .engines import ENGINES, check_engine, detect_engine
 
 logger = logging.getLogger("clinic")
 STAGES = ("align", "finetune")

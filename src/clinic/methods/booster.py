@@ -31,9 +31,10 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import ClinicError
+from ..modeling.hooks import attention_modules, displaced, grad_norm
+from ..modeling.parallel import average_, unwrap
 from .base import ClinicTrainer, MethodConfig, register_method
-from .engines import WHOLE_WEIGHT_ENGINES, average_, unwrap
-from .hooks import attention_modules, displaced, grad_norm
+from .engines import WHOLE_WEIGHT_ENGINES
 from .vaccine import vaccine_passes
 
 

@@ -36,9 +36,10 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ClinicError
+from ..modeling.hooks import capture_outputs, decoder_layers, final_norm, mlp_modules
+from ..modeling.parallel import unwrap
 from .base import ClinicTrainer, MethodConfig, register_method
-from .engines import WHOLE_WEIGHT_ENGINES, unwrap
-from .hooks import capture_outputs, decoder_layers, final_norm, mlp_modules
+from .engines import WHOLE_WEIGHT_ENGINES
 
 logger = logging.getLogger(__name__)
 

@@ -33,10 +33,10 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import ClinicError
+from ..modeling.hooks import displaced
 from .base import ClinicTrainer, MethodConfig, register_method
-from .engines import WHOLE_WEIGHT_ENGINES
 from .booster import linear_term, loss_grads
-from .hooks import displaced
+from .engines import WHOLE_WEIGHT_ENGINES
 
 SIGNS = {"plus": 1.0, "minus": -1.0}
 

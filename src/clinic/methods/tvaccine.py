@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import ClinicError
+from ..modeling.hooks import LayerCheckpointer, attention_modules, capture_outputs, decoder_layers, inputs_require_grad
+from ..modeling.parallel import unwrap
 from .base import ClinicTrainer, MethodConfig, register_method
-from .engines import unwrap
-from .hooks import LayerCheckpointer, attention_modules, capture_outputs, decoder_layers, inputs_require_grad
 from .vaccine import vaccine_passes
 
 FREEZE_MODES = ("layers", "attention")
