@@ -35,10 +35,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import yaml
+from filelock import FileLock, Timeout
 
 from .attacks import AttackSearch, attack_settings, attacks, fixed_point, point_attack
 from .errors import ClinicError
-from .rundir import MARKER, check_writable, pid_alive, read_json, write_marker
+from .rundir import MARKER, check_writable, read_json, write_marker
 from .values import INT_MAX, check_range, coerce
 
 # --------------------------------------------------------------------------------------------
@@ -463,41 +464,6 @@ def _unique(stages: list[Stage]) -> list[Stage]:
 # running
 
 
-class _StageLock:
-    """A stage is run by one runner at a time: ``.<stage>.lock`` holds the runner's pid.
-
-    Several runners may share a store (two experiment files, or two workers on one file): each
-    takes the next stage whose parent is done and whose lock is free, and waits when every
-    remaining stage is held by another live runner. A lock left by a killed runner is stale
-    (its pid is gone) and is taken over."""
-
-    def __init__(self, store: Path, stage: Stage):
-        self.path = store / f".{stage.dirname}.lock"
-        self.held = False
-
-    def acquire(self) -> bool:
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                pid = int(self.path.read_text().strip() or 0)
-            except (ValueError, FileNotFoundError):
-                pid = 0
-            if pid and pid != os.getpid() and pid_alive(pid):
-                return False
-            self.path.unlink(missing_ok=True)  # stale: its runner is gone
-            return self.acquire()
-        with os.fdopen(fd, "w") as fh:
-            fh.write(str(os.getpid()))
-        self.held = True
-        return True
-
-    def release(self) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
-
-
 def stage_path(store: Path, stage: Stage) -> Path:
     return store / stage.dirname
 
@@ -634,7 +600,13 @@ def _recorded_content(recorded: Path) -> str:
 
 def _run_pending(store: Path, exp: Experiment, stages: list[Stage], judges: dict, poll_s: float = 5.0) -> None:
     """Run every unfinished stage, in plan order where possible, sharing the store with any
-    other runner (see :class:`_StageLock`)."""
+    other runner.
+
+    A stage is run by one runner at a time: it holds a :class:`filelock.FileLock` on
+    ``.<stage>.lock`` in the store. Several runners may share a store (two experiment files, or
+    two workers on one file): each takes the next stage whose parent is done and whose lock is
+    free, and waits when every remaining stage is held by another runner. The OS releases the
+    lock of a killed runner, so there is no stale lock to detect; the empty lock files stay."""
     pending = [s for s in stages if not is_done(store, s)]
     total, finished, waiting_said = len(pending), 0, False
     while pending:
@@ -645,8 +617,10 @@ def _run_pending(store: Path, exp: Experiment, stages: list[Stage], judges: dict
                 continue
             if stage.parent is not None and not is_done(store, stage.parent):
                 continue
-            lock = _StageLock(store, stage)
-            if not lock.acquire():
+            lock = FileLock(store / f".{stage.dirname}.lock", timeout=0)
+            try:
+                lock.acquire()
+            except Timeout:  # another runner holds it
                 continue
             try:
                 if not is_done(store, stage):
