@@ -1,14 +1,14 @@
 """One instruction sample, and the token ids of samples as the models see them: a probe's ids
 (:func:`probe_ids`, the Surgery reference's formatting) and a padded batch of id lists
-(:func:`pad_batch`). Used by the sink analysis and by Surgery's probes alike."""
+(:func:`pad_batch`, on ``tokenizer.pad``). Used by the sink analysis, Surgery's probes and
+batched generation."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
-
+from ..errors import ClinicError
 from .formatting import alpaca_prompt, user_text
 
 
@@ -38,14 +38,13 @@ def probe_ids(tokenizer, sample: Sample, max_length: int = 512, double_bos: bool
     return list(ids[:max_length])
 
 
-def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int, side: str = "right", device=None):
-    """``(input_ids, attention_mask)`` of a list of id lists, padded on ``side``."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, seq in enumerate(sequences):
-        n = len(seq)
-        sl = slice(0, n) if side == "right" else slice(width - n, width)
-        ids[i, sl] = torch.tensor(list(seq), dtype=torch.long)
-        mask[i, sl] = 1
-    return ids.to(device), mask.to(device)
+def pad_batch(tokenizer, sequences: Sequence[Sequence[int]], side: str = "right", device=None):
+    """``(input_ids, attention_mask)`` of a list of id lists, padded on ``side`` with the
+    tokenizer's pad token by ``tokenizer.pad``. clinic's loaders give every tokenizer a pad token
+    (:func:`clinic.models.prepare_tokenizer`); one without is refused rather than padded with a
+    guessed id."""
+    if tokenizer.pad_token_id is None:
+        raise ClinicError("the tokenizer has no pad token: cannot pad a batch (clinic.models.prepare_tokenizer sets one)")
+    batch = tokenizer.pad({"input_ids": [list(seq) for seq in sequences]}, padding=True, padding_side=side,
+                          return_attention_mask=True, return_tensors="pt")
+    return batch["input_ids"].to(device), batch["attention_mask"].to(device)

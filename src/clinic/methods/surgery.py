@@ -129,8 +129,7 @@ class SurgeryTrainer(ClinicTrainer):
         n = self.method_config.probes_per_step
         seqs = [self._probe_rng.choice(self.probe_pools["harmful_probes"]) for _ in range(n)]
         seqs += [self._probe_rng.choice(self.probe_pools["harmless_probes"]) for _ in range(n)]
-        pad = self.processing_class.pad_token_id
-        ids, mask = pad_batch(seqs, 0 if pad is None else pad, device=self.args.device)
+        ids, mask = pad_batch(self.processing_class, seqs, device=self.args.device)
         self.last_probe_batch = (ids, mask, n)
         return ids, mask, n
 

@@ -29,13 +29,6 @@ DEFAULT_HARMFUL = "beavertails-harmful"
 DEFAULT_HARMLESS = "beavertails-harmless"
 
 
-def _pad_id(tokenizer) -> int:
-    pad = tokenizer.pad_token_id
-    if pad is None:
-        pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-    return pad
-
-
 def _device(model) -> torch.device:
     return next(model.parameters()).device
 
@@ -59,7 +52,7 @@ def sink_attention_means(model, tokenizer, samples: Sequence[Sample], batch_size
     try:
         with torch.no_grad():
             for start in range(0, len(seqs), batch_size):
-                ids, mask = pad_batch(seqs[start : start + batch_size], _pad_id(tokenizer), device=_device(model))
+                ids, mask = pad_batch(tokenizer, seqs[start : start + batch_size], device=_device(model))
                 values = sink_attention_values(model, ids, mask, sink_index=sink_index, mode=mode)  # [L, B, H]
                 part = values.float().sum(dim=1)
                 total = part if total is None else total + part
