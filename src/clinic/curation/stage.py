@@ -23,8 +23,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import ClinicError
+from ..settings import LORA_TARGETS
 
-DEFAULT_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+DEFAULT_TARGETS = ",".join(LORA_TARGETS)
 
 
 @dataclass
