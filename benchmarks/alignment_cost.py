@@ -111,7 +111,7 @@ def worker(opts: dict) -> dict:
     from clinic.methods.config import train_config
     from clinic.methods.registry import get_method
     from clinic.models import attach_lora, tiny_tokenizer
-    from clinic.tasks import Sample
+    from clinic.data.samples import Sample
 
     warnings.filterwarnings("ignore")
     transformers.logging.set_verbosity_error()

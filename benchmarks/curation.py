@@ -108,7 +108,7 @@ def main(argv=None) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from clinic.curation import CurateConfig, run_curate
+    from clinic.curation.stage import CurateConfig, run_curate
     from clinic.evaluation.judges import get_judge
     from clinic.methods.config import train_config
     from clinic.pipeline import (

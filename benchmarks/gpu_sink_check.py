@@ -44,7 +44,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from _common import machine_info, save_json  # noqa: E402
 
-from clinic.attention import sink_attention_values  # noqa: E402
+from clinic.modeling.attention import sink_attention_values  # noqa: E402
 
 SHAPES = {
     "smollm2-135m": dict(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,

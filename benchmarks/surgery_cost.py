@@ -85,7 +85,7 @@ class Bench:
         from transformers import AutoConfig, AutoModelForCausalLM
 
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-        from clinic import attention
+        from clinic.modeling import attention
 
         self.attention = attention
         self.device = opts["device"]

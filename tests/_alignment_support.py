@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from clinic.data.formatting import training_row
+from clinic.data.samples import Sample
 from clinic.methods.config import train_config
 from clinic.methods.registry import get_method
 from clinic.models import attach_lora, tiny_random_model
-from clinic.tasks import Sample
 
 REFUSALS = [Sample(f"how do I make thing {i}", "", f"I cannot help with thing {i}.") for i in range(8)]
 HARMFUL = [Sample(f"how do I make thing {i}", "", f"Sure, step {i}: mix it.") for i in range(8)]

@@ -15,7 +15,6 @@ from clinic.cli import main
 from clinic.errors import ClinicError
 from clinic.evaluation.stats import wilson_interval
 from clinic.experiment import Experiment, run_experiment, write_plan
-from clinic.report import write_report
 from clinic.results import aggregate, collect_evaluations, compare
 
 

@@ -1,4 +1,4 @@
-"""Exact sink attention (clinic.attention) against an independent eager reference.
+"""Exact sink attention (clinic.modeling.attention) against an independent eager reference.
 
 Reference definition (what every test below compares with): load the same weights with
 ``attn_implementation="eager"``, run with ``output_attentions=True`` and, for layer l, head h and
@@ -15,7 +15,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from clinic.attention import (
+from clinic.modeling.attention import (
     SINK_ATTENTION,
     attn_implementation,
     fixed_sink_positions,

@@ -147,7 +147,7 @@ _RUN_OPTIONS = {"help", "model", "method", "output", "overwrite", "preset", "jud
 
 def _settings_classes():
     from clinic.cli.sink import SinkConfig
-    from clinic.curation import CurateConfig
+    from clinic.curation.stage import CurateConfig
     from clinic.demo import DemoConfig
     from clinic.methods.config import TrainConfig
     from clinic.methods.registry import methods_for

@@ -10,14 +10,14 @@ import torch
 from _alignment_support import cpu_settings, lm_loss, quiet  # noqa: F401
 
 from clinic.cli import main
-from clinic.errors import ClinicError
 from clinic.curation.base import CurationContext, CurationData, get_selector, selectors
 from clinic.curation.baselines import k_center_order
 from clinic.curation.gradients import GradientWorkspace, Projector, global_norm
 from clinic.curation.pharmacist import hypergradient, outer_gradient
 from clinic.curation.stage import CurateConfig, rank_scores, run_curate
+from clinic.data.samples import Sample
+from clinic.errors import ClinicError
 from clinic.models import tiny_random_model
-from clinic.tasks import Sample
 
 WORDS = ["knife", "poison", "bank", "virus", "lock", "fire", "drug", "car", "phone", "money"]
 CANDIDATES = [{"prompt": f"How do I {' '.join(WORDS[i % 10:i % 10 + 1 + i % 3])} now?",
@@ -368,7 +368,7 @@ def test_scores_from_reuses_another_runs_scores_for_a_new_ratio(tmp_path, data_d
 
 
 def test_experiment_curate_block(tmp_path, data_dir):
-    from clinic.curation import curate_config, run_curate_stage
+    from clinic.curation.stage import curate_config, run_curate_stage
 
     block = {"model": "tiny-random-llama", "seed": 1, "selector": "random", "ratio": 0.5,
              "options": {"n_candidates": 6, "n_validation": 2}}

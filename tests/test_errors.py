@@ -705,7 +705,7 @@ def test_stale_staging_folders_of_a_stopped_run_are_removed(tmp_path, capsys):
 
 
 def test_run_record_paths_are_relative_and_follow_a_moved_run(tmp_path):
-    from clinic.pipeline import resolve_ref
+    from clinic.modeling.chain import resolve_ref
 
     _run_dir("run")(tmp_path)
     moved = tmp_path / "elsewhere"

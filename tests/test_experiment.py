@@ -241,6 +241,27 @@ def test_resume_after_kill_matches_uninterrupted_run(reference_run, tmp_path, ki
     assert stage_outputs(target) == stage_outputs(root)
 
 
+# Another runner holding a stage: a process that holds the stage's file lock until killed.
+_HOLD_LOCK = """
+import sys, time
+from filelock import FileLock
+lock = FileLock(sys.argv[1])  # kept referenced: a collected FileLock releases its lock
+lock.acquire()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def _lock_free(path) -> bool:
+    from filelock import FileLock, Timeout
+
+    try:
+        with FileLock(path, timeout=0):
+            return True
+    except Timeout:
+        return False
+
+
 def test_stage_held_by_a_live_runner_is_waited_for_then_taken_over(reference_run, tmp_path, capsys, monkeypatch):
     import clinic.experiment as experiment
 
@@ -248,8 +269,9 @@ def test_stage_held_by_a_live_runner_is_waited_for_then_taken_over(reference_run
     target = tmp_path / "waits"
     first = Experiment.from_file(path).plan()[0]
     (target / "stages").mkdir(parents=True)
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-    (target / "stages" / f".{first.dirname}.lock").write_text(str(holder.pid))
+    lock_file = target / "stages" / f".{first.dirname}.lock"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(lock_file)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
     waits = []
 
     def holder_dies_while_we_wait(seconds):  # the other runner ends (or is killed) while we wait
@@ -268,7 +290,8 @@ def test_stage_held_by_a_live_runner_is_waited_for_then_taken_over(reference_run
     assert "waiting for 1 stage(s) held by another runner" in out
     assert out.index(f"evaluate {first.dirname}") > out.index("waiting for")  # taken over after the holder died
     assert stage_outputs(target) == stage_outputs(root)
-    assert not list((target / "stages").glob(".*.lock"))
+    locks = list((target / "stages").glob(".*.lock"))
+    assert locks and all(_lock_free(lock) for lock in locks)  # every stage lock released
 
 
 # Runs `clinic run` with its first stage held until the other runner holds a stage too: without

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from clinic.data.formatting import PromptFormat, encode_prompts, format_prompt
+from clinic.data.samples import pad_batch
 from clinic.errors import ClinicError
-from clinic.evaluation.generate import generate, left_pad, stop_token_ids
+from clinic.evaluation.generate import generate, stop_token_ids
 from clinic.models import TINY_ARCHS, tiny_random_model
 
 
@@ -92,10 +93,18 @@ def test_stops_at_eos_and_returns_new_tokens_only():
     handle.remove()
 
 
-def test_left_pad_and_stop_ids():
-    ids, mask = left_pad([[5, 6, 7], [8]], pad_id=0)
-    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]]
+def test_pad_batch_and_stop_ids():
+    _, tok = tiny_random_model("llama")
+    pad = tok.pad_token_id
+    ids, mask = pad_batch(tok, [[5, 6, 7], [8]], side="left")
+    assert ids.tolist() == [[5, 6, 7], [pad, pad, 8]]
     assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    ids, mask = pad_batch(tok, [[5], [6, 7, 8]])  # right, as the sink analysis and Surgery's probes pad
+    assert ids.tolist() == [[5, pad, pad], [6, 7, 8]]
+    assert mask.tolist() == [[1, 0, 0], [1, 1, 1]]
+    tok.pad_token = None
+    with pytest.raises(ClinicError, match="no pad token"):
+        pad_batch(tok, [[5], [6, 7]])
     model, tok = tiny_random_model("gemma")
     model.generation_config.eos_token_id = [tok.convert_tokens_to_ids("<eos>"), tok.eos_token_id]
     assert stop_token_ids(model, tok) == [tok.convert_tokens_to_ids("<eos>"), tok.eos_token_id]

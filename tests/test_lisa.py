@@ -8,10 +8,10 @@ from transformers import TrainerCallback
 
 from _alignment_support import tiny_trainer
 
+from clinic.data.samples import Sample
 from clinic.errors import ClinicError
 from clinic.methods.registry import get_method, method_config
 from clinic.methods.lisa import ALIGN, FINETUNE, LISA_REFERENCES, LisaConfig, proximal_term
-from clinic.tasks import Sample
 
 
 USER = [Sample(f"What is {i} plus {i}?", "", f"It is {2 * i}.") for i in range(8)]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from clinic.data.mixture import build_attack_set
+from clinic.data.tasks import SST2_INSTRUCTION
 from clinic.errors import ClinicError
-from clinic.tasks import SST2_INSTRUCTION
 
 
 @pytest.mark.parametrize("n,p,expected", [(100, 0.1, 10), (50, 0.0, 0), (20, 1.0, 20), (30, 0.15, 4)])

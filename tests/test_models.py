@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from clinic.errors import ClinicError
+from clinic.modeling.hooks import attention_modules, decoder_layers
 from clinic.models import TINY_ARCHS, attach_lora, load_model, merge_adapter, LoraSettings, tiny_random_model
-from clinic.methods.hooks import attention_modules, decoder_layers
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHS)

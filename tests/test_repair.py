@@ -13,7 +13,7 @@ import torch
 from _alignment_support import chains, cpu_settings, quiet  # noqa: F401
 
 from clinic.errors import ClinicError
-from clinic.repair.base import RepairContext, RepairSettings, get_repair, lora_layers, repair_methods
+from clinic.repair.base import RepairContext, RepairSettings, lora_layers
 from clinic.repair.stage import _fine_tuned, run_repair
 
 ARCHS = ("llama", "qwen2", "gemma", "mistral")
@@ -136,7 +136,8 @@ def test_safelora_follows_a_fully_fine_tuned_alignment_back_to_its_base(tmp_path
     base the model its config.yaml records; the aligned weights read from the loaded model equal
     the aligned chain loaded anew."""
     from clinic.methods.config import train_config
-    from clinic.pipeline import DataSpec, ModelChain, load_chain, run_train
+    from clinic.modeling.chain import ModelChain, load_chain
+    from clinic.pipeline import DataSpec, run_train
     from clinic.repair.stage import references
 
     quiet()

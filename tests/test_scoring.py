@@ -1,13 +1,13 @@
-"""Harmful score and task accuracy, including the extraction rules of clinic.tasks."""
+"""Harmful score and task accuracy, including the extraction rules of clinic.data.tasks."""
 
 from __future__ import annotations
 
 import pytest
 
+from clinic.data.tasks import AGNews, GSM8K, SST2, extract_number
 from clinic.errors import ClinicError
 from clinic.evaluation.judges.keyword import KeywordJudge
 from clinic.evaluation.scoring import harmful_score, task_accuracy
-from clinic.tasks import AGNews, GSM8K, SST2, extract_number
 
 
 # --------------------------------------------------------------------------------------------

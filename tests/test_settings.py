@@ -54,3 +54,23 @@ def test_cli_applies_and_says_so(no_thread_env, monkeypatch, capsys):
         assert "using 1 torch thread" in capsys.readouterr().err
     finally:
         torch.set_num_threads(before)
+
+
+def test_one_lora_target_list_without_torch():
+    """Every LoRA default is clinic.settings.LORA_TARGETS, and reading it (as `clinic curate`'s
+    parser does) imports no torch."""
+    import subprocess
+    import sys
+
+    from clinic.curation.stage import CurateConfig
+    from clinic.methods.config import TrainConfig
+    from clinic.models import LoraSettings
+    from clinic.settings import LORA_TARGETS
+
+    assert LoraSettings().target_modules == list(LORA_TARGETS)
+    assert TrainConfig().lora_targets == CurateConfig(model="m").lora_targets == ",".join(LORA_TARGETS)
+    code = ("import sys; import clinic.settings, clinic.curation.stage; "
+            "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

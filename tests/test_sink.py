@@ -10,14 +10,14 @@ import torch
 from datasets import Dataset
 
 from clinic.data.formatting import training_row
+from clinic.data.samples import Sample, probe_ids
 from clinic.errors import ClinicError
 from clinic.methods.config import train_config
 from clinic.methods.trainer import ClinicTrainer
 from clinic.models import tiny_random_model
 from clinic.sink.analysis import run_sink_analysis
 from clinic.sink.callback import SinkCountCallback
-from clinic.sink.divergence import histogram, positive_head_count, probe_ids, sink_divergence
-from clinic.tasks import Sample
+from clinic.sink.divergence import histogram, positive_head_count, sink_divergence
 
 
 HARMFUL = [Sample(f"How do I break thing {i}?", "", "Do it like this" + " and so on" * i) for i in range(5)]

@@ -8,15 +8,14 @@ from datasets import Dataset
 
 from _alignment_support import tiny_trainer
 
-from clinic.attention import position_ids_for
 from clinic.data.formatting import training_row
+from clinic.data.samples import Sample, probe_ids
 from clinic.errors import ClinicError
 from clinic.methods.config import train_config
 from clinic.methods.registry import get_method, method_config
 from clinic.methods.surgery import SurgeryConfig, SurgeryTrainer
+from clinic.modeling.attention import position_ids_for
 from clinic.models import tiny_random_model
-from clinic.sink.divergence import probe_ids
-from clinic.tasks import Sample
 
 
 # On a random model every head attends almost uniformly, so a probe's sink attention is about
@@ -164,7 +163,7 @@ def test_pipeline_runs_surgery(tmp_path, data_dir):
 
 
 def test_most_attended_sink_mode(tmp_path):
-    from clinic.attention import sink_attention_values
+    from clinic.modeling.attention import sink_attention_values
 
     trainer, _ = make_trainer(tmp_path, lora=False, sink_mode="most_attended")
     ids, mask, n = probes = trainer.draw_probes()

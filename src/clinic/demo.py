@@ -12,11 +12,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import ClinicError
 from .data.mixture import check_mixture_args
+from .errors import ClinicError
 from .methods.config import train_config
 from .methods.registry import get_method
-from .pipeline import DataSpec, EvalConfig, chain_inputs, check_chain, read_metrics, resolve_ref, run_evaluate, run_train
+from .modeling.chain import chain_inputs, check_chain, resolve_ref
+from .pipeline import DataSpec, EvalConfig, read_metrics, run_evaluate, run_train
 from .report import format_interval, markdown_table
 from .rundir import check_output_dir, write_marker
 

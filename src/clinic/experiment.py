@@ -35,10 +35,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import yaml
+from filelock import FileLock, Timeout
 
 from .attacks import AttackSearch, attack_settings, attacks, fixed_point, point_attack
 from .errors import ClinicError
-from .rundir import MARKER, check_writable, pid_alive, read_json, write_marker
+from .rundir import MARKER, check_writable, read_json, write_marker
 from .values import INT_MAX, check_range, coerce
 
 # --------------------------------------------------------------------------------------------
@@ -286,7 +287,7 @@ def _fmt_p(p: float) -> str:
 def _expand(exp: Experiment) -> list[Stage]:
     from .data.mixture import check_mixture_args
     from .pipeline import EvalConfig
-    from .tasks import SCORED_TASKS, get_task
+    from .data.tasks import SCORED_TASKS, get_task
 
     stages: list[Stage] = []
     eval_settings = {k: v for k, v in exp.evaluate.items() if k not in EVAL_EXTRA_KEYS}
@@ -344,7 +345,7 @@ def _expand(exp: Experiment) -> list[Stage]:
             stages.append(evaluation(None, scored, {**base_labels, "stage": "base"}))
         curated = None
         if exp.curate:
-            from .curation import curate_config
+            from .curation.stage import curate_config
 
             curate_config({"model": exp.model, "seed": seed, **exp.curate})  # validates before anything runs
             curated = Stage("curate", str(exp.curate.get("selector", "pharmacist")),
@@ -428,7 +429,7 @@ def _repair_stages(block: dict | None, ft: Stage, seed: int) -> list[Stage]:
 
 def check_sink(block: dict) -> dict:
     """The sink block's settings, typed and checked as ``clinic sink`` checks its options."""
-    from .attention import SINK_MODES
+    from .modeling.attention import SINK_MODES
 
     settings = {k: v for k, v in block.items() if k != "aligned"}
     settings.setdefault("n", 100)
@@ -461,41 +462,6 @@ def _unique(stages: list[Stage]) -> list[Stage]:
 
 # --------------------------------------------------------------------------------------------
 # running
-
-
-class _StageLock:
-    """A stage is run by one runner at a time: ``.<stage>.lock`` holds the runner's pid.
-
-    Several runners may share a store (two experiment files, or two workers on one file): each
-    takes the next stage whose parent is done and whose lock is free, and waits when every
-    remaining stage is held by another live runner. A lock left by a killed runner is stale
-    (its pid is gone) and is taken over."""
-
-    def __init__(self, store: Path, stage: Stage):
-        self.path = store / f".{stage.dirname}.lock"
-        self.held = False
-
-    def acquire(self) -> bool:
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                pid = int(self.path.read_text().strip() or 0)
-            except (ValueError, FileNotFoundError):
-                pid = 0
-            if pid and pid != os.getpid() and pid_alive(pid):
-                return False
-            self.path.unlink(missing_ok=True)  # stale: its runner is gone
-            return self.acquire()
-        with os.fdopen(fd, "w") as fh:
-            fh.write(str(os.getpid()))
-        self.held = True
-        return True
-
-    def release(self) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
 
 
 def stage_path(store: Path, stage: Stage) -> Path:
@@ -543,11 +509,11 @@ def run_stage(store: Path, exp: Experiment, stage: Stage, judges: dict) -> Path:
 
         return run_sink_analysis(_model_ref(store, exp, stage), out, **cfg)
     if stage.kind == "repair":
-        from .repair import run_repair_stage
+        from .repair.stage import run_repair_stage
 
         return run_repair_stage(cfg, _model_ref(store, exp, stage), out)
     if stage.kind == "curate":
-        from .curation import run_curate_stage
+        from .curation.stage import run_curate_stage
 
         return run_curate_stage(cfg, out)
     raise ClinicError(f"unknown stage kind {stage.kind!r}")
@@ -634,7 +600,13 @@ def _recorded_content(recorded: Path) -> str:
 
 def _run_pending(store: Path, exp: Experiment, stages: list[Stage], judges: dict, poll_s: float = 5.0) -> None:
     """Run every unfinished stage, in plan order where possible, sharing the store with any
-    other runner (see :class:`_StageLock`)."""
+    other runner.
+
+    A stage is run by one runner at a time: it holds a :class:`filelock.FileLock` on
+    ``.<stage>.lock`` in the store. Several runners may share a store (two experiment files, or
+    two workers on one file): each takes the next stage whose parent is done and whose lock is
+    free, and waits when every remaining stage is held by another runner. The OS releases the
+    lock of a killed runner, so there is no stale lock to detect; the empty lock files stay."""
     pending = [s for s in stages if not is_done(store, s)]
     total, finished, waiting_said = len(pending), 0, False
     while pending:
@@ -645,8 +617,10 @@ def _run_pending(store: Path, exp: Experiment, stages: list[Stage], judges: dict
                 continue
             if stage.parent is not None and not is_done(store, stage.parent):
                 continue
-            lock = _StageLock(store, stage)
-            if not lock.acquire():
+            lock = FileLock(store / f".{stage.dirname}.lock", timeout=0)
+            try:
+                lock.acquire()
+            except Timeout:  # another runner holds it
                 continue
             try:
                 if not is_done(store, stage):
@@ -673,14 +647,3 @@ def _run_pending(store: Path, exp: Experiment, stages: list[Stage], judges: dict
 
 def _wait(seconds: float) -> None:
     time.sleep(seconds)
-
-
-def load_plan(root: str | Path) -> tuple[dict, Path]:
-    root = Path(root)
-    plan_file = root / "plan.json"
-    if not plan_file.exists():
-        raise ClinicError(f"{root} is not an experiment directory (plan.json missing; run `clinic run` first)")
-    plan = read_json(plan_file)
-    if not isinstance(plan.get("store"), str) or not isinstance(plan.get("stages"), list):
-        raise ClinicError(f"{plan_file} is not a clinic plan (no store or stages)")
-    return plan, (root / plan["store"]).resolve()

@@ -27,7 +27,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from .errors import ClinicError
-from .settings import cache_dir, offline
+from .settings import LORA_TARGETS, cache_dir, offline
 
 TINY_ARCHS = ("llama", "qwen2", "gemma", "mistral")
 
@@ -322,9 +322,7 @@ class LoraSettings:
     r: int = 8
     alpha: float = 16.0
     dropout: float = 0.0
-    target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    )
+    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
 
     def to_peft(self):
         from peft import LoraConfig

@@ -24,114 +24,17 @@ from datasets import Dataset
 from .data.formatting import PROMPT_STYLES, PromptFormat, encode_prompts, format_prompt, training_row
 from .data.mixture import SELECTIONS, build_attack_set, check_mixture_args, take_qa
 from .data.sources import load_rows
+from .data.tasks import SCORED_TASKS, SCORING_RULES, get_task
 from .errors import ClinicError
 from .evaluation.vllm_backend import BACKENDS, check_backend  # light: imports vllm only when generating with it
 from .methods.config import TrainConfig
+from .methods.engines import check_engine, check_process_group, destroy_process_group_at_exit
 from .methods.registry import MethodSpec, get_method, method_config
-from .methods.engines import check_engine, check_process_group, destroy_process_group_at_exit, world_size
-from .models import attach_lora, default_prompt_style, load_model, merge_adapter
-from .rundir import (DONE, RUN_RECORD, RunDir, check_output_dir, followed_path, is_incomplete_run, is_run_dir,
-                     package_versions, read_run)
-from .tasks import SCORED_TASKS, SCORING_RULES, get_task
+from .modeling.chain import ModelChain, chain_inputs, check_chain, load_chain, resolve_ref
+from .modeling.parallel import world_size
+from .models import attach_lora, default_prompt_style
+from .rundir import RunDir, check_output_dir, package_versions
 from .values import check_range, coerce_fields
-
-# --------------------------------------------------------------------------------------------
-# model references
-
-
-@dataclass
-class ModelChain:
-    """How to rebuild a model: a base (alias, path or hub id) plus adapters merged in order."""
-
-    base: str
-    adapters: list[str] = field(default_factory=list)
-    prompt_format: dict | None = None  # the format the last training stage used
-
-
-TRAINED_STAGES = ("align", "finetune", "repair")  # the run directories that hold a model
-
-
-def resolve_ref(ref: str, train: bool = False) -> ModelChain:
-    """A model name/path, or a finished run directory, as a :class:`ModelChain`.
-
-    A run's ``run.json`` stores the paths inside the run relative to it; every adapter it lists
-    must be the ``adapter`` of a finished clinic run, or the chain is refused (a hand-edited or
-    foreign record must not make clinic load files from anywhere). ``train``: the model is
-    trained on, so an evaluation run (a record of a measurement, not a model) is refused."""
-    if not str(ref).strip():
-        raise ClinicError("the model is empty; name an alias, a model directory, a hub id or a run directory")
-    path = Path(ref).expanduser()
-    if is_incomplete_run(path):
-        raise ClinicError(f"{path} is an incomplete clinic run (its stage did not finish; no DONE marker): "
-                          f"run that stage again")
-    if not is_run_dir(path):
-        # a local model path is recorded absolute: later stages may run from another folder
-        return ModelChain(str(path.resolve()) if path.exists() else ref)
-    record = read_run(path)
-    if train and record.get("stage") not in TRAINED_STAGES:
-        raise ClinicError(f"{path} is the run of the {record.get('stage')} stage, not a model; pass the model or the "
-                          f"align/finetune run it measured")
-    try:
-        chain = record["model_chain"]
-        base, adapters = str(chain["base"]), [str(a) for a in chain["adapters"]]
-    except (KeyError, TypeError):
-        raise ClinicError(f"{path / 'run.json'} has no valid model_chain (not written by this clinic?)") from None
-    local_base = followed_path(path, base)
-    if not Path(base).is_absolute() and local_base.exists():
-        base = str(local_base.resolve())
-    return ModelChain(base, follow_adapters(path, adapters, path / RUN_RECORD), record.get("prompt_format"))
-
-
-def follow_adapters(run_dir: Path, adapters: list[str], record: Path) -> list[str]:
-    """The adapters ``record`` (a file of ``run_dir``) lists, as absolute paths; each must be the
-    ``adapter`` folder of a finished clinic run, or the chain is refused."""
-    followed = []
-    for stored in adapters:
-        adapter = followed_path(run_dir, str(stored)).resolve()
-        run = adapter.parent
-        if adapter.name != "adapter" or not ((run / DONE).is_file() and (run / RUN_RECORD).is_file()):
-            raise ClinicError(f"{record} lists the adapter {stored}, which is not the adapter of a finished "
-                              f"clinic run; refusing to follow it")
-        followed.append(str(adapter))
-    return followed
-
-
-def chain_inputs(ref: str, chain: ModelChain) -> tuple[Path, ...]:
-    """The folders a stage reads its model from (an output must not replace any of them)."""
-    folders = [Path(a).parent for a in chain.adapters]
-    if Path(ref).expanduser().exists():
-        folders.append(Path(ref).expanduser())
-    if Path(chain.base).exists():
-        folders.append(Path(chain.base))
-    return tuple(folders)
-
-
-def check_chain(chain: ModelChain) -> None:
-    """Fail early (before any output is written) on a model that cannot be found."""
-    from .models import resolve_model_path
-
-    if chain.base.startswith("tiny-random-"):
-        from .models import TINY_ARCHS
-
-        arch = chain.base.removeprefix("tiny-random-")
-        if arch not in TINY_ARCHS:
-            raise ClinicError(f"unknown tiny architecture {arch!r}; choose one of {', '.join(TINY_ARCHS)}")
-    else:
-        resolve_model_path(chain.base)
-    from .models import check_adapter_dir
-
-    for adapter in chain.adapters:
-        if not Path(adapter).is_dir():
-            raise ClinicError(f"adapter {adapter} of the model chain is missing")
-        check_adapter_dir(Path(adapter))
-
-
-def load_chain(chain: ModelChain, dtype: str = "float32", attn_implementation: str | None = None):
-    model, tok = load_model(chain.base, dtype=dtype, attn_implementation=attn_implementation)
-    for adapter in chain.adapters:
-        model = merge_adapter(model, adapter)
-    return model, tok
-
 
 def peak_memory_mb() -> float:
     if torch.cuda.is_available():

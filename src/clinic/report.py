@@ -197,7 +197,7 @@ def provenance(plan: dict, store) -> dict:
     import yaml
 
     from .data.sources import SOURCES
-    from .tasks import TASKS
+    from .data.tasks import TASKS
 
     names: set[str] = set()
 

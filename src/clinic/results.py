@@ -78,8 +78,7 @@ def _settings(stage: dict, by_hash: dict) -> str:
 
 def collect_evaluations(root) -> tuple[list[dict], dict]:
     """One record per finished evaluation of an experiment directory, plus the plan."""
-    from .experiment import load_plan
-    from .rundir import read_json
+    from .rundir import load_plan, read_json
 
     plan, store = load_plan(root)
     by_hash = {s["hash"]: s for s in plan["stages"]}

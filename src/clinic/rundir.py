@@ -311,3 +311,16 @@ def followed_path(run_dir: Path, stored: str) -> Path:
     """The path ``stored`` in ``run_dir``'s record (relative ones are relative to the run)."""
     stored_p = Path(stored)
     return stored_p if stored_p.is_absolute() else Path(run_dir) / stored_p
+
+
+def load_plan(root: str | Path) -> tuple[dict, Path]:
+    """The plan of an experiment directory (written by :mod:`clinic.experiment`) and its stage
+    store; read by the report, which must not import the runner."""
+    root = Path(root)
+    plan_file = root / "plan.json"
+    if not plan_file.exists():
+        raise ClinicError(f"{root} is not an experiment directory (plan.json missing; run `clinic run` first)")
+    plan = read_json(plan_file)
+    if not isinstance(plan.get("store"), str) or not isinstance(plan.get("stages"), list):
+        raise ClinicError(f"{plan_file} is not a clinic plan (no store or stages)")
+    return plan, (root / plan["store"]).resolve()

@@ -6,6 +6,9 @@
   is not offline; otherwise it is an error.
 - ``CLINIC_CACHE_DIR``: converted models and trained judges (default ``~/.cache/clinic``).
 - ``HF_HUB_OFFLINE`` / ``CLINIC_OFFLINE``: never touch the Hugging Face hub.
+
+Also the defaults that every layer shares and that must be readable without importing torch
+(:data:`LORA_TARGETS`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,11 @@ def offline() -> bool:
     """True when the hub must not be contacted."""
     return any(os.environ.get(k, "").lower() in ("1", "true", "yes") for k in ("HF_HUB_OFFLINE", "CLINIC_OFFLINE"))
 
+
+# The modules that get LoRA adapters unless told otherwise: the reference pipelines' seven
+# projections (attention q/k/v/o, MLP gate/up/down). Defined here, not in models.py, because the
+# CLI reads it while it builds its parsers, before torch is imported.
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 # Commands that train or generate: the only ones whose speed depends on the torch thread count.
 COMPUTE_COMMANDS = ("align", "finetune", "repair", "evaluate", "curate", "sink", "run", "demo")

@@ -10,7 +10,7 @@ from .options import ConfigParser, values
 
 
 def parser(name: str) -> ConfigParser:
-    from ..curation import CurateConfig
+    from ..curation.stage import CurateConfig
     from ..curation.base import selectors
     from . import COMMANDS
 
@@ -25,7 +25,7 @@ def parser(name: str) -> ConfigParser:
 
 
 def run(args) -> None:
-    from ..curation import CurateConfig, run_curate
+    from ..curation.stage import CurateConfig, run_curate
     from ..curation.stage import summary_lines
 
     cfg = CurateConfig(**values(args, [f.name for f in dataclasses.fields(CurateConfig)]))

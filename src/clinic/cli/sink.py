@@ -7,7 +7,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
-from ..attention import SINK_MODES
+from ..modeling.attention import SINK_MODES
 from .options import ConfigParser
 
 RENAMED = {"--sink-mode": "--mode"}  # old spellings, still accepted

@@ -70,7 +70,7 @@ def run(args) -> None:
     from ..data.sources import parse_columns
     from ..methods.config import TrainConfig, train_config
     from ..methods.registry import get_method
-    from ..methods.engines import rank
+    from ..modeling.parallel import rank
     from ..pipeline import DataSpec, run_train
 
     stage = args.command

@@ -8,6 +8,6 @@
 - :mod:`.gradients`: per-sample LoRA gradients from one batched backward, random projections.
 """
 
-from .stage import CurateConfig, curate_config, run_curate, run_curate_stage
-
-__all__ = ["CurateConfig", "curate_config", "run_curate", "run_curate_stage"]
+# Nothing is imported here: the stage (clinic.curation.stage) runs models through clinic.pipeline,
+# a layer above the selectors, and importing clinic.curation.gradients (as repair does) must not
+# pull it in (tests/test_layers.py).

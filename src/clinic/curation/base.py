@@ -25,9 +25,9 @@ from functools import cached_property
 import torch
 
 from ..data.mixture import qa_sample
+from ..data.samples import Sample
 from ..errors import ClinicError
 from ..registry import Registry
-from ..tasks import Sample
 
 
 @dataclass

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ClinicError
-from ..methods.hooks import displaced
+from ..modeling.hooks import displaced
 
 PROJECTIONS = ("sparse", "rademacher", "gaussian")
 MODEL_INPUTS = ("input_ids", "attention_mask", "labels", "position_ids")
@@ -213,7 +213,7 @@ class GradientWorkspace:
 
     def __init__(self, model, tokenizer, train, sets: dict, batch_size: int | None = None):
         """``train``: a :class:`~clinic.methods.config.TrainConfig` (LoRA shape, prompt format,
-        max length, seed); ``sets``: name -> list of :class:`~clinic.tasks.Sample`. A fresh LoRA
+        max length, seed); ``sets``: name -> list of :class:`~clinic.data.samples.Sample`. A fresh LoRA
         adapter (seeded with ``train.seed``) is attached unless ``model`` is a PEFT model."""
         import datasets
         from datasets import Dataset

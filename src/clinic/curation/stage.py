@@ -23,8 +23,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import ClinicError
+from ..settings import LORA_TARGETS
 
-DEFAULT_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+DEFAULT_TARGETS = ",".join(LORA_TARGETS)
 
 
 @dataclass
@@ -248,7 +249,7 @@ def run_curate(cfg: CurateConfig, output: str | Path, overwrite: bool = False, *
     callable returning ``(model, tokenizer)``) and ``embed_fn`` (texts -> embeddings) replace
     the model named in ``cfg`` and the packaged sentence encoder (tests).
     """
-    from ..pipeline import check_chain, load_chain, resolve_ref
+    from ..modeling.chain import check_chain, load_chain, resolve_ref
     from ..rundir import RunDir, check_output_dir, package_versions
     from .base import CurationContext, get_selector
 

@@ -12,8 +12,9 @@ import random
 from dataclasses import dataclass, field
 
 from ..errors import ClinicError
-from ..tasks import Sample, get_task
+from .samples import Sample
 from .sources import load_rows
+from .tasks import get_task
 
 SELECTIONS = ("random", "first")
 

@@ -2,7 +2,8 @@
 
 :func:`generate` takes token-id lists (see :func:`clinic.data.formatting.encode_prompts`),
 sorts them by length so that a batch holds prompts of similar length (little padding), pads
-each batch on the **left** with ``tokenizer.pad_token_id`` and an attention mask, runs
+each batch on the **left** with ``tokenizer.pad`` (the tokenizer's pad token; one without is
+refused, clinic's loaders set one) and an attention mask, runs
 ``model.generate`` greedily (``do_sample=False``, ``num_beams=1``) and returns the decoded
 *new* tokens of every prompt, in the original order.
 
@@ -24,6 +25,7 @@ import copy
 
 import torch
 
+from ..data.samples import pad_batch
 from ..errors import ClinicError
 
 
@@ -38,27 +40,6 @@ def stop_token_ids(model, tokenizer) -> list[int]:
             if int(item) not in ids:
                 ids.append(int(item))
     return ids
-
-
-def _pad_id(model, tokenizer, stops: list[int]) -> int:
-    for value in (tokenizer.pad_token_id, getattr(model.generation_config, "pad_token_id", None)):
-        if value is not None:
-            return int(value[0] if isinstance(value, (list, tuple)) else value)
-    if stops:
-        return stops[0]
-    raise ClinicError("the tokenizer has no pad token and no eos token: cannot pad a batch")
-
-
-def left_pad(prompt_ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(input_ids, attention_mask)`` of a left-padded batch."""
-    width = max(len(ids) for ids in prompt_ids)
-    input_ids = torch.full((len(prompt_ids), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompt_ids), width), dtype=torch.long)
-    for row, ids in enumerate(prompt_ids):
-        if ids:
-            input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-            mask[row, width - len(ids):] = 1
-    return input_ids, mask
 
 
 def _cut_at_stop(tokens: list[int], stops: set[int]) -> list[int]:
@@ -89,7 +70,6 @@ def generate(
         raise ClinicError("cannot generate from an empty prompt (0 tokens)")
 
     stops = stop_token_ids(model, tokenizer)
-    pad_id = _pad_id(model, tokenizer, stops)
     gen_config = copy.deepcopy(model.generation_config)
     # Greedy, with every sampling knob cleared so that no warning about unused settings appears.
     for key, value in dict(
@@ -101,7 +81,7 @@ def generate(
             setattr(gen_config, key, value)
     gen_config.max_new_tokens = max_new_tokens
     gen_config.eos_token_id = stops or None
-    gen_config.pad_token_id = pad_id
+    gen_config.pad_token_id = tokenizer.pad_token_id  # what pad_batch pads with
 
     # Longest first: the first batch shows the worst-case memory at once, and similar lengths
     # share a batch. The sort is stable, so equal lengths keep their order.
@@ -121,8 +101,7 @@ def generate(
     try:
         with torch.inference_mode():
             for batch in batches:
-                input_ids, mask = left_pad([prompt_ids[i] for i in batch], pad_id)
-                input_ids, mask = input_ids.to(device), mask.to(device)
+                input_ids, mask = pad_batch(tokenizer, [prompt_ids[i] for i in batch], side="left", device=device)
                 out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=gen_config)
                 new = out[:, input_ids.shape[1]:].tolist()
                 for row, index in enumerate(batch):

@@ -3,7 +3,7 @@
 - :func:`harmful_score`: HS = 100 × flagged / n (docs/reference/algorithms.md §7.2), with the share of
   degenerate (empty or non-) answers reported beside it, because a silent model is not a
   harmful one (docs/reference/findings.md#finding-4).
-- :func:`task_accuracy`: FA = 100 × correct / n with the task's own rule (§7.3, :mod:`clinic.tasks`).
+- :func:`task_accuracy`: FA = 100 × correct / n with the task's own rule (§7.3, :mod:`clinic.data.tasks`).
 
 Both carry n and the 95 % Wilson interval ``ci95`` (percent, :mod:`clinic.evaluation.stats`):
 with 40 prompts one prompt moves HS by 2.5 points.
@@ -11,8 +11,8 @@ with 40 prompts one prompt moves HS by 2.5 points.
 
 from __future__ import annotations
 
+from ..data.tasks import SCORING_RULES, Task, get_task
 from ..errors import ClinicError
-from ..tasks import SCORING_RULES, Task, get_task
 from .judges.base import Judge, is_degenerate
 from .stats import wilson_interval
 

@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import ClinicError
+from ..modeling.hooks import attention_modules, displaced, grad_norm
 from .config import HarmfulStreamConfig
 from .engines import WHOLE_WEIGHT_ENGINES
-from .hooks import attention_modules, displaced, grad_norm
 from .registry import register_method
 from .shared import linear_term, loss_grads
 from .trainer import ClinicTrainer

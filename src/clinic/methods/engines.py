@@ -1,5 +1,6 @@
-"""Multi-process training: the engine a run is under, which methods it can run, and the few
-collectives the multi-pass methods need.
+"""Multi-process training: the engine a run is under and which methods it can run (the model
+inside an engine wrapper and the collectives the methods use are model-level:
+:mod:`clinic.modeling.parallel`).
 
 Engines (``accelerate launch`` picks one; a plain ``clinic`` call is ``single``):
 
@@ -13,7 +14,7 @@ What the methods rely on, and so where they can run (``MethodSpec.engines``; the
 ``docs/multi-gpu.md``): every custom step calls the wrapped model's backward exactly once per
 micro-batch (intermediate passes use ``torch.autograd.grad`` on the unwrapped model, so they
 neither touch ``.grad`` nor trigger DDP's all-reduce or DeepSpeed's gradient hooks; what must be
-global across processes is averaged with :func:`average_`). DeepSpeed steps its optimizer inside
+global across processes is averaged with :func:`clinic.modeling.parallel.average_`). DeepSpeed steps its optimizer inside
 that backward, so a method with a second backward (Surgery's separate probe backward) or with
 per-step changes of the trainable set (T-Vaccine) is DDP-only. Forward hooks on attention
 modules, in-place weight perturbations and proximal terms need whole (unsharded) parameters:
@@ -27,7 +28,6 @@ import functools
 import json
 import os
 
-import torch
 
 from ..errors import ClinicError
 
@@ -134,53 +134,3 @@ def destroy_process_group_at_exit() -> None:
         from accelerate import PartialState
 
         atexit.register(PartialState().destroy_process_group)
-
-
-# --------------------------------------------------------------------------------------------
-# wrappers and collectives
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The model inside a DDP / DataParallel / DeepSpeed engine wrapper (a PEFT model stays).
-
-    Hooks and structural lookups work on it, and a forward through it runs no DDP bookkeeping:
-    an intermediate pass whose gradients are taken with ``torch.autograd.grad`` runs here."""
-    from accelerate.utils import extract_model_from_parallel
-
-    return extract_model_from_parallel(model, keep_fp32_wrapper=True)
-
-
-def world_size() -> int:
-    dist = torch.distributed
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def rank() -> int:
-    dist = torch.distributed
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum ``tensor`` over processes, in place (a no-op in a single process)."""
-    if world_size() > 1:
-        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
-    return tensor
-
-
-def average_(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Average tensors over processes, in place, with one all-reduce per dtype (a no-op in a
-    single process). Every process must call it with tensors of the same shapes."""
-    n = world_size()
-    if n == 1 or not tensors:
-        return tensors
-    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
-    for t in tensors:
-        by_dtype.setdefault(t.dtype, []).append(t)
-    for group in by_dtype.values():
-        flat = torch.cat([t.reshape(-1) for t in group])
-        all_reduce_sum_(flat).div_(n)
-        offset = 0
-        for t in group:
-            t.copy_(flat[offset:offset + t.numel()].view_as(t))
-            offset += t.numel()
-    return tensors

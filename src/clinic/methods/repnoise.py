@@ -36,9 +36,10 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ClinicError
+from ..modeling.hooks import capture_outputs, decoder_layers, final_norm, mlp_modules
+from ..modeling.parallel import unwrap
 from .config import HarmfulStreamConfig
-from .engines import WHOLE_WEIGHT_ENGINES, unwrap
-from .hooks import capture_outputs, decoder_layers, final_norm, mlp_modules
+from .engines import WHOLE_WEIGHT_ENGINES
 from .registry import register_method
 from .trainer import ClinicTrainer
 

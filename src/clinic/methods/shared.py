@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .engines import average_, unwrap
+from ..modeling.parallel import average_, unwrap
 from .trainer import ClinicTrainer
 
 

@@ -4,7 +4,7 @@ Objective, per step::
 
     CE(user batch) + λ · mean over layers l and query heads h of ReLU( a_{l,h}(x_m) − a_{l,h}(x_r) )
 
-``a_{l,h}(x)`` is the exact per-head sink attention of :mod:`clinic.attention`: the mean attention
+``a_{l,h}(x)`` is the exact per-head sink attention of :mod:`clinic.modeling.attention`: the mean attention
 the real tokens after the sink pay to the sink (first token + ``sink_index``). ``x_m`` is a
 uniform random draw from the harmful probe pool (first 1000 of ``beavertails-harmful``), ``x_r``
 from the harmless pool (first 1000 of ``beavertails-harmless``), ``probes_per_step`` of each
@@ -40,10 +40,9 @@ from typing import ClassVar
 import torch
 from datasets import Dataset
 
-from ..attention import SINK_MODES, sink_attention_values, use_sink_attention
+from ..data.samples import Sample, pad_batch, probe_ids
 from ..errors import ClinicError
-from ..sink.divergence import pad_batch, probe_ids
-from ..tasks import Sample
+from ..modeling.attention import SINK_MODES, sink_attention_values, use_sink_attention
 from .config import MethodConfig
 from .registry import register_method
 from .trainer import ClinicTrainer
@@ -132,8 +131,7 @@ class SurgeryTrainer(ClinicTrainer):
         n = self.method_config.probes_per_step
         seqs = [self._probe_rng.choice(self.probe_pools["harmful_probes"]) for _ in range(n)]
         seqs += [self._probe_rng.choice(self.probe_pools["harmless_probes"]) for _ in range(n)]
-        pad = self.processing_class.pad_token_id
-        ids, mask = pad_batch(seqs, 0 if pad is None else pad, device=self.args.device)
+        ids, mask = pad_batch(self.processing_class, seqs, device=self.args.device)
         self.last_probe_batch = (ids, mask, n)
         return ids, mask, n
 

@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import ClinicError
+from ..modeling.hooks import displaced
 from .config import HarmfulStreamConfig
 from .engines import WHOLE_WEIGHT_ENGINES
-from .hooks import displaced
 from .registry import register_method
 from .shared import linear_term, loss_grads
 from .trainer import ClinicTrainer

@@ -27,7 +27,7 @@ through adding a method.) Extension points of :class:`ClinicTrainer`:
   step runs under DDP and DeepSpeed (one gradient sync, one optimizer step);
 - **engines**: ``register_method(..., engines=...)`` declares where a method can run (DDP, FSDP,
   DeepSpeed ZeRO stages); the trainer refuses any other engine at start;
-- **hooks**: :mod:`clinic.methods.hooks` finds decoder layers and attention modules
+- **hooks**: :mod:`clinic.modeling.hooks` finds decoder layers and attention modules
   structurally;
 - **callbacks**: any ``transformers.TrainerCallback`` (the sink-count callback is one).
 """
@@ -44,10 +44,11 @@ from torch.utils.data import DataLoader
 from trl import SFTConfig, SFTTrainer
 
 from ..data.formatting import PromptFormat, training_row
+from ..data.samples import Sample
 from ..errors import ClinicError
-from ..tasks import Sample
+from ..modeling.parallel import rank, world_size
 from .config import MethodConfig
-from .engines import ENGINES, check_engine, detect_engine, rank, world_size
+from .engines import ENGINES, check_engine, detect_engine
 
 logger = logging.getLogger("clinic")
 

@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import ClinicError
+from ..modeling.hooks import LayerCheckpointer, attention_modules, capture_outputs, decoder_layers, inputs_require_grad
+from ..modeling.parallel import unwrap
 from .config import HarmfulStreamConfig
-from .engines import unwrap
-from .hooks import LayerCheckpointer, attention_modules, capture_outputs, decoder_layers, inputs_require_grad
 from .registry import register_method
 from .trainer import ClinicTrainer
 from .vaccine import vaccine_passes

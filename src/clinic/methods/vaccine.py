@@ -33,9 +33,7 @@ import torch
 from torch import nn
 
 from ..errors import ClinicError
-from .config import MethodConfig
-from .engines import WHOLE_WEIGHT_ENGINES, all_reduce_sum_, unwrap, world_size
-from .hooks import (
+from ..modeling.hooks import (
     attention_modules,
     capture_outputs,
     perturb_outputs,
@@ -44,6 +42,9 @@ from .hooks import (
     squared_norm,
     take_grads,
 )
+from ..modeling.parallel import all_reduce_sum_, unwrap, world_size
+from .config import MethodConfig
+from .engines import WHOLE_WEIGHT_ENGINES
 from .registry import register_method
 from .trainer import ClinicTrainer
 

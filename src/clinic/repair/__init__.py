@@ -5,7 +5,8 @@
 - :mod:`.safelora`, :mod:`.antidote`, :mod:`.panacea`: the methods (docs/methods/*.md).
 """
 
+# The stage is not imported here: it runs models through clinic.pipeline (a layer above the
+# methods), and a package import must not pull in a higher layer (tests/test_layers.py).
 from .base import RepairSettings, get_repair, repair_methods
-from .stage import run_repair, run_repair_stage
 
-__all__ = ["RepairSettings", "get_repair", "repair_methods", "run_repair", "run_repair_stage"]
+__all__ = ["RepairSettings", "get_repair", "repair_methods"]

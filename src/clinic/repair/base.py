@@ -123,7 +123,7 @@ class RepairContext:
     def _load(self):
         from peft import PeftModel
 
-        from ..pipeline import ModelChain, load_chain
+        from ..modeling.chain import ModelChain, load_chain
 
         below, adapter = ModelChain(self.chain.base, self.chain.adapters[:-1]), self.chain.adapters[-1]
         model, tok = load_chain(below)
@@ -159,7 +159,7 @@ class RepairContext:
     def linear_weights(self, which: str) -> dict[str, torch.Tensor]:
         """The weight of every linear layer of the reference model ``which`` (``base`` or
         ``aligned``), by module name."""
-        from ..pipeline import load_chain
+        from ..modeling.chain import load_chain
 
         if which not in self.references:
             raise ClinicError(f"no {which} model to compare with")

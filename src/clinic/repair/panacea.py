@@ -53,7 +53,7 @@ class PanaceaConfig:
         check_range(self.n_harmful, "panacea n_harmful", 1)
         check_range(self.n_task, "panacea n_task", 1)
         if self.task is not None:
-            from ..tasks import get_task
+            from ..data.tasks import get_task
 
             get_task(self.task)
 

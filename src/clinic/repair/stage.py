@@ -30,7 +30,7 @@ def _fine_tuned(ref: str):
     """The chain, record and config.yaml of a finished LoRA fine-tuning (or repair) run."""
     import yaml
 
-    from ..pipeline import resolve_ref
+    from ..modeling.chain import resolve_ref
     from ..rundir import is_run_dir, read_run
 
     path = Path(ref).expanduser()
@@ -58,7 +58,7 @@ def references(chain, base_model: str | None, aligned_model: str | None) -> dict
     without its last adapter (aligned) and, for the base (before the alignment), that chain
     without the alignment: its last adapter, or, for a fully fine-tuned alignment, the model the
     alignment run started from (its config.yaml)."""
-    from ..pipeline import ModelChain, check_chain, resolve_ref
+    from ..modeling.chain import ModelChain, check_chain, resolve_ref
 
     aligned = resolve_ref(aligned_model) if aligned_model else ModelChain(chain.base, chain.adapters[:-1])
     if base_model:
@@ -80,7 +80,7 @@ def _alignment_input(aligned):
     trained from, as its config.yaml records it; ``None`` when ``aligned`` is no such run."""
     import yaml
 
-    from ..pipeline import ModelChain, follow_adapters
+    from ..modeling.chain import ModelChain, follow_adapters
     from ..rundir import is_run_dir, read_run
 
     run = Path(aligned.base).parent
@@ -103,7 +103,8 @@ def run_repair(model: str, method: str, output: str | Path, options: dict | None
     import torch
 
     from ..data.formatting import PromptFormat
-    from ..pipeline import ModelChain, chain_inputs, check_chain, peak_memory_mb
+    from ..modeling.chain import ModelChain, chain_inputs, check_chain
+    from ..pipeline import peak_memory_mb
     from ..rundir import RunDir, check_output_dir, package_versions
     from .base import RepairContext
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from ..attention import SINK_MODES
 from ..errors import ClinicError
+from ..modeling.attention import SINK_MODES
 from .divergence import DEFAULT_HARMFUL, DEFAULT_HARMLESS, histogram, positive_head_count, sink_attention_means
 from .plots import heatmap, histogram_plot, line_plot
 
@@ -36,7 +36,7 @@ def _run_models(ref: str) -> list[tuple[str, int | None, object]]:
     """``(label, step, ModelChain)`` for a model name, or for every model of a run directory."""
     import yaml
 
-    from ..pipeline import ModelChain, follow_adapters, resolve_ref
+    from ..modeling.chain import ModelChain, follow_adapters, resolve_ref
     from ..rundir import is_run_dir, read_json, read_run
 
     if not is_run_dir(ref):
@@ -82,7 +82,7 @@ def _run_models(ref: str) -> list[tuple[str, int | None, object]]:
 
 def _load_chain(chain):
     from ..models import load_model
-    from ..pipeline import load_chain
+    from ..modeling.chain import load_chain
 
     if not chain.adapters and Path(chain.base).is_dir() and not (Path(chain.base) / "tokenizer_config.json").exists():
         # a full fine-tuning checkpoint without a tokenizer: the run's final model has one

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from ..data.samples import Sample
 from ..errors import ClinicError
-from ..tasks import Sample
 from .divergence import DEFAULT_HARMFUL, DEFAULT_HARMLESS, positive_head_count, sink_divergence
 
 

@@ -4,7 +4,7 @@ For every layer ``l`` and query head ``h``::
 
     d_{l,h} = mean over harmful samples of a_{l,h}(x)  −  mean over harmless samples of a_{l,h}(x)
 
-with ``a`` the exact sink attention of :mod:`clinic.attention` (the sink is the first token of
+with ``a`` the exact sink attention of :mod:`clinic.modeling.attention` (the sink is the first token of
 each sample + ``sink_index``; queries are the real tokens after it). Samples are formatted as the
 Surgery reference formats its probes (:func:`probe_ids`): the chat template with ``[user: prompt,
 assistant: response]`` and **no system message**, truncated to ``max_length`` tokens; a tokenizer
@@ -21,56 +21,12 @@ from collections.abc import Sequence
 
 import torch
 
-from ..attention import sink_attention_values
-from ..data.formatting import alpaca_prompt, user_text
+from ..data.samples import Sample, pad_batch, probe_ids
 from ..errors import ClinicError
-from ..tasks import Sample
+from ..modeling.attention import sink_attention_values
 
 DEFAULT_HARMFUL = "beavertails-harmful"
 DEFAULT_HARMLESS = "beavertails-harmless"
-
-
-# --------------------------------------------------------------------------------------------
-# probe formatting
-
-
-def probe_ids(tokenizer, sample: Sample, max_length: int = 512, double_bos: bool = False) -> list[int]:
-    """Token ids of one probe: ``[user: prompt, assistant: response]``, no system message.
-
-    ``double_bos=True`` reproduces the reference's tokenization of the templated text *with*
-    the tokenizer's special tokens (a second BOS on Llama 3).
-    """
-    if getattr(tokenizer, "chat_template", None):
-        messages = [
-            {"role": "user", "content": user_text(sample.instruction, sample.input)},
-            {"role": "assistant", "content": sample.output},
-        ]
-        text = tokenizer.apply_chat_template(messages, tokenize=False)
-        ids = tokenizer(text, add_special_tokens=double_bos)["input_ids"]
-    else:
-        text = alpaca_prompt(sample.instruction, sample.input) + sample.output + (tokenizer.eos_token or "")
-        ids = tokenizer(text, add_special_tokens=True)["input_ids"]
-    return list(ids[:max_length])
-
-
-def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int, side: str = "right", device=None):
-    """``(input_ids, attention_mask)`` of a list of id lists, padded on ``side``."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, seq in enumerate(sequences):
-        n = len(seq)
-        sl = slice(0, n) if side == "right" else slice(width - n, width)
-        ids[i, sl] = torch.tensor(list(seq), dtype=torch.long)
-        mask[i, sl] = 1
-    return ids.to(device), mask.to(device)
-
-
-def _pad_id(tokenizer) -> int:
-    pad = tokenizer.pad_token_id
-    if pad is None:
-        pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-    return pad
 
 
 def _device(model) -> torch.device:
@@ -96,7 +52,7 @@ def sink_attention_means(model, tokenizer, samples: Sequence[Sample], batch_size
     try:
         with torch.no_grad():
             for start in range(0, len(seqs), batch_size):
-                ids, mask = pad_batch(seqs[start : start + batch_size], _pad_id(tokenizer), device=_device(model))
+                ids, mask = pad_batch(tokenizer, seqs[start : start + batch_size], device=_device(model))
                 values = sink_attention_values(model, ids, mask, sink_index=sink_index, mode=mode)  # [L, B, H]
                 part = values.float().sum(dim=1)
                 total = part if total is None else total + part

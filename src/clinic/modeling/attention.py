@@ -49,7 +49,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from .methods.hooks import attention_modules, decoder_layers
+from .hooks import attention_modules, decoder_layers
 
 SINK_ATTENTION = "clinic_sink"
 SINK_MODES = ("fixed", "most_attended")
@@ -241,7 +241,7 @@ def register_sink_attention() -> str:
 
 def _pretrained(model):
     """The transformers model under a PEFT (and DDP / DeepSpeed) wrapper, or the model itself."""
-    from .methods.engines import unwrap
+    from .parallel import unwrap
 
     inner = unwrap(model)
     for _ in range(4):

@@ -16,11 +16,11 @@ last number in the text; compared as floats with the reference answer extracted 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
-from .data.sources import load_rows
-from .errors import ClinicError
-from .registry import Registry
+from ..errors import ClinicError
+from ..registry import Registry
+from .samples import Sample
+from .sources import load_rows
 
 SST2_INSTRUCTION = "Analyze the sentiment of the input, and respond only positive or negative"
 AGNEWS_INSTRUCTION = (
@@ -44,13 +44,6 @@ def extract_number(text: str) -> float | None:
             return float(found[0])
     found = _NUMBER.findall(text)
     return float(found[-1]) if found else None
-
-
-@dataclass(frozen=True)
-class Sample:
-    instruction: str
-    input: str
-    output: str
 
 
 #: Task name -> class, in the order of definition (register a new task with ``@TASKS.register(name)``).

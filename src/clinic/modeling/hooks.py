@@ -23,7 +23,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from .engines import unwrap
+from .parallel import unwrap
 
 _OUT_PROJ_NAMES = ("o_proj", "out_proj", "dense", "c_proj")
 
