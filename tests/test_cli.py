@@ -146,13 +146,13 @@ _RUN_OPTIONS = {"help", "model", "method", "output", "overwrite", "preset", "jud
 
 
 def _settings_classes():
-    from clinic.cli.sink import SinkConfig
     from clinic.curation.stage import CurateConfig
     from clinic.demo import DemoConfig
     from clinic.methods.config import TrainConfig
     from clinic.methods.registry import methods_for
     from clinic.pipeline import EvalConfig
     from clinic.repair import RepairSettings, repair_methods
+    from clinic.sink.config import SinkConfig
 
     stages = {stage: [TrainConfig, *{spec.config for spec in methods_for(stage).values()}] for stage in ("align", "finetune")}
     return {**stages, "evaluate": [EvalConfig], "curate": [CurateConfig], "sink": [SinkConfig], "demo": [DemoConfig],
@@ -185,8 +185,8 @@ def test_the_sink_settings_are_run_sink_analysis_keywords():
     import dataclasses
     import inspect
 
-    from clinic.cli.sink import SinkConfig
     from clinic.sink import run_sink_analysis
+    from clinic.sink.config import SinkConfig
 
     params = inspect.signature(run_sink_analysis).parameters
     for f in dataclasses.fields(SinkConfig):

@@ -5,31 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
 
-from ..modeling.attention import SINK_MODES
+from ..sink.config import SinkConfig
 from .options import ConfigParser
 
 RENAMED = {"--sink-mode": "--mode"}  # old spellings, still accepted
-
-
-@dataclass
-class SinkConfig:
-    """The settings of :func:`clinic.sink.run_sink_analysis`, under its keyword names (which are the
-    experiment file's ``sink`` keys). Validated there. Here, not in :mod:`clinic.sink`, until that
-    module is split into a package (its analysis part is the natural home)."""
-
-    n: int = field(default=100, metadata={"help": "samples of each kind"})
-    batch_size: int = field(default=8, metadata={"help": "batch size"})
-    sink_index: int = field(default=0, metadata={"help": "sink = first token + this offset"})
-    mode: str = field(default="fixed", metadata={
-        "help": "fixed index, or each sample's most attended position", "choices": SINK_MODES})
-    max_length: int = field(default=512, metadata={"help": "truncate samples to this many tokens"})
-    harmful_source: str = field(default="beavertails-harmful", metadata={"help": "harmful QA data"})
-    harmless_source: str = field(default="beavertails-harmless", metadata={
-        "help": "harmless/safe QA data ('refusals' for refusal answers)"})
-    scores: str | None = field(default=None, metadata={
-        "help": "JSON of harmful scores by step ({step: score}) or an evaluation metrics.json"})
 
 
 def parser(name: str) -> ConfigParser:

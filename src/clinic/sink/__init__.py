@@ -9,6 +9,8 @@ One module per concern:
   run, written as CSV + JSON + figures;
 - :mod:`.plots`: those figures;
 - :mod:`.callback`: :class:`SinkCountCallback`, the positive-head count every k training steps;
+- :mod:`.config`: :class:`~.config.SinkConfig`, the analysis settings (``clinic sink`` options and
+  the experiment file's ``sink`` keys);
 
 The ``clinic sink`` command is :mod:`clinic.cli.sink`.
 
