@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from clinic import experiment
 from clinic.adaptive import Guard, adaptive_rows
 from clinic.attacks import guarded_objective
 from clinic.cli import main
 from clinic.errors import ClinicError
 from clinic.evaluation.stats import wilson_interval
-from clinic.experiment import Experiment, run_experiment, write_plan
+from clinic.experiment import Experiment, run_experiment, runner, write_plan
 from clinic.results import aggregate, collect_evaluations, compare
 
 
@@ -258,7 +257,7 @@ def _trials(root: Path) -> list[str]:
 def test_budgeted_search_is_reproducible_and_resumes(tmp_path, data_dir, monkeypatch):
     pytest.importorskip("optuna")
     calls: list = []
-    monkeypatch.setattr(experiment, "run_stage", fake_stage_runner(calls))
+    monkeypatch.setattr(runner, "run_stage", fake_stage_runner(calls))
     space = {"lr": [1e-4, 2e-4, 3e-4, 5e-4], "epochs": [1, 2, 3, 4]}
     path = tmp_path / "exp.yaml"
     path.write_text(json.dumps(attack_experiment(space, {"budget": 4, "seed": 3}, methods=["sft"])))

@@ -112,6 +112,9 @@ def test_finetune_blocks_filter_aligned_models(data_dir):
     ({"finetune": {"tasks": ["imdb"]}}, "imdb"),
     ({"align": {"methods": [{"name": "vaccine", "rhoo": 2}]}}, "rhoo"),
     ({"seeds": []}, "seed"),
+    ({"finetune": {"train": {"lrr": 1e-4}}}, "unknown key 'lrr' in train in finetune block 1 (did you mean 'lr'?)"),
+    ({"sink": {"harmful_sorce": "x"}}, "unknown key 'harmful_sorce' in sink (did you mean 'harmful_source'?)"),
+    ({"sink": {"harmless_source": 3}}, "sink harmless_source must be text, got 3"),
 ])
 def test_bad_experiment_is_one_line_error(tmp_path, data_dir, capsys, change, message):
     path = write_experiment(tmp_path / "bad.yaml", tiny_experiment(**change))
@@ -263,7 +266,7 @@ def _lock_free(path) -> bool:
 
 
 def test_stage_held_by_a_live_runner_is_waited_for_then_taken_over(reference_run, tmp_path, capsys, monkeypatch):
-    import clinic.experiment as experiment
+    from clinic.experiment import runner
 
     path, root = reference_run
     target = tmp_path / "waits"
@@ -279,7 +282,7 @@ def test_stage_held_by_a_live_runner_is_waited_for_then_taken_over(reference_run
         holder.kill()
         holder.wait()
 
-    monkeypatch.setattr(experiment, "_wait", holder_dies_while_we_wait)
+    monkeypatch.setattr(runner, "_wait", holder_dies_while_we_wait)
     try:
         run_experiment(path, target, report=False)
     finally:
@@ -300,9 +303,9 @@ def test_stage_held_by_a_live_runner_is_waited_for_then_taken_over(reference_run
 _RUN_WITH_BARRIER = """
 import os, sys, time
 from pathlib import Path
-import clinic.experiment as experiment
+from clinic.experiment import runner
 from clinic.cli import main
-barrier, real, first = Path(sys.argv[1]), experiment.run_stage, [True]
+barrier, real, first = Path(sys.argv[1]), runner.run_stage, [True]
 def run_stage(*args):
     if first:
         first.clear()
@@ -311,7 +314,7 @@ def run_stage(*args):
         while len(list(barrier.iterdir())) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
     return real(*args)
-experiment.run_stage = run_stage
+runner.run_stage = run_stage
 sys.exit(main(sys.argv[2:]))
 """
 

@@ -21,11 +21,12 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # module or package -> layer (higher imports lower); the longest matching name decides, so a
 # stage module inside a lower package (curation.stage) sits with the stages.
 LAYERS = {
-    "clinic": 0, "clinic.settings": 0, "clinic.errors": 0, "clinic.values": 0, "clinic.rundir": 0,
+    "clinic": 0, "clinic.settings": 0, "clinic.errors": 0, "clinic.values": 0, "clinic.rundir": 0, "clinic.registry": 0,
     "clinic.data": 1, "clinic.modeling": 1, "clinic.models": 1,
     "clinic.methods": 2, "clinic.evaluation": 2, "clinic.curation": 2, "clinic.repair": 2,
     "clinic.pipeline": 3, "clinic.sink": 3, "clinic.curation.stage": 3, "clinic.repair.stage": 3,
-    "clinic.experiment": 4, "clinic.attacks": 4, "clinic.report": 4, "clinic.results": 4,
+    "clinic.experiment": 4, "clinic.experiment.spec": 4, "clinic.experiment.plan": 4, "clinic.experiment.runner": 4,
+    "clinic.experiment.entries": 4, "clinic.attacks": 4, "clinic.report": 4, "clinic.results": 4,
     "clinic.adaptive": 4, "clinic.figures": 4, "clinic.demo": 4,
     "clinic.cli": 5,
 }

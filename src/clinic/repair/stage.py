@@ -165,7 +165,8 @@ def summary_line(metrics: dict) -> str:
 def repair_stage_config(entry_name: str, options: dict, block: dict, seed: int) -> dict:
     """The resolved, hashable config of one repair stage of an experiment's ``repair`` block."""
     spec = get_repair(entry_name)
-    settings = RepairSettings(seed=seed, **{k: block[k] for k in ("batch_size", "max_length") if k in block})
+    given = {f.name: block[f.name] for f in dataclasses.fields(RepairSettings) if f.name in block and f.name != "seed"}
+    settings = RepairSettings(seed=seed, **given)  # the block's keys are these fields (clinic.experiment.spec)
     return {"method": spec.name, "options": asdict(repair_config(spec, **options)), "settings": asdict(settings)}
 
 

@@ -1,0 +1,202 @@
+"""Running an experiment: every pending stage in plan order, resumable and shareable between
+runners (one lock per stage), the plan written as ``plan.json`` for the report."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from ..errors import ClinicError
+from ..rundir import MARKER, check_writable, read_json, write_marker
+from .plan import Stage
+from .spec import Experiment, parse_yaml
+
+
+def stage_path(store: Path, stage: Stage) -> Path:
+    return store / stage.dirname
+
+
+def is_done(store: Path, stage: Stage) -> bool:
+    return (stage_path(store, stage) / "DONE").exists()
+
+
+def _clear_partials(store: Path, stage: Stage) -> None:
+    for stale in store.glob(f".{stage.dirname}.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _model_ref(store: Path, exp: Experiment, stage: Stage) -> str:
+    return str(stage_path(store, stage.parent)) if stage.parent is not None else exp.model
+
+
+def run_stage(store: Path, exp: Experiment, stage: Stage, judges: dict) -> Path:
+    from ..pipeline import DataSpec, EvalConfig, run_evaluate, run_train
+
+    out = stage_path(store, stage)
+    cfg = stage.config
+    if stage.kind in ("align", "finetune"):
+        from ..methods.config import TrainConfig
+
+        model_ref = cfg.get("model") or _model_ref(store, exp, stage)
+        if stage.kind == "align" and stage.parent is not None and stage.parent.kind == "curate":
+            model_ref = exp.model
+            data = DataSpec(source=str(stage_path(store, stage.parent) / "subset.jsonl"), n=None)
+        elif stage.kind == "align":
+            data = DataSpec(source=cfg["data"]["source"], n=cfg["data"]["n"], selection=cfg["data"]["selection"],
+                            helpful=cfg["data"].get("helpful"), helpful_n=cfg["data"].get("helpful_n"))
+        else:
+            data = DataSpec(**cfg["data"])
+        return run_train(stage.kind, model=model_ref, method=cfg["method"], train=TrainConfig(**cfg["train"]),
+                         data=data, output=out, method_options=cfg["options"])
+    if stage.kind == "evaluate":
+        settings = {k: v for k, v in cfg.items() if k != "model"}
+        model_ref = cfg.get("model") or _model_ref(store, exp, stage)
+        return run_evaluate(model_ref, EvalConfig(**settings), out, judges=judges)
+    if stage.kind == "sink":
+        from ..sink import run_sink_analysis
+
+        return run_sink_analysis(_model_ref(store, exp, stage), out, **cfg)
+    if stage.kind == "repair":
+        from ..repair.stage import run_repair_stage
+
+        return run_repair_stage(cfg, _model_ref(store, exp, stage), out)
+    if stage.kind == "curate":
+        from ..curation.stage import run_curate_stage
+
+        return run_curate_stage(cfg, out)
+    raise ClinicError(f"unknown stage kind {stage.kind!r}")
+
+
+def write_plan(root: Path, store: Path, exp: Experiment, stages: list[Stage]) -> None:
+    plan = {
+        "name": exp.name,
+        "model": exp.model,
+        "store": os.path.relpath(store, root),
+        "stages": [{"kind": s.kind, "dir": s.dirname, "hash": s.hash, "parent": s.parent.hash if s.parent else None,
+                    "labels": s.labels, "config": s.config} for s in stages],
+    }
+    (root / "plan.json").write_text(json.dumps(plan, indent=2, default=str) + "\n")
+
+
+def run_experiment(path: str | Path, output: str | Path | None = None, store: str | Path | None = None,
+                   dry_run: bool = False, report: bool = True) -> Path:
+    """Run (or resume) every stage of an experiment file; returns the experiment directory."""
+    exp = Experiment.from_file(path)
+    stages = exp.plan()
+    root = Path(output or Path("runs") / exp.name).expanduser().resolve()
+    store_dir = Path(store).expanduser().resolve() if store else root / "stages"
+    recorded = root / "experiment.yaml"
+    if recorded.exists() and _recorded_content(recorded) != _canonical(exp.parsed):
+        # the parsed content, not the bytes: an edited comment or reformatting is the same experiment
+        raise ClinicError(f"{root} holds a different experiment (its experiment.yaml differs); "
+                          f"choose another --output")
+    if root.exists() and not root.is_dir():
+        raise ClinicError(f"experiment directory {root} is a file; choose another --output")
+    done = [s for s in stages if is_done(store_dir, s)]
+    counts = {}
+    for s in stages:
+        counts[s.kind] = counts.get(s.kind, 0) + 1
+    print(f"clinic run {exp.name}: {len(stages)} stages ({', '.join(f'{v} {k}' for k, v in counts.items())}); "
+          f"{len(done)} already done; store {store_dir}")
+    if dry_run:
+        for s in stages:
+            print(f"  [{'done' if is_done(store_dir, s) else 'todo'}] {s.dirname}")
+        for group in exp.searches:
+            print(f"  [search] up to {group.search['budget']} more attacks on {group.fixed.dirname}")
+        return root
+    check_writable(root, root)
+    check_writable(store_dir, store_dir)
+    if store_dir.exists() and not store_dir.is_dir():
+        raise ClinicError(f"stage store {store_dir} is a file; choose another --store")
+    from ..evaluation.judges import get_judge
+
+    judges = {name: get_judge(name) for name in exp.evaluate.get("judges", ["keyword", "harm-ce"])}
+    root.mkdir(parents=True, exist_ok=True)
+    if not (root / MARKER).exists():
+        write_marker(root, "experiment")
+    store_dir.mkdir(parents=True, exist_ok=True)
+    if not recorded.exists():
+        recorded.write_text(exp.source_text)
+    write_plan(root, store_dir, exp, stages)
+    _run_pending(store_dir, exp, stages, judges)
+    for group in exp.searches:  # budgeted attack searches: each trial's stages are added as it is asked
+        def run_point(new: list[Stage]) -> dict:
+            known = {t.hash for t in stages}
+            stages.extend(s for s in new if s.hash not in known)
+            write_plan(root, store_dir, exp, stages)  # the report sees the trials
+            _run_pending(store_dir, exp, new, judges)
+            return read_json(stage_path(store_dir, new[1]) / "metrics.json")
+
+        group.run(run_point, read_json(stage_path(store_dir, group.fixed) / "metrics.json"))
+    if report:
+        from ..report import write_report
+
+        write_report(root, root / "report", overwrite=True)
+    return root
+
+
+def _canonical(content) -> str:
+    return json.dumps(content, sort_keys=True, default=str)
+
+
+def _recorded_content(recorded: Path) -> str:
+    try:
+        return _canonical(parse_yaml(recorded.read_text(encoding="utf-8"), recorded) or {})
+    except (ClinicError, OSError, UnicodeDecodeError):
+        return ""  # unreadable: not the same experiment
+
+
+def _run_pending(store: Path, exp: Experiment, stages: list[Stage], judges: dict, poll_s: float = 5.0) -> None:
+    """Run every unfinished stage, in plan order where possible, sharing the store with any
+    other runner.
+
+    A stage is run by one runner at a time: it holds a :class:`filelock.FileLock` on
+    ``.<stage>.lock`` in the store. Several runners may share a store (two experiment files, or
+    two workers on one file): each takes the next stage whose parent is done and whose lock is
+    free, and waits when every remaining stage is held by another runner. The OS releases the
+    lock of a killed runner, so there is no stale lock to detect; the empty lock files stay."""
+    pending = [s for s in stages if not is_done(store, s)]
+    total, finished, waiting_said = len(pending), 0, False
+    while pending:
+        ran = False
+        for stage in list(pending):
+            if is_done(store, stage):  # another runner finished it
+                pending.remove(stage)
+                continue
+            if stage.parent is not None and not is_done(store, stage.parent):
+                continue
+            lock = FileLock(store / f".{stage.dirname}.lock", timeout=0)
+            try:
+                lock.acquire()
+            except Timeout:  # another runner holds it
+                continue
+            try:
+                if not is_done(store, stage):
+                    _clear_partials(store, stage)
+                    finished += 1
+                    print(f"[{finished}/{total}] {stage.kind} {stage.dirname}", flush=True)
+                    start = time.perf_counter()
+                    run_stage(store, exp, stage, judges)
+                    print(f"[{finished}/{total}] done in {time.perf_counter() - start:.0f} s", flush=True)
+            except ClinicError:
+                if not is_done(store, stage):  # not "someone else finished it first"
+                    raise
+            finally:
+                lock.release()
+            pending.remove(stage)
+            ran, waiting_said = True, False
+            break  # rescan from the top: plan order first
+        if pending and not ran:
+            if not waiting_said:
+                print(f"waiting for {len(pending)} stage(s) held by another runner", flush=True)
+                waiting_said = True
+            _wait(poll_s)
+
+
+def _wait(seconds: float) -> None:
+    time.sleep(seconds)

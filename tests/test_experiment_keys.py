@@ -1,0 +1,86 @@
+"""The experiment file's blocks that hold a settings dataclass (train, evaluate, sink, repair)
+accept exactly that dataclass's fields: the same schema as the command's options, so a new
+setting is an experiment key the moment it is a field (issue 14, part 1)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from clinic.errors import ClinicError
+from clinic.experiment import Experiment
+from clinic.experiment.spec import block_keys
+
+
+def tiny(**changes) -> dict:
+    exp = {"model": "tiny-random-llama", "align": {"methods": ["sft"], "n": 8},
+           "finetune": {"methods": ["sft"], "tasks": ["sst2"], "n": 8, "poison_ratios": [0.1]},
+           "evaluate": {"n_prompts": 4, "judges": ["keyword"]}}
+    return {**exp, **changes}
+
+
+def _fields(cls) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls) if f.init}
+
+
+def test_the_keys_are_the_fields_of_the_commands_dataclasses():
+    from clinic.methods.config import TrainConfig
+    from clinic.pipeline import EvalConfig
+    from clinic.repair import RepairSettings
+    from clinic.sink.config import SinkConfig
+
+    keys = block_keys()
+    assert keys["train"] == _fields(TrainConfig)
+    assert keys["evaluate"] == _fields(EvalConfig) | {"base", "aligned"}
+    assert keys["sink"] == _fields(SinkConfig) | {"aligned"}
+    assert keys["repair"] == _fields(RepairSettings) - {"seed"} | {"methods"}  # the seed is the file's
+
+
+def test_every_sink_setting_is_a_key_and_reaches_the_stage(data_dir):
+    """harmful_source/harmless_source were `clinic sink` options that the hand-kept key list refused."""
+    exp = Experiment.from_dict(tiny(sink={"n": 2, "harmful_source": "beavertails-harmful",
+                                          "harmless_source": "refusals", "batch_size": "4"}))
+    (sink,) = [s for s in exp.plan() if s.kind == "sink"]
+    assert sink.config == {"n": 2, "harmful_source": "beavertails-harmful", "harmless_source": "refusals",
+                           "batch_size": 4}  # typed as the field is declared; absent settings stay out of the hash
+
+
+def test_the_sink_stage_hash_holds_only_the_settings_given(data_dir):
+    """A sink block as old files wrote it: its stage config (so its hash) is what it was."""
+    exp = Experiment.from_dict(tiny(sink={"n": 2, "max_length": 64}))
+    (sink,) = [s for s in exp.plan() if s.kind == "sink"]
+    assert sink.config == {"n": 2, "max_length": 64}
+
+
+@dataclasses.dataclass
+class _NewSink:
+    n: int = 100
+    new_setting: int = 1
+
+
+def test_a_new_field_is_a_key_at_once(data_dir, monkeypatch):
+    import clinic.sink.config
+
+    with pytest.raises(ClinicError, match="unknown key 'new_setting' in sink"):
+        Experiment.from_dict(tiny(sink={"new_setting": 3}))
+    monkeypatch.setattr(clinic.sink.config, "SinkConfig", _NewSink)
+    exp = Experiment.from_dict(tiny(sink={"new_setting": "3"}))
+    (sink,) = [s for s in exp.plan() if s.kind == "sink"]
+    assert sink.config == {"n": 100, "new_setting": 3}
+
+
+@pytest.mark.parametrize(("block", "where"), [("align", "align"), ("finetune", "finetune block 1")])
+def test_train_keys_are_train_config_fields_with_a_suggestion(data_dir, block, where):
+    raw = tiny()
+    raw[block] = {**raw[block], "train": {"epochz": 2}}
+    with pytest.raises(ClinicError, match=rf"^unknown key 'epochz' in train in {where} \(did you mean 'epochs'\?\)$"):
+        Experiment.from_dict(raw)
+
+
+def test_every_repair_setting_but_the_seed_is_a_key(data_dir):
+    exp = Experiment.from_dict(tiny(repair={"methods": ["safelora"], "batch_size": 2, "max_length": 32}))
+    (repair,) = [s for s in exp.plan() if s.kind == "repair"]
+    assert repair.config["settings"] == {"seed": 0, "batch_size": 2, "max_length": 32}
+    with pytest.raises(ClinicError, match="unknown key 'seed' in repair"):
+        Experiment.from_dict(tiny(repair={"methods": ["safelora"], "seed": 1}))
