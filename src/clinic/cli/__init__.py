@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         top_parser().parse_args(argv)
         return 2
     try:
-        if args.command in COMPUTE_COMMANDS:
+        if args.command in COMPUTE_COMMANDS and not getattr(args, "dry_run", False):  # a dry run computes nothing
             _set_threads()
         args.func(args)
     except ClinicError as exc:
