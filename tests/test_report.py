@@ -232,3 +232,11 @@ def test_docs_tables_gain_intervals_without_changing_numbers():
     assert rewrite(out, {"HS (%) [95 % CI], n=40": 40}, "doc.md")[0] == out  # cells with intervals stay
     with pytest.raises(SystemExit, match="not a whole count of n=40"):
         rewrite("| HS (%) |\n|---|\n| 12.6 |\n", {"HS (%)": 40}, "doc.md")
+
+
+def test_label_cells_keep_the_poison_ratio_as_written():
+    """p = 0.05 must not print as 0.1 (the score cells' one decimal): two models would look alike."""
+    from clinic.report import _label_cell
+
+    assert [_label_cell(v) for v in (0.05, 0.1, 0.0, 0.2)] == ["0.05", "0.1", "0", "0.2"]
+    assert _label_cell([0, 1]) == "0,1" and _label_cell(None) == "" and _label_cell("sft") == "sft"

@@ -93,6 +93,16 @@ def _delta_cell(row: dict, column: str) -> str:
     return "" if row["stage"] == "base" or row.get(column) is None else "(baseline)"
 
 
+def _label_cell(value) -> str:
+    """A label as written: a poison ratio 0.05 stays 0.05 (the score cells' one decimal would make
+    it 0.1, the same as p = 0.1), lists joined with commas."""
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "" if value is None else str(value)
+
+
 def _table(rows: list[dict]) -> tuple[list[str], list[list]]:
     """Display columns: the labels; each score with its interval, followed by its difference
     from the baseline (paired interval, McNemar p); empty shares, sink heads and costs."""
@@ -108,7 +118,7 @@ def _table(rows: list[dict]) -> tuple[list[str], list[list]]:
     for column in LABEL_COLUMNS:
         if column in keys:
             header.append(column)
-            cells.append(lambda r, c=column: ",".join(map(str, r[c])) if isinstance(r.get(c), list) else r.get(c, ""))
+            cells.append(lambda r, c=column: _label_cell(r.get(c, "")))
     for column in sorted(scores + plain, key=rank):
         if column in scores:
             title, with_n = _score_header(column, rows)
