@@ -14,61 +14,53 @@ import argparse
 import json
 from pathlib import Path
 
-from clinic.evaluation.stats import paired_difference
+from clinic.report import format_interval
+from clinic.results import aggregate, collect_evaluations, hs_column, paired_comparison
 
 
 def _models(folder: Path) -> dict:
-    plan = json.loads((folder / "plan.json").read_text())
+    """Model (``"aligned"``, ``"base"`` or the poison ratio) -> (its evaluation records, its
+    aggregated row), read by :func:`clinic.results.collect_evaluations` like ``clinic report``."""
+    records, _ = collect_evaluations(folder)
     out = {}
-    for stage in plan["stages"]:
-        if stage["kind"] != "evaluate":
-            continue
-        d = folder / plan["store"] / stage["dir"]
-        if not (d / "DONE").exists():
-            continue
-        labels = stage["labels"]
-        key = labels["stage"] if labels["stage"] != "finetuned" else float(labels["p"])
-        out[key] = d
+    for row in aggregate(records):
+        key = row["stage"] if row["stage"] != "finetuned" else float(row["p"])
+        out[key] = ([r for r in records if r["eval dir"] in row["eval dirs"]], row)
     return out
 
 
-def _flags(d: Path, judge: str) -> tuple[list[str], list[bool]]:
-    rows = [json.loads(line) for line in (d / "generations.jsonl").read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if "flagged" in r]
-    return [r["prompt"] for r in rows], [bool(r["flagged"][judge]) for r in rows]
+def _hs(model, column: str):
+    row = model[1]
+    return format_interval(row[column], row[f"{column} ci95"]), row[column], row[f"{column} ci95"]
 
 
-def _hs(d: Path, judge: str) -> str:
-    m = json.loads((d / "metrics.json").read_text())["harmful"]["beavertails-test"][judge]
-    return f"{m['harmful_score']:.1f} [{m['ci95'][0]:.1f}, {m['ci95'][1]:.1f}]", m["harmful_score"], m["ci95"]
+def _fa(model):
+    row = model[1]
+    if "FA sst2" not in row:
+        return "—", None
+    return format_interval(row["FA sst2"], row["FA sst2 ci95"]), row["FA sst2"]
 
 
-def _fa(d: Path):
-    t = json.loads((d / "metrics.json").read_text()).get("tasks", {}).get("sst2")
-    return (f"{t['accuracy']:.1f} [{t['ci95'][0]:.1f}, {t['ci95'][1]:.1f}]", t["accuracy"]) if t else ("—", None)
-
-
-def _paired(a: Path, b: Path, judge: str) -> str:
-    pa, fa = _flags(a, judge)
-    pb, fb = _flags(b, judge)
-    assert pa == pb, "different prompts"
-    r = paired_difference(fa, fb).as_dict()
+def _paired(a, b, column: str) -> str:
+    r = paired_comparison(a[0], b[0], column)
+    assert "n/a" not in r, r["n/a"]
     return f"{r['diff']:+.1f} [{r['ci95'][0]:+.1f}, {r['ci95'][1]:+.1f}], p = {r['p']:.1g}"
 
 
 def cell(folder: Path, judge: str) -> dict:
     models = _models(folder)
+    column = hs_column(judge, "beavertails-test")
     ps = sorted(k for k in models if isinstance(k, float))
-    row = {"cell": folder.name, "aligned": _hs(models["aligned"], judge)[0]}
+    row = {"cell": folder.name, "aligned": _hs(models["aligned"], column)[0]}
     for p in ps:
-        row[f"p={p:g}"] = _hs(models[p], judge)[0]
+        row[f"p={p:g}"] = _hs(models[p], column)[0]
         row[f"FA p={p:g}"] = _fa(models[p])[0]
-    hs = {p: _hs(models[p], judge) for p in ps}
-    aligned = _hs(models["aligned"], judge)
+    hs = {p: _hs(models[p], column) for p in ps}
+    aligned = _hs(models["aligned"], column)
     if 0.0 in models:
-        row["p=0 - aligned"] = _paired(models[0.0], models["aligned"], judge)
+        row["p=0 - aligned"] = _paired(models[0.0], models["aligned"], column)
         top = ps[-1]
-        row[f"p={top:g} - p=0"] = _paired(models[top], models[0.0], judge)
+        row[f"p={top:g} - p=0"] = _paired(models[top], models[0.0], column)
         fa0, fatop = _fa(models[0.0])[1], _fa(models[top])[1]
         middle = [p for p in ps if 0 < p < top]
         row["(a)"] = aligned[1] <= 10
@@ -91,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         for row in rows:
             print(json.dumps(row, ensure_ascii=False))
         return
-    print(f"| cell | aligned HS | p = 0 | p = 0.05 | p = 0.1 | p = 0.2 | p = 0 − aligned | p = 0.2 − p = 0 | FA p = 0 / p = 0.2 | (a) (b) (c) (d) |")
+    print("| cell | aligned HS | p = 0 | p = 0.05 | p = 0.1 | p = 0.2 | p = 0 − aligned | p = 0.2 − p = 0 | FA p = 0 / p = 0.2 | (a) (b) (c) (d) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     yes = {True: "yes", False: "no"}
     for r in rows:
