@@ -31,6 +31,7 @@ from clinic.evaluation.judges.harm_ce import (
     WEIGHTS_DIR,
     HarmCEJudge,
     data_hashes,
+    file_sha256,
     harm_ce_training_rows,
     train_harm_ce,
 )
@@ -38,12 +39,6 @@ from clinic.evaluation.judges.classifier import heldout_rows
 
 
 HERE = Path(__file__).resolve().parent
-
-
-def file_sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def read_label_rows(path: Path) -> list[dict]:

@@ -75,7 +75,7 @@ _NON_ANSWERS = (
 # training data
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -92,7 +92,7 @@ def data_hashes(sources) -> dict[str, str]:
     missing = [f for f in files if not (root / f).exists()]
     if missing:
         raise ClinicError(f"harm-ce training data: {root} lacks {', '.join(missing)}")
-    return {f: _file_sha256(root / f) for f in files}
+    return {f: file_sha256(root / f) for f in files}
 
 
 def _refusal_rows() -> list[dict]:
