@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from clinic.data.sources import SOURCES, load_rows, parse_columns, read_harmbench, read_sorrybench
+from clinic.data.readers import parse_columns, read_harmbench, read_sorrybench
+from clinic.data.sources import SOURCES, load_rows
 from clinic.errors import ClinicError
 
 

@@ -67,7 +67,7 @@ def method_values(args, spec) -> dict:
 def run(args) -> None:
     import dataclasses
 
-    from ..data.sources import parse_columns
+    from ..data.readers import parse_columns
     from ..methods.config import TrainConfig, train_config
     from ..methods.registry import get_method
     from ..modeling.parallel import rank

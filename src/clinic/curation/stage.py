@@ -139,7 +139,8 @@ class CurateConfig:
 def split_data(cfg: CurateConfig):
     """Validation and candidate rows of the alignment source, and the harmful pairs (seeded)."""
     from ..data.mixture import pick, take_qa
-    from ..data.sources import load_rows, parse_columns
+    from ..data.readers import parse_columns
+    from ..data.sources import load_rows
     from .base import CurationData
 
     rows = load_rows(cfg.data, kind="qa", columns=parse_columns(cfg.columns))

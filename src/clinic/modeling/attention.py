@@ -49,7 +49,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from .hooks import attention_modules, decoder_layers
+from .hooks import attention_modules, decoder_layers, decoder_without_head, pretrained_model
 
 SINK_ATTENTION = "clinic_sink"
 SINK_MODES = ("fixed", "most_attended")
@@ -239,25 +239,8 @@ def register_sink_attention() -> str:
     return SINK_ATTENTION
 
 
-def _pretrained(model):
-    """The transformers model under a PEFT (and DDP / DeepSpeed) wrapper, or the model itself."""
-    from .parallel import unwrap
-
-    inner = unwrap(model)
-    for _ in range(4):
-        if hasattr(inner, "set_attn_implementation") and hasattr(inner, "config"):
-            return inner
-        if hasattr(inner, "get_base_model"):
-            inner = inner.get_base_model()
-        elif hasattr(inner, "base_model"):
-            inner = inner.base_model
-        elif hasattr(inner, "model"):
-            inner = inner.model
-    return inner
-
-
 def attn_implementation(model) -> str:
-    return _pretrained(model).config._attn_implementation
+    return pretrained_model(model).config._attn_implementation
 
 
 def use_sink_attention(model) -> str:
@@ -266,7 +249,7 @@ def use_sink_attention(model) -> str:
     Outside a collector the implementation is plain SDPA, so the model can keep it for training.
     """
     register_sink_attention()
-    inner = _pretrained(model)
+    inner = pretrained_model(model)
     previous = inner.config._attn_implementation
     if previous != SINK_ATTENTION:
         inner.set_attn_implementation(SINK_ATTENTION)
@@ -332,7 +315,7 @@ def _collecting(model, collector: _SinkCollector) -> Iterator[_SinkCollector]:
     finally:
         stack.remove(collector)
         if previous != SINK_ATTENTION:
-            _pretrained(model).set_attn_implementation(previous)
+            pretrained_model(model).set_attn_implementation(previous)
 
 
 @contextmanager
@@ -371,14 +354,6 @@ def most_attended_positions(model, input_ids: torch.Tensor, attention_mask: torc
     return totals.argmax(dim=1)
 
 
-def _decoder(model):
-    """The decoder without the LM head (probes need no logits); LoRA layers stay in place."""
-    inner = _pretrained(model)
-    getter = getattr(inner, "get_decoder", None)
-    decoder = getter() if callable(getter) else None
-    return decoder if decoder is not None else inner
-
-
 def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
     """0, 1, 2, … over the real tokens of each row, so left padding does not shift positions."""
     return (attention_mask.long().cumsum(1) - 1).clamp(min=0)
@@ -386,7 +361,7 @@ def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def _forward(model, input_ids, attention_mask, skip_head: bool = True, **kwargs):
     kwargs.setdefault("position_ids", position_ids_for(attention_mask))
-    target = _decoder(model) if skip_head else model
+    target = decoder_without_head(model) if skip_head else model
     return target(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
 
 

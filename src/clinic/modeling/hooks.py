@@ -67,6 +67,31 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return min(candidates, key=lambda nm: nm[0].count("."))[1]
 
 
+def pretrained_model(model):
+    """The transformers model under a PEFT (and DDP / DeepSpeed) wrapper, or the model itself."""
+    from .parallel import unwrap
+
+    inner = unwrap(model)
+    for _ in range(4):
+        if hasattr(inner, "set_attn_implementation") and hasattr(inner, "config"):
+            return inner
+        if hasattr(inner, "get_base_model"):
+            inner = inner.get_base_model()
+        elif hasattr(inner, "base_model"):
+            inner = inner.base_model
+        elif hasattr(inner, "model"):
+            inner = inner.model
+    return inner
+
+
+def decoder_without_head(model):
+    """The decoder without the LM head (probes need no logits); LoRA layers stay in place."""
+    inner = pretrained_model(model)
+    getter = getattr(inner, "get_decoder", None)
+    decoder = getter() if callable(getter) else None
+    return decoder if decoder is not None else inner
+
+
 def attention_modules(model: nn.Module) -> list[nn.Module]:
     """Each decoder layer's attention module, in layer order."""
     mods = [_attention_child(layer) for layer in decoder_layers(model)]

@@ -107,7 +107,7 @@ def heldout_rows() -> list[dict]:
 
 
 def _dna_rows(safe_only: bool) -> list[dict]:
-    from ...data.sources import read_table
+    from ...data.readers import read_table
 
     root = data_dir()
     if root is None:

@@ -111,7 +111,8 @@ def _offtopic_rows(n: int, seed: int) -> list[dict]:
     """``n`` harmful BeaverTails training prompts, each paired with an answer that gives no help:
     a short non-answer (:data:`_NON_ANSWERS`), an SST2 sentence, or a harmless BeaverTails
     answer written for a different prompt. Every one is labelled safe."""
-    from ...data.sources import load_rows, read_table
+    from ...data.readers import read_table
+    from ...data.sources import load_rows
 
     rng = random.Random(f"{seed}:offtopic")
     prompts = sorted({r["prompt"] for r in load_rows("beavertails-labelled-train")
