@@ -84,3 +84,34 @@ def test_every_repair_setting_but_the_seed_is_a_key(data_dir):
     assert repair.config["settings"] == {"seed": 0, "batch_size": 2, "max_length": 32}
     with pytest.raises(ClinicError, match="unknown key 'seed' in repair"):
         Experiment.from_dict(tiny(repair={"methods": ["safelora"], "seed": 1}))
+
+
+def test_curate_align_finetune_keys_are_their_block_dataclasses_fields():
+    from clinic.experiment.blocks import AlignBlock, CurateBlock, FinetuneBlock
+    from clinic.experiment.spec import ALIGN_KEYS, CURATE_KEYS, FINETUNE_KEYS
+
+    assert CURATE_KEYS == _fields(CurateBlock)
+    assert ALIGN_KEYS == _fields(AlignBlock)
+    assert FINETUNE_KEYS == _fields(FinetuneBlock)
+
+
+def test_the_plan_takes_block_defaults_from_the_block_dataclasses(data_dir, monkeypatch):
+    """An absent finetune key gets the dataclass default: change the default, the stage changes."""
+    import clinic.experiment.blocks as blocks
+
+    raw = tiny(finetune={"methods": ["sft"], "n": 8})  # no tasks, poison_ratios, harmful_source
+    (ft,) = [s for s in Experiment.from_dict(raw).plan() if s.kind == "finetune"]
+    assert ft.config["data"]["task"] == "sst2" and ft.config["data"]["poison_ratio"] == 0.1
+    monkeypatch.setattr(blocks.FinetuneBlock.__dataclass_fields__["poison_ratios"], "default", (0.2,))
+    (ft,) = [s for s in Experiment.from_dict(raw).plan() if s.kind == "finetune"]
+    assert ft.config["data"]["poison_ratio"] == 0.2
+
+
+def test_the_block_key_table_in_the_docs_is_current():
+    from pathlib import Path
+
+    from clinic.experiment.blocks import keys_markdown
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "experiments.md").read_text(encoding="utf-8")
+    table = page.split("<!-- block-keys -->\n", 1)[1].split("\n<!-- /block-keys -->", 1)[0]
+    assert table == keys_markdown(), "regenerate the table in docs/experiments.md from clinic.experiment.blocks.keys_markdown()"

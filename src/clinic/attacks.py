@@ -150,7 +150,7 @@ def attack_settings(block: dict, where: str, eval_settings: dict) -> tuple[Attac
     search = parse_search(block["search"], f"search in {where}") if block.get("search") is not None else None
     if search is not None and space is None:
         raise ClinicError(f"search in {where} needs an attack_space to search")
-    ratios = block.get("poison_ratios", [0.1])
+    ratios = block.get("poison_ratios")  # absent: the one default ratio
     if space is not None and P_DIM in space.names and isinstance(ratios, list) and len(ratios) != 1:
         raise ClinicError(f"{where}: with poison_ratio in attack_space, poison_ratios names the fixed attack's "
                           f"ratio and must hold one value, got {ratios!r}")

@@ -250,6 +250,28 @@ def provenance(plan: dict, store) -> dict:
             "versions": versions}
 
 
+def results_markdown(root, guard=None, title: bool = True) -> str:
+    """The report's Markdown (``results.md``: the table, its note, the adaptive section) of the
+    experiment directory ``root``, built from its saved stage outputs alone. Pages such as
+    docs/results-smollm2.md embed it; a test checks they match the committed results."""
+    from pathlib import Path
+
+    from .adaptive import Guard, adaptive_rows
+    from .results import aggregate, collect_evaluations, compare
+
+    records, plan = collect_evaluations(Path(root))
+    rows = compare(aggregate(records), records)
+    text = _markdown(plan, rows, adaptive_rows(rows, records, guard or Guard()))
+    return text if title else text.split("\n\n", 1)[1]
+
+
+def _markdown(plan: dict, rows: list[dict], adaptive: list[dict]) -> str:
+    header, body = _table(rows)
+    adaptive_md = adaptive_markdown(adaptive)
+    return (f"# {plan['name']}\n\n{markdown_table(header, body)}\n\n{TABLE_NOTE}\n"
+            + (f"\n{adaptive_md}" if adaptive_md else ""))
+
+
 def write_report(root, out_dir=None, overwrite: bool = False, guard=None):
     """``results.{md,csv,json}``, figures and a self-contained ``report.html`` for an experiment;
     with an attack space also ``adaptive.csv`` and the adaptive-attacker section (``guard``: a
@@ -275,10 +297,7 @@ def write_report(root, out_dir=None, overwrite: bool = False, guard=None):
         out = run.path
         header, body = _table(rows)
         prov = provenance(plan, store)
-        table = markdown_table(header, body)
-        adaptive_md = adaptive_markdown(adaptive)
-        (out / "results.md").write_text(f"# {plan['name']}\n\n{table}\n\n{TABLE_NOTE}\n"
-                                        + (f"\n{adaptive_md}" if adaptive_md else ""))
+        (out / "results.md").write_text(_markdown(plan, rows, adaptive))
         flat = [_flat(r) for r in rows]
         with (out / "results.csv").open("w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for r in flat for k in r)))

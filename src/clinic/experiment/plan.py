@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from ..attacks import AttackSearch, attack_settings, attacks, fixed_point, point_attack
 from ..errors import ClinicError
 from ..values import coerce
+from .blocks import AlignBlock, CurateBlock, FinetuneBlock, default
 from .entries import MethodEntry, as_list, integer
 
 EVAL_EXTRA_KEYS = {"base", "aligned"}  # evaluate keys that are no EvalConfig field: which models to evaluate too
@@ -74,7 +75,7 @@ def expand(exp) -> list[Stage]:
         check_judge_name(judge, " in evaluate")
     ft_tasks = []
     for block in exp.finetune:
-        for task in as_list(block.get("tasks", ["sst2"]), "tasks"):
+        for task in as_list(block.get("tasks", default(FinetuneBlock, "tasks")), "tasks"):
             get_task(task)
             if task not in ft_tasks:
                 ft_tasks.append(task)
@@ -95,11 +96,11 @@ def expand(exp) -> list[Stage]:
         evaluation and sink stages."""
         check_mixture_args(n, attack.p)
         data = {"task": task, "n": n, "poison_ratio": attack.p,
-                "harmful_source": block.get("harmful_source", "beavertails-harmful"),
-                "selection": block.get("selection", "random")}
+                "harmful_source": block.get("harmful_source", default(FinetuneBlock, "harmful_source")),
+                "selection": block.get("selection", default(FinetuneBlock, "selection"))}
         train_block = {**block, "train": {**(block.get("train") or {}), **attack.train}}
         config = {"method": entry.name, "options": options,
-                  "train": _train_config(train_block, seed, "cpu-finetune"), "data": data}
+                  "train": _train_config(train_block, seed, default(FinetuneBlock, "preset")), "data": data}
         if align is None:
             config["model"] = exp.model
         slug = f"{entry_a.label}-{entry.label}-{task}-p{_fmt_p(attack.p)}"
@@ -124,18 +125,18 @@ def expand(exp) -> list[Stage]:
             from ..curation.stage import curate_config
 
             curate_config({"model": exp.model, "seed": seed, **exp.curate})  # validates before anything runs
-            curated = Stage("curate", str(exp.curate.get("selector", "pharmacist")),
+            curated = Stage("curate", str(exp.curate.get("selector", default(CurateBlock, "selector"))),
                             {"model": exp.model, "seed": seed, **exp.curate}, None,
                             {**base_labels, "slug": "curate"})
             stages.append(curated)
         aligned_models: list[tuple[MethodEntry, Stage | None]] = []
-        for raw_method in as_list(exp.align.get("methods", ["sft"]), "align methods"):
+        for raw_method in as_list(exp.align.get("methods", default(AlignBlock, "methods")), "align methods"):
             entry = MethodEntry.parse(raw_method, "align methods")
             if entry.name == "none":
                 aligned_models.append((entry, None))
                 continue
-            data = {"source": exp.align.get("source", "refusals"), "n": exp.align.get("n"),
-                    "selection": exp.align.get("selection", "random")}
+            data = {"source": exp.align.get("source", default(AlignBlock, "source")), "n": exp.align.get("n"),
+                    "selection": exp.align.get("selection", default(AlignBlock, "selection"))}
             if data["n"] is not None:
                 data["n"] = integer(data["n"], "align n")
                 check_mixture_args(data["n"], 0.0)
@@ -148,7 +149,7 @@ def expand(exp) -> list[Stage]:
                 data["helpful_n"] = integer(exp.align["helpful_n"], "align helpful_n")
                 check_mixture_args(data["helpful_n"], 0.0)
             config = {"method": entry.name, "options": _method_options(entry, "align"),
-                      "train": _train_config(exp.align, seed, "cpu-align"), "data": data}
+                      "train": _train_config(exp.align, seed, default(AlignBlock, "preset")), "data": data}
             if curated is None:
                 config["model"] = exp.model
             labels = {**base_labels, "align": entry.label, "slug": entry.label, "stage": "aligned"}
@@ -163,14 +164,14 @@ def expand(exp) -> list[Stage]:
             for entry_a, align in aligned_models:
                 if only and entry_a.label not in only:
                     continue
-                for raw_method in as_list(block.get("methods", ["sft"]), "finetune methods"):
+                for raw_method in as_list(block.get("methods", default(FinetuneBlock, "methods")), "finetune methods"):
                     entry = MethodEntry.parse(raw_method, "finetune methods")
                     options = _method_options(entry, "finetune")
-                    for task in as_list(block.get("tasks", ["sst2"]), "tasks"):
-                        for p in as_list(block.get("poison_ratios", [0.1]), "poison_ratios"):
+                    for task in as_list(block.get("tasks", default(FinetuneBlock, "tasks")), "tasks"):
+                        for p in as_list(block.get("poison_ratios", default(FinetuneBlock, "poison_ratios")), "poison_ratios"):
                             p = float(coerce(p, float, "poison_ratios item"))  # 0 as 0.0: the hash as before
-                            n = integer(block.get("n", 1000), "finetune n")
-                            base_train = _train_config(block, seed, "cpu-finetune")
+                            n = integer(block.get("n", default(FinetuneBlock, "n")), "finetune n")
+                            base_train = _train_config(block, seed, default(FinetuneBlock, "preset"))
                             make = functools.partial(attacked, block, seed, align, entry_a, entry, options, task, n)
                             for attack in attacks(space, base_train, p, search is not None):
                                 stages.extend(make(attack))

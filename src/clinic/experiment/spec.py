@@ -10,6 +10,7 @@ import yaml
 
 from ..errors import ClinicError
 from ..values import INT_MAX, check_range, nearest_hint
+from .blocks import AlignBlock, CurateBlock, FinetuneBlock, block_fields, default
 from .entries import as_list, check_name, integer
 from .plan import EVAL_EXTRA_KEYS, Stage, expand
 
@@ -24,12 +25,11 @@ EXPERIMENT_KEYS = {
     "sink": "optional sink analysis of every fine-tuned model: n, batch_size, max_length, ...",
     "repair": "optional post-fine-tuning repair of every fine-tuned model: methods, batch_size, max_length",
 }
-# Blocks that are no settings dataclass keep their keys here (curate: CurateConfig fields go
-# under `options`; align/finetune: methods, data and a `train` block of TrainConfig fields).
-CURATE_KEYS = {"selector", "ratio", "k", "options"}
-ALIGN_KEYS = {"methods", "preset", "train", "source", "n", "selection", "helpful", "helpful_n"}
-FINETUNE_KEYS = {"methods", "preset", "train", "tasks", "n", "poison_ratios", "harmful_source", "selection",
-                 "aligned_with", "attack_space", "search"}
+# The curate, align and finetune blocks are no command's options: their keys are the fields of
+# their own dataclasses (.blocks).
+CURATE_KEYS = block_fields(CurateBlock)
+ALIGN_KEYS = block_fields(AlignBlock)
+FINETUNE_KEYS = block_fields(FinetuneBlock)
 SINK_EXTRA_KEYS = {"aligned"}  # analyse the aligned models too
 REPAIR_EXTRA_KEYS = {"methods"}
 
@@ -151,7 +151,7 @@ class Experiment:
         for seed in seeds:
             check_range(seed, "seeds item", 0, INT_MAX)
         curate = _block(raw, "curate", CURATE_KEYS, "curate")
-        align = _block(raw, "align", ALIGN_KEYS, "align", {"methods": ["sft"]})
+        align = _block(raw, "align", ALIGN_KEYS, "align", {"methods": default(AlignBlock, "methods")})
         blocks = raw.get("finetune", [])
         blocks = [blocks] if isinstance(blocks, dict) else as_list(blocks, "finetune")
         keys = block_keys()

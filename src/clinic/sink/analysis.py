@@ -14,7 +14,8 @@ import torch
 
 from ..errors import ClinicError
 from ..modeling.attention import SINK_MODES
-from .divergence import DEFAULT_HARMFUL, DEFAULT_HARMLESS, histogram, positive_head_count, sink_attention_means
+from .bootstrap import positive_heads_interval, save_per_sample
+from .divergence import DEFAULT_HARMFUL, DEFAULT_HARMLESS, histogram, positive_head_count, sink_attention_per_sample
 from .plots import heatmap, histogram_plot, line_plot
 
 
@@ -25,6 +26,7 @@ class _Entry:
     divergence: torch.Tensor
     sink_harmful: torch.Tensor
     sink_harmless: torch.Tensor
+    heads_ci95: list[float]  # bootstrap interval of the positive-head count (clinic.sink.bootstrap)
 
 
 def _checkpoint_step(path: Path) -> int | None:
@@ -129,6 +131,8 @@ def run_sink_analysis(model_ref: str, out_dir: str | Path, n: int = 100, batch_s
     """Sink divergence of a model, or of every checkpoint of a training run directory.
 
     Writes into ``out_dir``: ``divergence.csv`` (one row per model × layer × head),
+    ``per_sample.safetensors`` (the last model's per-sample sink values, for the bootstrap of
+    :mod:`clinic.sink.bootstrap`),
     ``sink.json`` (counts, histograms, the divergence matrices, settings), ``heatmap.png`` and
     ``histogram.png`` of the last model (``heatmap_<label>.png`` per model of a run), and for a
     run ``counts.csv`` + ``count_vs_step.png`` (+ ``count_vs_harmful_score.png`` with ``scores``).
@@ -161,9 +165,10 @@ def run_sink_analysis(model_ref: str, out_dir: str | Path, n: int = 100, batch_s
         tokenizer = tok or tokenizer
         if tokenizer is None:
             _, tokenizer = _load_chain(models[-1][2])
-        a_m = sink_attention_means(model, tokenizer, harmful, batch_size, sink_index, max_length, mode)
-        a_r = sink_attention_means(model, tokenizer, harmless, batch_size, sink_index, max_length, mode)
-        entries.append(_Entry(label, step, a_m - a_r, a_m, a_r))
+        per_m = sink_attention_per_sample(model, tokenizer, harmful, batch_size, sink_index, max_length, mode)
+        per_r = sink_attention_per_sample(model, tokenizer, harmless, batch_size, sink_index, max_length, mode)
+        a_m, a_r = per_m.mean(dim=0), per_r.mean(dim=0)
+        entries.append(_Entry(label, step, a_m - a_r, a_m, a_r, positive_heads_interval(per_m, per_r, seed=seed)))
         del model
 
     multi = len(entries) > 1
@@ -186,6 +191,7 @@ def run_sink_analysis(model_ref: str, out_dir: str | Path, n: int = 100, batch_s
                          "harmless_source": harmless_source, "selection": selection, "seed": seed},
             "entries": [
                 {"label": e.label, "step": e.step, "positive_heads": positive_head_count(e.divergence),
+                 "positive_heads_ci95": e.heads_ci95,
                  "total_heads": int(e.divergence.numel()), "layers": int(e.divergence.shape[0]),
                  "heads": int(e.divergence.shape[1]),
                  "harmful_score": step_scores.get(e.step) if e.step is not None else None,
@@ -196,6 +202,7 @@ def run_sink_analysis(model_ref: str, out_dir: str | Path, n: int = 100, batch_s
             "versions": package_versions(),
         }
         run.write_json("sink.json", summary)
+        save_per_sample(run.path, per_m, per_r)  # the last model's, for paired comparisons between models
         last = entries[-1]
         heatmap(last.divergence, run.path / "heatmap.png",
                  f"sink divergence, {last.label}: {positive_head_count(last.divergence)}/{last.divergence.numel()} > 0")

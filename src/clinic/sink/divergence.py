@@ -11,7 +11,8 @@ assistant: response]`` and **no system message**, truncated to ``max_length`` to
 without a chat template gets the Alpaca prompt + response + EOS. Batches are right-padded;
 padding never enters a mean, so batching does not change the result.
 
-:func:`sink_divergence` → ``[L, H]`` tensor; :func:`positive_head_count` counts ``d > 0``;
+:func:`sink_divergence` → ``[L, H]`` tensor (:func:`sink_attention_per_sample` keeps each
+sample's ``[L, H]`` values); :func:`positive_head_count` counts ``d > 0``;
 :func:`histogram` bins the divergences symmetrically around 0.
 """
 
@@ -37,30 +38,39 @@ def _device(model) -> torch.device:
 # divergence
 
 
-def sink_attention_means(model, tokenizer, samples: Sequence[Sample], batch_size: int = 8, sink_index: int = 0,
-                         max_length: int = 512, mode: str = "fixed") -> torch.Tensor:
-    """``[L, H]``: per-head sink attention averaged over ``samples`` (each sample weighs the same)."""
+def sink_attention_per_sample(model, tokenizer, samples: Sequence[Sample], batch_size: int = 8, sink_index: int = 0,
+                              max_length: int = 512, mode: str = "fixed") -> torch.Tensor:
+    """``[N, L, H]``: each sample's per-head sink attention, in the order of ``samples`` (what the
+    bootstrap of :mod:`clinic.sink.bootstrap` resamples)."""
     if not samples:
         raise ClinicError("sink analysis needs at least one sample of each kind")
     if batch_size < 1:
         raise ClinicError(f"batch size must be at least 1, got {batch_size}")
-    # Batches of similar lengths waste less on padding; the mean does not depend on the order.
-    seqs = sorted((probe_ids(tokenizer, s, max_length) for s in samples), key=len)
-    total = None
+    # Batches of similar lengths waste less on padding; each row is put back in its place after.
+    seqs = [probe_ids(tokenizer, s, max_length) for s in samples]
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    rows: list[torch.Tensor | None] = [None] * len(seqs)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for start in range(0, len(seqs), batch_size):
-                ids, mask = pad_batch(tokenizer, seqs[start : start + batch_size], device=_device(model))
+            for start in range(0, len(order), batch_size):
+                chunk = order[start : start + batch_size]
+                ids, mask = pad_batch(tokenizer, [seqs[i] for i in chunk], device=_device(model))
                 values = sink_attention_values(model, ids, mask, sink_index=sink_index, mode=mode)  # [L, B, H]
-                part = values.float().sum(dim=1)
-                total = part if total is None else total + part
+                for j, i in enumerate(chunk):
+                    rows[i] = values[:, j].float().cpu()
     except ValueError as exc:  # e.g. a sink index past a sample's end
         raise ClinicError(str(exc)) from None
     finally:
         model.train(was_training)
-    return (total / len(seqs)).cpu()
+    return torch.stack(rows)
+
+
+def sink_attention_means(model, tokenizer, samples: Sequence[Sample], batch_size: int = 8, sink_index: int = 0,
+                         max_length: int = 512, mode: str = "fixed") -> torch.Tensor:
+    """``[L, H]``: per-head sink attention averaged over ``samples`` (each sample weighs the same)."""
+    return sink_attention_per_sample(model, tokenizer, samples, batch_size, sink_index, max_length, mode).mean(dim=0)
 
 
 def sink_divergence(model, tokenizer, harmful: Sequence[Sample], harmless: Sequence[Sample], batch_size: int = 8,

@@ -1,0 +1,82 @@
+"""Do positive sink heads rise with p? (claim C4 of the protocol issue) From an experiment folder:
+every sink stage's positive-head count with its bootstrap interval, and each fine-tuned model
+compared *paired* (same samples, clinic.sink.bootstrap) with the same method's p = 0 model.
+
+    python benchmarks/sink_trend.py results/defences-ft [--n-boot 2000] [--markdown]
+
+Writes the rows as JSON to benchmarks/results/sink_trend-<folder>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rows(folder: Path, n_boot: int) -> list[dict]:
+    from clinic.rundir import load_plan
+    from clinic.sink.bootstrap import load_per_sample, paired_count_difference
+
+    plan, store = load_plan(folder)
+    sinks = [s for s in plan["stages"] if s["kind"] == "sink" and (Path(store) / s["dir"] / "DONE").exists()]
+    out, values = [], {}
+    for stage in sinks:
+        labels = stage["labels"]
+        path = Path(store) / stage["dir"]
+        entry = json.loads((path / "sink.json").read_text())["entries"][-1]
+        key = (labels.get("seed"), labels.get("align"), labels.get("finetune"), labels.get("task"))
+        values[(key, labels.get("p"))] = load_per_sample(path)
+        out.append({"seed": labels.get("seed"), "align": labels.get("align"), "finetune": labels.get("finetune") or "none",
+                    "task": labels.get("task"), "p": labels.get("p"), "positive_heads": entry["positive_heads"],
+                    "ci95": entry.get("positive_heads_ci95"), "total_heads": entry["total_heads"], "dir": stage["dir"],
+                    "_key": key})
+    for row in out:
+        if row["p"] in (None, 0, 0.0):
+            continue
+        base = values.get((row["_key"], 0.0))
+        if base is not None:
+            row["vs_p0"] = paired_count_difference(base, values[(row["_key"], row["p"])], n_boot=n_boot)
+    for row in out:
+        del row["_key"]
+    return out
+
+
+def markdown(found: list[dict]) -> str:
+    lines = ["| align | fine-tune | p | positive sink heads [95 % CI] | of | Δ vs p = 0 [95 % CI] (paired) | share of resamples above p = 0 |",
+             "|---|---|---|---|---|---|---|"]
+    for r in sorted(found, key=lambda r: (r["finetune"] != "none", r["finetune"], r["p"] or 0)):
+        ci = f" [{r['ci95'][0]:.0f}, {r['ci95'][1]:.0f}]" if r.get("ci95") else ""
+        d = r.get("vs_p0")
+        delta = f"{d['difference']:+d} [{d['ci95'][0]:+.0f}, {d['ci95'][1]:+.0f}]" if d else ""
+        share = f"{d['share_b_above_a']:.2f}" if d else ""
+        p = "" if r["p"] is None else f"{r['p']:g}"
+        lines.append(f"| {r['align']} | {r['finetune']} | {p} | {r['positive_heads']}{ci} | {r['total_heads']} | {delta} | {share} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--n-boot", type=int, default=2000)
+    parser.add_argument("--markdown", action="store_true")
+    args = parser.parse_args(argv)
+    found = rows(args.folder, args.n_boot)
+    if not found:
+        print(f"sink_trend: error: no finished sink stage in {args.folder}", file=sys.stderr)
+        return 2
+    result = {"folder": str(args.folder), "n_boot": args.n_boot, "rows": found,
+              "machine": {"platform": platform.platform(), "python": platform.python_version()}}
+    out = ROOT / "benchmarks" / "results" / f"sink_trend-{args.folder.name}.json"
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(markdown(found) if args.markdown else json.dumps(found, indent=1))
+    print(f"written: {out.relative_to(ROOT)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

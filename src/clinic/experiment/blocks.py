@@ -1,0 +1,73 @@
+"""The experiment file's curate, align and finetune blocks, declared once: each block is a
+dataclass whose fields are its keys, with their defaults and help. The checker
+(:mod:`.spec`) derives the allowed keys from these fields and the plan (:mod:`.plan`,
+:mod:`clinic.attacks`) takes its defaults from them, so a key is added in one place.
+
+These blocks are no command's options (the blocks that are, ``train``, ``evaluate``, ``sink`` and
+``repair``, take the fields of ``TrainConfig``, ``EvalConfig``, ``SinkConfig`` and
+``RepairSettings`` directly). The values stay plain mappings in :class:`.spec.Experiment`: a
+stage's hash is built from what the file gives, so an absent key keeps older hashes as they were.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class CurateBlock:
+    selector: str = field(default="pharmacist", metadata={"help": "curation selector (clinic curate --selector)"})
+    ratio: float | None = field(default=None, metadata={"help": "fraction of the candidates to keep"})
+    k: int | None = field(default=None, metadata={"help": "or: how many candidates to keep"})
+    options: dict | None = field(default=None, metadata={"help": "the selector's settings (CurateConfig fields)"})
+
+
+@dataclass(frozen=True)
+class AlignBlock:
+    methods: tuple = field(default=("sft",), metadata={"help": "alignment methods (a name, or a mapping with its options)"})
+    preset: str = field(default="cpu-align", metadata={"help": "training preset"})
+    train: dict | None = field(default=None, metadata={"help": "TrainConfig overrides"})
+    source: str = field(default="refusals", metadata={"help": "alignment data (QA rows)"})
+    n: int | None = field(default=None, metadata={"help": "alignment rows (default: all)"})
+    selection: str = field(default="random", metadata={"help": "which n rows: random or first"})
+    helpful: str | None = field(default=None, metadata={"help": "helpful dataset mixed into the alignment data"})
+    helpful_n: int | None = field(default=None, metadata={"help": "how many helpful rows (with helpful)"})
+
+
+@dataclass(frozen=True)
+class FinetuneBlock:
+    methods: tuple = field(default=("sft",), metadata={"help": "fine-tuning methods (a name, or a mapping with its options)"})
+    preset: str = field(default="cpu-finetune", metadata={"help": "training preset"})
+    train: dict | None = field(default=None, metadata={"help": "TrainConfig overrides"})
+    tasks: tuple = field(default=("sst2",), metadata={"help": "fine-tuning tasks"})
+    n: int = field(default=1000, metadata={"help": "task samples per fine-tune"})
+    poison_ratios: tuple = field(default=(0.1,), metadata={"help": "harmful shares p of the fine-tuning data"})
+    harmful_source: str = field(default="beavertails-harmful", metadata={"help": "harmful QA rows mixed in"})
+    selection: str = field(default="random", metadata={"help": "which task rows: random or first"})
+    aligned_with: tuple | None = field(default=None, metadata={"help": "only these aligned models (labels)"})
+    attack_space: dict | None = field(default=None, metadata={"help": "adaptive attacker: lists of lr, epochs, ..."})
+    search: dict | None = field(default=None, metadata={"help": "budgeted Optuna search over the attack space"})
+
+
+def block_fields(cls) -> set[str]:
+    """The keys of a block: its dataclass's fields."""
+    return {f.name for f in fields(cls)}
+
+
+def default(cls, key: str) -> Any:
+    """A block key's default, as the plan uses it (tuples as lists)."""
+    value = next(f.default for f in fields(cls) if f.name == key)
+    return list(value) if isinstance(value, tuple) else value
+
+
+def keys_markdown() -> str:
+    """The keys of the three blocks as a Markdown table (docs/experiments.md shows it; a test
+    checks that the page matches)."""
+    lines = ["| block | key | default | meaning |", "|---|---|---|---|"]
+    for name, cls in (("curate", CurateBlock), ("align", AlignBlock), ("finetune", FinetuneBlock)):
+        for f in fields(cls):
+            value = default(cls, f.name)
+            shown = "—" if value is None else f"`{value}`"
+            lines.append(f"| {name} | `{f.name}` | {shown} | {f.metadata['help']} |")
+    return "\n".join(lines)

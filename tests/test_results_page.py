@@ -1,0 +1,49 @@
+"""docs/results-smollm2.md's tables are the committed results, regenerated (issue 13, part 3):
+the page cannot drift from results/ unnoticed, and a fresh clone rebuilds it from the repository."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("results_page", ROOT / "benchmarks" / "results_page.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_results_page_tables_match_the_committed_results():
+    page = (ROOT / "docs" / "results-smollm2.md").read_text(encoding="utf-8")
+    module = _module()
+    assert module.MARKED.search(page), "the page has no report marker"
+    assert module.fill(page) == page, "stale tables: run python benchmarks/results_page.py docs/results-smollm2.md"
+
+
+def test_a_changed_number_is_caught(tmp_path):
+    """Plant a wrong number in a copy of the page: the fill puts the committed one back."""
+    page = (ROOT / "docs" / "results-smollm2.md").read_text(encoding="utf-8")
+    module = _module()
+    match = module.MARKED.search(page)
+    body = match["body"]
+    planted = body.replace("[", "[9", 1)
+    assert planted != body
+    tampered = page.replace(body, planted, 1)
+    assert module.fill(tampered) == page
+
+
+def test_empty_markers_are_filled_each_with_its_own_folder():
+    """A new page has empty markers; each is filled on its own (a lazy pattern once ran the first
+    marker into the second and dropped the text between them)."""
+    module = _module()
+    page = ("intro\n<!-- report: results/calib-b -->\n<!-- /report -->\n\nbetween\n\n"
+            "<!-- report: results/repair-b -->\n<!-- /report -->\nend\n")
+    filled = module.fill(page)
+    assert "between" in filled and filled.endswith("end\n")
+    assert filled.count("<!-- /report -->") == 2
+    first, second = module.MARKED.finditer(filled)
+    assert first["folder"] == "results/calib-b" and "| finetuned | sft | sft | sst2 | 0.05 |" in first["body"]
+    assert second["folder"] == "results/repair-b" and "antidote" in second["body"]
