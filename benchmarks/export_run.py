@@ -6,7 +6,8 @@ from the repository alone (runs/ is not tracked and does not survive a new machi
 
 Copies the experiment file, plan.json (its store set to the folder's own ``store``) and, for every
 finished stage of the plan, the stage directory without weights (``adapter/``, ``model/``,
-``checkpoints/``, ``*.safetensors``, ``*.bin``, ``*.pt``). Unfinished stages are left out and
+``checkpoints/``, ``*.safetensors``, ``*.bin``, ``*.pt``; a sink stage's ``per_sample.safetensors``,
+its per-sample values, is kept). Unfinished stages are left out and
 listed. Re-running refreshes the folder.
 """
 
@@ -19,6 +20,11 @@ import sys
 from pathlib import Path
 
 WEIGHTS = ("adapter", "model", "checkpoints", "trainer", "*.safetensors", "*.bin", "*.pt")
+KEPT = ("per_sample.safetensors",)  # a sink stage's per-sample values (~100 KB, the bootstrap's input), no weights
+
+
+def _skip(directory: str, names: list[str]) -> set[str]:
+    return set(shutil.ignore_patterns(*WEIGHTS)(directory, names)) - set(KEPT)
 
 
 def export(run_dir: Path, out: Path) -> dict:
@@ -36,7 +42,7 @@ def export(run_dir: Path, out: Path) -> dict:
             continue
         dst = out / "store" / stage["dir"]
         shutil.rmtree(dst, ignore_errors=True)
-        shutil.copytree(src, dst, ignore=shutil.ignore_patterns(*WEIGHTS))
+        shutil.copytree(src, dst, ignore=_skip)
         copied.append(stage["dir"])
     for name in ("experiment.yaml", "clinic.json"):
         if (run_dir / name).exists():

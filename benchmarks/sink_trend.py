@@ -47,7 +47,7 @@ def rows(folder: Path, n_boot: int) -> list[dict]:
 
 
 def markdown(found: list[dict]) -> str:
-    lines = ["| align | fine-tune | p | positive sink heads [95 % CI] | of | Δ vs p = 0 [95 % CI] (paired) | share of resamples above p = 0 |",
+    lines = ["| align | fine-tune | p | positive sink heads [bootstrap 2.5-97.5 % range] | of | Δ vs p = 0 [paired bootstrap range] | share of resamples above p = 0 |",
              "|---|---|---|---|---|---|---|"]
     for r in sorted(found, key=lambda r: (r["finetune"] != "none", r["finetune"], r["p"] or 0)):
         ci = f" [{r['ci95'][0]:.0f}, {r['ci95'][1]:.0f}]" if r.get("ci95") else ""

@@ -13,7 +13,8 @@ from export_run import export  # noqa: E402
 
 def test_export_copies_small_outputs_of_finished_stages_only(tmp_path):
     run, store = tmp_path / "runs" / "exp", tmp_path / "runs" / "store"
-    for name, done in (("align-sft-aaa", True), ("evaluate-sft-bbb", True), ("finetune-sft-ccc", False)):
+    for name, done in (("align-sft-aaa", True), ("evaluate-sft-bbb", True), ("finetune-sft-ccc", False),
+                       ("sink-sft-ddd", True)):
         stage = store / name
         (stage / "adapter").mkdir(parents=True)
         (stage / "adapter" / "adapter_model.safetensors").write_bytes(b"w" * 100)
@@ -21,16 +22,19 @@ def test_export_copies_small_outputs_of_finished_stages_only(tmp_path):
         (stage / "metrics.json").write_text("{}")
         if done:
             (stage / "DONE").write_text("")
+        if name.startswith("sink"):
+            (stage / "per_sample.safetensors").write_bytes(b"s")  # the bootstrap's input: kept
     run.mkdir(parents=True)
     (run / "experiment.yaml").write_text("name: exp\n")
     plan = {"name": "exp", "store": "../store", "stages": [{"dir": d} for d in ("align-sft-aaa", "evaluate-sft-bbb",
-                                                                                "finetune-sft-ccc")]}
+                                                                                "finetune-sft-ccc", "sink-sft-ddd")]}
     (run / "plan.json").write_text(json.dumps(plan))
     out = tmp_path / "results" / "exp"
     summary = export(run, out)
-    assert summary["copied"] == 2 and summary["unfinished"] == ["finetune-sft-ccc"]
+    assert summary["copied"] == 3 and summary["unfinished"] == ["finetune-sft-ccc"]
     assert json.loads((out / "plan.json").read_text())["store"] == "store"
     assert (out / "experiment.yaml").read_text() == "name: exp\n"
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert files == ["experiment.yaml", "plan.json", "store/align-sft-aaa/DONE", "store/align-sft-aaa/metrics.json",
-                     "store/evaluate-sft-bbb/DONE", "store/evaluate-sft-bbb/metrics.json"]
+                     "store/evaluate-sft-bbb/DONE", "store/evaluate-sft-bbb/metrics.json", "store/sink-sft-ddd/DONE",
+                     "store/sink-sft-ddd/metrics.json", "store/sink-sft-ddd/per_sample.safetensors"]
