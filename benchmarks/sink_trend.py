@@ -36,26 +36,30 @@ def rows(folder: Path, n_boot: int) -> list[dict]:
                     "ci95": entry.get("positive_heads_ci95"), "total_heads": entry["total_heads"], "dir": stage["dir"],
                     "_key": key})
     for row in out:
-        if row["p"] in (None, 0, 0.0):
-            continue
         base = values.get((row["_key"], 0.0))
-        if base is not None:
+        if base is not None and row["p"] not in (None, 0, 0.0):
             row["vs_p0"] = paired_count_difference(base, values[(row["_key"], row["p"])], n_boot=n_boot)
+        if row["finetune"] not in ("sft", "none"):
+            sft = values.get(((row["_key"][0], row["_key"][1], "sft", row["_key"][3]), row["p"]))
+            if sft is not None:
+                row["vs_sft"] = paired_count_difference(sft, values[(row["_key"], row["p"])], n_boot=n_boot)
     for row in out:
         del row["_key"]
     return out
 
 
 def markdown(found: list[dict]) -> str:
-    lines = ["| align | fine-tune | p | positive sink heads [bootstrap 2.5-97.5 % range] | of | Δ vs p = 0 [paired bootstrap range] | share of resamples above p = 0 |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| align | fine-tune | p | positive sink heads [bootstrap 2.5-97.5 % range] | of | Δ vs p = 0 [paired bootstrap range] | share of resamples above p = 0 | Δ vs SFT at this p [paired bootstrap range] |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in sorted(found, key=lambda r: (r["finetune"] != "none", r["finetune"], r["p"] or 0)):
         ci = f" [{r['ci95'][0]:.0f}, {r['ci95'][1]:.0f}]" if r.get("ci95") else ""
         d = r.get("vs_p0")
         delta = f"{d['difference']:+d} [{d['ci95'][0]:+.0f}, {d['ci95'][1]:+.0f}]" if d else ""
         share = f"{d['share_b_above_a']:.2f}" if d else ""
         p = "" if r["p"] is None else f"{r['p']:g}"
-        lines.append(f"| {r['align']} | {r['finetune']} | {p} | {r['positive_heads']}{ci} | {r['total_heads']} | {delta} | {share} |")
+        s = r.get("vs_sft")
+        vs_sft = f"{s['difference']:+d} [{s['ci95'][0]:+.0f}, {s['ci95'][1]:+.0f}]" if s else ""
+        lines.append(f"| {r['align']} | {r['finetune']} | {p} | {r['positive_heads']}{ci} | {r['total_heads']} | {delta} | {share} | {vs_sft} |")
     return "\n".join(lines)
 
 
