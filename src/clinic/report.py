@@ -254,6 +254,14 @@ def results_markdown(root, guard=None, title: bool = True) -> str:
     """The report's Markdown (``results.md``: the table, its note, the adaptive section) of the
     experiment directory ``root``, built from its saved stage outputs alone. Pages such as
     docs/results-smollm2.md embed it; a test checks they match the committed results."""
+    plan, rows, _, adaptive = _results(root, guard)
+    text = _markdown(plan, rows, adaptive)
+    return text if title else text.split("\n\n", 1)[1]
+
+
+def _results(root, guard=None) -> tuple[dict, list[dict], list[dict], list[dict]]:
+    """The plan, the table rows (aggregated, compared with their baselines), the per-evaluation
+    records and the adaptive-attacker entries of the experiment directory ``root``."""
     from pathlib import Path
 
     from .adaptive import Guard, adaptive_rows
@@ -261,8 +269,7 @@ def results_markdown(root, guard=None, title: bool = True) -> str:
 
     records, plan = collect_evaluations(Path(root))
     rows = compare(aggregate(records), records)
-    text = _markdown(plan, rows, adaptive_rows(rows, records, guard or Guard()))
-    return text if title else text.split("\n\n", 1)[1]
+    return plan, rows, records, adaptive_rows(rows, records, guard or Guard())
 
 
 def _markdown(plan: dict, rows: list[dict], adaptive: list[dict]) -> str:
@@ -282,15 +289,11 @@ def write_report(root, out_dir=None, overwrite: bool = False, guard=None):
     import shutil
     from pathlib import Path
 
-    from .adaptive import Guard, adaptive_rows
     from .figures import figures as draw_figures
-    from .results import aggregate, collect_evaluations, compare
     from .rundir import RunDir
 
     root = Path(root)
-    records, plan = collect_evaluations(root)
-    rows = compare(aggregate(records), records)
-    adaptive = adaptive_rows(rows, records, guard or Guard())
+    plan, rows, records, adaptive = _results(root, guard)
     store = (root / plan["store"]).resolve()
     out_dir = Path(out_dir) if out_dir else root / "report"
     with RunDir(out_dir, overwrite=overwrite, inputs=(root,)) as run:

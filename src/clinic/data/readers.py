@@ -219,7 +219,7 @@ def read_sorrybench(path: str | Path) -> list[dict]:
 
 
 # --------------------------------------------------------------------------------------------
-# the registry
+# a column mapping given on the command line
 
 
 def parse_columns(spec: str | None) -> dict[str, str] | None:

@@ -1,6 +1,6 @@
 """The experiment file's curate, align and finetune blocks, declared once: each block is a
 dataclass whose fields are its keys, with their defaults and help. The checker
-(:mod:`.spec`) derives the allowed keys from these fields and the plan (:mod:`.plan`,
+(:mod:`.spec`, ``settings_keys``) derives the allowed keys from these fields and the plan (:mod:`.plan`,
 :mod:`clinic.attacks`) takes its defaults from them, so a key is added in one place.
 
 These blocks are no command's options (the blocks that are, ``train``, ``evaluate``, ``sink`` and
@@ -24,10 +24,17 @@ class CurateBlock:
 
 
 @dataclass(frozen=True)
-class AlignBlock:
-    methods: tuple = field(default=("sft",), metadata={"help": "alignment methods (a name, or a mapping with its options)"})
-    preset: str = field(default="cpu-align", metadata={"help": "training preset"})
+class _TrainingBlock:
+    """What the align and finetune blocks share: the methods, a preset and TrainConfig overrides."""
+
+    methods: tuple = field(default=("sft",), metadata={"help": "methods (a name, or a mapping with its options)"})
+    preset: str = field(default="", metadata={"help": "training preset"})  # each block sets its own default
     train: dict | None = field(default=None, metadata={"help": "TrainConfig overrides"})
+
+
+@dataclass(frozen=True)
+class AlignBlock(_TrainingBlock):
+    preset: str = field(default="cpu-align", metadata={"help": "training preset"})
     source: str = field(default="refusals", metadata={"help": "alignment data (QA rows)"})
     n: int | None = field(default=None, metadata={"help": "alignment rows (default: all)"})
     selection: str = field(default="random", metadata={"help": "which n rows: random or first"})
@@ -36,10 +43,8 @@ class AlignBlock:
 
 
 @dataclass(frozen=True)
-class FinetuneBlock:
-    methods: tuple = field(default=("sft",), metadata={"help": "fine-tuning methods (a name, or a mapping with its options)"})
+class FinetuneBlock(_TrainingBlock):
     preset: str = field(default="cpu-finetune", metadata={"help": "training preset"})
-    train: dict | None = field(default=None, metadata={"help": "TrainConfig overrides"})
     tasks: tuple = field(default=("sst2",), metadata={"help": "fine-tuning tasks"})
     n: int = field(default=1000, metadata={"help": "task samples per fine-tune"})
     poison_ratios: tuple = field(default=(0.1,), metadata={"help": "harmful shares p of the fine-tuning data"})
@@ -48,11 +53,6 @@ class FinetuneBlock:
     aligned_with: tuple | None = field(default=None, metadata={"help": "only these aligned models (labels)"})
     attack_space: dict | None = field(default=None, metadata={"help": "adaptive attacker: lists of lr, epochs, ..."})
     search: dict | None = field(default=None, metadata={"help": "budgeted Optuna search over the attack space"})
-
-
-def block_fields(cls) -> set[str]:
-    """The keys of a block: its dataclass's fields."""
-    return {f.name for f in fields(cls)}
 
 
 def default(cls, key: str) -> Any:

@@ -10,7 +10,7 @@ import yaml
 
 from ..errors import ClinicError
 from ..values import INT_MAX, check_range, nearest_hint
-from .blocks import AlignBlock, CurateBlock, FinetuneBlock, block_fields, default
+from .blocks import AlignBlock, CurateBlock, FinetuneBlock, default
 from .entries import as_list, check_name, integer
 from .plan import EVAL_EXTRA_KEYS, Stage, expand
 
@@ -25,11 +25,6 @@ EXPERIMENT_KEYS = {
     "sink": "optional sink analysis of every fine-tuned model: n, batch_size, max_length, ...",
     "repair": "optional post-fine-tuning repair of every fine-tuned model: methods, batch_size, max_length",
 }
-# The curate, align and finetune blocks are no command's options: their keys are the fields of
-# their own dataclasses (.blocks).
-CURATE_KEYS = block_fields(CurateBlock)
-ALIGN_KEYS = block_fields(AlignBlock)
-FINETUNE_KEYS = block_fields(FinetuneBlock)
 SINK_EXTRA_KEYS = {"aligned"}  # analyse the aligned models too
 REPAIR_EXTRA_KEYS = {"methods"}
 
@@ -39,6 +34,13 @@ def settings_keys(cls, extra=(), drop=()) -> set[str]:
     command's options): its fields, plus ``extra`` and less ``drop``. Derived, not listed, so a
     new setting is an experiment key the moment it is a field."""
     return ({f.name for f in fields(cls) if f.init} | set(extra)) - set(drop)
+
+
+# The curate, align and finetune blocks are no command's options: their keys are the fields of
+# their own dataclasses (.blocks).
+CURATE_KEYS = settings_keys(CurateBlock)
+ALIGN_KEYS = settings_keys(AlignBlock)
+FINETUNE_KEYS = settings_keys(FinetuneBlock)
 
 
 def block_keys() -> dict[str, set[str]]:

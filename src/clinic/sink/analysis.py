@@ -27,6 +27,7 @@ class _Entry:
     sink_harmful: torch.Tensor
     sink_harmless: torch.Tensor
     heads_ci95: list[float]  # bootstrap interval of the positive-head count (clinic.sink.bootstrap)
+    per_sample: tuple[torch.Tensor, torch.Tensor]  # [N, L, H] harmful and harmless values: the bootstrap's input
 
 
 def _checkpoint_step(path: Path) -> int | None:
@@ -168,7 +169,8 @@ def run_sink_analysis(model_ref: str, out_dir: str | Path, n: int = 100, batch_s
         per_m = sink_attention_per_sample(model, tokenizer, harmful, batch_size, sink_index, max_length, mode)
         per_r = sink_attention_per_sample(model, tokenizer, harmless, batch_size, sink_index, max_length, mode)
         a_m, a_r = per_m.mean(dim=0), per_r.mean(dim=0)
-        entries.append(_Entry(label, step, a_m - a_r, a_m, a_r, positive_heads_interval(per_m, per_r, seed=seed)))
+        entries.append(_Entry(label, step, a_m - a_r, a_m, a_r, positive_heads_interval(per_m, per_r, seed=seed),
+                              (per_m, per_r)))
         del model
 
     multi = len(entries) > 1
@@ -202,8 +204,8 @@ def run_sink_analysis(model_ref: str, out_dir: str | Path, n: int = 100, batch_s
             "versions": package_versions(),
         }
         run.write_json("sink.json", summary)
-        save_per_sample(run.path, per_m, per_r)  # the last model's, for paired comparisons between models
         last = entries[-1]
+        save_per_sample(run.path, *last.per_sample)  # for paired comparisons between models
         heatmap(last.divergence, run.path / "heatmap.png",
                  f"sink divergence, {last.label}: {positive_head_count(last.divergence)}/{last.divergence.numel()} > 0")
         histogram_plot(last.divergence, run.path / "histogram.png", f"sink divergence ({last.label})")
