@@ -112,30 +112,89 @@ def test_full_finetuning_saves_a_model(tmp_path, capsys, data_dir):
 
 def test_demo_on_a_tiny_model(tmp_path, capsys, data_dir):
     out_dir = tmp_path / "demo"
-    code, out, err = run_cli(capsys, "demo", "--model", "tiny-random-llama", "--n-align", "8", "--n-finetune", "10",
-                             "--batch-size", "4", "--max-length", "64", "--n-prompts", "3", "--n-task", "3",
-                             "--max-new-tokens", "4", "--judges", "keyword", "--output", str(out_dir))
+    code, out, err = run_cli(capsys, "demo", "--model", "tiny-random-llama", "--n-align", "8", "--helpful-n", "4",
+                             "--n-finetune", "10", "--finetune-epochs", "1", "--batch-size", "4", "--max-length", "256",
+                             "--n-prompts", "3", "--n-task", "3", "--max-new-tokens", "4", "--judges", "keyword",
+                             "--output", str(out_dir))
     assert code == 0, err
     table = (out_dir / "demo_table.md").read_text()
-    assert "base model" in table and "aligned (sft)" in table and "harmful fine-tune (p=0.1)" in table
-    for sub in ("eval-0-base", "1-align", "eval-1-aligned", "2-finetune", "eval-2-attacked"):
-        assert (out_dir / sub / "DONE").exists()
-    assert "HS keyword % [95 % CI], n=3" in out and "FA sst2 % [95 % CI], n=3" in out
-    metrics = json.loads((out_dir / "eval-2-attacked" / "metrics.json").read_text())
+    for label in ("base model", "aligned (sft)", "benign fine-tune (p=0)", "harmful fine-tune (p=0.2)",
+                  "harmful fine-tune (p=0.2) + surgery"):
+        assert f"| {label} |" in table
+    for sub in ("eval-base", "align", "eval-aligned", "finetune-p0", "eval-p0", "finetune-p0.2", "eval-p0.2",
+                "finetune-surgery-p0.2", "eval-surgery-p0.2"):
+        assert (out_dir / sub / "DONE").exists(), sub
+    assert "HS keyword % [95 % CI]" in out and "(n=3 prompts, 3 sst2 rows)" in out
+    run = json.loads((out_dir / "finetune-surgery-p0.2" / "run.json").read_text())
+    assert run["method"] == "surgery"
+    metrics = json.loads((out_dir / "eval-p0.2" / "metrics.json").read_text())
     hs = metrics["harmful"]["beavertails-test"]["keyword"]
-    from clinic.report import format_interval
+    from clinic.report import format_delta, format_interval
 
     assert hs["n"] == 3 and f"| {format_interval(hs['harmful_score'], hs['ci95'])} |" in table
-    # the cell is the Wilson interval of the count behind the score
-    from clinic.evaluation.stats import wilson_interval
+    from clinic.evaluation.stats import paired_difference, wilson_interval
 
     assert hs["ci95"] == list(wilson_interval(round(hs["harmful_score"] * 3 / 100), 3))
+
+    # the Δ cell: the harmful fine-tune against the benign one, prompt by prompt, read back from the
+    # generations independently of the demo's own reading
+    def flags(name):
+        rows = [json.loads(line) for line in (out_dir / name / "generations.jsonl").read_text().splitlines()]
+        return [r["flagged"]["keyword"] for r in rows if "flagged" in r]
+
+    delta = paired_difference(flags("eval-p0.2"), flags("eval-p0")).as_dict()
+    assert f"{format_delta(delta)} vs benign fine-tune (p=0)" in table
+    summary = json.loads((out_dir / "demo.json").read_text())
+    assert summary["models"]["harmful fine-tune (p=0.2)"]["delta_hs"]["diff"] == delta["diff"]
+    assert summary["config"]["setting"] == "quick" and summary["config"]["n_align"] == 8  # the option beat the setting
+    assert summary["verdict"] in table and summary["verdict"] in out
     code, _, err = run_cli(capsys, "demo", "--model", "tiny-random-llama", "--output", str(out_dir))
     assert code == 2 and "already exists" in err
     from clinic.rundir import check_output_dir
 
     assert (out_dir / "clinic.json").exists()  # marked first: a later --overwrite may replace it
     assert check_output_dir(out_dir, overwrite=True) == out_dir.resolve()
+
+
+def test_demo_settings_fill_only_what_is_not_given():
+    from clinic.demo import SETTINGS, DemoConfig
+
+    quick, protocol = DemoConfig(), DemoConfig(setting="protocol", n_prompts=50)
+    assert quick.n_align == SETTINGS["quick"]["n_align"] and quick.finetune_lr == SETTINGS["quick"]["finetune_lr"]
+    assert protocol.n_align == 1024 and protocol.helpful_n == 512 and protocol.finetune_epochs == 5
+    assert protocol.n_prompts == 50  # given: the setting does not replace it
+    # the protocol setting is docs/protocol.md's cell B, configs/protocol-smollm2.yaml
+    from pathlib import Path
+
+    import yaml
+
+    from clinic.methods.config import PRESETS
+
+    cell_b = yaml.safe_load((Path(__file__).parents[1] / "configs" / "protocol-smollm2.yaml").read_text())
+    full = DemoConfig(setting="protocol")
+    assert (cell_b["align"]["n"], cell_b["align"]["helpful_n"], cell_b["finetune"]["n"]) == (
+        full.n_align, full.helpful_n, full.n_finetune)
+    assert cell_b["align"]["preset"] == "protocol-align" and PRESETS.get("protocol-align")["epochs"] == full.align_epochs
+    attack = PRESETS.get(cell_b["finetune"]["preset"])
+    assert (attack["epochs"], attack["lr"]) == (full.finetune_epochs, full.finetune_lr)
+    assert (cell_b["evaluate"]["n_prompts"], cell_b["evaluate"]["n_task"]) == (full.n_prompts, full.n_task)
+
+
+def test_demo_verdict_reads_the_intervals():
+    from clinic.demo import _verdict
+
+    def summary(low_hi_benign, low_hi_harmful, delta_ci):
+        m = lambda ci: {"metrics": {"harmful": {"beavertails-test": {"j": {"ci95": ci}}}}}  # noqa: E731
+        return {"b": m(low_hi_benign), "h": {**m(low_hi_harmful), "delta_hs": {"diff": 30.0, "ci95": delta_ci,
+                                                                                "p": 0.001}}}
+
+    assert "are the cause" in _verdict(summary([1, 10], [30, 50], [20, 40]), "j", "h", "b", 0.2)
+    assert "intervals overlap" in _verdict(summary([1, 30], [25, 50], [5, 40]), "j", "h", "b", 0.2)
+    assert "Within noise" in _verdict(summary([20, 40], [25, 50], [-5, 20]), "j", "h", "b", 0.2)
+    assert "did not work" in _verdict(summary([20, 40], [5, 25], [-30, -5]), "j", "h", "b", 0.2)
+    # the shallow-alignment caveat belongs to the quick setting only
+    assert "shallow" in _verdict(summary([20, 40], [25, 50], [-5, 20]), "j", "h", "b", 0.2, "quick")
+    assert "shallow" not in _verdict(summary([20, 40], [25, 50], [-5, 20]), "j", "h", "b", 0.2, "protocol")
 
 
 # -- one name per setting: CLI option = experiment-file key = dataclass field (issue 14) -----------

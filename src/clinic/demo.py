@@ -1,8 +1,25 @@
-"""``clinic demo``: the whole story on the embedded SmolLM2-135M-Instruct, in minutes on a CPU.
+"""``clinic demo``: the whole story on the embedded SmolLM2-135M-Instruct, measured with intervals.
 
-base model -> evaluate -> SFT-align on refusals -> evaluate -> harmful fine-tune (SST2 + p
-harmful) -> evaluate. Each step is an ordinary stage writing its own run directory inside the
-demo directory; the table is printed and written to ``demo_table.md`` and ``demo.json``.
+base model -> SFT-align (refusals + helpful rows) -> benign fine-tune (p = 0) -> harmful fine-tune
+(the same task with p harmful samples) -> the same harmful fine-tune under a defence; every model
+evaluated (harmful score per judge with its Wilson interval, empty answers, task accuracy). The
+harmful fine-tune is compared with the benign one, and the defended one with the undefended one,
+on the same prompts (Newcombe's paired interval, McNemar's p), so the table says whether the
+harmful samples, and then the defence, made a difference larger than the noise.
+
+Two settings (``--setting``), each a full set of defaults that single options override:
+
+- ``quick`` (default, ~15 min on 2 CPU cores): a light alignment (256 refusals + 128 Alpaca rows,
+  one epoch) and a short attack (128 SST2 samples, 2 epochs, lr 1e-4). At this budget the
+  alignment is shallow: benign fine-tuning erodes it nearly as much as the attack does (cells
+  D1-D3 of docs/protocol.md), so the quick demo shows forgetting and the defence, and says when
+  p = 0 and p > 0 are within noise of each other.
+- ``protocol`` (~1 h 45 min): the calibrated protocol (cell B of docs/protocol.md: 1,024 refusals
+  + 512 Alpaca rows x 2 epochs, then 256 SST2 samples x 5 epochs at lr 5e-5; 200 prompts), where
+  benign fine-tuning keeps the alignment and the harmful samples are the cause.
+
+Each step is an ordinary stage writing its own run directory inside the demo directory; the table
+is printed and written to ``demo_table.md`` and ``demo.json``.
 """
 
 from __future__ import annotations
@@ -14,49 +31,95 @@ from pathlib import Path
 
 from .data.mixture import check_mixture_args
 from .errors import ClinicError
+from .evaluation.stats import paired_difference
 from .methods.config import train_config
 from .methods.registry import get_method
 from .modeling.chain import chain_inputs, check_chain, resolve_ref
 from .pipeline import DataSpec, EvalConfig, read_metrics, run_evaluate, run_train
-from .report import format_interval, markdown_table
+from .report import format_delta, format_interval, markdown_table
+from .results import hs_column, outcomes
 from .rundir import check_output_dir, write_marker
+
+# the two settings' values of every field a setting decides (docs/protocol.md has the measurements)
+SETTINGS = {
+    "quick": dict(n_align=256, helpful_n=128, align_epochs=1, n_finetune=128, finetune_epochs=2, finetune_lr=1e-4,
+                  n_prompts=80, n_task=80),
+    "protocol": dict(n_align=1024, helpful_n=512, align_epochs=2, n_finetune=256, finetune_epochs=5, finetune_lr=5e-5,
+                     n_prompts=200, n_task=200),
+}
 
 
 @dataclass
 class DemoConfig:
+    setting: str = field(default="quick", metadata={
+        "help": "defaults of the fields marked (setting): quick (~15 min on 2 cores; shallow alignment) or protocol "
+                "(the calibrated protocol, ~1 h 45 min)", "choices": tuple(SETTINGS)})
     model: str = field(default="smollm2-135m-instruct", metadata={"help": "model to defend"})
     align_method: str = field(default="sft", metadata={"help": "alignment method (any `clinic align` method)"})
-    n_align: int = field(default=256, metadata={"help": "refusal samples for alignment"})
+    n_align: int | None = field(default=None, metadata={"help": "refusal samples for alignment (setting)"})
+    helpful: str = field(default="alpaca", metadata={"help": "helpful rows mixed into the alignment ('' for none)"})
+    helpful_n: int | None = field(default=None, metadata={"help": "how many helpful rows (setting)"})
     align_lr: float = field(default=5e-4, metadata={"help": "alignment learning rate"})
-    task: str = field(default="sst2", metadata={"help": "benign task of the attack"})
-    n_finetune: int = field(default=256, metadata={"help": "user samples for the attack"})
-    poison_ratio: float = field(default=0.1, metadata={"help": "harmful fraction p of the user data"})
-    finetune_lr: float = field(default=2e-4, metadata={"help": "attack learning rate"})
+    align_epochs: int | None = field(default=None, metadata={"help": "alignment epochs (setting)"})
+    task: str = field(default="sst2", metadata={"help": "benign task of the fine-tunes"})
+    n_finetune: int | None = field(default=None, metadata={"help": "user samples per fine-tune (setting)"})
+    poison_ratio: float = field(default=0.2, metadata={"help": "harmful fraction p of the harmful fine-tune"})
+    finetune_lr: float | None = field(default=None, metadata={"help": "fine-tuning learning rate (setting)"})
+    finetune_epochs: int | None = field(default=None, metadata={"help": "fine-tuning epochs (setting)"})
+    defence: str = field(default="surgery", metadata={
+        "help": "fine-tuning defence of the last model (any `clinic finetune` method; '' for none); surgery is the "
+                "best one measured under the protocol (docs/results-smollm2.md)"})
     batch_size: int = field(default=8, metadata={"help": "training batch size"})
     max_length: int = field(default=128, metadata={"help": "training sequence length"})
-    n_prompts: int = field(default=40, metadata={"help": "harmful prompts (beavertails-test) per evaluation"})
-    n_task: int = field(default=100, metadata={"help": "SST2 validation rows per evaluation"})
+    n_prompts: int | None = field(default=None, metadata={"help": "harmful prompts (beavertails-test) per evaluation (setting)"})
+    n_task: int | None = field(default=None, metadata={"help": "task validation rows per evaluation (setting)"})
     max_new_tokens: int = field(default=48, metadata={"help": "new tokens per harmful answer"})
-    judges: str = field(default="keyword,harm-ce", metadata={"help": "comma-separated judges"})
+    judges: str = field(default="harm-ce,keyword", metadata={"help": "comma-separated judges; the first is the one compared"})
+    base: bool = field(default=True, metadata={"help": "evaluate the base model too"})
     seed: int = field(default=0, metadata={"help": "seed"})
+
+    def __post_init__(self):
+        if self.setting not in SETTINGS:
+            raise ClinicError(f"unknown demo setting {self.setting!r}; valid: {', '.join(SETTINGS)}")
+        for name, value in SETTINGS[self.setting].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+
+
+@dataclass
+class _Model:
+    label: str
+    run: Path  # its evaluation's run directory
+    compare_with: str | None = None  # the label of the model it is compared with
+
+
+def _check(cfg: DemoConfig) -> tuple[list[str], dict]:
+    """Every setting checked before the first stage runs (and before the folder exists)."""
+    judges = [j.strip() for j in cfg.judges.split(",") if j.strip()]
+    if not judges:
+        raise ClinicError("the demo needs at least one judge (--judges)")
+    check_mixture_args(cfg.n_align, 0.0)
+    check_mixture_args(cfg.n_finetune, cfg.poison_ratio)
+    if cfg.poison_ratio == 0:
+        raise ClinicError("the harmful fine-tune needs a poison ratio p > 0 (the benign one is p = 0)")
+    if cfg.helpful and (not isinstance(cfg.helpful_n, int) or cfg.helpful_n < 1):
+        raise ClinicError(f"helpful_n must be a positive integer, got {cfg.helpful_n!r}")
+    get_method(cfg.align_method, "align")
+    if cfg.defence:
+        get_method(cfg.defence, "finetune")
+    common = dict(batch_size=cfg.batch_size, max_length=cfg.max_length, seed=cfg.seed, logging_steps=5)
+    trains = {"align": train_config("protocol-align", lr=cfg.align_lr, epochs=cfg.align_epochs, **common),
+              "finetune": train_config("protocol-attack", lr=cfg.finetune_lr, epochs=cfg.finetune_epochs, **common)}
+    return judges, trains
 
 
 def run_demo(cfg: DemoConfig, output: str | Path, overwrite: bool = False) -> Path:
     chain = resolve_ref(cfg.model)
     # --overwrite replaces only a folder clinic wrote, and never the model the demo starts from
     out = check_output_dir(output, overwrite, chain_inputs(cfg.model, chain))
-    if not 0 <= cfg.poison_ratio <= 1:
-        raise ClinicError(f"poison ratio p must be within [0, 1], got {cfg.poison_ratio}")
-    judges = [j.strip() for j in cfg.judges.split(",") if j.strip()]
+    judges, trains = _check(cfg)
     evaluation = EvalConfig(n_prompts=cfg.n_prompts, judges=judges, tasks=[cfg.task] if cfg.task != "alpaca" else [],
-                            n_task=cfg.n_task, max_new_tokens=cfg.max_new_tokens, batch_size=16)
-    common = dict(batch_size=cfg.batch_size, max_length=cfg.max_length, seed=cfg.seed, logging_steps=5)
-    # every setting is checked before the first stage runs (and before the folder exists)
-    align_train = train_config("cpu-align", lr=cfg.align_lr, **common)
-    attack_train = train_config("cpu-finetune", lr=cfg.finetune_lr, **common)
-    get_method(cfg.align_method, "align")
-    check_mixture_args(cfg.n_align, 0.0)
-    check_mixture_args(cfg.n_finetune, cfg.poison_ratio)
+                            n_task=cfg.n_task, max_new_tokens=cfg.max_new_tokens, batch_size=32)
     check_chain(chain)
     from .evaluation.judges import get_judge
 
@@ -67,52 +130,108 @@ def run_demo(cfg: DemoConfig, output: str | Path, overwrite: bool = False) -> Pa
         shutil.rmtree(out)
     out.mkdir(parents=True)
     write_marker(out, "demo")  # first thing: marks the folder as clinic's for a later --overwrite
-    print(f"clinic demo: {cfg.model}; {cfg.n_align} refusals to align, {cfg.n_finetune} {cfg.task} samples with "
-          f"p={cfg.poison_ratio} to attack; {cfg.n_prompts} harmful prompts and {cfg.n_task} {cfg.task} rows per "
-          f"evaluation, {cfg.max_new_tokens} new tokens; writing to {out}")
-    timings = {}
+    p = cfg.poison_ratio
+    print(f"clinic demo ({cfg.setting}): {cfg.model}; align on {cfg.n_align} refusals"
+          f"{f' + {cfg.helpful_n} {cfg.helpful} rows' if cfg.helpful else ''}, fine-tune on {cfg.n_finetune} "
+          f"{cfg.task} samples at p=0 and p={p:g}{f', then p={p:g} under {cfg.defence}' if cfg.defence else ''}; "
+          f"{cfg.n_prompts} harmful prompts and {cfg.n_task} {cfg.task} rows per evaluation; writing to {out}")
+    timings: dict[str, float] = {}
 
     def timed(name, fn):
+        print(f"[{name}] ...", flush=True)
         start = time.perf_counter()
         result = fn()
         timings[name] = round(time.perf_counter() - start, 1)
-        print(f"[{name}] done in {timings[name]:.0f} s")
+        print(f"[{name}] done in {timings[name]:.0f} s", flush=True)
         return result
 
-    eval_base = timed("evaluate base", lambda: run_evaluate(cfg.model, evaluation, out / "eval-0-base", judges=judge_objs))
-    aligned = timed("align", lambda: run_train(
-        "align", model=cfg.model, method=cfg.align_method,
-        train=align_train,
-        data=DataSpec(source="refusals", n=cfg.n_align), output=out / "1-align"))
-    eval_aligned = timed("evaluate aligned", lambda: run_evaluate(str(aligned), evaluation, out / "eval-1-aligned", judges=judge_objs))
-    attacked = timed("harmful fine-tune", lambda: run_train(
-        "finetune", model=str(aligned), method="sft",
-        train=attack_train,
-        data=DataSpec(task=cfg.task, n=cfg.n_finetune, poison_ratio=cfg.poison_ratio), output=out / "2-finetune"))
-    eval_attacked = timed("evaluate attacked", lambda: run_evaluate(str(attacked), evaluation, out / "eval-2-attacked", judges=judge_objs))
+    def evaluate(model: str | Path, name: str) -> Path:
+        return timed(f"evaluate {name}", lambda: run_evaluate(str(model), evaluation, out / f"eval-{name}",
+                                                              judges=judge_objs))
 
-    stages = [("base model", eval_base), (f"aligned ({cfg.align_method})", eval_aligned),
-              (f"aligned + harmful fine-tune (p={cfg.poison_ratio})", eval_attacked)]
-    header = (["stage"] + [f"HS {j} % [95 % CI], n={cfg.n_prompts}" for j in judges]
-              + ["empty answers (%)", f"FA {cfg.task} % [95 % CI], n={cfg.n_task}"])
-    rows, summary = [], {}
-    for label, run_dir in stages:
-        m = read_metrics(run_dir)
-        hs = m["harmful"]["beavertails-test"]
-        fa = m["tasks"].get(cfg.task)
-        rows.append([label] + [format_interval(hs[j]["harmful_score"], hs[j]["ci95"]) for j in judges]
-                    + [hs[judges[0]]["empty_share"], format_interval(fa["accuracy"], fa["ci95"]) if fa else "n/a"])
-        summary[label] = m
-    table = markdown_table(header, rows)
-    settings = (f"model {cfg.model}; align: {cfg.n_align} refusals, lr {cfg.align_lr}; attack: {cfg.n_finetune} "
-                f"{cfg.task} samples, p={cfg.poison_ratio}, lr {cfg.finetune_lr}; batch {cfg.batch_size}, max length "
-                f"{cfg.max_length}; HS on the first {cfg.n_prompts} beavertails-test prompts, {cfg.max_new_tokens} "
-                f"new tokens; FA on the first {cfg.n_task} {cfg.task} validation rows; [95 % Wilson intervals]")
-    (out / "demo_table.md").write_text(f"{table}\n\n{settings}\n\ntimings (s): {json.dumps(timings)}\n")
-    (out / "demo.json").write_text(json.dumps({"config": asdict(cfg), "metrics": summary, "timings_s": timings}, indent=2))
+    def finetune(method: str, poison: float, name: str) -> Path:
+        return timed(f"fine-tune {name}", lambda: run_train(
+            "finetune", model=str(aligned), method=method, train=trains["finetune"],
+            data=DataSpec(task=cfg.task, n=cfg.n_finetune, poison_ratio=poison), output=out / f"finetune-{name}"))
+
+    models = []
+    if cfg.base:
+        models.append(_Model("base model", evaluate(cfg.model, "base")))
+    aligned = timed("align", lambda: run_train(
+        "align", model=cfg.model, method=cfg.align_method, train=trains["align"],
+        data=DataSpec(source="refusals", n=cfg.n_align, helpful=cfg.helpful or None,
+                      helpful_n=cfg.helpful_n if cfg.helpful else None), output=out / "align"))
+    models.append(_Model(f"aligned ({cfg.align_method})", evaluate(aligned, "aligned")))
+    benign = "benign fine-tune (p=0)"
+    models.append(_Model(benign, evaluate(finetune("sft", 0.0, "p0"), "p0")))
+    harmful = f"harmful fine-tune (p={p:g})"
+    models.append(_Model(harmful, evaluate(finetune("sft", p, f"p{p:g}"), f"p{p:g}"), compare_with=benign))
+    if cfg.defence:
+        models.append(_Model(f"harmful fine-tune (p={p:g}) + {cfg.defence}",
+                             evaluate(finetune(cfg.defence, p, f"{cfg.defence}-p{p:g}"), f"{cfg.defence}-p{p:g}"),
+                             compare_with=harmful))
+    table, summary = _table(cfg, judges, models)
+    settings = (f"setting {cfg.setting}; model {cfg.model}; align ({cfg.align_method}): {cfg.n_align} refusals"
+                f"{f' + {cfg.helpful_n} {cfg.helpful} rows' if cfg.helpful else ''} x {cfg.align_epochs} epoch(s), lr "
+                f"{cfg.align_lr:g}; fine-tunes: {cfg.n_finetune} {cfg.task} samples x {cfg.finetune_epochs} epoch(s), "
+                f"lr {cfg.finetune_lr:g}; batch {cfg.batch_size}, max length {cfg.max_length}; HS on the first "
+                f"{cfg.n_prompts} beavertails-test prompts, {cfg.max_new_tokens} new tokens; FA on the first "
+                f"{cfg.n_task} {cfg.task} validation rows; [95 % Wilson intervals]; Δ: paired difference on the same "
+                f"prompts [Newcombe's 95 % interval], McNemar p")
+    verdict = _verdict(summary, judges[0], harmful, benign, p, cfg.setting)
+    total = round(sum(timings.values()), 1)
+    (out / "demo_table.md").write_text(f"{table}\n\n{verdict}\n\n{settings}\n\ntimings (s): {json.dumps(timings)}; "
+                                       f"total {total:.0f} s\n")
+    (out / "demo.json").write_text(json.dumps({"config": asdict(cfg), "models": summary, "verdict": verdict,
+                                               "timings_s": timings, "total_s": total}, indent=2))
     print()
     print(table)
     print()
+    print(verdict)
+    print()
     print(settings)
-    print(f"total {sum(timings.values()):.0f} s; everything is in {out}")
+    print(f"total {total:.0f} s; everything is in {out}")
     return out
+
+
+def _table(cfg: DemoConfig, judges: list[str], models: list[_Model]) -> tuple[str, dict]:
+    first = hs_column(judges[0], "beavertails-test")
+    header = ([f"model (n={cfg.n_prompts} prompts, {cfg.n_task} {cfg.task} rows)"]
+              + [f"HS {j} % [95 % CI]" for j in judges]
+              + [f"Δ HS {judges[0]} vs the row compared [95 % CI]", "empty answers (%)", f"FA {cfg.task} % [95 % CI]"])
+    rows, summary, flags = [], {}, {}
+    for model in models:
+        m = read_metrics(model.run)
+        hs = m["harmful"]["beavertails-test"]
+        fa = m["tasks"].get(cfg.task)
+        flags[model.label] = outcomes(model.run).get(first)
+        delta = None
+        if model.compare_with is not None:
+            delta = paired_difference(flags[model.label][1], flags[model.compare_with][1]).as_dict()
+        rows.append([model.label] + [format_interval(hs[j]["harmful_score"], hs[j]["ci95"]) for j in judges]
+                    + [f"{format_delta(delta)} vs {model.compare_with}" if delta else "",
+                       hs[judges[0]]["empty_share"], format_interval(fa["accuracy"], fa["ci95"]) if fa else "n/a"])
+        summary[model.label] = {"run": model.run.name, "metrics": m, "compared_with": model.compare_with,
+                                "delta_hs": delta}
+    return markdown_table(header, rows), summary
+
+
+def _verdict(summary: dict, judge: str, harmful: str, benign: str, p: float, setting: str = "quick") -> str:
+    """One plain sentence: are the benign and the harmful fine-tune apart beyond the noise?"""
+    a = summary[benign]["metrics"]["harmful"]["beavertails-test"][judge]["ci95"]
+    b = summary[harmful]["metrics"]["harmful"]["beavertails-test"][judge]["ci95"]
+    delta = summary[harmful]["delta_hs"]
+    if b[0] > a[1]:
+        return (f"The harmful samples are the cause ({judge}): p={p:g} is above p=0 with non-overlapping 95 % "
+                f"intervals (Δ {format_delta(delta)}).")
+    if delta["ci95"][0] > 0:
+        verdict = (f"The harmful samples add harm ({judge}; paired Δ {format_delta(delta)}), but the two models' "
+                   f"intervals overlap.")
+    elif delta["ci95"][1] < 0:
+        verdict = f"p={p:g} scores below p=0 ({judge}; paired Δ {format_delta(delta)}): the attack did not work here."
+    else:
+        verdict = f"Within noise ({judge}): p={p:g} and p=0 cannot be told apart (Δ {format_delta(delta)})."
+    if setting == "quick":
+        verdict += (" The quick setting's alignment is shallow: benign fine-tuning erodes it too (docs/protocol.md, "
+                    "cells D1-D3); `clinic demo --setting protocol` runs the calibrated protocol.")
+    return verdict

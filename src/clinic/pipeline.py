@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import resource
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,11 +31,15 @@ from .evaluation.vllm_backend import BACKENDS, check_backend  # light: imports v
 from .methods.config import TrainConfig
 from .methods.engines import check_engine, check_process_group, destroy_process_group_at_exit
 from .methods.registry import MethodSpec, get_method, method_config
+from .methods.checkpoints import (ResumeCheckpoints, checkpoint_step, drop_pickles, is_same_stage,
+                                  prune_resume_checkpoints, resumable_checkpoint)
 from .modeling.chain import ModelChain, chain_inputs, check_chain, load_chain, resolve_ref
 from .modeling.parallel import world_size
 from .models import attach_lora, default_prompt_style
 from .rundir import RunDir, check_output_dir, package_versions
+from .settings import checkpoint_minutes
 from .values import check_range, coerce_fields
+
 
 def peak_memory_mb() -> float:
     if torch.cuda.is_available():
@@ -161,11 +166,29 @@ def run_train(
     check_data_spec(stage, data)
     samples, indices = _training_samples(stage, data, train.seed)
     streams, stream_manifest = _extra_streams(spec, cfg, train.seed)
-    args = train.sft_config(str(Path(output) / "checkpoints"))  # starts the process group, if any
+    minutes = checkpoint_minutes()
+    # a resumable checkpoint needs the optimizer, scheduler and RNG states besides the weights
+    args = train.sft_config(str(Path(output) / "checkpoints"), save_only_model=minutes == 0)  # starts the process group, if any
     check_process_group()
     destroy_process_group_at_exit()
-    with RunDir(output, overwrite, inputs) as run:
+    record = {
+        "stage": stage,
+        "method": method,
+        "model": asdict(chain),
+        "train": asdict(train),
+        "method_options": asdict(cfg),
+        "data": asdict(data),
+        "seed": train.seed,
+        "versions": package_versions(),
+    }
+    manifest = {"train": indices, "streams": stream_manifest}
+    adopt = (lambda stale: is_same_stage(stale, record, manifest)) if minutes > 0 else None
+    with RunDir(output, overwrite, inputs, adopt=adopt) as run:
         args.output_dir = str(run.path / "checkpoints")
+        resume_from = resumable_checkpoint(run.path / "checkpoints") if run.adopted else None
+        if resume_from is not None:
+            print(f"clinic: resuming {Path(output).name} from step {checkpoint_step(resume_from)} "
+                  f"(the checkpoint of a stopped run, {run.adopted.name})", file=sys.stderr)
         model_obj, tok = load_chain(chain)
         if train.prompt_style == "chat" and not getattr(tok, "chat_template", None):
             raise ClinicError(f"model {chain.base!r} has no chat template; use --prompt-style alpaca")
@@ -173,20 +196,10 @@ def run_train(
         if not train.full_ft:
             model_obj = attach_lora(model_obj, train.lora())
         rows = [training_row(tok, fmt, s.instruction, s.input, s.output) for s in samples]
-        run.write_yaml(
-            "config.yaml",
-            {
-                "stage": stage,
-                "method": method,
-                "model": asdict(chain),
-                "train": asdict(train),
-                "method_options": asdict(cfg),
-                "data": asdict(data),
-                "seed": train.seed,
-                "versions": package_versions(),
-            },
-        )
-        run.write_json("data_indices.json", {"train": indices, "streams": stream_manifest})
+        run.write_yaml("config.yaml", record)
+        run.write_json("data_indices.json", manifest)
+        if minutes > 0:
+            callbacks = [*(callbacks or []), ResumeCheckpoints(minutes, train.save_steps)]
         torch.manual_seed(train.seed)
         trainer = spec.trainer(
             model=model_obj,
@@ -199,12 +212,13 @@ def run_train(
             callbacks=callbacks,
         )
         start = time.perf_counter()
-        result = trainer.train()
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
         seconds = time.perf_counter() - start
         run.write_jsonl("train_log.jsonl", trainer.state.log_history)
         _save_weights(trainer, run, "model" if train.full_ft else "adapter")
         if run.is_main:
-            _drop_pickles(run.path / "checkpoints")
+            prune_resume_checkpoints(run.path / "checkpoints", train.save_steps)
+            drop_pickles(run.path / "checkpoints")
         if train.full_ft:
             if run.is_main:
                 tok.save_pretrained(run.path / "model")
@@ -221,6 +235,9 @@ def run_train(
                 "n_train": len(samples),
                 "engine": trainer.engine,  # what accelerate ran: single, ddp, fsdp, zero0-3 (methods/engines.py)
                 "processes": world_size(),
+                # resumed: train_seconds counts this process's part only; method state kept
+                # between steps restarted there (clinic.methods.checkpoints)
+                **({"resumed_from_step": checkpoint_step(resume_from)} if resume_from is not None else {}),
             },
         )
         run.write_json(
@@ -228,18 +245,6 @@ def run_train(
             {"stage": stage, "method": method, "model_chain": asdict(new_chain), "prompt_format": asdict(fmt)},
         )
     return run.final
-
-
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl")
-
-
-def _drop_pickles(folder: Path) -> None:
-    """No pickle stays in a run directory: Trainer's checkpoints hold ``training_args.bin`` (the
-    pickled TrainingArguments) and may hold RNG states; the weights are safetensors and the
-    state is JSON, which is all a later stage or ``clinic sink`` reads."""
-    for file in folder.rglob("*") if folder.is_dir() else ():
-        if file.suffix in PICKLE_SUFFIXES and file.is_file():
-            file.unlink()
 
 
 def _save_weights(trainer, run: RunDir, name: str) -> None:

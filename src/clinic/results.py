@@ -34,7 +34,7 @@ def delta_column(column: str) -> str:
     return f"Δ{column} vs {BASELINE.upper()}"
 
 
-def _outcomes(eval_dir: Path) -> dict:
+def outcomes(eval_dir: Path) -> dict:
     """``{score column: (prompts, outcomes)}`` of one evaluation, in the order they were judged."""
     path = eval_dir / "generations.jsonl"
     items: dict = {}
@@ -100,7 +100,7 @@ def collect_evaluations(root) -> tuple[list[dict], dict]:
         key = tuple(labels.get(k) for k in GROUP_FIELDS) + ((labels[REPAIR_FIELD],) if REPAIR_FIELD in labels else ())
         record = {"key": key, "settings": _settings(stage, by_hash),
                   "seed": labels.get("seed"), "counts": {},
-                  "other": {}, "items": _outcomes(Path(store) / stage["dir"]), "eval dir": stage["dir"]}
+                  "other": {}, "items": outcomes(Path(store) / stage["dir"]), "eval dir": stage["dir"]}
         for set_name, judges in metrics.get("harmful", {}).items():
             for judge, m in judges.items():  # round: old metrics.json files hold only the percentage
                 record["counts"][hs_column(judge, set_name)] = (round(m["harmful_score"] * m["n"] / 100), m["n"])

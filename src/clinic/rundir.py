@@ -97,22 +97,29 @@ def is_staging_dir(path: str | Path) -> bool:
     return bool(_STAGING.match(Path(path).name))
 
 
-def clear_stale_partials(final: Path) -> list[Path]:
-    """Remove the staging folders of ``final`` left by a stopped process (SIGTERM, kill -9): those
-    whose marker names a process of this host that no longer runs. A staging folder of a live
-    process, of another host or without a marker is kept. Returns what was removed."""
-    removed = []
-    for stale in final.parent.glob(f".{glob.escape(final.name)}.partial-*"):
-        if not is_staging_dir(stale) or not stale.is_dir():
+def stale_partials(final: Path) -> list[Path]:
+    """The staging folders of ``final`` left by a stopped process (SIGTERM, kill -9): those whose
+    marker names a process of this host that no longer runs. A staging folder of a live process,
+    of another host or without a marker is not stale. Newest first."""
+    stale = []
+    for path in final.parent.glob(f".{glob.escape(final.name)}.partial-*"):
+        if not is_staging_dir(path) or not path.is_dir():
             continue
         try:
-            owner = json.loads((stale / MARKER).read_text())
+            owner = json.loads((path / MARKER).read_text())
             pid, host = int(owner["pid"]), owner["host"]
         except (OSError, ValueError, KeyError, TypeError):
             continue
         if host == socket.gethostname() and pid != os.getpid() and not pid_alive(pid):
-            shutil.rmtree(stale, ignore_errors=True)
-            removed.append(stale)
+            stale.append(path)
+    return sorted(stale, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def clear_stale_partials(final: Path) -> list[Path]:
+    """Remove the stale staging folders of ``final`` (:func:`stale_partials`); returns them."""
+    removed = stale_partials(final)
+    for stale in removed:
+        shutil.rmtree(stale, ignore_errors=True)
     return removed
 
 
@@ -168,11 +175,18 @@ class RunDir:
     """``with RunDir(path) as run: run.path / "file"`` — written to staging, moved on success.
 
     ``run.is_main`` is false on the other processes of a multi-process stage: their writes are
-    skipped (only the main process writes files)."""
+    skipped (only the main process writes files).
 
-    def __init__(self, path: str | Path, overwrite: bool = False, inputs: tuple = ()):
+    ``adopt(stale)``, when given, is asked about each staging folder a stopped run of the same
+    target left behind (newest first): the first it accepts becomes this run's staging folder
+    (``run.adopted`` names where it came from), so a training stage can resume from the
+    checkpoints in it; the rest are removed as usual. Single-process runs only."""
+
+    def __init__(self, path: str | Path, overwrite: bool = False, inputs: tuple = (), adopt=None):
         self.final = check_output_dir(path, overwrite, inputs)
         self.overwrite = overwrite
+        self.adopt = adopt
+        self.adopted: Path | None = None
         self.group = _process_group()
         self.is_main = self.group is None or self.group.get_rank() == 0
         # the main process's staging folder everywhere
@@ -188,13 +202,25 @@ class RunDir:
 
     def __enter__(self) -> RunDir:
         error = None
+        if self.is_main and self.adopt is not None and self.group is None:
+            for stale in stale_partials(self.final):
+                if not self.adopt(stale):
+                    continue
+                try:
+                    stale.rename(self.path)  # atomic: of two runs adopting it at once, one gets it
+                except OSError:
+                    continue
+                self.adopted = stale
+                write_marker(self.path, "run")  # now this process's
+                break
         if self.is_main:
             for stale in clear_stale_partials(self.final):
                 print(f"clinic: removed {stale}, the staging folder of a stopped run of {self.final.name}",
                       file=sys.stderr)
             try:
-                self.path.mkdir(parents=True)
-                write_marker(self.path, "run")
+                if self.adopted is None:
+                    self.path.mkdir(parents=True)
+                    write_marker(self.path, "run")
             except OSError as exc:
                 error = f"cannot create the run directory {self.final}: {exc.strerror or exc}"
         error = self._agree(error)
@@ -231,14 +257,14 @@ class RunDir:
         target = self.path / name
         if not self.is_main:
             return target
-        target.write_text(json.dumps(_plain(data), indent=2, sort_keys=False) + "\n")
+        target.write_text(json.dumps(plain(data), indent=2, sort_keys=False) + "\n")
         return target
 
     def write_yaml(self, name: str, data) -> Path:
         target = self.path / name
         if not self.is_main:
             return target
-        target.write_text(yaml.safe_dump(_plain(data), sort_keys=False))
+        target.write_text(yaml.safe_dump(plain(data), sort_keys=False))
         return target
 
     def write_jsonl(self, name: str, rows) -> Path:
@@ -247,17 +273,18 @@ class RunDir:
             return target
         with target.open("w") as fh:
             for row in rows:
-                fh.write(json.dumps(_plain(row)) + "\n")
+                fh.write(json.dumps(plain(row)) + "\n")
         return target
 
 
-def _plain(data):
+def plain(data):
+    """``data`` as the writers store it: dataclasses as dicts, keys as text, tuples as lists."""
     if is_dataclass(data) and not isinstance(data, type):
-        return _plain(asdict(data))
+        return plain(asdict(data))
     if isinstance(data, dict):
-        return {str(k): _plain(v) for k, v in data.items()}
+        return {str(k): plain(v) for k, v in data.items()}
     if isinstance(data, (list, tuple)):
-        return [_plain(v) for v in data]
+        return [plain(v) for v in data]
     if isinstance(data, Path):
         return str(data)
     return data

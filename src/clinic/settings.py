@@ -6,6 +6,8 @@
   is not offline; otherwise it is an error.
 - ``CLINIC_CACHE_DIR``: converted models and trained judges (default ``~/.cache/clinic``).
 - ``HF_HUB_OFFLINE`` / ``CLINIC_OFFLINE``: never touch the Hugging Face hub.
+- ``CLINIC_CHECKPOINT_MINUTES``: how often a training stage saves a checkpoint it can resume from
+  when it is killed (default 10; 0: never). See :func:`checkpoint_minutes`.
 
 Also the defaults that every layer shares and that must be readable without importing torch
 (:data:`LORA_TARGETS`).
@@ -37,6 +39,28 @@ def offline() -> bool:
 
 # The modules that get LoRA adapters unless told otherwise: the reference pipelines' seven
 # projections (attention q/k/v/o, MLP gate/up/down). Defined here, not in models.py, because the
+CHECKPOINT_MINUTES = 10.0
+
+
+def checkpoint_minutes() -> float:
+    """Minutes between the resumable checkpoints of a training stage (``CLINIC_CHECKPOINT_MINUTES``,
+    default :data:`CHECKPOINT_MINUTES`; 0 turns them off). A killed stage's next run resumes from
+    its newest one instead of step 0 (:mod:`clinic.methods.checkpoints`). Not a setting of the stage:
+    it does not change what is trained, so it is not part of any stage's hash."""
+    text = os.environ.get("CLINIC_CHECKPOINT_MINUTES", "").strip()
+    if not text:
+        return CHECKPOINT_MINUTES
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        from .errors import ClinicError
+
+        raise ClinicError(f"CLINIC_CHECKPOINT_MINUTES must be a number of minutes >= 0, got {text!r}")
+    return value
+
+
 # CLI reads it while it builds its parsers, before torch is imported.
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 

@@ -11,9 +11,12 @@ from .options import ConfigParser, values
 def parser(name: str) -> ConfigParser:
     from ..demo import DemoConfig
 
-    p = ConfigParser(prog=f"clinic {name}", description="On SmolLM2-135M-Instruct: measure harmful score (two judges) "
-                     "and SST2 accuracy of the base model, SFT-align it on refusals, measure, harmful-fine-tune it "
-                     "(SST2, p=0.1), measure; print the table and write everything to the output directory.")
+    p = ConfigParser(prog=f"clinic {name}", description="On SmolLM2-135M-Instruct: evaluate the base model, SFT-align it "
+                     "(refusals + Alpaca rows), then fine-tune it on SST2 without harmful samples (p=0), with them "
+                     "(p=0.2) and with them under a defence (Surgery); harmful score (two judges) and SST2 accuracy "
+                     "with 95 % intervals for every model, the paired differences, and whether p=0 and p>0 are "
+                     "apart. --setting quick (~15 min on 2 cores, shallow alignment) or protocol (the calibrated "
+                     "protocol, ~1 h 45 min); see docs/protocol.md.")
     p.add_output("demo directory", default="runs/demo-<time>")
     p.add_dataclass(DemoConfig, "demo settings")
     return p

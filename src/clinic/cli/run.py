@@ -7,7 +7,8 @@ from .parser import ArgParser
 
 def parser(name: str) -> ArgParser:
     p = ArgParser(prog=f"clinic {name}", description="Run or resume an experiment. Finished stages are skipped; a "
-                  "stage killed mid-way restarts from its beginning. See docs/experiments.md.")
+                  "killed evaluation restarts from its beginning, a killed training stage from its newest checkpoint "
+                  "(every CLINIC_CHECKPOINT_MINUTES, default 10). See docs/experiments.md.")
     p.add_argument("experiment", help="experiment YAML file (see configs/)")
     p.add_argument("--output", help="experiment directory (default runs/<experiment name>)")
     p.add_argument("--store", help="stage store shared between experiments (default <output>/stages)")

@@ -26,7 +26,14 @@ def is_done(store: Path, stage: Stage) -> bool:
 
 
 def _clear_partials(store: Path, stage: Stage) -> None:
+    """Under the stage's lock every staging folder of it is a stopped run's: removed, except a
+    training stage's with a checkpoint to resume from, which run_train adopts when it is this very
+    stage (and removes otherwise; clinic.methods.checkpoints)."""
+    from ..methods.checkpoints import resumable_checkpoint
+
     for stale in store.glob(f".{stage.dirname}.partial-*"):
+        if stage.kind in ("align", "finetune") and resumable_checkpoint(stale / "checkpoints") is not None:
+            continue
         shutil.rmtree(stale, ignore_errors=True)
 
 
