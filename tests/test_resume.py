@@ -113,6 +113,55 @@ def test_a_killed_stage_resumes_to_the_uninterrupted_weights(tmp_path, data_dir,
     assert first[0] != first[-1]
 
 
+def test_ctrl_c_keeps_the_checkpoint_and_the_next_run_resumes(tmp_path, data_dir, capfd):
+    from transformers import TrainerCallback
+
+    class Interrupt(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == KILL_AT:
+                raise KeyboardInterrupt
+
+    os.environ["CLINIC_CHECKPOINT_MINUTES"] = "1e-9"
+    try:
+        from clinic.methods.config import train_config
+        from clinic.pipeline import DataSpec, run_train
+
+        with pytest.raises(KeyboardInterrupt):
+            run_train("align", model="tiny-random-llama", method="sft",
+                      train=train_config("cpu-align", max_steps=STEPS, batch_size=2, lr=5e-4, logging_steps=1),
+                      data=DataSpec(source="refusals", n=16), output=tmp_path / "run", callbacks=[Interrupt()])
+    finally:
+        del os.environ["CLINIC_CHECKPOINT_MINUTES"]
+    assert "is kept, and the next run of run resumes" in capfd.readouterr().err
+    (staged,) = tmp_path.glob(".run.partial-*")
+    assert json.loads((staged / "clinic.json").read_text())["stopped"] is True
+    steps = _Steps()
+    _train(tmp_path / "run", steps=steps)  # the same process: "stopped" makes it adoptable
+    assert steps.done == STEPS - KILL_AT and not staged.exists()
+    assert "resuming run from step 3" in capfd.readouterr().err
+
+
+def test_an_error_still_removes_the_staging_folder(tmp_path, data_dir):
+    from transformers import TrainerCallback
+
+    class Fail(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            raise RuntimeError("boom")
+
+    os.environ["CLINIC_CHECKPOINT_MINUTES"] = "1e-9"
+    try:
+        from clinic.methods.config import train_config
+        from clinic.pipeline import DataSpec, run_train
+
+        with pytest.raises(RuntimeError, match="boom"):
+            run_train("align", model="tiny-random-llama", method="sft",
+                      train=train_config("cpu-align", max_steps=STEPS, batch_size=2, logging_steps=1),
+                      data=DataSpec(source="refusals", n=16), output=tmp_path / "run", callbacks=[Fail()])
+    finally:
+        del os.environ["CLINIC_CHECKPOINT_MINUTES"]
+    assert not list(tmp_path.glob(".run.partial-*"))
+
+
 def test_a_stopped_run_of_other_settings_is_not_resumed(tmp_path, data_dir, capfd):
     staged = _killed_run(tmp_path / "run", lr=5e-4)
     finished = _train(tmp_path / "run", lr=1e-4)  # another learning rate: another stage

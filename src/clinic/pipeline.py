@@ -183,7 +183,8 @@ def run_train(
     }
     manifest = {"train": indices, "streams": stream_manifest}
     adopt = (lambda stale: is_same_stage(stale, record, manifest)) if minutes > 0 else None
-    with RunDir(output, overwrite, inputs, adopt=adopt) as run:
+    keep = (lambda path: resumable_checkpoint(path / "checkpoints") is not None) if minutes > 0 else None
+    with RunDir(output, overwrite, inputs, adopt=adopt, keep_on_interrupt=keep) as run:
         args.output_dir = str(run.path / "checkpoints")
         resume_from = resumable_checkpoint(run.path / "checkpoints") if run.adopted else None
         if resume_from is not None:

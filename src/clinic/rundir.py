@@ -99,8 +99,9 @@ def is_staging_dir(path: str | Path) -> bool:
 
 def stale_partials(final: Path) -> list[Path]:
     """The staging folders of ``final`` left by a stopped process (SIGTERM, kill -9): those whose
-    marker names a process of this host that no longer runs. A staging folder of a live process,
-    of another host or without a marker is not stale. Newest first."""
+    marker names a process of this host that no longer runs, or that an interrupted run marked as
+    stopped (``keep_on_interrupt``). A staging folder of a live process, of another host or without
+    a marker is not stale. Newest first."""
     stale = []
     for path in final.parent.glob(f".{glob.escape(final.name)}.partial-*"):
         if not is_staging_dir(path) or not path.is_dir():
@@ -110,7 +111,9 @@ def stale_partials(final: Path) -> list[Path]:
             pid, host = int(owner["pid"]), owner["host"]
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        if host == socket.gethostname() and pid != os.getpid() and not pid_alive(pid):
+        if host != socket.gethostname():
+            continue
+        if owner.get("stopped") or (pid != os.getpid() and not pid_alive(pid)):
             stale.append(path)
     return sorted(stale, key=lambda p: p.stat().st_mtime, reverse=True)
 
@@ -180,12 +183,16 @@ class RunDir:
     ``adopt(stale)``, when given, is asked about each staging folder a stopped run of the same
     target left behind (newest first): the first it accepts becomes this run's staging folder
     (``run.adopted`` names where it came from), so a training stage can resume from the
-    checkpoints in it; the rest are removed as usual. Single-process runs only."""
+    checkpoints in it; the rest are removed as usual. Single-process runs only.
+    ``keep_on_interrupt(path)``: when the run is interrupted (Ctrl-C) and this says yes, its staging
+    folder is kept, marked as stopped, for a later run to adopt (any other error removes it)."""
 
-    def __init__(self, path: str | Path, overwrite: bool = False, inputs: tuple = (), adopt=None):
+    def __init__(self, path: str | Path, overwrite: bool = False, inputs: tuple = (), adopt=None,
+                 keep_on_interrupt=None):
         self.final = check_output_dir(path, overwrite, inputs)
         self.overwrite = overwrite
         self.adopt = adopt
+        self.keep_on_interrupt = keep_on_interrupt
         self.adopted: Path | None = None
         self.group = _process_group()
         self.is_main = self.group is None or self.group.get_rank() == 0
@@ -230,8 +237,16 @@ class RunDir:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
-            if self.is_main:
-                shutil.rmtree(self.path, ignore_errors=True)
+            if not self.is_main:
+                return
+            if (issubclass(exc_type, KeyboardInterrupt) and self.group is None and self.keep_on_interrupt is not None
+                    and self.keep_on_interrupt(self.path)):
+                marker = json.loads((self.path / MARKER).read_text())
+                (self.path / MARKER).write_text(json.dumps({**marker, "stopped": True}) + "\n")
+                print(f"clinic: interrupted; {self.path.name} is kept, and the next run of {self.final.name} "
+                      f"resumes from its checkpoint", file=sys.stderr)
+                return
+            shutil.rmtree(self.path, ignore_errors=True)
             return
         if self.group is not None:
             self.group.barrier()  # every process has finished writing (checkpoints)
