@@ -86,6 +86,50 @@ def test_per_sample_gradients_match_one_sample_at_a_time(ctx):
     assert torch.corrcoef(grads[:2])[0, 1] < 0.999
 
 
+def test_last_layer_gradients_are_the_full_gradients_restricted_and_stop_the_backward(ctx):
+    """--grad-layers 1 on the 2-layer tiny llama: the parameters are those of layer 1 only, each
+    per-sample gradient equals the matching slice of the all-layer gradient (the gradient of a
+    parameter does not depend on which others are asked for), and the backward pass never reaches
+    layer 0."""
+    from clinic.curation.gradients import last_layer_params
+
+    ws = ctx.workspace
+    names = {id(p): n for n, p in ws.model.named_parameters()}
+    top = last_layer_params(ws.model, 1)
+    assert top and all(".layers.1." in names[id(p)] for p in top)
+    assert len(top) == len([n for n, p in ws.model.named_parameters() if p.requires_grad and ".layers.1." in n])
+    full = ctx.candidate_gradients.projected  # exact (projection 0), every layer
+    keep = torch.cat([torch.full((p.numel(),), any(p is t for t in top)) for p in ws.params])
+    reached = []
+    layer0 = ws.model.get_base_model().model.layers[0]
+    handle = layer0.register_full_backward_hook(lambda *args: reached.append(1))
+    old = ws.params, ws.numels
+    try:
+        ws.params, ws.numels = top, [p.numel() for p in top]
+        part = ws.per_sample("candidates", Projector(ws.numels, 0), progress=False)
+    finally:
+        ws.params, ws.numels = old
+        handle.remove()
+    torch.testing.assert_close(part.projected, full[:, keep], rtol=1e-5, atol=1e-8)
+    assert not reached
+    # and the full pass does reach it (the hook works)
+    with torch.enable_grad():
+        handle = layer0.register_full_backward_hook(lambda *args: reached.append(1))
+        try:
+            rows, batch = next(ws.batches("candidates"))
+            from clinic.curation.gradients import per_sample_loss
+
+            torch.autograd.grad(per_sample_loss(ws.model, batch).sum(), ws.params)
+        finally:
+            handle.remove()
+    assert reached
+    with pytest.raises(ClinicError, match="more than the model's 2 decoder layers"):
+        last_layer_params(ws.model, 3)
+    assert CurateConfig(grad_layers=0).grad_layers == 0
+    with pytest.raises(ClinicError, match="--grad-layers must be >= 0"):
+        small_config(grad_layers=-1)
+
+
 @pytest.mark.parametrize("kind", ["sparse", "rademacher", "gaussian"])
 def test_projection_preserves_inner_products(kind):
     numels = [3000, 7000]

@@ -125,6 +125,7 @@ class CurationContext:
             model, tok, self.config.train_config(),
             {"candidates": self.data.candidate_samples(), "validation": self.data.validation_samples(),
              "harmful": self.data.harmful},
+            last_layers=self.config.grad_layers,
         )
         self.timings["model_load_seconds"] = time.perf_counter() - start
         return ws

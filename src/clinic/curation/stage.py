@@ -71,6 +71,9 @@ class CurateConfig:
     lora_r: int = field(default=8, metadata={"help": "rank of the LoRA adapter whose gradients are used"})
     lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha"})
     lora_targets: str = field(default=DEFAULT_TARGETS, metadata={"help": "comma-separated LoRA target modules"})
+    grad_layers: int = field(default=0, metadata={
+        "help": "gradients over the LoRA adapters of the last N decoder layers only (0: all layers); the backward "
+                "pass then stops at layer L-N, a cheaper approximation of the scores (docs/methods/pharmacist.md)"})
     projection: str = field(default="sparse", metadata={
         "help": "random projection of the per-sample gradients: sparse (CountSketch, O(D) per sample), "
                 "rademacher or gaussian (dense, chunked; O(D*dim))"})
@@ -107,6 +110,8 @@ class CurateConfig:
                 raise ClinicError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.n_candidates is not None and self.n_candidates < 1:
             raise ClinicError(f"--n-candidates must be at least 1, got {self.n_candidates}")
+        if self.grad_layers < 0:
+            raise ClinicError(f"--grad-layers must be >= 0 (0: all layers), got {self.grad_layers}")
         if self.projection not in PROJECTIONS:
             raise ClinicError(f"unknown projection {self.projection!r}; choose one of {', '.join(PROJECTIONS)}")
         if self.projection_dim < 0:
