@@ -563,6 +563,9 @@ _NUMERIC = [  # (command prefix, option, value, part of the message)
     (["demo", *TINY], "--align-lr", "nan", "lr must be a finite number"),
     (["demo", *TINY], "--batch-size", "0", "must be at least 1"),
     (["demo", *TINY], "--n-prompts", "0", "sample counts must be positive"),
+    (["demo", *TINY], "--poison-ratio", "0", "the harmful fine-tune needs a poison ratio p > 0"),
+    (["demo", *TINY], "--setting", "slow", "unknown setting 'slow'; choose one of quick, protocol"),
+    (["demo", *TINY], "--helpful-n", "0", "helpful_n must be a positive integer"),
 ]
 OPTION_CASES: list[Bad] = [
     Bad(f"{argv[0]}{option}={value}", f"`{argv[0]} {option} {value}`", [*argv, option, value], message)
