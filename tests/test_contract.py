@@ -184,6 +184,37 @@ def test_run_directory_reloads_and_runs_are_deterministic(tmp_path, data_dir, st
     _assert_same_weights(_adapter(runs[0]), _adapter(runs[1]), method)
 
 
+class _InterruptAfterFirstSave(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == 1:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("stage,method", STAGED)
+def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path, data_dir, stage, method, monkeypatch):
+    """Ctrl-C after the step-1 checkpoint, then the same stage again: it resumes there and
+    finishes (clinic.methods.checkpoints; exactness is tested for SFT in tests/test_resume.py)."""
+    import json
+
+    from clinic.methods.config import train_config
+    from clinic.pipeline import DataSpec, run_train
+
+    quiet()
+    data = DataSpec(source="refusals", n=8) if stage == "align" else DataSpec(task="sst2", n=8, poison_ratio=0.5)
+    train = train_config(f"cpu-{stage}", max_steps=3, batch_size=2, max_length=256, logging_steps=1, seed=3)
+    monkeypatch.setenv("CLINIC_CHECKPOINT_MINUTES", "1e-9")
+    with pytest.raises(KeyboardInterrupt):
+        run_train(stage, model="tiny-random-llama", method=method, train=train, data=data, output=tmp_path / "run",
+                  method_options=method_options(method), callbacks=[_InterruptAfterFirstSave()])
+    run = run_train(stage, model="tiny-random-llama", method=method, train=train, data=data, output=tmp_path / "run",
+                    method_options=method_options(method))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["resumed_from_step"] == 1 and metrics["steps"] == 3
+    assert not list((run / "checkpoints").glob("checkpoint-*"))
+    assert all(math.isfinite(e["loss"]) for e in map(json.loads, (run / "train_log.jsonl").read_text().splitlines())
+               if "loss" in e)
+
+
 # --------------------------------------------------------------------------------------------
 # repair methods
 
