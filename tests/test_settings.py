@@ -20,24 +20,44 @@ def no_thread_env(monkeypatch):
     (16, 4.2, 12), (16, 40.0, 1),
 ])
 def test_free_cores(no_thread_env, cores, load, expected):
-    threads, reason = torch_threads(cores=cores, load=load)
+    threads, reason = torch_threads(cores=cores, busy=load)
     assert threads == expected
     if expected is not None:
-        assert f"{load:.1f} on {cores} cores" in reason and f"using {expected} torch thread" in reason
+        assert f"{load:.1f} of {cores} cores busy" in reason and f"using {expected} torch thread" in reason
+
+
+def test_busy_cores_is_the_busy_share_of_the_interval_not_the_load_average():
+    from clinic.settings import busy_cores
+
+    # (busy, total) jiffies: 150 of 200 busy in the interval on 2 cores = 1.5 cores
+    reads = iter([(1000, 5000), (1150, 5200)])
+    assert busy_cores(2, interval=0.0, read=lambda: next(reads)) == pytest.approx(1.5)
+    reads = iter([(1000, 5000), (1000, 5200)])  # idle now, whatever the load average says
+    assert busy_cores(2, interval=0.0, read=lambda: next(reads)) == 0.0
+    assert busy_cores(2, interval=0.0, read=lambda: None) is None  # no /proc/stat
+
+
+def test_cpu_times_reads_proc_stat(tmp_path):
+    from clinic.settings import _cpu_times
+
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  10 2 30 400 5 0 1 0 0 0\ncpu0 5 1 15 200 2 0 0 0 0 0\n")
+    assert _cpu_times(str(stat)) == (43, 448)  # idle 400 + iowait 5 are not busy
+    assert _cpu_times(str(tmp_path / "missing")) is None
 
 
 def test_explicit_settings_win(no_thread_env, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    assert torch_threads(cores=2, load=5.0)[0] is None  # torch reads OMP_NUM_THREADS itself
+    assert torch_threads(cores=2, busy=5.0)[0] is None  # torch reads OMP_NUM_THREADS itself
     monkeypatch.setenv("CLINIC_THREADS", "3")
-    assert torch_threads(cores=2, load=5.0) == (3, "CLINIC_THREADS=3")
+    assert torch_threads(cores=2, busy=5.0) == (3, "CLINIC_THREADS=3")
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "two", "1.5"])
 def test_bad_clinic_threads(no_thread_env, monkeypatch, value):
     monkeypatch.setenv("CLINIC_THREADS", value)
     with pytest.raises(ClinicError, match="CLINIC_THREADS must be a positive whole number"):
-        torch_threads(cores=2, load=0.0)
+        torch_threads(cores=2, busy=0.0)
 
 
 def test_cli_applies_and_says_so(no_thread_env, monkeypatch, capsys):

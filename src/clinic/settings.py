@@ -68,15 +68,45 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 COMPUTE_COMMANDS = ("align", "finetune", "repair", "evaluate", "curate", "sink", "run", "demo")
 
 
-def torch_threads(cores: int | None = None, load: float | None = None) -> tuple[int | None, str]:
+def _cpu_times(stat: str = "/proc/stat") -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs since boot, from the first line of /proc/stat; None off Linux."""
+    try:
+        with open(stat) as fh:
+            fields = [int(v) for v in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    if len(fields) < 5:
+        return None
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_cores(cores: int, interval: float = 0.25, read=_cpu_times) -> float | None:
+    """How many cores other processes keep busy *now*: the CPUs' busy share over ``interval``
+    seconds (this process sleeps meanwhile), times ``cores``. None where /proc/stat is missing.
+    Not the 1-minute load average: right after a finished job (``make demo``'s own install step)
+    that still reads 1 or more for a minute on an idle machine."""
+    import time
+
+    first = read()
+    if first is None:
+        return None
+    time.sleep(interval)
+    second = read()
+    if second is None or second[1] <= first[1]:
+        return None
+    return cores * (second[0] - first[0]) / (second[1] - first[1])
+
+
+def torch_threads(cores: int | None = None, busy: float | None = None) -> tuple[int | None, str]:
     """The torch (OpenMP) thread count for this process, and why.
 
     ``CLINIC_THREADS`` wins; ``OMP_NUM_THREADS`` is left to torch, which reads it itself. Otherwise,
-    when other processes keep cores busy (the 1-minute load average, rounded, counts them), clinic
-    uses only the free cores, at least one: OpenMP threads synchronise at every operation, so a
-    thread sharing a core with another process makes all of them wait (on 2 shared cores, 2 threads
-    were 5x slower than 1; docs/generation.md). On a quiet machine torch's own default stands.
-    Returns ``(None, reason)`` when clinic leaves the count alone."""
+    when other processes keep cores busy (:func:`busy_cores`, rounded; the 1-minute load average
+    where it cannot be measured), clinic uses only the free cores, at least one: OpenMP threads
+    synchronise at every operation, so a thread sharing a core with another process makes all of
+    them wait (on 2 shared cores, 2 threads were 5x slower than 1; docs/generation.md). On a quiet
+    machine torch's own default stands. Returns ``(None, reason)`` when clinic leaves the count alone."""
     explicit = os.environ.get("CLINIC_THREADS", "").strip()
     if explicit:
         if not explicit.isdigit() or int(explicit) < 1:
@@ -87,10 +117,13 @@ def torch_threads(cores: int | None = None, load: float | None = None) -> tuple[
     if os.environ.get("OMP_NUM_THREADS", "").strip():
         return None, "OMP_NUM_THREADS is set"
     cores = cores if cores is not None else len(os.sched_getaffinity(0))
-    load = load if load is not None else os.getloadavg()[0]
-    busy = min(cores, int(load + 0.5))
-    if busy == 0:
+    if busy is None:
+        busy = busy_cores(cores)
+    if busy is None:
+        busy = os.getloadavg()[0]
+    taken = min(cores, int(busy + 0.5))
+    if taken == 0:
         return None, "the machine is quiet"
-    threads = max(1, cores - busy)
-    return threads, (f"load average {load:.1f} on {cores} cores: using {threads} torch thread(s) so that they do "
-                     f"not wait on other processes (set CLINIC_THREADS to choose)")
+    threads = max(1, cores - taken)
+    return threads, (f"{busy:.1f} of {cores} cores busy with other processes: using {threads} torch thread(s) so "
+                     f"that they do not wait on them (set CLINIC_THREADS to choose)")
