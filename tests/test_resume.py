@@ -213,6 +213,20 @@ def test_the_callback_saves_on_time_and_keeps_the_newest(tmp_path):
     assert not control.should_save
 
 
+def test_a_checkpoint_cut_short_is_not_resumed_from(tmp_path):
+    """A kill during a save: the newest checkpoint's state file is missing or cut; the one before counts."""
+    from clinic.methods.checkpoints import resumable_checkpoint
+
+    for step, state in ((4, '{"global_step": 4}'), (6, '{"global_st'), (8, None)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        for name in ("optimizer.pt", "scheduler.pt"):
+            (folder / name).write_text("x")
+        if state is not None:
+            (folder / "trainer_state.json").write_text(state)
+    assert resumable_checkpoint(tmp_path).name == "checkpoint-4"
+
+
 def test_the_runner_leaves_a_resumable_training_stage_to_run_train(tmp_path):
     from types import SimpleNamespace
 
@@ -222,7 +236,7 @@ def test_the_runner_leaves_a_resumable_training_stage_to_run_train(tmp_path):
         folder = tmp_path / f".{kind}-{name}.partial-0123abcd"
         ckpt = folder / "checkpoints" / "checkpoint-7"
         ckpt.mkdir(parents=True)
-        for file in ("trainer_state.json", "optimizer.pt", "scheduler.pt")[: 3 if resumable else 1]:
+        for file in ("optimizer.pt", "scheduler.pt", "trainer_state.json")[: 3 if resumable else 2]:
             (ckpt / file).write_text("{}")
         return folder
 

@@ -51,9 +51,22 @@ def checkpoints(folder: Path) -> list[Path]:
     return sorted(found, key=_step)
 
 
+def _complete(path: Path) -> bool:
+    """Trainer writes ``trainer_state.json`` last, after the weights, optimizer, scheduler and RNG
+    states: a checkpoint whose state file is there and parses was written whole (a kill during a
+    save leaves the previous checkpoint, pruned only after the next one is complete)."""
+    if not all((path / name).is_file() for name in RESUME_FILES):
+        return False
+    try:
+        json.loads((path / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def resumable_checkpoint(folder: Path) -> Path | None:
     """The newest checkpoint in ``folder`` that holds everything a resume needs, or ``None``."""
-    complete = [p for p in checkpoints(folder) if all((p / name).is_file() for name in RESUME_FILES)]
+    complete = [p for p in checkpoints(folder) if _complete(p)]
     return complete[-1] if complete else None
 
 
