@@ -28,18 +28,17 @@ from .data.sources import load_rows
 from .data.tasks import SCORED_TASKS, SCORING_RULES, get_task
 from .errors import ClinicError
 from .evaluation.vllm_backend import BACKENDS, check_backend  # light: imports vllm only when generating with it
+from .methods.checkpoints import (ResumeCheckpoints, checkpoint_step, drop_pickles, is_same_stage,
+                                  prune_resume_checkpoints, resumable_checkpoint)
 from .methods.config import TrainConfig
 from .methods.engines import check_engine, check_process_group, destroy_process_group_at_exit
 from .methods.registry import MethodSpec, get_method, method_config
-from .methods.checkpoints import (ResumeCheckpoints, checkpoint_step, drop_pickles, is_same_stage,
-                                  prune_resume_checkpoints, resumable_checkpoint)
 from .modeling.chain import ModelChain, chain_inputs, check_chain, load_chain, resolve_ref
 from .modeling.parallel import world_size
 from .models import attach_lora, default_prompt_style
 from .rundir import RunDir, check_output_dir, package_versions
 from .settings import checkpoint_minutes
 from .values import check_range, coerce_fields
-
 
 def peak_memory_mb() -> float:
     if torch.cuda.is_available():

@@ -37,8 +37,6 @@ def offline() -> bool:
     return any(os.environ.get(k, "").lower() in ("1", "true", "yes") for k in ("HF_HUB_OFFLINE", "CLINIC_OFFLINE"))
 
 
-# The modules that get LoRA adapters unless told otherwise: the reference pipelines' seven
-# projections (attention q/k/v/o, MLP gate/up/down). Defined here, not in models.py, because the
 CHECKPOINT_MINUTES = 10.0
 
 
@@ -61,6 +59,8 @@ def checkpoint_minutes() -> float:
     return value
 
 
+# The modules that get LoRA adapters unless told otherwise: the reference pipelines' seven
+# projections (attention q/k/v/o, MLP gate/up/down). Defined here, not in models.py, because the
 # CLI reads it while it builds its parsers, before torch is imported.
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 

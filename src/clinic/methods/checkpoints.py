@@ -40,15 +40,18 @@ _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 RESUME_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
 
 
-def _step(path: Path) -> int | None:
+def checkpoint_step(path: Path) -> int | None:
+    """The step of a ``checkpoint-N`` folder (``None`` for any other name)."""
     match = _CHECKPOINT.match(path.name)
     return int(match.group(1)) if match else None
 
 
 def checkpoints(folder: Path) -> list[Path]:
     """The ``checkpoint-N`` folders in ``folder``, by step."""
-    found = [p for p in folder.glob("checkpoint-*") if p.is_dir() and _step(p) is not None] if folder.is_dir() else []
-    return sorted(found, key=_step)
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.glob("checkpoint-*") if p.is_dir() and checkpoint_step(p) is not None),
+                  key=checkpoint_step)
 
 
 def _complete(path: Path) -> bool:
@@ -70,13 +73,9 @@ def resumable_checkpoint(folder: Path) -> Path | None:
     return complete[-1] if complete else None
 
 
-def checkpoint_step(path: Path) -> int:
-    return _step(path)
-
-
 def is_resume_only(path: Path, save_steps: int) -> bool:
     """A checkpoint saved only for resuming: not one of the ``save_steps`` trajectory."""
-    step = _step(path)
+    step = checkpoint_step(path)
     return step is not None and not (save_steps > 0 and step % save_steps == 0)
 
 
