@@ -35,7 +35,7 @@ from .evaluation.stats import paired_difference
 from .methods.config import train_config
 from .methods.registry import get_method
 from .modeling.chain import chain_inputs, check_chain, resolve_ref
-from .pipeline import DataSpec, EvalConfig, read_metrics, run_evaluate, run_train
+from .pipeline import DataSpec, EvalConfig, check_data_spec, read_metrics, run_evaluate, run_train
 from .report import format_delta, format_interval, markdown_table
 from .results import hs_column, outcomes
 from .rundir import check_output_dir, write_marker
@@ -93,8 +93,9 @@ class _Model:
     compare_with: str | None = None  # the label of the model it is compared with
 
 
-def _check(cfg: DemoConfig) -> tuple[list[str], dict]:
-    """Every setting checked before the first stage runs (and before the folder exists)."""
+def _check(cfg: DemoConfig) -> tuple[list[str], dict, DataSpec]:
+    """Every setting checked before the first stage runs (and before the folder exists); the
+    judges, the two training configs and the alignment data."""
     judges = [j.strip() for j in cfg.judges.split(",") if j.strip()]
     if not judges:
         raise ClinicError("the demo needs at least one judge (--judges)")
@@ -102,22 +103,23 @@ def _check(cfg: DemoConfig) -> tuple[list[str], dict]:
     check_mixture_args(cfg.n_finetune, cfg.poison_ratio)
     if cfg.poison_ratio == 0:
         raise ClinicError("the harmful fine-tune needs a poison ratio p > 0 (the benign one is p = 0)")
-    if cfg.helpful and (not isinstance(cfg.helpful_n, int) or cfg.helpful_n < 1):
-        raise ClinicError(f"helpful_n must be a positive integer, got {cfg.helpful_n!r}")
+    align_data = DataSpec(source="refusals", n=cfg.n_align, helpful=cfg.helpful or None,
+                          helpful_n=cfg.helpful_n if cfg.helpful else None)
+    check_data_spec("align", align_data)
     get_method(cfg.align_method, "align")
     if cfg.defence:
         get_method(cfg.defence, "finetune")
     common = dict(batch_size=cfg.batch_size, max_length=cfg.max_length, seed=cfg.seed, logging_steps=5)
     trains = {"align": train_config("protocol-align", lr=cfg.align_lr, epochs=cfg.align_epochs, **common),
               "finetune": train_config("protocol-attack", lr=cfg.finetune_lr, epochs=cfg.finetune_epochs, **common)}
-    return judges, trains
+    return judges, trains, align_data
 
 
 def run_demo(cfg: DemoConfig, output: str | Path, overwrite: bool = False) -> Path:
     chain = resolve_ref(cfg.model)
     # --overwrite replaces only a folder clinic wrote, and never the model the demo starts from
     out = check_output_dir(output, overwrite, chain_inputs(cfg.model, chain))
-    judges, trains = _check(cfg)
+    judges, trains, align_data = _check(cfg)
     evaluation = EvalConfig(n_prompts=cfg.n_prompts, judges=judges, tasks=[cfg.task] if cfg.task != "alpaca" else [],
                             n_task=cfg.n_task, max_new_tokens=cfg.max_new_tokens, batch_size=32)
     check_chain(chain)
@@ -158,9 +160,8 @@ def run_demo(cfg: DemoConfig, output: str | Path, overwrite: bool = False) -> Pa
     if cfg.base:
         models.append(_Model("base model", evaluate(cfg.model, "base")))
     aligned = timed("align", lambda: run_train(
-        "align", model=cfg.model, method=cfg.align_method, train=trains["align"],
-        data=DataSpec(source="refusals", n=cfg.n_align, helpful=cfg.helpful or None,
-                      helpful_n=cfg.helpful_n if cfg.helpful else None), output=out / "align"))
+        "align", model=cfg.model, method=cfg.align_method, train=trains["align"], data=align_data,
+        output=out / "align"))
     models.append(_Model(f"aligned ({cfg.align_method})", evaluate(aligned, "aligned")))
     benign = "benign fine-tune (p=0)"
     models.append(_Model(benign, evaluate(finetune("sft", 0.0, "p0"), "p0")))

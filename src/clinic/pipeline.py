@@ -94,8 +94,8 @@ def check_data_spec(stage: str, data: DataSpec) -> None:
         raise ClinicError("--helpful and --helpful-n go together: name the helpful dataset and how many of its rows to mix in")
     if data.helpful is not None and stage != "align":
         raise ClinicError("--helpful mixes helpful answers into alignment data; it does not apply to fine-tuning")
-    if data.helpful_n is not None:
-        check_mixture_args(data.helpful_n, 0.0)
+    if data.helpful_n is not None and (not isinstance(data.helpful_n, int) or data.helpful_n < 1):
+        raise ClinicError(f"helpful_n must be a positive integer, got {data.helpful_n!r}")
     if data.helpful is not None and data.helpful == source:
         raise ClinicError(f"--helpful names the alignment data itself ({source!r}); name another dataset")
     if data.columns and source in SOURCES:
