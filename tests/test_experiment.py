@@ -142,6 +142,17 @@ def test_curate_block_feeds_the_alignments(tmp_path, data_dir):
     with pytest.raises(ClinicError, match="unknown curate option"):
         Experiment.from_dict({**exp, "curate": {"selector": "random", "ratio": 0.5, "options": {"gama": 1}}})
 
+    # helpful rows are mixed into the curated subset as into uncurated data (they are not candidates)
+    exp["align"].update(helpful="alpaca", helpful_n=3)
+    plan_h = Experiment.from_dict(exp).plan()
+    assert plan_h[0].dirname == plan[0].dirname  # the same curation stage, reused
+    root = run_experiment(write_experiment(tmp_path / "cur-h.yaml", exp), tmp_path / "cur-h", report=False)
+    indices = json.loads((root / "stages" / plan_h[1].dirname / "data_indices.json").read_text())
+    assert indices["train"]["n"] == 7
+    assert len(indices["train"]["indices"]["alpaca"]) == 3
+    subset_key = str(root / "stages" / plan[0].dirname / "subset.jsonl")
+    assert sorted(indices["train"]["indices"]) == sorted(["alpaca", subset_key])
+
 
 def test_missing_experiment_file(tmp_path, capsys):
     assert main(["run", str(tmp_path / "none.yaml")]) == 2

@@ -140,8 +140,6 @@ def expand(exp) -> list[Stage]:
             if data["n"] is not None:
                 data["n"] = integer(data["n"], "align n")
                 check_mixture_args(data["n"], 0.0)
-            if ("helpful" in exp.align or "helpful_n" in exp.align) and curated is not None:
-                raise ClinicError("align helpful cannot be combined with a curate block yet: the curated subset is the alignment data")
             if "helpful" in exp.align or "helpful_n" in exp.align:  # only then: older stage hashes stay as they were
                 if "helpful" not in exp.align or "helpful_n" not in exp.align:
                     raise ClinicError("align helpful and helpful_n go together: the helpful dataset and how many rows")

@@ -52,7 +52,10 @@ def run_stage(store: Path, exp: Experiment, stage: Stage, judges: dict) -> Path:
         model_ref = cfg.get("model") or _model_ref(store, exp, stage)
         if stage.kind == "align" and stage.parent is not None and stage.parent.kind == "curate":
             model_ref = exp.model
-            data = DataSpec(source=str(stage_path(store, stage.parent) / "subset.jsonl"), n=None)
+            # the curated subset replaces the alignment source; helpful rows, if any, are mixed in
+            # as without curation (they are not candidates: Pharmacist curates the safety data)
+            data = DataSpec(source=str(stage_path(store, stage.parent) / "subset.jsonl"), n=None,
+                            helpful=cfg["data"].get("helpful"), helpful_n=cfg["data"].get("helpful_n"))
         elif stage.kind == "align":
             data = DataSpec(source=cfg["data"]["source"], n=cfg["data"]["n"], selection=cfg["data"]["selection"],
                             helpful=cfg["data"].get("helpful"), helpful_n=cfg["data"].get("helpful_n"))
