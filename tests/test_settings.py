@@ -44,6 +44,9 @@ def test_cpu_times_reads_proc_stat(tmp_path):
     stat.write_text("cpu  10 2 30 400 5 0 1 0 0 0\ncpu0 5 1 15 200 2 0 0 0 0 0\n")
     assert _cpu_times(str(stat)) == (43, 448)  # idle 400 + iowait 5 are not busy
     assert _cpu_times(str(tmp_path / "missing")) is None
+    # guest and guest_nice are already inside user and nice: not counted twice
+    stat.write_text("cpu  10 2 30 400 5 0 1 0 7 3\n")
+    assert _cpu_times(str(stat)) == (43, 448)
 
 
 def test_explicit_settings_win(no_thread_env, monkeypatch):

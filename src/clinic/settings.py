@@ -77,8 +77,11 @@ def _cpu_times(stat: str = "/proc/stat") -> tuple[int, int] | None:
         return None
     if len(fields) < 5:
         return None
+    # user nice system idle iowait irq softirq steal [guest guest_nice]: the kernel already counts
+    # guest time inside user and nice, so summing it too would count a VM host's guests twice
+    total = sum(fields[:8])
     idle = fields[3] + fields[4]  # idle + iowait
-    return sum(fields) - idle, sum(fields)
+    return total - idle, total
 
 
 def busy_cores(cores: int, interval: float = 0.25, read=_cpu_times) -> float | None:
