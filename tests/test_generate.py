@@ -8,7 +8,7 @@ import torch
 from clinic.data.formatting import PromptFormat, encode_prompts, format_prompt
 from clinic.data.samples import pad_batch
 from clinic.errors import ClinicError
-from clinic.evaluation.generate import generate, stop_token_ids
+from clinic.evaluation.generate import MIN_SHARED_PREFIX, generate, shared_prefix_length, stop_token_ids
 from clinic.models import TINY_ARCHS, tiny_random_model
 
 
@@ -23,8 +23,8 @@ TEXTS = [
 ]
 
 
-def _prompt_ids(tok, texts=TEXTS):
-    fmt = PromptFormat("chat")
+def _prompt_ids(tok, texts=TEXTS, system=None):
+    fmt = PromptFormat("chat", system)
     return encode_prompts(tok, fmt, [format_prompt(tok, fmt, t) for t in texts])
 
 
@@ -56,6 +56,71 @@ def test_batched_equals_unbatched_tiny(arch):
     assert whole == single
     assert single == _reference(model, tok, ids, 20)
     assert sum(len(s) for s in single) > 0  # a random model does produce text
+
+
+SYSTEM = "You are a careful assistant. Answer in one short paragraph."
+
+
+class _ForwardSpy:
+    """Records the (batch, length) of every input a model's forward receives."""
+
+    def __init__(self, model):
+        self.shapes = []
+        self.handle = model.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, _module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        self.shapes.append(tuple(ids.shape))
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_shared_prefix_is_computed_once_and_changes_no_answer(arch):
+    """With a system prompt every prompt opens with the same tokens: they are run once, in a
+    one-row forward, and each batch prefills only the rest; the answers stay those of plain
+    unpadded one-at-a-time decoding."""
+    model, tok = tiny_random_model(arch, seed=1)
+    ids = _prompt_ids(tok, system=SYSTEM)
+    shared = shared_prefix_length(model, ids, 20)
+    assert shared >= MIN_SHARED_PREFIX
+    spy = _ForwardSpy(model)
+    try:
+        batched = generate(model, tok, ids, batch_size=4, max_new_tokens=20, progress=False)
+    finally:
+        spy.handle.remove()
+    assert spy.shapes[0] == (1, shared)  # the prefix, once
+    longest = max(len(i) for i in ids)
+    first_batch = [s for s in spy.shapes[1:] if s[0] == 4][0]
+    assert first_batch[1] == longest - shared  # the rest only: the prefix is not prefilled again
+    plain = generate(model, tok, ids, batch_size=4, max_new_tokens=20, progress=False, share_prefix=False)
+    assert batched == plain == _reference(model, tok, ids, 20)
+    assert generate(model, tok, ids, batch_size=1, max_new_tokens=20, progress=False) == plain
+
+
+def test_shared_prefix_with_a_lora_adapter():
+    """The evaluated models are PEFT-wrapped: the prefix cache goes through PeftModel too."""
+    from peft import LoraConfig, get_peft_model
+
+    model, tok = tiny_random_model("llama", seed=2)
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                             init_lora_weights=False))
+    ids = _prompt_ids(tok, system=SYSTEM)
+    shared = generate(model, tok, ids, batch_size=3, max_new_tokens=16, progress=False)
+    plain = generate(model, tok, ids, batch_size=3, max_new_tokens=16, progress=False, share_prefix=False)
+    assert shared == plain
+    assert shared == _reference(model, tok, ids, 16)
+
+
+def test_shared_prefix_length_rules():
+    model, tok = tiny_random_model("llama", seed=1)
+    ids = _prompt_ids(tok, system=SYSTEM)
+    n = shared_prefix_length(model, ids, 20)
+    assert ids[0][:n] == ids[-1][:n] and n >= MIN_SHARED_PREFIX
+    # a prompt that is all prefix: one token stays out, for the first forward to feed
+    assert shared_prefix_length(model, [ids[0], ids[0][:n]], 20) == n - 1
+    assert shared_prefix_length(model, _prompt_ids(tok), 20) == 0  # 6 shared tokens: not worth it
+    model.config.sliding_window = max(len(i) for i in ids) + 19  # prompt + answer exceed the window
+    assert shared_prefix_length(model, ids, 20) == 0
+    assert shared_prefix_length(model, ids, 19) == n
 
 
 def test_order_is_restored_and_outputs_differ_per_prompt():
