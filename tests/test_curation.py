@@ -347,6 +347,9 @@ def test_cli_curate_writes_everything_and_the_subset_aligns(tmp_path, capsys, da
     assert {r["prompt"] for r in subset} == selected_prompts
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_candidates"] == 12 and metrics["k"] == 6 and metrics["selector_seconds"] > 0
+    # the profile of the per-sample pass: its parts are measured and fit inside it
+    parts = [metrics[f"per_sample_{p}_seconds"] for p in ("forward_backward", "outer_products", "projection")]
+    assert all(p > 0 for p in parts) and sum(parts) <= metrics["per_sample_gradient_seconds"]
     assert metrics["estimated_alignment_steps_saved"] == 0.5 and len(metrics["selector_info"]["rounds"]) == 1
     config = (out / "config.yaml").read_text()
     assert "seed: 0" in config and "torch" in config and "selector: pharmacist" in config

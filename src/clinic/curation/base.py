@@ -141,6 +141,7 @@ class CurationContext:
         """:class:`~clinic.curation.gradients.PerSampleStats` of the candidates at theta."""
         stats = self.workspace.per_sample("candidates", self.projector, progress=self.progress)
         self.timings["per_sample_gradient_seconds"] = stats.seconds
+        self.timings.update({f"per_sample_{part}_seconds": sec for part, sec in stats.parts.items()})
         return stats
 
     @cached_property

@@ -30,7 +30,7 @@ import math
 import re
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -224,6 +224,9 @@ class PerSampleStats:
     norms: torch.Tensor  # [N] exact L2 norm of each per-sample gradient
     grad_sum: list[torch.Tensor]  # sum of the per-sample gradients, per parameter (full size)
     seconds: float = 0.0
+    # where the seconds went: forward_backward, outer_products (per-sample gradients and their
+    # norms from the taps), projection; the rest is batching and tokenisation
+    parts: dict[str, float] = field(default_factory=dict)
 
 
 class GradientWorkspace:
@@ -304,24 +307,32 @@ class GradientWorkspace:
         start = time.perf_counter()
         taps = LinearGradTaps(self.model, self.params)
         projected, losses, norms = [], [], []
+        parts: dict[str, float] = {}
         grad_sum = [torch.zeros_like(p) for p in self.params]
         total = self.size(name)
         try:
             with tqdm(total=total, desc=f"per-sample gradients ({name})", unit="sample", disable=not progress) as bar:
                 for rows, batch in self.batches(name):
+                    t0 = time.perf_counter()
                     loss = per_sample_loss(self.model, batch)
                     grads = torch.autograd.grad(loss.sum(), self.params)
                     for acc, g in zip(grad_sum, grads):
                         acc += g
+                    t1 = time.perf_counter()
                     per = taps.per_sample(len(rows))
                     norms.append(torch.stack([g.reshape(len(rows), -1).double().pow(2).sum(1) for g in per]).sum(0).sqrt())
+                    t2 = time.perf_counter()
                     projected.append(projector(per).double().cpu())
                     losses.append(loss.detach().double().cpu())
+                    t3 = time.perf_counter()
+                    for part, seconds in (("forward_backward", t1 - t0), ("outer_products", t2 - t1),
+                                          ("projection", t3 - t2)):
+                        parts[part] = parts.get(part, 0.0) + seconds
                     bar.update(len(rows))
         finally:
             taps.remove()
         return PerSampleStats(torch.cat(projected), torch.cat(losses), torch.cat(norms).cpu(), grad_sum,
-                              time.perf_counter() - start)
+                              time.perf_counter() - start, parts)
 
     def mean_gradient(self, name: str, weights: torch.Tensor | None = None) -> tuple[float, list[torch.Tensor]]:
         """The weighted mean per-sample loss of a set (uniform when ``weights`` is ``None``;
