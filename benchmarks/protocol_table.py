@@ -18,7 +18,7 @@ from clinic.report import format_interval
 from clinic.results import aggregate, collect_evaluations, hs_column, paired_comparison
 
 
-def _models(folder: Path) -> dict:
+def models_of(folder: Path) -> dict:
     """Model (``"aligned"``, ``"base"`` or the poison ratio) -> (its evaluation records, its
     aggregated row), read by :func:`clinic.results.collect_evaluations` like ``clinic report``."""
     records, _ = collect_evaluations(folder)
@@ -29,39 +29,39 @@ def _models(folder: Path) -> dict:
     return out
 
 
-def _hs(model, column: str):
+def hs_of(model, column: str):
     row = model[1]
     return format_interval(row[column], row[f"{column} ci95"]), row[column], row[f"{column} ci95"]
 
 
-def _fa(model):
+def fa_of(model):
     row = model[1]
     if "FA sst2" not in row:
         return "—", None
     return format_interval(row["FA sst2"], row["FA sst2 ci95"]), row["FA sst2"]
 
 
-def _paired(a, b, column: str) -> str:
+def paired_text(a, b, column: str) -> str:
     r = paired_comparison(a[0], b[0], column)
     assert "n/a" not in r, r["n/a"]
     return f"{r['diff']:+.1f} [{r['ci95'][0]:+.1f}, {r['ci95'][1]:+.1f}], p = {r['p']:.1g}"
 
 
 def cell(folder: Path, judge: str) -> dict:
-    models = _models(folder)
+    models = models_of(folder)
     column = hs_column(judge, "beavertails-test")
     ps = sorted(k for k in models if isinstance(k, float))
-    row = {"cell": folder.name, "aligned": _hs(models["aligned"], column)[0]}
+    row = {"cell": folder.name, "aligned": hs_of(models["aligned"], column)[0]}
     for p in ps:
-        row[f"p={p:g}"] = _hs(models[p], column)[0]
-        row[f"FA p={p:g}"] = _fa(models[p])[0]
-    hs = {p: _hs(models[p], column) for p in ps}
-    aligned = _hs(models["aligned"], column)
+        row[f"p={p:g}"] = hs_of(models[p], column)[0]
+        row[f"FA p={p:g}"] = fa_of(models[p])[0]
+    hs = {p: hs_of(models[p], column) for p in ps}
+    aligned = hs_of(models["aligned"], column)
     if 0.0 in models:
-        row["p=0 - aligned"] = _paired(models[0.0], models["aligned"], column)
+        row["p=0 - aligned"] = paired_text(models[0.0], models["aligned"], column)
         top = ps[-1]
-        row[f"p={top:g} - p=0"] = _paired(models[top], models[0.0], column)
-        fa0, fatop = _fa(models[0.0])[1], _fa(models[top])[1]
+        row[f"p={top:g} - p=0"] = paired_text(models[top], models[0.0], column)
+        fa0, fatop = fa_of(models[0.0])[1], fa_of(models[top])[1]
         middle = [p for p in ps if 0 < p < top]
         row["(a)"] = aligned[1] <= 10
         row["(b)"] = hs[0.0][1] <= aligned[1] + 10

@@ -1,0 +1,87 @@
+"""Claim C5's table: alignment on a curated subset against the full data, from the committed results.
+
+    python benchmarks/curation_table.py --full results/calib-b results/c5-pharmacist results/c5-random
+
+Each folder is a `clinic run` results folder of the protocol (docs/protocol.md): ``--full`` the
+alignment on all the data (cell B), the others an alignment on a curated subset
+(``configs/protocol-curation-*.yaml``), each with the same attacks. For the aligned model and each
+attacked one: HS with its 95 % Wilson interval, the paired difference to the full data on the same
+prompts (Newcombe interval, exact McNemar p), FA; and the curation's own figures: selector, rows
+kept, selector seconds and alignment steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from protocol_table import fa_of, hs_of, models_of, paired_text
+
+from clinic.results import hs_column
+
+
+def curation_of(folder: Path) -> dict:
+    """The curate stage's metrics and the alignment's steps in a results folder ({} for none)."""
+    store = folder / "store"
+    out = {}
+    for stage in sorted(store.glob("curate-*")):
+        m = json.loads((stage / "metrics.json").read_text())
+        out.update(selector=m["selector"], k=m["k"], n_candidates=m["n_candidates"],
+                   selector_seconds=m["selector_seconds"])
+    for stage in sorted(store.glob("align-*")):
+        m = json.loads((stage / "metrics.json").read_text())
+        out.update(align_rows=m["n_train"], align_steps=m["steps"], align_seconds=m["train_seconds"])
+    return out
+
+
+def rows(full: Path, curated: list[Path], judge: str) -> list[dict]:
+    column = hs_column(judge, "beavertails-test")
+    base = models_of(full)
+    out = []
+    for folder in [full, *curated]:
+        models = models_of(folder)
+        info = curation_of(folder)
+        row = {"data": info.get("selector", "full data") if folder != full else "full data", "folder": str(folder),
+               **{k: v for k, v in info.items() if k != "selector"}}
+        for key in ["aligned", *sorted(k for k in models if isinstance(k, float))]:
+            if key not in base:
+                continue
+            name = "aligned" if key == "aligned" else f"p={key:g}"
+            row[name] = hs_of(models[key], column)[0]
+            row[f"FA {name}"] = fa_of(models[key])[0]
+            if folder != full:
+                row[f"{name} - full"] = paired_text(models[key], base[key], column)
+        out.append(row)
+    return out
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("curated", nargs="+", type=Path)
+    parser.add_argument("--full", type=Path, required=True, help="the full-data run (e.g. results/calib-b)")
+    parser.add_argument("--judge", default="harm-ce")
+    parser.add_argument("--markdown", action="store_true")
+    args = parser.parse_args(argv)
+    table = rows(args.full, args.curated, args.judge)
+    if not args.markdown:
+        for row in table:
+            print(json.dumps(row, ensure_ascii=False))
+        return table
+    keys = [k for k in ("aligned", "p=0.1", "p=0.2") if any(k in r for r in table)]
+    head = ["alignment data", "rows (steps)", "selector s"]
+    for k in keys:
+        head += [f"HS {k}", f"Δ {k} vs full", f"FA {k}"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for r in table:
+        cells = [r["data"], f"{r.get('align_rows', '—')} ({r.get('align_steps', '—')})",
+                 f"{r['selector_seconds']:.0f}" if "selector_seconds" in r else "—"]
+        for k in keys:
+            cells += [r.get(k, "—"), r.get(f"{k} - full", "—"), r.get(f"FA {k}", "—")]
+        print("| " + " | ".join(cells) + " |")
+    return table
+
+
+if __name__ == "__main__":
+    main()
