@@ -206,3 +206,25 @@ def test_batched_equals_unbatched_smollm2():
     assert batched == single
     assert "Paris" in single[0]
     assert all(s for s in single)
+
+
+def test_shared_prefix_on_a_sliding_window_model():
+    """Gemma 3 (clinic's embedded 270M model) mixes sliding-window and global layers: with the
+    prompt and answer inside the window, the shared prefix is used and changes no answer; past
+    the window it is not used."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    _, tok = tiny_random_model("gemma", seed=1)
+    ids = _prompt_ids(tok, system=SYSTEM)
+    longest = max(len(i) for i in ids)
+    config = Gemma3TextConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                              sliding_window=longest + 24, max_position_embeddings=512)
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(config).eval()
+    model.generation_config.pad_token_id = tok.pad_token_id
+    assert shared_prefix_length(model, ids, 24) >= MIN_SHARED_PREFIX
+    assert shared_prefix_length(model, ids, 25) == 0
+    reference = _reference(model, tok, ids, 24)
+    assert generate(model, tok, ids, batch_size=4, max_new_tokens=24, progress=False) == reference
+    assert sum(len(r) for r in reference) > 0
