@@ -59,12 +59,14 @@ def ctx():
 
 def single_sample_grads(ws: GradientWorkspace, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Independent reference: each sample alone, HF's own loss, autograd: (losses, [N, D] grads)."""
-    losses, grads = [], []
-    for _, batch in ws.batches(name, batch_size=1):
+    losses, grads = {}, {}
+    for rows, batch in ws.batches(name, batch_size=1):
         loss = lm_loss(ws.model, batch)
-        grads.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, ws.params)]))
-        losses.append(loss.item())
-    return torch.tensor(losses, dtype=torch.float64), torch.stack(grads).double()
+        grads[rows[0]] = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, ws.params)])
+        losses[rows[0]] = loss.item()
+    assert sorted(losses) == list(range(ws.size(name)))
+    return (torch.tensor([losses[i] for i in sorted(losses)], dtype=torch.float64),
+            torch.stack([grads[i] for i in sorted(grads)]).double())
 
 
 # --------------------------------------------------------------------------------------------
@@ -84,6 +86,27 @@ def test_per_sample_gradients_match_one_sample_at_a_time(ctx):
     # both LoRA matrices carry gradient, and samples differ
     assert (grads.abs().sum(0) > 0).float().mean() > 0.5
     assert torch.corrcoef(grads[:2])[0, 1] < 0.999
+
+
+def test_batches_run_longest_first_and_results_come_back_in_row_order():
+    """Untruncated candidates of different lengths: the batches are length-sorted (not row
+    order), and the per-sample losses, gradients and norms still come back row by row, equal to
+    one-sample-at-a-time autograd with HF's own loss over every logit."""
+    context = CurationContext(small_config(max_length=512), curation_data(), tiny_loader, progress=False)
+    try:
+        ws = context.workspace
+        order = [row for rows, _ in ws.batches("candidates") for row in rows]
+        lengths = [len(ids) for ids in ws.datasets["candidates"]["input_ids"]]
+        assert order != sorted(order) and [lengths[i] for i in order] == sorted(lengths, reverse=True)
+        assert ws._logits_to_keep  # the output head runs over the labelled part only
+        stats = ws.per_sample("candidates", Projector(ws.numels, 0), progress=False)
+        losses, grads = single_sample_grads(ws, "candidates")
+        torch.testing.assert_close(stats.losses, losses, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(stats.projected, grads, rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(stats.norms, grads.norm(dim=1), rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(ws.losses("candidates"), losses, rtol=1e-5, atol=1e-6)
+    finally:
+        context.close()
 
 
 def test_last_layer_gradients_are_the_full_gradients_restricted_and_stop_the_backward(ctx):

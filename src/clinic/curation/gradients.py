@@ -26,6 +26,7 @@ numbers by a seeded random projection P with E[<Pa, Pb>] = <a, b> (Johnson-Linde
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 import tempfile
@@ -47,13 +48,26 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "labels", "position_ids")
 # losses
 
 
-def per_sample_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean next-token cross-entropy over each sample's labelled (response) tokens: shape [B]."""
+def per_sample_loss(model, batch: dict[str, torch.Tensor], labelled_only: bool = False) -> torch.Tensor:
+    """Mean next-token cross-entropy over each sample's labelled (response) tokens: shape [B].
+
+    ``labelled_only``: the output head runs only from the batch's first labelled position on
+    (``logits_to_keep``), not over the prompts in front of it, which no loss term reads. The LM head
+    is about a fifth of a SmolLM2 forward pass and half of a backward pass that stops after a few
+    layers; the logits it does compute are the same."""
     inputs = {k: v for k, v in batch.items() if k in MODEL_INPUTS and k != "labels"}
-    logits = model(**inputs, use_cache=False).logits[:, :-1]
+    labels = batch["labels"][:, 1:]
+    if labelled_only:
+        labelled = (labels != -100).any(0).nonzero()
+        first = int(labelled[0]) if len(labelled) else labels.shape[1] - 1
+        # hidden positions first .. L-1 predict tokens first+1 .. L (the last one predicts nothing)
+        logits = model(**inputs, use_cache=False, logits_to_keep=labels.shape[1] + 1 - first).logits[:, :-1]
+        labels = labels[:, first:]
+    else:
+        logits = model(**inputs, use_cache=False).logits[:, :-1]
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
-    labels = batch["labels"][:, 1:].to(logits.device)
+    labels = labels.to(logits.device)
     token_loss = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
     mask = labels != -100
     return (token_loss * mask).sum(1) / mask.sum(1).clamp(min=1)
@@ -282,6 +296,8 @@ class GradientWorkspace:
         self.model.eval()  # no dropout: the gradients are deterministic
         self.params = last_layer_params(self.model, last_layers)
         self.numels = [p.numel() for p in self.params]
+        base = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+        self._logits_to_keep = "logits_to_keep" in inspect.signature(base.forward).parameters
 
     def __len__(self) -> int:
         return sum(self.numels)
@@ -290,12 +306,22 @@ class GradientWorkspace:
         return len(self.datasets[name])
 
     def batches(self, name: str, batch_size: int | None = None):
-        """``(row indices, collated batch on the model's device)`` over a set, in order."""
+        """``(row indices, collated batch on the model's device)`` over a set, longest rows first:
+        a batch holds rows of similar length, so little of it is padding (on 1,024 refusals at
+        128 tokens, dataset order padded 22 % of the tokens, this order 1 %). A sample's loss and
+        gradient do not depend on its batch; callers put results back by the row indices."""
         dataset = self.datasets[name].select_columns(["input_ids", "labels"])
         size = batch_size or self.batch_size
-        for start in range(0, len(dataset), size):
-            rows = list(range(start, min(start + size, len(dataset))))
+        lengths = [len(ids) for ids in dataset["input_ids"]]
+        order = sorted(range(len(dataset)), key=lambda i: -lengths[i])  # stable: ties keep their order
+        for start in range(0, len(order), size):
+            rows = order[start:start + size]
             yield rows, self.trainer._prepare_inputs(self.trainer.data_collator([dataset[i] for i in rows]))
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """:func:`per_sample_loss`, with the output head over the labelled part where the model
+        takes ``logits_to_keep``."""
+        return per_sample_loss(self.model, batch, labelled_only=self._logits_to_keep)
 
     # -- passes -----------------------------------------------------------------------------
 
@@ -307,14 +333,16 @@ class GradientWorkspace:
         start = time.perf_counter()
         taps = LinearGradTaps(self.model, self.params)
         projected, losses, norms = [], [], []
+        order: list[int] = []
         parts: dict[str, float] = {}
         grad_sum = [torch.zeros_like(p) for p in self.params]
         total = self.size(name)
         try:
             with tqdm(total=total, desc=f"per-sample gradients ({name})", unit="sample", disable=not progress) as bar:
                 for rows, batch in self.batches(name):
+                    order += rows
                     t0 = time.perf_counter()
-                    loss = per_sample_loss(self.model, batch)
+                    loss = self.loss(batch)
                     grads = torch.autograd.grad(loss.sum(), self.params)
                     for acc, g in zip(grad_sum, grads):
                         acc += g
@@ -331,8 +359,9 @@ class GradientWorkspace:
                     bar.update(len(rows))
         finally:
             taps.remove()
-        return PerSampleStats(torch.cat(projected), torch.cat(losses), torch.cat(norms).cpu(), grad_sum,
-                              time.perf_counter() - start, parts)
+        back = torch.argsort(torch.tensor(order))  # batch order -> row order
+        return PerSampleStats(torch.cat(projected)[back], torch.cat(losses)[back], torch.cat(norms).cpu()[back],
+                              grad_sum, time.perf_counter() - start, parts)
 
     def mean_gradient(self, name: str, weights: torch.Tensor | None = None) -> tuple[float, list[torch.Tensor]]:
         """The weighted mean per-sample loss of a set (uniform when ``weights`` is ``None``;
@@ -342,7 +371,7 @@ class GradientWorkspace:
         value = 0.0
         grads = [torch.zeros_like(p) for p in self.params]
         for rows, batch in self.batches(name):
-            loss = per_sample_loss(self.model, batch)
+            loss = self.loss(batch)
             objective = (loss * w[rows].to(loss.device, loss.dtype)).sum()
             for acc, g in zip(grads, torch.autograd.grad(objective, self.params)):
                 acc += g
@@ -354,12 +383,13 @@ class GradientWorkspace:
         """Per-sample losses of a set at the current parameters (forward passes only): [N]."""
         from tqdm.auto import tqdm
 
-        out = []
+        out, order = [], []
         with tqdm(total=self.size(name), desc=f"per-sample losses ({name})", unit="sample", disable=not progress) as bar:
             for rows, batch in self.batches(name):
-                out.append(per_sample_loss(self.model, batch).double().cpu())
+                out.append(self.loss(batch).double().cpu())
+                order += rows
                 bar.update(len(rows))
-        return torch.cat(out)
+        return torch.cat(out)[torch.argsort(torch.tensor(order))]
 
     def mean_loss(self, name: str) -> float:
         return self.losses(name).mean().item()
