@@ -93,6 +93,23 @@ def test_hash_depends_on_config_and_parent_only(data_dir):
     assert set(hashes(c, "finetune")).isdisjoint(hashes(b, "finetune"))  # parent changed
 
 
+def test_plan_runs_each_alignment_s_attacks_before_the_next_alignment():
+    """Depth first: every stage comes after its parent, and an aligned model's fine-tunes (with
+    their evaluations and sink stages) come before the next alignment, so a long grid finishes
+    whole cells early."""
+    exp = tiny_experiment()
+    exp["align"]["methods"] = ["sft", "vaccine"]
+    plan = Experiment.from_dict(exp).plan()
+    position = {s.hash: i for i, s in enumerate(plan)}
+    assert all(s.parent is None or position[s.parent.hash] < i for i, s in enumerate(plan))
+    second_align = next(i for i, s in enumerate(plan) if s.kind == "align" and s.labels["align"] == "vaccine")
+    first_subtree = [i for i, s in enumerate(plan) if s.labels.get("align") == "sft" and s.kind != "evaluate"
+                     or (s.parent is not None and s.parent.labels.get("align") == "sft")]
+    assert len([i for i in first_subtree if plan[i].kind == "finetune"]) == 2
+    assert max(first_subtree) < second_align
+    assert [s.kind for s in plan[:3]] == ["evaluate", "align", "evaluate"]  # base, aligned, its evaluation
+
+
 def test_finetune_blocks_filter_aligned_models(data_dir):
     exp = Experiment.from_dict(tiny_experiment(
         align={"methods": ["sft", "vaccine"], "n": 8},

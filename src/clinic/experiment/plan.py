@@ -181,7 +181,33 @@ def expand(exp) -> list[Stage]:
             for _entry, align in aligned_models:
                 if align is not None:
                     stages.append(sink_stage(align, align.labels))
-    return _unique(stages)
+    return _depth_first(_unique(stages))
+
+
+def _depth_first(stages: list[Stage]) -> list[Stage]:
+    """Each model stage followed by everything built on it (its evaluation, then each fine-tune
+    with its own evaluation, repair and sink stages) before the next sibling: the runner takes
+    stages in this order, so an aligned model's attacks run before the next alignment starts and a
+    long grid yields finished cells early (a grid of six alignments ran all six before the first
+    attack). Siblings keep their order; only the order changes, never a stage."""
+    hashes = {s.hash for s in stages}  # by hash: a child may point at a dropped duplicate of its parent
+    children: dict[str, list[Stage]] = {}
+    roots = []
+    for stage in stages:
+        if stage.parent is not None and stage.parent.hash in hashes:
+            children.setdefault(stage.parent.hash, []).append(stage)
+        else:
+            roots.append(stage)
+    out: list[Stage] = []
+
+    def visit(stage: Stage) -> None:
+        out.append(stage)
+        for child in children.get(stage.hash, []):
+            visit(child)
+
+    for root in roots:
+        visit(root)
+    return out
 
 
 def _point_stages(make, base: dict, base_train: dict, p: float, point: dict) -> list[Stage]:
