@@ -56,30 +56,38 @@ def rows(full: Path, curated: list[Path], judge: str) -> list[dict]:
     return out
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("curated", nargs="+", type=Path)
-    parser.add_argument("--full", type=Path, required=True, help="the full-data run (e.g. results/calib-b)")
-    parser.add_argument("--judge", default="harm-ce")
-    parser.add_argument("--markdown", action="store_true")
-    args = parser.parse_args(argv)
-    table = rows(args.full, args.curated, args.judge)
-    if not args.markdown:
-        for row in table:
-            print(json.dumps(row, ensure_ascii=False))
-        return table
+def markdown(table: list[dict]) -> str:
     keys = [k for k in ("aligned", "p=0.1", "p=0.2") if any(k in r for r in table)]
     head = ["alignment data", "rows (steps)", "selector s"]
     for k in keys:
         head += [f"HS {k}", f"Δ {k} vs full", f"FA {k}"]
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table:
         cells = [r["data"], f"{r.get('align_rows', '—')} ({r.get('align_steps', '—')})",
                  f"{r['selector_seconds']:.0f}" if "selector_seconds" in r else "—"]
         for k in keys:
             cells += [r.get(k, "—"), r.get(f"{k} - full", "—"), r.get(f"FA {k}", "—")]
-        print("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("curated", nargs="+", type=Path)
+    parser.add_argument("--full", type=Path, required=True, help="the full-data run (e.g. results/calib-b)")
+    parser.add_argument("--judge", default="harm-ce")
+    parser.add_argument("--markdown", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse_args(argv)
+    table = rows(args.full, args.curated, args.judge)
+    if args.markdown:
+        print(markdown(table))
+    else:
+        for row in table:
+            print(json.dumps(row, ensure_ascii=False))
     return table
 
 

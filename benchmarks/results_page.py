@@ -6,6 +6,12 @@ A page marks each table with the folder it comes from:
     (the table, its note and any adaptive-attacker section: clinic.report.results_markdown)
     <!-- /report -->
 
+and a curation table (benchmarks/curation_table.py, its arguments after the colon):
+
+    <!-- curation-table: --full results/calib-b results/c5-pharmacist -->
+    (the table)
+    <!-- /curation-table -->
+
     python benchmarks/results_page.py docs/results-smollm2.md           # rewrite the marked tables
     python benchmarks/results_page.py docs/results-smollm2.md --check   # exit 1 if one is stale
 
@@ -25,6 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 MARKED = re.compile(r"(<!-- report: (?P<folder>\S+) -->\n)(?P<body>(?:(?!<!-- /?report).)*?)\n?<!-- /report -->", re.S)
 
 
+CURATION = re.compile(r"(<!-- curation-table: (?P<args>[^>]*?) -->\n)(?P<body>(?:(?!<!-- /?curation-table).)*?)\n?"
+                      r"<!-- /curation-table -->", re.S)
+
+
 def fill(page: str) -> str:
     from clinic.report import results_markdown
 
@@ -32,7 +42,15 @@ def fill(page: str) -> str:
         body = results_markdown(ROOT / match["folder"], title=False).rstrip("\n")
         return f"{match.group(1)}{body}\n<!-- /report -->"
 
-    return MARKED.sub(table, page)
+    def curation(match: re.Match) -> str:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        import curation_table
+
+        args = curation_table.parse_args(match["args"].split())
+        body = curation_table.markdown(curation_table.rows(ROOT / args.full, [ROOT / c for c in args.curated], args.judge))
+        return f"{match.group(1)}{body}\n<!-- /curation-table -->"
+
+    return CURATION.sub(curation, MARKED.sub(table, page))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="only check; exit 1 when a table is stale")
     args = parser.parse_args(argv)
     page = args.page.read_text(encoding="utf-8")
-    if not MARKED.search(page):
-        print(f"results_page: error: {args.page} has no <!-- report: FOLDER --> marker", file=sys.stderr)
+    if not MARKED.search(page) and not CURATION.search(page):
+        print(f"results_page: error: {args.page} has no <!-- report: FOLDER --> or <!-- curation-table: ... --> marker",
+              file=sys.stderr)
         return 2
     filled = fill(page)
     if args.check:
@@ -50,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.page}: {'stale; run python benchmarks/results_page.py ' + str(args.page) if stale else 'current'}")
         return int(stale)
     args.page.write_text(filled, encoding="utf-8")
-    print(f"{args.page}: {sum(1 for _ in MARKED.finditer(page))} tables filled")
+    print(f"{args.page}: {sum(1 for _ in MARKED.finditer(page)) + sum(1 for _ in CURATION.finditer(page))} tables filled")
     return 0
 
 

@@ -47,3 +47,16 @@ def test_empty_markers_are_filled_each_with_its_own_folder():
     first, second = module.MARKED.finditer(filled)
     assert first["folder"] == "results/calib-b" and "| finetuned | sft | sft | sst2 | 0.05 |" in first["body"]
     assert second["folder"] == "results/repair-b" and "antidote" in second["body"]
+
+
+def test_the_curation_table_is_regenerated_too():
+    """The C5 table (benchmarks/curation_table.py) is filled like the report tables: a planted
+    number in it is put back."""
+    page = (ROOT / "docs" / "results-smollm2.md").read_text(encoding="utf-8")
+    module = _module()
+    match = module.CURATION.search(page)
+    assert match and "results/c5-pharmacist" in match["args"]
+    body = match["body"]
+    planted = body.replace("42.5", "24.5", 1)
+    assert planted != body
+    assert module.fill(page.replace(body, planted, 1)) == page
