@@ -60,3 +60,9 @@ def test_the_curation_table_is_regenerated_too():
     planted = body.replace("42.5", "24.5", 1)
     assert planted != body
     assert module.fill(page.replace(body, planted, 1)) == page
+
+
+def test_the_results_folder_stays_within_its_budget():
+    """results/ travels with every clone: its stated budget (docs/results-smollm2.md) is 20 MB."""
+    size = sum(p.stat().st_size for p in (ROOT / "results").rglob("*") if p.is_file())
+    assert size <= 20_000_000, f"results/ holds {size / 1e6:.1f} MB, over its 20 MB budget"
