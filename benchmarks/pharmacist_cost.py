@@ -43,29 +43,25 @@ from pathlib import Path
 
 import torch
 from _common import machine_info, save_json
+from transformers import TrainerCallback
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pharmacist_cost.json"
 GOALS = {"sft": 1.0, "tvaccine": 0.6}  # issue 16, part 2
 METHOD_OPTIONS = {"tvaccine": {"checkpoint_inactive": False}}  # as in the protocol's CPU runs
 
 
-class StepTimer:
-    """Wall seconds of every optimizer step (a transformers TrainerCallback)."""
+class StepTimer(TrainerCallback):
+    """Wall seconds of every optimizer step."""
 
     def __init__(self):
-        from transformers import TrainerCallback
-
-        timer = self
-
-        class _Callback(TrainerCallback):
-            def on_step_begin(self, args, state, control, **kwargs):
-                timer._start = time.perf_counter()
-
-            def on_step_end(self, args, state, control, **kwargs):
-                timer.seconds.append(time.perf_counter() - timer._start)
-
         self.seconds: list[float] = []
-        self.callback = _Callback()
+        self._start = 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.seconds.append(time.perf_counter() - self._start)
 
 
 def protocol_steps(rows: int, epochs: int, batch: int) -> int:
@@ -131,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
                   train=train_config(args.preset, epochs=1, max_steps=args.steps + 1, logging_steps=1, **overrides),
                   data=DataSpec(source="refusals", n=refusals, helpful="alpaca", helpful_n=helpful),
                   output=work / f"align-{method}", method_options=METHOD_OPTIONS.get(method),
-                  overwrite=True, callbacks=[timer.callback])
+                  overwrite=True, callbacks=[timer])
         timed = timer.seconds[1:]
         steps[method] = {"step_seconds": round(statistics.median(timed), 2), "steps_timed": len(timed),
                          "all_step_seconds": [round(s, 2) for s in timer.seconds]}

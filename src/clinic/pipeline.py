@@ -40,6 +40,7 @@ from .rundir import RunDir, check_output_dir, package_versions
 from .settings import checkpoint_minutes
 from .values import check_range, coerce_fields
 
+
 def peak_memory_mb() -> float:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20

@@ -294,6 +294,11 @@ class GradientWorkspace:
                                   f"response when truncated to max_length={train.max_length} tokens; raise --max-length")
         self.model = self.trainer.model
         self.model.eval()  # no dropout: the gradients are deterministic
+        # each set's rows, longest first (stable: ties keep their order), for :meth:`batches`
+        self._longest_first = {}
+        for name, dataset in self.datasets.items():
+            lengths = [len(ids) for ids in dataset["input_ids"]]
+            self._longest_first[name] = sorted(range(len(lengths)), key=lambda i: -lengths[i])
         self.params = last_layer_params(self.model, last_layers)
         self.numels = [p.numel() for p in self.params]
         base = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
@@ -312,8 +317,7 @@ class GradientWorkspace:
         gradient do not depend on its batch; callers put results back by the row indices."""
         dataset = self.datasets[name].select_columns(["input_ids", "labels"])
         size = batch_size or self.batch_size
-        lengths = [len(ids) for ids in dataset["input_ids"]]
-        order = sorted(range(len(dataset)), key=lambda i: -lengths[i])  # stable: ties keep their order
+        order = self._longest_first[name]
         for start in range(0, len(order), size):
             rows = order[start:start + size]
             yield rows, self.trainer._prepare_inputs(self.trainer.data_collator([dataset[i] for i in rows]))
