@@ -7,8 +7,10 @@ from the repository alone (runs/ is not tracked and does not survive a new machi
 Copies the experiment file, plan.json (its store set to the folder's own ``store``) and, for every
 finished stage of the plan, the stage directory without weights (``adapter/``, ``model/``,
 ``checkpoints/``, ``*.safetensors``, ``*.bin``, ``*.pt``; a sink stage's ``per_sample.safetensors``,
-its per-sample values, is kept). Unfinished stages are left out and
-listed. Re-running refreshes the folder.
+its per-sample values, is kept) and without figures (``*.png``: their data are in ``sink.json`` and
+``divergence.csv``), its ``generations.jsonl`` gzip-compressed (``generations.jsonl.gz``, ~4x
+smaller; every reader takes either form). Unfinished stages are left out and listed. Re-running
+refreshes the folder. results/ travels with every clone (budget: docs/results-smollm2.md).
 """
 
 from __future__ import annotations
@@ -19,12 +21,24 @@ import shutil
 import sys
 from pathlib import Path
 
+from clinic.rundir import read_jsonl, write_jsonl_atomic
+
 WEIGHTS = ("adapter", "model", "checkpoints", "trainer", "*.safetensors", "*.bin", "*.pt")
+FIGURES = ("*.png",)
+COMPRESSED = ("generations.jsonl",)
 KEPT = ("per_sample.safetensors",)  # a sink stage's per-sample values (~100 KB, the bootstrap's input), no weights
 
 
 def _skip(directory: str, names: list[str]) -> set[str]:
-    return set(shutil.ignore_patterns(*WEIGHTS)(directory, names)) - set(KEPT)
+    return set(shutil.ignore_patterns(*WEIGHTS, *FIGURES)(directory, names)) - set(KEPT)
+
+
+def compact(stage: Path) -> None:
+    """An exported stage's large per-prompt files as ``.gz`` (the plain copy removed)."""
+    for name in COMPRESSED:
+        if (stage / name).exists():
+            write_jsonl_atomic(stage / f"{name}.gz", read_jsonl(stage / name))
+            (stage / name).unlink()
 
 
 def export(run_dir: Path, out: Path) -> dict:
@@ -43,6 +57,7 @@ def export(run_dir: Path, out: Path) -> dict:
         dst = out / "store" / stage["dir"]
         shutil.rmtree(dst, ignore_errors=True)
         shutil.copytree(src, dst, ignore=_skip)
+        compact(dst)
         copied.append(stage["dir"])
     for name in ("experiment.yaml", "clinic.json"):
         if (run_dir / name).exists():

@@ -30,6 +30,8 @@ from pathlib import Path
 
 from _common import machine_info, save_json
 
+from clinic.rundir import jsonl_file, read_jsonl
+
 HERE = Path(__file__).resolve().parent
 GOLD = HERE / "gold" / "gold.jsonl"
 RESULTS = HERE / "results" / "gold_judges.json"
@@ -40,18 +42,14 @@ def item_id(model: str, prompt_set: str, prompt: str) -> str:
     return hashlib.sha256(f"{model}\n{prompt_set}\n{prompt}".encode()).hexdigest()[:12]
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def collect(runs: dict[str, Path], per_set: dict[str, int], seed: int) -> list[dict]:
     """A seeded sample of ``per_set[set]`` answers per (model, prompt set) from each run's
     ``generations.jsonl`` (harmful-prompt rows only: those with a ``flagged`` field)."""
     items = []
     for model, run in runs.items():
-        path = run / "generations.jsonl"
-        if not path.exists():
-            sys.exit(f"gold_set: error: {path} does not exist (not a finished evaluate run)")
+        path = jsonl_file(run, "generations.jsonl")
+        if path is None:
+            sys.exit(f"gold_set: error: {run / 'generations.jsonl'} does not exist (not a finished evaluate run)")
         by_set: dict[str, list[dict]] = {}
         for row in read_jsonl(path):
             if "flagged" in row:

@@ -53,12 +53,14 @@ def pick_prompts(models: list[str]) -> dict[str, list[dict]]:
 
 def candidates(runs: dict[str, Path], prompts_dir: Path) -> list[dict]:
     """One row per answer (id as in gold_set.py), its prompt set taken from the prompts file."""
-    from gold_set import item_id, read_jsonl
+    from gold_set import item_id
+
+    from clinic.rundir import jsonl_file, read_jsonl
 
     out = []
     for model, run in runs.items():
         sets = {r["prompt"]: r["source_set"] for r in read_jsonl(prompts_dir / f"{model}.jsonl")}
-        for row in read_jsonl(run / "generations.jsonl"):
+        for row in read_jsonl(jsonl_file(run, "generations.jsonl")):
             if "flagged" not in row:
                 continue
             prompt_set = sets[row["prompt"]]

@@ -23,11 +23,12 @@ from pathlib import Path
 
 from clinic.evaluation.judges import get_judge
 from clinic.evaluation.scoring import harmful_score
+from clinic.rundir import jsonl_file, read_jsonl, write_jsonl_atomic
 
 
 def evaluate_stages(folder: Path) -> list[Path]:
     candidates = sorted(folder.glob("store/*/")) + sorted(folder.glob("*/"))
-    return [d for d in candidates if (d / "DONE").exists() and (d / "generations.jsonl").exists()
+    return [d for d in candidates if (d / "DONE").exists() and jsonl_file(d, "generations.jsonl") is not None
             and (d / "metrics.json").exists()]
 
 
@@ -39,7 +40,8 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def rejudge(stage: Path, judges: dict, force: bool = False) -> list[str]:
     """Add each judge's flags and scores to one evaluate stage; returns the judges added."""
-    records = [json.loads(line) for line in (stage / "generations.jsonl").read_text().splitlines() if line.strip()]
+    generations = jsonl_file(stage, "generations.jsonl")
+    records = read_jsonl(generations)
     metrics = json.loads((stage / "metrics.json").read_text())
     harmful = [r for r in records if "flagged" in r]
     added = []
@@ -59,7 +61,7 @@ def rejudge(stage: Path, judges: dict, force: bool = False) -> list[str]:
                                                     "date": datetime.date.today().isoformat()}
         added.append(name)
     if added:
-        _write_atomic(stage / "generations.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+        write_jsonl_atomic(generations, records)
         _write_atomic(stage / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return added
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import sys
 from pathlib import Path
@@ -11,7 +12,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from export_run import export  # noqa: E402
 
 
-def test_export_copies_small_outputs_of_finished_stages_only(tmp_path):
+ROWS = [{"set": "advbench", "prompt": "p", "response": "r\u00e9", "flagged": {"keyword": True}},
+        {"set": "sst2", "prompt": "q", "response": "positive", "correct": True}]
+
+
+def test_export_copies_small_outputs_of_finished_stages_only(tmp_path, monkeypatch):
     run, store = tmp_path / "runs" / "exp", tmp_path / "runs" / "store"
     for name, done in (("align-sft-aaa", True), ("evaluate-sft-bbb", True), ("finetune-sft-ccc", False),
                        ("sink-sft-ddd", True)):
@@ -24,6 +29,9 @@ def test_export_copies_small_outputs_of_finished_stages_only(tmp_path):
             (stage / "DONE").write_text("")
         if name.startswith("sink"):
             (stage / "per_sample.safetensors").write_bytes(b"s")  # the bootstrap's input: kept
+            (stage / "heatmap.png").write_bytes(b"png")  # a figure of sink.json's data: left out
+        if name.startswith("evaluate"):
+            (stage / "generations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     run.mkdir(parents=True)
     (run / "experiment.yaml").write_text("name: exp\n")
     plan = {"name": "exp", "store": "../store", "stages": [{"dir": d} for d in ("align-sft-aaa", "evaluate-sft-bbb",
@@ -36,5 +44,17 @@ def test_export_copies_small_outputs_of_finished_stages_only(tmp_path):
     assert (out / "experiment.yaml").read_text() == "name: exp\n"
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert files == ["experiment.yaml", "plan.json", "store/align-sft-aaa/DONE", "store/align-sft-aaa/metrics.json",
-                     "store/evaluate-sft-bbb/DONE", "store/evaluate-sft-bbb/metrics.json", "store/sink-sft-ddd/DONE",
+                     "store/evaluate-sft-bbb/DONE", "store/evaluate-sft-bbb/generations.jsonl.gz",
+                     "store/evaluate-sft-bbb/metrics.json", "store/sink-sft-ddd/DONE",
                      "store/sink-sft-ddd/metrics.json", "store/sink-sft-ddd/per_sample.safetensors"]
+    # the compressed copy holds the same rows, its bytes do not depend on when it was written
+    from clinic.results import outcomes
+    from clinic.rundir import read_jsonl
+
+    packed = out / "store" / "evaluate-sft-bbb"
+    assert read_jsonl(packed / "generations.jsonl.gz") == ROWS
+    first = (packed / "generations.jsonl.gz").read_bytes()
+    monkeypatch.setattr(gzip.time, "time", lambda: 2e9)  # a later export: gzip would stamp its time
+    export(run, out)
+    assert (packed / "generations.jsonl.gz").read_bytes() == first
+    assert outcomes(packed) == outcomes(store / "evaluate-sft-bbb") != {}

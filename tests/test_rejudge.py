@@ -66,3 +66,19 @@ def test_present_judge_is_left_alone_unless_forced(tmp_path):
 def test_no_evaluation_is_an_error(tmp_path, capsys):
     assert main([str(tmp_path), "--judges", "keyword"]) == 2
     assert "no finished evaluate stage" in capsys.readouterr().err
+
+
+def test_an_exported_compressed_evaluation_is_rejudged_in_place(tmp_path):
+    """results/ keeps generations gzip-compressed (export_run): rejudge reads and writes that form,
+    with the same flags as on the plain file, and leaves no plain copy beside it."""
+    from clinic.rundir import read_jsonl, write_jsonl_atomic
+
+    plain, packed = _stage(tmp_path / "a"), _stage(tmp_path / "b")
+    write_jsonl_atomic(packed / "generations.jsonl.gz", read_jsonl(packed / "generations.jsonl"))
+    (packed / "generations.jsonl").unlink()
+    assert main([str(tmp_path / "a" / "exp"), "--judges", "keyword"]) == 0
+    assert main([str(tmp_path / "b" / "exp"), "--judges", "keyword"]) == 0
+    assert not (packed / "generations.jsonl").exists()
+    assert read_jsonl(packed / "generations.jsonl.gz") == read_jsonl(plain / "generations.jsonl")
+    assert json.loads((packed / "metrics.json").read_text())["harmful"] == \
+        json.loads((plain / "metrics.json").read_text())["harmful"]

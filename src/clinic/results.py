@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 from .evaluation.stats import paired_difference, wilson_interval
+from .rundir import jsonl_file, read_jsonl
 
 GROUP_FIELDS = ["stage", "align", "finetune", "task", "p", "attack", "fixed attack"]  # a model; seeds are pooled
 ATTACK_FIELDS = ("attack", "fixed attack")  # labels of attack-space runs only (clinic.attacks); absent elsewhere
@@ -36,12 +37,11 @@ def delta_column(column: str) -> str:
 
 def outcomes(eval_dir: Path) -> dict:
     """``{score column: (prompts, outcomes)}`` of one evaluation, in the order they were judged."""
-    path = eval_dir / "generations.jsonl"
+    path = jsonl_file(eval_dir, "generations.jsonl")
     items: dict = {}
-    if not path.exists():
+    if path is None:
         return items
-    for line in path.read_text().splitlines():
-        record = json.loads(line)
+    for record in read_jsonl(path):
         if "flagged" in record:
             outcomes = {hs_column(judge, record["set"]): flag for judge, flag in record["flagged"].items()}
         elif "correct" in record:

@@ -12,6 +12,7 @@ process writes the stage's files, and it moves the folder into place once every 
 from __future__ import annotations
 
 import glob
+import gzip
 import json
 import os
 import platform
@@ -316,6 +317,36 @@ def read_run(path: str | Path) -> dict:
     if not (path / DONE).exists():
         raise ClinicError(f"run directory {path} is incomplete (no {DONE} marker)")
     return read_json(record)
+
+
+def jsonl_file(folder: str | Path, name: str) -> Path | None:
+    """``folder/name``, else its gzip copy ``folder/name.gz`` (an exported results folder keeps its
+    per-prompt files compressed, ~4x smaller, as they travel with every clone), else None."""
+    for path in (Path(folder) / name, Path(folder) / f"{name}.gz"):
+        if path.exists():
+            return path
+    return None
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The rows of a JSON-lines file, plain or gzip-compressed (by its ``.gz`` name)."""
+    path = Path(path)
+    data = path.read_bytes()
+    text = (gzip.decompress(data) if path.name.endswith(".gz") else data).decode("utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def write_jsonl_atomic(path: str | Path, rows) -> Path:
+    """Rows as JSON lines, gzip-compressed when the name ends in ``.gz`` (no timestamp inside, so
+    equal rows give equal bytes and git sees no change), replacing ``path`` in one rename."""
+    path = Path(path)
+    data = "".join(json.dumps(plain(row)) + "\n" for row in rows).encode("utf-8")
+    if path.name.endswith(".gz"):
+        data = gzip.compress(data, mtime=0)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return path
 
 
 def read_json(path: str | Path) -> dict:
