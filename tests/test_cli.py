@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
 from clinic.cli import main
+from clinic.errors import ClinicError
 
 
 def run_cli(capsys, *argv):
@@ -112,8 +116,8 @@ def test_full_finetuning_saves_a_model(tmp_path, capsys, data_dir):
 
 def test_demo_on_a_tiny_model(tmp_path, capsys, data_dir):
     out_dir = tmp_path / "demo"
-    code, out, err = run_cli(capsys, "demo", "--model", "tiny-random-llama", "--n-align", "8", "--helpful-n", "4",
-                             "--n-finetune", "10", "--finetune-epochs", "1", "--batch-size", "4", "--max-length", "256",
+    code, out, err = run_cli(capsys, "demo", "--model", "tiny-random-llama", "--alignment", "train", "--n-align", "8",
+                             "--helpful-n", "4", "--n-finetune", "10", "--finetune-epochs", "1", "--batch-size", "4", "--max-length", "256",
                              "--n-prompts", "3", "--n-task", "3", "--max-new-tokens", "4", "--judges", "keyword",
                              "--output", str(out_dir))
     assert code == 0, err
@@ -148,7 +152,7 @@ def test_demo_on_a_tiny_model(tmp_path, capsys, data_dir):
     assert summary["models"]["harmful fine-tune (p=0.2)"]["delta_hs"]["diff"] == delta["diff"]
     assert summary["config"]["setting"] == "quick" and summary["config"]["n_align"] == 8  # the option beat the setting
     assert summary["verdict"] in table and summary["verdict"] in out
-    code, _, err = run_cli(capsys, "demo", "--model", "tiny-random-llama", "--output", str(out_dir))
+    code, _, err = run_cli(capsys, "demo", "--model", "tiny-random-llama", "--alignment", "train", "--output", str(out_dir))
     assert code == 2 and "already exists" in err
     from clinic.rundir import check_output_dir
 
@@ -180,21 +184,88 @@ def test_demo_settings_fill_only_what_is_not_given():
     assert (cell_b["evaluate"]["n_prompts"], cell_b["evaluate"]["n_task"]) == (full.n_prompts, full.n_task)
 
 
+def test_the_quick_demo_loads_the_protocols_alignment_and_only_with_its_settings(data_dir):
+    """--alignment shipped stands in for exactly the alignment stage the demo would otherwise run:
+    the quick setting's alignment settings are the shipped one's, and any change is refused."""
+    from clinic.demo import DemoConfig, _check
+
+    assert DemoConfig().alignment == "shipped" and DemoConfig(setting="protocol").alignment == "train"
+    _check(DemoConfig())  # the quick setting trains nothing the shipped alignment differs from
+    _check(DemoConfig(setting="protocol", alignment="shipped"))
+    _check(DemoConfig(n_align=256, alignment="train"))
+    for changed, field in ((dict(n_align=256), "data.n 256 (shipped: 1024)"),
+                           (dict(seed=1), "train.seed 1 (shipped: 0)"),
+                           (dict(align_lr=1e-4), "train.lr 0.0001 (shipped: 0.0005)"),
+                           (dict(model="tiny-random-llama"), "model.base 'tiny-random-llama'"),
+                           (dict(helpful=""), "data.helpful None (shipped: 'alpaca')")):
+        with pytest.raises(ClinicError) as err:
+            _check(DemoConfig(**changed))
+        assert field in str(err.value) and "--alignment train" in str(err.value), (changed, str(err.value))
+
+
+def test_the_shipped_alignment_is_the_protocols_alignment_stage():
+    """The shipped files record the alignment stage that configs/protocol-smollm2.yaml plans (its
+    settings, not its hash: a new setting with a neutral default changes hashes, not weights), and
+    the float16 adapter holds every LoRA tensor of the recorded rank."""
+    from safetensors import safe_open
+
+    from clinic.demo import SHIPPED_ALIGNMENT
+    from clinic.experiment import Experiment
+
+    root = Path(__file__).parents[1]
+    stored = yaml.safe_load((SHIPPED_ALIGNMENT / "config.yaml").read_text())
+    plan = Experiment.from_dict(yaml.safe_load((root / "configs" / "protocol-smollm2.yaml").read_text())).plan()
+    align = next(s for s in plan if s.kind == "align" and s.config["train"]["seed"] == 0)
+    assert stored["train"] == align.config["train"] and stored["method"] == align.config["method"]
+    assert stored["method_options"] == align.config["options"] and stored["model"]["base"] == align.config["model"]
+    assert {k: stored["data"][k] for k in align.config["data"]} == align.config["data"]
+    shipped = json.loads((SHIPPED_ALIGNMENT / "shipped.json").read_text())
+    adapter = SHIPPED_ALIGNMENT / "adapter" / "adapter_model.safetensors"
+    assert hashlib.sha256(adapter.read_bytes()).hexdigest() == shipped["adapter"]["sha256"]
+    lora = json.loads((SHIPPED_ALIGNMENT / "adapter" / "adapter_config.json").read_text())
+    with safe_open(str(adapter), "pt") as f:
+        names = list(f.keys())
+        assert all(f.get_slice(n).get_dtype() == "F16" for n in names)
+        ranks = {min(f.get_slice(n).get_shape()) for n in names}
+    assert ranks == {lora["r"]} == {stored["train"]["lora_r"]}
+    assert len(names) == 2 * 30 * len(lora["target_modules"])  # A and B for every target of SmolLM2's 30 layers
+
+
+def test_the_shipped_alignment_becomes_a_finished_run_the_fine_tunes_chain_from(tmp_path):
+    from clinic.demo import SHIPPED_ALIGNMENT, materialise_shipped_alignment
+    from clinic.modeling.chain import resolve_ref
+
+    out = materialise_shipped_alignment(tmp_path / "align")
+    assert (out / "DONE").exists() and (out / "clinic.json").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["align"]  # no staging folder left behind
+    chain = resolve_ref(str(out), train=True)
+    assert chain.base == "smollm2-135m-instruct" and chain.adapters == [str((out / "adapter").resolve())]
+    assert (out / "adapter" / "adapter_model.safetensors").read_bytes() == \
+        (SHIPPED_ALIGNMENT / "adapter" / "adapter_model.safetensors").read_bytes()
+
+
 def test_demo_verdict_reads_the_intervals():
     from clinic.demo import _verdict
 
-    def summary(low_hi_benign, low_hi_harmful, delta_ci):
-        m = lambda ci: {"metrics": {"harmful": {"beavertails-test": {"j": {"ci95": ci}}}}}  # noqa: E731
-        return {"b": m(low_hi_benign), "h": {**m(low_hi_harmful), "delta_hs": {"diff": 30.0, "ci95": delta_ci,
-                                                                                "p": 0.001}}}
+    def summary(low_hi_benign, low_hi_harmful, delta_ci, hs_aligned=None):
+        m = lambda ci, hs=None: {"metrics": {"harmful": {"beavertails-test": {"j": {  # noqa: E731
+            "ci95": ci, "harmful_score": sum(ci) / 2 if hs is None else hs}}}}}
+        out = {"b": m(low_hi_benign), "h": {**m(low_hi_harmful), "delta_hs": {"diff": 30.0, "ci95": delta_ci,
+                                                                              "p": 0.001}}}
+        if hs_aligned is not None:
+            out["a"] = m([0, 0], hs_aligned)
+        return out
 
     assert "are the cause" in _verdict(summary([1, 10], [30, 50], [20, 40]), "j", "h", "b", 0.2)
     assert "intervals overlap" in _verdict(summary([1, 30], [25, 50], [5, 40]), "j", "h", "b", 0.2)
     assert "Within noise" in _verdict(summary([20, 40], [25, 50], [-5, 20]), "j", "h", "b", 0.2)
     assert "did not work" in _verdict(summary([20, 40], [5, 25], [-30, -5]), "j", "h", "b", 0.2)
-    # the shallow-alignment caveat belongs to the quick setting only
-    assert "shallow" in _verdict(summary([20, 40], [25, 50], [-5, 20]), "j", "h", "b", 0.2, "quick")
-    assert "shallow" not in _verdict(summary([20, 40], [25, 50], [-5, 20]), "j", "h", "b", 0.2, "protocol")
+    # the shallow-alignment sentence: only when p = 0 rose more than 10 points above the aligned model
+    assert "eroded the alignment too (p=0: 30.0 % against the aligned model's 19.0 %)" in _verdict(
+        summary([20, 40], [25, 50], [-5, 20], hs_aligned=19.0), "j", "h", "b", 0.2, aligned="a")
+    assert "eroded" not in _verdict(summary([20, 40], [25, 50], [-5, 20], hs_aligned=20.0), "j", "h", "b", 0.2,
+                                    aligned="a")
+    assert "eroded" not in _verdict(summary([20, 40], [25, 50], [-5, 20]), "j", "h", "b", 0.2)
 
 
 # -- one name per setting: CLI option = experiment-file key = dataclass field (issue 14) -----------

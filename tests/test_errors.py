@@ -66,6 +66,7 @@ def _read_only_parent(inputs: Path) -> None:
 QA = '{"prompt": "how?", "response": "like so."}\n'
 TINY = ["--model", "tiny-random-llama"]
 FT = ["finetune", *TINY, "--task", "sst2", "--n", "10"]
+DEMO = ["demo", *TINY, "--alignment", "train"]  # the shipped alignment is SmolLM2's: refused first on a tiny model
 
 CASES: list[Bad] = [
     # data
@@ -558,14 +559,16 @@ _NUMERIC = [  # (command prefix, option, value, part of the message)
     (["sink", *TINY], "--batch-size", "0", "--batch-size must be at least 1"),
     (["sink", *TINY], "--max-length", "1", "--max-length must be at least 2"),
     (["sink", *TINY], "--sink-index", "-1", "--sink-index must be non-negative"),
-    (["demo", *TINY], "--n-align", "0", "sample count n must be a positive integer"),
-    (["demo", *TINY], "--poison-ratio", "2", "poison ratio p must be within [0, 1]"),
-    (["demo", *TINY], "--align-lr", "nan", "lr must be a finite number"),
-    (["demo", *TINY], "--batch-size", "0", "must be at least 1"),
-    (["demo", *TINY], "--n-prompts", "0", "sample counts must be positive"),
-    (["demo", *TINY], "--poison-ratio", "0", "the harmful fine-tune needs a poison ratio p > 0"),
-    (["demo", *TINY], "--setting", "slow", "unknown setting 'slow'; choose one of quick, protocol"),
-    (["demo", *TINY], "--helpful-n", "0", "helpful_n must be a positive integer"),
+    (DEMO, "--n-align", "0", "sample count n must be a positive integer"),
+    (DEMO, "--poison-ratio", "2", "poison ratio p must be within [0, 1]"),
+    (DEMO, "--align-lr", "nan", "lr must be a finite number"),
+    (DEMO, "--batch-size", "0", "must be at least 1"),
+    (DEMO, "--n-prompts", "0", "sample counts must be positive"),
+    (DEMO, "--poison-ratio", "0", "the harmful fine-tune needs a poison ratio p > 0"),
+    (DEMO, "--setting", "slow", "unknown setting 'slow'; choose one of quick, protocol"),
+    (DEMO, "--helpful-n", "0", "helpful_n must be a positive integer"),
+    (["demo", *TINY], "--alignment", "shipped", "--alignment shipped loads the protocol's alignment of "
+     "smollm2-135m-instruct, trained with other settings: model.base 'tiny-random-llama'"),
 ]
 OPTION_CASES: list[Bad] = [
     Bad(f"{argv[0]}{option}={value}", f"`{argv[0]} {option} {value}`", [*argv, option, value], message)
