@@ -10,7 +10,9 @@ finished stage of the plan, the stage directory without weights (``adapter/``, `
 its per-sample values, is kept) and without figures (``*.png``: their data are in ``sink.json`` and
 ``divergence.csv``), its ``generations.jsonl`` gzip-compressed (``generations.jsonl.gz``, ~4x
 smaller; every reader takes either form). Unfinished stages are left out and listed. Re-running
-refreshes the folder. results/ travels with every clone (budget: docs/results-smollm2.md).
+adds the stages finished since and keeps those already copied (a stage directory never changes
+once finished, and the copy may hold verdicts benchmarks/rejudge.py added). results/ travels with
+every clone (budget: docs/results-smollm2.md).
 """
 
 from __future__ import annotations
@@ -48,13 +50,16 @@ def export(run_dir: Path, out: Path) -> dict:
     plan = json.loads(plan_path.read_text())
     store = (run_dir / plan["store"]).resolve()
     (out / "store").mkdir(parents=True, exist_ok=True)
-    copied, missing = [], []
+    copied, kept, missing = [], [], []
     for stage in plan["stages"]:
         src = store / stage["dir"]
         if not (src / "DONE").exists():
             missing.append(stage["dir"])
             continue
         dst = out / "store" / stage["dir"]
+        if (dst / "DONE").exists():  # a finished stage never changes (its name is its settings' hash): keep
+            kept.append(stage["dir"])  # the copy, with the verdicts benchmarks/rejudge.py added to it
+            continue
         shutil.rmtree(dst, ignore_errors=True)
         shutil.copytree(src, dst, ignore=_skip)
         compact(dst)
@@ -64,7 +69,7 @@ def export(run_dir: Path, out: Path) -> dict:
             shutil.copy2(run_dir / name, out / name)
     (out / "plan.json").write_text(json.dumps({**plan, "store": "store"}, indent=1) + "\n")
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    return {"copied": len(copied), "unfinished": missing, "bytes": size}
+    return {"copied": len(copied), "kept": len(kept), "unfinished": missing, "bytes": size}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -73,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", type=Path)
     args = parser.parse_args(argv)
     summary = export(args.run_dir, args.out)
-    print(f"{args.out}: {summary['copied']} stages, {summary['bytes'] / 2**20:.2f} MiB"
+    print(f"{args.out}: {summary['copied']} stages copied, {summary['kept']} kept, {summary['bytes'] / 2**20:.2f} MiB"
           + (f"; unfinished, left out: {', '.join(summary['unfinished'])}" if summary["unfinished"] else ""))
 
 

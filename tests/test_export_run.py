@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -55,6 +56,27 @@ def test_export_copies_small_outputs_of_finished_stages_only(tmp_path, monkeypat
     assert read_jsonl(packed / "generations.jsonl.gz") == ROWS
     first = (packed / "generations.jsonl.gz").read_bytes()
     monkeypatch.setattr(gzip.time, "time", lambda: 2e9)  # a later export: gzip would stamp its time
+    shutil.rmtree(packed)  # (a copied stage is kept, so remove it to have it written again)
     export(run, out)
     assert (packed / "generations.jsonl.gz").read_bytes() == first
     assert outcomes(packed) == outcomes(store / "evaluate-sft-bbb") != {}
+
+
+def test_a_second_export_adds_new_stages_and_keeps_the_copied_ones(tmp_path):
+    """A copied stage keeps what was added to it (rejudge's verdicts); a stage finished since is added."""
+    store, run = tmp_path / "store", tmp_path / "exp"
+    for name in ("evaluate-a-1", "evaluate-b-2"):
+        (store / name).mkdir(parents=True)
+        (store / name / "metrics.json").write_text("{}")
+    (store / "evaluate-a-1" / "DONE").write_text("")
+    run.mkdir()
+    (run / "plan.json").write_text(json.dumps({"store": "../store", "stages": [{"dir": "evaluate-a-1"},
+                                                                              {"dir": "evaluate-b-2"}]}))
+    out = tmp_path / "results"
+    assert export(run, out)["copied"] == 1
+    (out / "store" / "evaluate-a-1" / "metrics.json").write_text('{"rejudged": {}}')
+    (store / "evaluate-b-2" / "DONE").write_text("")
+    summary = export(run, out)
+    assert (summary["copied"], summary["kept"], summary["unfinished"]) == (1, 1, [])
+    assert (out / "store" / "evaluate-a-1" / "metrics.json").read_text() == '{"rejudged": {}}'
+    assert (out / "store" / "evaluate-b-2" / "DONE").exists()
