@@ -67,8 +67,9 @@ class DemoConfig:
                 "(the calibrated protocol, ~1 h 45 min)", "choices": tuple(SETTINGS)})
     model: str = field(default="smollm2-135m-instruct", metadata={"help": "model to defend"})
     alignment: str | None = field(default=None, metadata={
-        "help": "shipped: load the calibrated protocol's SFT alignment of SmolLM2 that clinic ships (25 min to train "
-                "on 2 cores; only with the alignment settings it was trained with); train: run the alignment stage "
+        "help": "shipped: load the calibrated protocol's SFT alignment of SmolLM2 from its shipped copy, or train "
+                "that same stage where the copy's weights are absent (25 min on 2 cores; only with the alignment "
+                "settings it was trained with); train: run the alignment stage "
                 "(setting)", "choices": ALIGNMENTS})
     align_method: str = field(default="sft", metadata={"help": "alignment method (any `clinic align` method)"})
     n_align: int | None = field(default=None, metadata={"help": "refusal samples for alignment (setting)"})
