@@ -206,11 +206,13 @@ def test_the_quick_demo_loads_the_protocols_alignment_and_only_with_its_settings
 def test_the_shipped_alignment_is_the_protocols_alignment_stage():
     """The shipped files record the alignment stage that configs/protocol-smollm2.yaml plans (its
     settings, not its hash: a new setting with a neutral default changes hashes, not weights), and
-    the float16 adapter holds every LoRA tensor of the recorded rank."""
+    the packed adapter (tracked, ≤ 2 MiB) holds every LoRA module of SmolLM2's 30 layers at the
+    recorded ranks, never above the trained rank."""
     from safetensors import safe_open
 
-    from clinic.demo import SHIPPED_ALIGNMENT
+    from clinic.demo import SHIPPED_ADAPTER, SHIPPED_ALIGNMENT
     from clinic.experiment import Experiment
+    from clinic.modeling.lora_pack import FORMAT
 
     root = Path(__file__).parents[1]
     stored = yaml.safe_load((SHIPPED_ALIGNMENT / "config.yaml").read_text())
@@ -220,32 +222,34 @@ def test_the_shipped_alignment_is_the_protocols_alignment_stage():
     assert stored["method_options"] == align.config["options"] and stored["model"]["base"] == align.config["model"]
     assert {k: stored["data"][k] for k in align.config["data"]} == align.config["data"]
     shipped = json.loads((SHIPPED_ALIGNMENT / "shipped.json").read_text())
-    adapter = SHIPPED_ALIGNMENT / "adapter" / "adapter_model.safetensors"
-    if not adapter.exists():
-        pytest.skip("the shipped adapter is not in this checkout (benchmarks/ship_alignment.py makes it)")
-    assert hashlib.sha256(adapter.read_bytes()).hexdigest() == shipped["adapter"]["sha256"]
-    lora = json.loads((SHIPPED_ALIGNMENT / "adapter" / "adapter_config.json").read_text())
-    with safe_open(str(adapter), "pt") as f:
-        names = list(f.keys())
-        assert all(f.get_slice(n).get_dtype() == "F16" for n in names)
-        ranks = {min(f.get_slice(n).get_shape()) for n in names}
-    assert ranks == {lora["r"]} == {stored["train"]["lora_r"]}
-    assert len(names) == 2 * 30 * len(lora["target_modules"])  # A and B for every target of SmolLM2's 30 layers
+    packed = SHIPPED_ALIGNMENT / SHIPPED_ADAPTER
+    assert packed.stat().st_size <= 2 * 2**20  # no tracked file above 2 MiB
+    assert hashlib.sha256(packed.read_bytes()).hexdigest() == shipped["adapter"]["sha256"]
+    with safe_open(str(packed), "pt") as f:
+        assert f.metadata()["format"] == FORMAT
+        lora = json.loads(f.metadata()["adapter_config"])
+        ranks = {n[: -len(".A.q")]: f.get_slice(n).get_shape()[0] for n in f.keys() if n.endswith(".A.q")}
+    assert ranks == shipped["adapter"]["ranks"]
+    assert len(ranks) == 30 * len(lora["target_modules"]) and 1 <= min(ranks.values())
+    assert max(ranks.values()) <= stored["train"]["lora_r"] == shipped["adapter"]["source_rank"]
 
 
 def test_the_shipped_alignment_becomes_a_finished_run_the_fine_tunes_chain_from(tmp_path):
-    from clinic.demo import SHIPPED_ALIGNMENT, materialise_shipped_alignment, shipped_weights_present
+    from clinic.demo import SHIPPED_ALIGNMENT, materialise_shipped_alignment
     from clinic.modeling.chain import resolve_ref
 
-    if not shipped_weights_present():
-        pytest.skip("the shipped adapter is not in this checkout (benchmarks/ship_alignment.py makes it)")
     out = materialise_shipped_alignment(tmp_path / "align")
     assert (out / "DONE").exists() and (out / "clinic.json").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["align"]  # no staging folder left behind
     chain = resolve_ref(str(out), train=True)
     assert chain.base == "smollm2-135m-instruct" and chain.adapters == [str((out / "adapter").resolve())]
-    assert (out / "adapter" / "adapter_model.safetensors").read_bytes() == \
-        (SHIPPED_ALIGNMENT / "adapter" / "adapter_model.safetensors").read_bytes()
+    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    shipped = json.loads((SHIPPED_ALIGNMENT / "shipped.json").read_text())
+    # every module's rank reaches PEFT: the top rank as r, the others in rank_pattern, scaling 1
+    ranks = shipped["adapter"]["ranks"]
+    assert config["r"] == config["lora_alpha"] == max(ranks.values())
+    assert config["rank_pattern"] == config["alpha_pattern"] == {
+        m.removeprefix("base_model.model."): r for m, r in ranks.items() if r != config["r"]}
 
 
 def test_demo_verdict_reads_the_intervals():
@@ -423,6 +427,6 @@ def test_without_the_shipped_weights_the_demo_trains_that_alignment(tmp_path, ca
                              "--n-prompts", "3", "--n-task", "3", "--max-new-tokens", "4", "--judges", "keyword",
                              "--defence", "", "--base", "false", "--output", str(tmp_path / "demo"))
     assert code == 0, err
-    assert "weights are not in" in out and "training it instead" in out
+    assert "are not in" in out and "training it instead" in out
     assert (tmp_path / "demo" / "align" / "train_log.jsonl").exists()  # trained, not copied
     assert "| aligned (sft) |" in (tmp_path / "demo" / "demo_table.md").read_text()

@@ -44,13 +44,11 @@ def test_align_finetune_evaluate_on_smollm2(tmp_path, data_dir, smollm2):
 
 
 def test_the_shipped_alignment_loads_and_refuses(tmp_path, data_dir, smollm2):
-    """The demo's shipped alignment (float16 adapter) on the real model: it refuses the first 12
+    """The demo's shipped alignment (packed adapter) on the real model: it refuses the first 12
     BeaverTails-test prompts (the keyword judge, a refusal measure, flags none), where the base
     model flags 9 of 12 (results/demo-quick/eval-base). Fails if the adapter is not applied."""
-    from clinic.demo import materialise_shipped_alignment, shipped_weights_present
+    from clinic.demo import materialise_shipped_alignment
 
-    if not shipped_weights_present():
-        pytest.skip("the shipped adapter is not in this checkout (benchmarks/ship_alignment.py makes it)")
     aligned = materialise_shipped_alignment(tmp_path / "align")
     assert main(["evaluate", "--model", str(aligned), "--judges", "keyword", "--n-prompts", "12", "--n-task", "1",
                  "--max-new-tokens", "24", "--output", str(tmp_path / "e")]) == 0

@@ -17,8 +17,10 @@ Two settings (``--setting``), each a full set of defaults that single options ov
 - ``protocol`` (~1 h 45 min): the calibrated protocol trained end to end (``--alignment train``;
   then 256 SST2 samples x 5 epochs at lr 5e-5; 200 prompts).
 
-``--alignment shipped`` is the alignment stage that ``configs/protocol-smollm2.yaml`` runs (seed 0,
-its LoRA adapter stored as float16; ``benchmarks/ship_alignment.py`` made it), so it is refused
+``--alignment shipped`` is the alignment stage that ``configs/protocol-smollm2.yaml`` runs (seed 0;
+``benchmarks/ship_alignment.py`` made it), its LoRA adapter packed into 2 MiB (a budgeted SVD with
+int8 factors, mean relative error 6 % a module; the packed model's harmful score and accuracy are
+measured, docs/protocol.md), so it is refused
 unless every alignment setting of the demo equals the shipped one's; ``--alignment train`` trains
 whatever the options say.
 
@@ -58,6 +60,7 @@ ALIGNMENTS = ("shipped", "train")
 # the protocol's alignment stage (cell B, seed 0), written by benchmarks/ship_alignment.py
 SHIPPED_ALIGNMENT = Path(__file__).resolve().parent / "assets" / "smollm2-protocol-aligned"
 SHIPPED_RECORD = ("config.yaml", "run.json", "metrics.json", "data_indices.json", "shipped.json")
+SHIPPED_ADAPTER = "adapter.packed.safetensors"  # budgeted SVD + int8 of the LoRA adapter (≤ 2 MiB)
 
 
 @dataclass
@@ -159,16 +162,19 @@ def _fields(record: dict) -> dict:
 
 
 def shipped_weights_present(shipped: Path = SHIPPED_ALIGNMENT) -> bool:
-    """The adapter itself is not tracked (weights stay out of the repository): present only where
-    benchmarks/ship_alignment.py wrote it; the record files beside it are tracked."""
-    return (shipped / "adapter" / "adapter_model.safetensors").exists()
+    """The packed adapter (``adapter.packed.safetensors``, ≤ 2 MiB, tracked) is there; a checkout
+    that lost it trains the alignment instead."""
+    return (shipped / SHIPPED_ADAPTER).exists()
 
 
 def materialise_shipped_alignment(output: Path, shipped: Path = SHIPPED_ALIGNMENT) -> Path:
     """The shipped alignment as an ordinary finished alignment run directory at ``output`` (written
-    atomically like any stage), so the fine-tunes chain from it unchanged."""
+    atomically like any stage), so the fine-tunes chain from it unchanged: the packed adapter is
+    unpacked into a PEFT adapter (per-module ranks, :mod:`clinic.modeling.lora_pack`)."""
+    from .modeling.lora_pack import unpack_lora
+
     with RunDir(output) as run:
-        shutil.copytree(shipped / "adapter", run.path / "adapter")
+        unpack_lora(shipped / SHIPPED_ADAPTER, run.path / "adapter")
         for name in SHIPPED_RECORD:
             shutil.copy2(shipped / name, run.path / name)
     return output
@@ -222,8 +228,8 @@ def run_demo(cfg: DemoConfig, output: str | Path, overwrite: bool = False) -> Pa
         aligned = timed("align (shipped)", lambda: materialise_shipped_alignment(out / "align"))
     else:
         if cfg.alignment == "shipped":  # the settings are the shipped ones (checked): training gives that stage
-            print(f"the shipped alignment's weights are not in {SHIPPED_ALIGNMENT} (weights stay out of the "
-                  f"repository; benchmarks/ship_alignment.py makes them): training it instead (~25 min on 2 cores)")
+            print(f"the shipped alignment's weights ({SHIPPED_ADAPTER}) are not in {SHIPPED_ALIGNMENT} "
+                  f"(benchmarks/ship_alignment.py makes them): training it instead (~25 min on 2 cores)")
         aligned = timed("align", lambda: run_train(
             "align", model=cfg.model, method=cfg.align_method, train=trains["align"], data=align_data,
             output=out / "align"))
