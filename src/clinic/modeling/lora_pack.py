@@ -34,7 +34,7 @@ ADAPTER_CONFIG = "adapter_config.json"
 _A, _B = ".lora_A.weight", ".lora_B.weight"
 
 
-def _updates(adapter_dir: Path) -> tuple[dict, dict]:
+def _updates(adapter_dir: Path) -> tuple[dict, dict, dict]:
     """``{module: ΔW}`` (float64) of a PEFT LoRA adapter directory, ``{module: its LoRA rank}``,
     and its config."""
     from safetensors.torch import load_file
