@@ -19,7 +19,7 @@ Two settings (``--setting``), each a full set of defaults that single options ov
 
 ``--alignment shipped`` is the alignment stage that ``configs/protocol-smollm2.yaml`` runs (seed 0;
 ``benchmarks/ship_alignment.py`` made it), its LoRA adapter packed into 2 MiB (a budgeted SVD with
-int8 factors, mean relative error 6 % a module; the packed model's harmful score and accuracy are
+int8 factors, mean relative error 6.7 % a module; the packed model's harmful score and accuracy are
 measured, docs/protocol.md), so it is refused
 unless every alignment setting of the demo equals the shipped one's; ``--alignment train`` trains
 whatever the options say.
