@@ -32,7 +32,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 ASSET = ROOT / "src" / "clinic" / "assets" / "smollm2-protocol-aligned"
 RECORD_FILES = ("config.yaml", "run.json", "metrics.json", "data_indices.json")
-PACKED = "adapter.packed.safetensors"
 FILE_LIMIT = 2 * 2**20  # no tracked file above 2 MiB
 FACTOR_BUDGET = 1_960_000  # int8 factor bytes; scales and the header (~100 kB) come on top
 
@@ -46,6 +45,7 @@ def ship(stage: Path, out: Path, evaluation: Path | None = None, budget: int = F
 
     import yaml
 
+    from clinic.demo import SHIPPED_ADAPTER as PACKED  # the file name the demo loads
     from clinic.modeling.lora_pack import pack_lora
 
     if not (stage / "DONE").exists() or not (stage / "adapter" / "adapter_model.safetensors").exists():

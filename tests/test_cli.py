@@ -416,8 +416,8 @@ def test_nothing_below_the_cli_imports_it():
 
 
 def test_without_the_shipped_weights_the_demo_trains_that_alignment(tmp_path, capsys, data_dir, monkeypatch):
-    """A fresh clone has the shipped record but not its weights (they stay out of the repository):
-    --alignment shipped then trains the alignment stage its settings describe, and says so."""
+    """A checkout with the shipped record but without its packed weights (a deleted or filtered
+    file): --alignment shipped then trains the alignment stage its settings describe, and says so."""
     import clinic.demo as demo
 
     monkeypatch.setattr(demo, "check_shipped_alignment", lambda *a, **k: None)  # a tiny model stands in

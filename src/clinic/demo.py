@@ -224,7 +224,8 @@ def run_demo(cfg: DemoConfig, output: str | Path, overwrite: bool = False) -> Pa
     models = []
     if cfg.base:
         models.append(_Model("base model", evaluate(cfg.model, "base")))
-    if cfg.alignment == "shipped" and shipped_weights_present():
+    load_shipped = cfg.alignment == "shipped" and shipped_weights_present()
+    if load_shipped:
         aligned = timed("align (shipped)", lambda: materialise_shipped_alignment(out / "align"))
     else:
         if cfg.alignment == "shipped":  # the settings are the shipped ones (checked): training gives that stage
@@ -233,7 +234,7 @@ def run_demo(cfg: DemoConfig, output: str | Path, overwrite: bool = False) -> Pa
         aligned = timed("align", lambda: run_train(
             "align", model=cfg.model, method=cfg.align_method, train=trains["align"], data=align_data,
             output=out / "align"))
-    shipped = ", shipped" if cfg.alignment == "shipped" and shipped_weights_present() else ""
+    shipped = ", shipped" if load_shipped else ""
     models.append(_Model(f"aligned ({cfg.align_method}{shipped})", evaluate(aligned, "aligned")))
     benign = "benign fine-tune (p=0)"
     models.append(_Model(benign, evaluate(finetune("sft", 0.0, "p0"), "p0")))

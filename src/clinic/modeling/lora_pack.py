@@ -116,8 +116,8 @@ def pack_lora(adapter_dir: str | Path, output: str | Path, budget_bytes: int) ->
             q, scale = _quantise(factor)
             tensors[f"{module}.{part}.q"] = q
             tensors[f"{module}.{part}.scale"] = scale
-        rebuilt = _dequantise(tensors[f"{module}.B.q"], tensors[f"{module}.B.scale"]).T @ \
-            _dequantise(tensors[f"{module}.A.q"], tensors[f"{module}.A.scale"])
+        b_stored, a_stored = _factors(tensors, module)
+        rebuilt = b_stored @ a_stored
         norm = float(updates[module].norm())
         errors[module] = float((rebuilt - updates[module]).norm()) / norm if norm else 0.0
     base_config = {k: v for k, v in config.items() if k not in ("r", "lora_alpha", "rank_pattern", "alpha_pattern")}
@@ -143,6 +143,13 @@ def _dequantise(q, scale):
     return q.double() * scale.double()[:, None]
 
 
+def _factors(tensors: dict, module: str):
+    """The stored (B, A) of ``module`` back in float64: B (out, rank), A (rank, in)."""
+    b = _dequantise(tensors[f"{module}.B.q"], tensors[f"{module}.B.scale"]).T
+    a = _dequantise(tensors[f"{module}.A.q"], tensors[f"{module}.A.scale"])
+    return b, a
+
+
 def unpack_lora(packed: str | Path, output_dir: str | Path) -> Path:
     """Write the PEFT adapter directory (``adapter_config.json`` with per-module ranks,
     ``adapter_model.safetensors`` in float32) that :func:`pack_lora`'s file stands for."""
@@ -158,8 +165,7 @@ def unpack_lora(packed: str | Path, output_dir: str | Path) -> Path:
     weights, ranks = {}, {}
     for key in sorted(k for k in tensors if k.endswith(".A.q")):
         module = key[: -len(".A.q")]
-        b = _dequantise(tensors[f"{module}.B.q"], tensors[f"{module}.B.scale"]).T
-        a = _dequantise(tensors[key], tensors[f"{module}.A.scale"])
+        b, a = _factors(tensors, module)
         ranks[module] = a.shape[0]
         weights[module + _A] = a.float().contiguous()
         weights[module + _B] = b.float().contiguous()
