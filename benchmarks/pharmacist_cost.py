@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
             "profile_seconds": {k.removesuffix("_seconds"): round(v, 2) for k, v in m.items()
                                 if k.startswith(("per_sample_", "model_load")) and k.endswith("_seconds")},
             "fixed_seconds": round(fixed, 2),
-            "per_candidate_seconds": round(per_candidate, 3),
+            "per_candidate_seconds": round(per_candidate, 5),  # x 1,024 candidates: 3 digits could be 0.5 s off
             "protocol_selector_seconds": round(fixed + per_candidate * args.protocol_refusals, 1),
         }
         print(f"selector, grad layers {layers or 'all'}: {m['selector_seconds']:.1f} s on {args.n_candidates} "
