@@ -22,16 +22,28 @@ from clinic.results import hs_column
 
 
 def curation_of(folder: Path) -> dict:
-    """The curate stage's metrics and the alignment's steps in a results folder ({} for none)."""
+    """The curate stages' metrics and the alignments' steps in a results folder ({} for none).
+
+    With several seeds (one curate and one align stage each) the selector seconds are their mean;
+    the counts (rows kept, alignment rows and steps) must agree across the seeds."""
     store = folder / "store"
-    out = {}
+    found: dict[str, list] = {}
     for stage in sorted(store.glob("curate-*")):
         m = json.loads((stage / "metrics.json").read_text())
-        out.update(selector=m["selector"], k=m["k"], n_candidates=m["n_candidates"],
-                   selector_seconds=m["selector_seconds"])
+        for key in ("selector", "k", "n_candidates", "selector_seconds"):
+            found.setdefault(key, []).append(m[key])
     for stage in sorted(store.glob("align-*")):
         m = json.loads((stage / "metrics.json").read_text())
-        out.update(align_rows=m["n_train"], align_steps=m["steps"], align_seconds=m["train_seconds"])
+        for key, value in (("align_rows", m["n_train"]), ("align_steps", m["steps"]), ("align_seconds", m["train_seconds"])):
+            found.setdefault(key, []).append(value)
+    out = {}
+    for key, values in found.items():
+        if key.endswith("seconds"):
+            out[key] = sum(values) / len(values)
+        elif len(set(values)) > 1:
+            raise SystemExit(f"{folder}: its stages disagree on {key} ({sorted(set(values))})")
+        else:
+            out[key] = values[0]
     return out
 
 
@@ -43,7 +55,8 @@ def rows(full: Path, curated: list[Path], judge: str) -> list[dict]:
         models = models_of(folder)
         info = curation_of(folder)
         row = {"data": info.get("selector", "full data") if folder != full else "full data", "folder": str(folder),
-               **{k: v for k, v in info.items() if k != "selector"}}
+               **{k: v for k, v in info.items() if k != "selector"},
+               "seeds": ",".join(str(s) for s in models["aligned"][1]["seeds"]) if "aligned" in models else "—"}
         for key in ["aligned", *sorted(k for k in models if isinstance(k, float))]:
             if key not in base:
                 continue
@@ -58,12 +71,12 @@ def rows(full: Path, curated: list[Path], judge: str) -> list[dict]:
 
 def markdown(table: list[dict]) -> str:
     keys = [k for k in ("aligned", "p=0.1", "p=0.2") if any(k in r for r in table)]
-    head = ["alignment data", "rows (steps)", "selector s"]
+    head = ["alignment data", "seeds", "rows (steps)", "selector s"]
     for k in keys:
         head += [f"HS {k}", f"Δ {k} vs full", f"FA {k}"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table:
-        cells = [r["data"], f"{r.get('align_rows', '—')} ({r.get('align_steps', '—')})",
+        cells = [r["data"], r["seeds"], f"{r.get('align_rows', '—')} ({r.get('align_steps', '—')})",
                  f"{r['selector_seconds']:.0f}" if "selector_seconds" in r else "—"]
         for k in keys:
             cells += [r.get(k, "—"), r.get(f"{k} - full", "—"), r.get(f"FA {k}", "—")]

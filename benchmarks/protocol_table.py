@@ -18,13 +18,22 @@ from clinic.report import format_interval
 from clinic.results import aggregate, collect_evaluations, hs_column, paired_comparison
 
 
-def models_of(folder: Path) -> dict:
+def models_of(folder: Path, finetune: str = "sft") -> dict:
     """Model (``"aligned"``, ``"base"`` or the poison ratio) -> (its evaluation records, its
-    aggregated row), read by :func:`clinic.results.collect_evaluations` like ``clinic report``."""
+    aggregated row), read by :func:`clinic.results.collect_evaluations` like ``clinic report``.
+
+    A folder may hold several fine-tuning methods (results/protocol-seeds has SFT and Surgery at
+    each p): the fine-tunes keyed by p are those of ``finetune``. Two models left on one key (two
+    alignments, say) are an error, not a silent choice."""
     records, _ = collect_evaluations(folder)
     out = {}
     for row in aggregate(records):
+        if row["stage"] == "finetuned" and row["finetune"] != finetune:
+            continue
         key = row["stage"] if row["stage"] != "finetuned" else float(row["p"])
+        if key in out:
+            raise SystemExit(f"{folder}: more than one {key!r} model (align {row['align']!r} and "
+                             f"{out[key][1]['align']!r}); give a folder with one alignment")
         out[key] = ([r for r in records if r["eval dir"] in row["eval dirs"]], row)
     return out
 

@@ -40,3 +40,51 @@ def test_a_curated_run_is_paired_with_the_full_data(tmp_path):
         diff = curated[f"{key} - full"]
         assert diff.startswith("+0.0 [-") and diff.endswith("], p = 1"), diff
         assert curated[key] == full[key]
+
+
+def test_a_folder_with_several_methods_and_seeds_gives_its_sft_fine_tunes_pooled():
+    """results/protocol-seeds holds SFT and Surgery fine-tunes at each p on three seeds: the full-data
+    row is SFT's, pooled over the seeds (docs/results-smollm2.md section 3e), not the last method read."""
+    from curation_table import rows
+
+    (full,) = rows(ROOT / "results" / "protocol-seeds", [], "harm-ce")
+    assert full["seeds"] == "0,1,2"
+    assert (full["aligned"], full["p=0.1"], full["p=0.2"]) == ("1.8 [1.0, 3.3]", "18.7 [15.8, 22.0]", "46.2 [42.2, 50.2]")
+
+
+def test_seeds_are_paired_seed_by_seed(tmp_path):
+    """A copy of the three-seed folder posing as curated: every paired difference is exactly zero
+    (each seed meets its own copy; clinic.results.paired_comparison pairs by seed)."""
+    import shutil
+
+    from curation_table import rows
+
+    copy = tmp_path / "curated"
+    shutil.copytree(ROOT / "results" / "protocol-seeds", copy)
+    _, curated = rows(ROOT / "results" / "protocol-seeds", [copy], "harm-ce")
+    for key in ("aligned", "p=0.1", "p=0.2"):
+        assert curated[f"{key} - full"].startswith("+0.0 [-") and curated[f"{key} - full"].endswith("], p = 1")
+
+
+def test_curation_stages_of_several_seeds(tmp_path):
+    """Selector seconds are averaged over the seeds' curate stages; counts that differ are an error."""
+    import json
+
+    import pytest
+    from curation_table import curation_of
+
+    def stage(name, **metrics):
+        folder = tmp_path / "store" / name
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+
+    stage("curate-pharmacist-a", selector="pharmacist", k=410, n_candidates=1024, selector_seconds=100.0)
+    stage("curate-pharmacist-b", selector="pharmacist", k=410, n_candidates=1024, selector_seconds=300.0)
+    stage("align-sft-a", n_train=615, steps=154, train_seconds=1000.0)
+    stage("align-sft-b", n_train=615, steps=154, train_seconds=1200.0)
+    info = curation_of(tmp_path)
+    assert (info["selector"], info["k"], info["selector_seconds"]) == ("pharmacist", 410, 200.0)
+    assert (info["align_rows"], info["align_steps"], info["align_seconds"]) == (615, 154, 1100.0)
+    stage("align-sft-c", n_train=600, steps=150, train_seconds=900.0)
+    with pytest.raises(SystemExit, match="disagree on align_rows"):
+        curation_of(tmp_path)
