@@ -4,6 +4,13 @@ from the repository alone (runs/ is not tracked and does not survive a new machi
     python benchmarks/export_run.py runs/calib-b results/calib-b
     clinic report results/calib-b
 
+An experiment whose stages were run by several runners (each with its own ``--output``, one store;
+e.g. seed 1 and seed 2 of a file in parallel) has no run directory that holds its whole plan: give
+the experiment file and the store instead, and the plan is written from them (no stage is run):
+
+    python benchmarks/export_run.py --experiment configs/protocol-seeds-pharmacist-smollm2.yaml \
+        --store runs/store results/protocol-seeds-pharmacist
+
 Copies the experiment file, plan.json (its store set to the folder's own ``store``) and, for every
 finished stage of the plan, the stage directory without weights (``adapter/``, ``model/``,
 ``checkpoints/``, ``*.safetensors``, ``*.bin``, ``*.pt``; a sink stage's ``per_sample.safetensors``,
@@ -21,6 +28,7 @@ import argparse
 import json
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from clinic.rundir import read_jsonl, write_jsonl_atomic
@@ -72,12 +80,39 @@ def export(run_dir: Path, out: Path) -> dict:
     return {"copied": len(copied), "kept": len(kept), "unfinished": missing, "bytes": size}
 
 
+def export_experiment(experiment: Path, store: Path, out: Path) -> dict:
+    """:func:`export` of an experiment file's plan over ``store``, for stages that several runners ran."""
+    from clinic.errors import ClinicError
+    from clinic.experiment import Experiment
+    from clinic.experiment.runner import write_plan
+
+    if not store.is_dir():
+        sys.exit(f"export_run: error: store {store} is not a directory")
+    try:
+        exp = Experiment.from_file(experiment)
+        stages = exp.plan()
+    except ClinicError as exc:
+        sys.exit(f"export_run: error: {exc}")
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp)
+        shutil.copy2(experiment, run_dir / "experiment.yaml")
+        write_plan(run_dir, store.resolve(), exp, stages)
+        return export(run_dir, out)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("run_dir", type=Path, nargs="?", help="a `clinic run` directory (with plan.json)")
     parser.add_argument("out", type=Path)
+    parser.add_argument("--experiment", type=Path, help="instead of run_dir: an experiment file, its plan taken over --store")
+    parser.add_argument("--store", type=Path, help="the stage store of --experiment")
     args = parser.parse_args(argv)
-    summary = export(args.run_dir, args.out)
+    if (args.experiment is None) == (args.run_dir is None):
+        parser.error("give either a run directory or --experiment FILE --store DIR")
+    if args.experiment is not None and args.store is None:
+        parser.error("--experiment needs --store")
+    summary = (export(args.run_dir, args.out) if args.experiment is None
+               else export_experiment(args.experiment, args.store, args.out))
     print(f"{args.out}: {summary['copied']} stages copied, {summary['kept']} kept, {summary['bytes'] / 2**20:.2f} MiB"
           + (f"; unfinished, left out: {', '.join(summary['unfinished'])}" if summary["unfinished"] else ""))
 

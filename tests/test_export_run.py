@@ -80,3 +80,45 @@ def test_a_second_export_adds_new_stages_and_keeps_the_copied_ones(tmp_path):
     assert (summary["copied"], summary["kept"], summary["unfinished"]) == (1, 1, [])
     assert (out / "store" / "evaluate-a-1" / "metrics.json").read_text() == '{"rejudged": {}}'
     assert (out / "store" / "evaluate-b-2" / "DONE").exists()
+
+
+def test_an_experiment_file_is_exported_from_its_plan_over_a_store(tmp_path):
+    """No run directory: the plan is made from the experiment file, so the stages finished in the store
+    by any runner are exported under the plan's own names; the others are listed as unfinished."""
+    import yaml
+    from export_run import export_experiment
+
+    from clinic.experiment import Experiment
+
+    spec = {"name": "tiny", "model": "tiny-random-llama", "seeds": [0, 1],
+            "align": {"methods": ["sft"], "n": 8},
+            "evaluate": {"n_prompts": 4, "judges": ["keyword"], "n_task": 0, "max_new_tokens": 4, "base": False}}
+    experiment = tmp_path / "tiny.yaml"
+    experiment.write_text(yaml.safe_dump(spec))
+    stages = Experiment.from_file(experiment).plan()
+    names = [s.dirname for s in stages]
+    assert len(names) == 4 and len(set(names)) == 4  # align + evaluate, two seeds
+    store = tmp_path / "store"
+    for name in names[:3]:  # seed 1's evaluation is not finished
+        (store / name).mkdir(parents=True)
+        (store / name / "metrics.json").write_text("{}")
+        (store / name / "DONE").write_text("")
+    out = tmp_path / "results"
+    summary = export_experiment(experiment, store, out)
+    assert (summary["copied"], summary["unfinished"]) == (3, [names[3]])
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["store"] == "store" and [s["dir"] for s in plan["stages"]] == names
+    assert (out / "experiment.yaml").read_text() == experiment.read_text()
+    assert sorted(p.name for p in (out / "store").iterdir()) == sorted(names[:3])
+
+
+def test_export_needs_a_run_directory_or_an_experiment(tmp_path, capsys):
+    import pytest
+    from export_run import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path / "out")])
+    assert exc.value.code == 2 and "either a run directory or --experiment" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["--experiment", str(tmp_path / "x.yaml"), str(tmp_path / "out")])
+    assert exc.value.code == 2 and "--experiment needs --store" in capsys.readouterr().err
