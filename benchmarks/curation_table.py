@@ -47,6 +47,16 @@ def curation_of(folder: Path) -> dict:
     return out
 
 
+def _seeds(models: dict) -> str:
+    """The seeds of a folder's models: ``0,1,2``, or per model where they differ (a run still going)."""
+    def names(key):
+        return ",".join(str(s) for s in models[key][1]["seeds"])
+    keys = [k for k in models if k != "base"]
+    if len({names(k) for k in keys}) <= 1:
+        return names(keys[0]) if keys else "—"
+    return "; ".join(f"{k if k == 'aligned' else f'p={k:g}'} {names(k)}" for k in keys)
+
+
 def rows(full: Path, curated: list[Path], judge: str) -> list[dict]:
     column = hs_column(judge, "beavertails-test")
     base = models_of(full)
@@ -55,8 +65,7 @@ def rows(full: Path, curated: list[Path], judge: str) -> list[dict]:
         models = models_of(folder)
         info = curation_of(folder)
         row = {"data": info.get("selector", "full data") if folder != full else "full data", "folder": str(folder),
-               **{k: v for k, v in info.items() if k != "selector"},
-               "seeds": ",".join(str(s) for s in models["aligned"][1]["seeds"]) if "aligned" in models else "—"}
+               **{k: v for k, v in info.items() if k != "selector"}, "seeds": _seeds(models)}
         for key in ["aligned", *sorted(k for k in models if isinstance(k, float))]:
             if key not in base:
                 continue

@@ -88,3 +88,21 @@ def test_curation_stages_of_several_seeds(tmp_path):
     stage("align-sft-c", n_train=600, steps=150, train_seconds=900.0)
     with pytest.raises(SystemExit, match="disagree on align_rows"):
         curation_of(tmp_path)
+
+
+def test_a_model_missing_a_seed_is_shown(tmp_path):
+    """A run still going (seed 2's p = 0.2 not evaluated yet): the seeds column names each model's seeds
+    rather than claiming all three for every score."""
+    import json
+    import shutil
+
+    from curation_table import rows
+
+    copy = tmp_path / "partial"
+    shutil.copytree(ROOT / "results" / "protocol-seeds", copy)
+    plan = json.loads((copy / "plan.json").read_text())
+    (stage,) = [s["dir"] for s in plan["stages"] if s["kind"] == "evaluate" and s["labels"].get("seed") == 2
+                and s["labels"].get("p") == 0.2 and s["labels"].get("finetune") == "sft"]
+    shutil.rmtree(copy / "store" / stage)
+    (full,) = rows(copy, [], "harm-ce")
+    assert full["seeds"] == "aligned 0,1,2; p=0 0,1,2; p=0.1 0,1,2; p=0.2 0,1"
