@@ -7,7 +7,12 @@ alignment on all the data (cell B), the others an alignment on a curated subset
 (``configs/protocol-curation-*.yaml``), each with the same attacks. For the aligned model and each
 attacked one: HS with its 95 % Wilson interval, the paired difference to the full data on the same
 prompts (Newcombe interval, exact McNemar p), FA; and the curation's own figures: selector, rows
-kept, selector seconds and alignment steps.
+kept, selector seconds and alignment steps. A folder of several seeds (configs/protocol-seeds-*.yaml)
+pools them: scores are means with the Wilson interval of all seeds' items, differences are paired
+seed by seed (a seed the full-data folder lacks is an error), and the seeds column says which
+seeds each row holds:
+
+    python benchmarks/curation_table.py --full results/protocol-seeds results/protocol-seeds-pharmacist
 """
 
 from __future__ import annotations

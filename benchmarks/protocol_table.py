@@ -52,7 +52,8 @@ def fa_of(model):
 
 def paired_text(a, b, column: str) -> str:
     r = paired_comparison(a[0], b[0], column)
-    assert "n/a" not in r, r["n/a"]
+    if "n/a" in r:  # e.g. a seed the other folder lacks, or prompts that differ
+        raise SystemExit(f"cannot pair {a[1]['eval dirs'][0]} with {b[1]['eval dirs'][0]}: {r['n/a']}")
     return f"{r['diff']:+.1f} [{r['ci95'][0]:+.1f}, {r['ci95'][1]:+.1f}], p = {r['p']:.1g}"
 
 

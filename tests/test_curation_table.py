@@ -106,3 +106,12 @@ def test_a_model_missing_a_seed_is_shown(tmp_path):
     shutil.rmtree(copy / "store" / stage)
     (full,) = rows(copy, [], "harm-ce")
     assert full["seeds"] == "aligned 0,1,2; p=0 0,1,2; p=0.1 0,1,2; p=0.2 0,1"
+
+
+def test_a_seed_the_full_data_lacks_is_a_clear_error():
+    """Three curated seeds against a one-seed full-data folder cannot be paired: said, not asserted."""
+    import pytest
+    from curation_table import rows
+
+    with pytest.raises(SystemExit, match="baseline has no seed 1"):
+        rows(ROOT / "results" / "calib-b", [ROOT / "results" / "protocol-seeds"], "harm-ce")
