@@ -15,10 +15,10 @@ import json
 from pathlib import Path
 
 from clinic.report import format_interval
-from clinic.results import aggregate, collect_evaluations, hs_column, paired_comparison
+from clinic.results import BASELINE, aggregate, collect_evaluations, hs_column, paired_comparison
 
 
-def models_of(folder: Path, finetune: str = "sft") -> dict:
+def models_of(folder: Path, finetune: str = BASELINE) -> dict:
     """Model (``"aligned"``, ``"base"`` or the poison ratio) -> (its evaluation records, its
     aggregated row), read by :func:`clinic.results.collect_evaluations` like ``clinic report``.
 
