@@ -107,6 +107,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def table_markdown(argv: list[str]) -> str:
+    """The table for a results page marker (benchmarks/results_page.py)."""
+    args = parse_args(argv)
+    return markdown(rows(args.full, args.curated, args.judge))
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     table = rows(args.full, args.curated, args.judge)

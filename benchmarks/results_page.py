@@ -1,16 +1,20 @@
 """Fill the result tables of a documentation page from committed results folders.
 
-A page marks each table with the folder it comes from:
+A page marks each table with where it comes from: a report (``clinic report``'s table, its note
+and any adaptive-attacker section: clinic.report.results_markdown) names its folder,
 
     <!-- report: results/calib-b -->
-    (the table, its note and any adaptive-attacker section: clinic.report.results_markdown)
+    (the table)
     <!-- /report -->
 
-and a curation table (benchmarks/curation_table.py, its arguments after the colon):
+and a table of one of the scripts in TABLES (each in benchmarks/, with a ``table_markdown(argv)``)
+names the script and its arguments, as on its command line from the repository's root:
 
-    <!-- curation-table: --full results/calib-b results/c5-pharmacist -->
+    <!-- table: curation_table.py --full results/calib-b results/c5-pharmacist -->
+    <!-- table: seed_table.py results/protocol-seeds --finetune surgery --labels Surgery SFT -->
+    <!-- table: attack_table.py results/adaptive-smollm2 results/adaptive-repair-smollm2 -->
     (the table)
-    <!-- /curation-table -->
+    <!-- /table -->
 
     python benchmarks/results_page.py docs/results-smollm2.md           # rewrite the marked tables
     python benchmarks/results_page.py docs/results-smollm2.md --check   # exit 1 if one is stale
@@ -22,37 +26,51 @@ generations), so a fresh clone regenerates the page in seconds; tests/test_resul
 from __future__ import annotations
 
 import argparse
+import contextlib
+import difflib
+import importlib
 import re
+import shlex
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+TABLES = ("curation_table", "seed_table", "attack_table")  # the scripts a table marker may name
 # a marker's body never runs into the next marker (an empty one, as a new page has, included)
 MARKED = re.compile(r"(<!-- report: (?P<folder>\S+) -->\n)(?P<body>(?:(?!<!-- /?report).)*?)\n?<!-- /report -->", re.S)
+TABLE = re.compile(r"(<!-- table: (?P<script>\S+) (?P<args>[^>]*?) -->\n)(?P<body>(?:(?!<!-- /?table).)*?)\n?"
+                   r"<!-- /table -->", re.S)
 
 
-CURATION = re.compile(r"(<!-- curation-table: (?P<args>[^>]*?) -->\n)(?P<body>(?:(?!<!-- /?curation-table).)*?)\n?"
-                      r"<!-- /curation-table -->", re.S)
+def script_of(name: str):
+    """The module of a table marker's script, or SystemExit naming the scripts it may be."""
+    module = name.removesuffix(".py")
+    if module not in TABLES:
+        near = difflib.get_close_matches(module, TABLES, n=1)
+        hint = f"; did you mean {near[0]}.py?" if near else f"; one of {', '.join(t + '.py' for t in TABLES)}"
+        raise SystemExit(f"results_page: error: unknown table script {name!r}{hint}")
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+    return importlib.import_module(module)
 
 
 def fill(page: str) -> str:
     from clinic.report import results_markdown
 
-    if str(ROOT / "benchmarks") not in sys.path:
-        sys.path.insert(0, str(ROOT / "benchmarks"))  # curation_table, imported by a curation marker
-
-    def table(match: re.Match) -> str:
+    def report(match: re.Match) -> str:
         body = results_markdown(ROOT / match["folder"], title=False).rstrip("\n")
         return f"{match.group(1)}{body}\n<!-- /report -->"
 
-    def curation(match: re.Match) -> str:
-        import curation_table
+    def table(match: re.Match) -> str:
+        body = script_of(match["script"]).table_markdown(shlex.split(match["args"]))
+        return f"{match.group(1)}{body}\n<!-- /table -->"
 
-        args = curation_table.parse_args(match["args"].split())
-        body = curation_table.markdown(curation_table.rows(ROOT / args.full, [ROOT / c for c in args.curated], args.judge))
-        return f"{match.group(1)}{body}\n<!-- /curation-table -->"
+    with contextlib.chdir(ROOT):  # a marker's paths are relative to the repository's root
+        return TABLE.sub(table, MARKED.sub(report, page))
 
-    return CURATION.sub(curation, MARKED.sub(table, page))
+
+def count(page: str) -> int:
+    return sum(1 for _ in MARKED.finditer(page)) + sum(1 for _ in TABLE.finditer(page))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="only check; exit 1 when a table is stale")
     args = parser.parse_args(argv)
     page = args.page.read_text(encoding="utf-8")
-    if not MARKED.search(page) and not CURATION.search(page):
-        print(f"results_page: error: {args.page} has no <!-- report: FOLDER --> or <!-- curation-table: ... --> marker",
+    if not count(page):
+        print(f"results_page: error: {args.page} has no <!-- report: FOLDER --> or <!-- table: SCRIPT ARGS --> marker",
               file=sys.stderr)
         return 2
     filled = fill(page)
@@ -71,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.page}: {'stale; run python benchmarks/results_page.py ' + str(args.page) if stale else 'current'}")
         return int(stale)
     args.page.write_text(filled, encoding="utf-8")
-    print(f"{args.page}: {sum(1 for _ in MARKED.finditer(page)) + sum(1 for _ in CURATION.finditer(page))} tables filled")
+    print(f"{args.page}: {count(page)} tables filled")
     return 0
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -49,17 +51,25 @@ def test_empty_markers_are_filled_each_with_its_own_folder():
     assert second["folder"] == "results/repair-b" and "antidote" in second["body"]
 
 
-def test_the_curation_table_is_regenerated_too():
-    """The C5 table (benchmarks/curation_table.py) is filled like the report tables: a planted
-    number in it is put back."""
+@pytest.mark.parametrize("script, planted", [("curation_table.py", ("42.5", "24.5")),
+                                             ("seed_table.py", ("80.0 vs 85.5", "85.0 vs 85.5")),
+                                             ("attack_table.py", ("69.0 [62.3, 75.0]", "6.9 [62.3, 75.0]"))])
+def test_the_scripts_tables_are_regenerated_too(script, planted):
+    """The C5 table, the per-seed tables and the per-attack table are filled like the report
+    tables: a planted number in each is put back."""
     page = (ROOT / "docs" / "results-smollm2.md").read_text(encoding="utf-8")
     module = _module()
-    match = module.CURATION.search(page)
-    assert match and "results/c5-pharmacist" in match["args"]
+    match = next(m for m in module.TABLE.finditer(page) if m["script"] == script and planted[0] in m["body"])
     body = match["body"]
-    planted = body.replace("42.5", "24.5", 1)
-    assert planted != body
-    assert module.fill(page.replace(body, planted, 1)) == page
+    tampered = page.replace(body, body.replace(*planted, 1), 1)
+    assert tampered != page
+    assert module.fill(tampered) == page
+
+
+def test_an_unknown_table_script_is_named_with_a_suggestion():
+    module = _module()
+    with pytest.raises(SystemExit, match="unknown table script 'seed_tables.py'; did you mean seed_table.py"):
+        module.fill("<!-- table: seed_tables.py results/protocol-seeds -->\n<!-- /table -->\n")
 
 
 def test_the_results_folder_stays_within_its_budget():

@@ -1,0 +1,109 @@
+"""One method against its baseline seed by seed, paired on each seed's own prompts, from committed results.
+
+    # a fine-tuning defence against SFT fine-tuning, both in one folder (section 3e)
+    python benchmarks/seed_table.py results/protocol-seeds --finetune surgery --labels Surgery SFT
+
+    # an alignment on curated data against the full data, two folders (section 3d)
+    python benchmarks/seed_table.py results/protocol-seeds --method results/protocol-seeds-pharmacist \\
+        --labels Pharmacist full
+
+The pooled tables (``clinic report``, benchmarks/curation_table.py) give one interval over all
+seeds; this one shows whether a finding repeats on every seed. For each model both sides hold
+(the aligned model, each poison ratio p) and each seed: the harmful score (``--judge``, on
+BeaverTails' test prompts) and the SST2 accuracy of both, and their paired difference on the
+same prompts or rows (Newcombe interval, exact McNemar p). An accuracy difference whose interval
+excludes 0 is in bold: the cost a defence's claim of "equal accuracy" has to answer for.
+
+The baseline is the folder's ``sft`` fine-tuning (``clinic.results.BASELINE``); the method is
+``--finetune`` in ``--method`` (default: the baseline's folder). A model the two sides share (the
+aligned model of two fine-tuning methods on one alignment) is left out: it would be compared with
+itself. A seed one side lacks, or prompts that differ, is an error with its reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from protocol_table import models_of
+
+from clinic.results import BASELINE, hs_column, paired_comparison
+
+
+def _score(record: dict, column: str) -> float | None:
+    k, n = record["counts"].get(column, (0, 0))
+    return 100.0 * k / n if n else None
+
+
+def rows(baseline: Path, method: Path, finetune: str, judge: str) -> list[dict]:
+    """One row per model and seed: both scores and the paired differences (HS and FA)."""
+    base, mine = models_of(baseline, BASELINE), models_of(method, finetune)
+    columns = {"HS": hs_column(judge, "beavertails-test"), "FA": "FA sst2"}
+    out = []
+    for key in [k for k in ("aligned", *sorted(k for k in mine if isinstance(k, float))) if k in mine and k in base]:
+        if mine[key][1]["eval dirs"] == base[key][1]["eval dirs"] and method == baseline:
+            continue  # one model on both sides
+        theirs = {r["seed"]: r for r in base[key][0]}
+        for record in sorted(mine[key][0], key=lambda r: r["seed"]):
+            other = theirs.get(record["seed"])
+            if other is None:
+                raise SystemExit(f"{baseline}: no seed {record['seed']} of the {key!r} model to pair with {method}")
+            row = {"model": key, "seed": record["seed"]}
+            for name, column in columns.items():
+                if column not in record["counts"] or column not in other["counts"]:
+                    continue
+                diff = paired_comparison([record], [other], column)
+                if "n/a" in diff:
+                    raise SystemExit(f"cannot pair {record['eval dir']} with {other['eval dir']} on {column}: {diff['n/a']}")
+                row[name] = (_score(record, column), _score(other, column))
+                row[f"Δ {name}"] = diff
+            out.append(row)
+    if not out:
+        raise SystemExit(f"{method} ({finetune}) and {baseline} ({BASELINE}) share no model to compare")
+    return out
+
+
+def _diff(d: dict, bold: bool = False) -> str:
+    text = f"{d['diff']:+.1f} [{d['ci95'][0]:+.1f}, {d['ci95'][1]:+.1f}], p = {d['p']:.1g}"
+    return f"**{text}**" if bold and (d["ci95"][0] > 0 or d["ci95"][1] < 0) else text
+
+
+def markdown(table: list[dict], label: str, baseline_label: str) -> str:
+    head = ["model", "seed", f"HS {label} vs {baseline_label} %", "Δ HS [95 % CI], McNemar p",
+            f"FA {label} vs {baseline_label} %", "Δ FA [95 % CI], McNemar p"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in table:
+        cells = ["aligned" if r["model"] == "aligned" else f"p = {r['model']:g}", str(r["seed"])]
+        for name in ("HS", "FA"):
+            if name in r:
+                cells += [f"{r[name][0]:.1f} vs {r[name][1]:.1f}", _diff(r[f"Δ {name}"], bold=name == "FA")]
+            else:
+                cells += ["—", "—"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("baseline", type=Path, help="the results folder of the baseline (its sft fine-tunes)")
+    parser.add_argument("--method", type=Path, help="the method's results folder (default: the baseline's)")
+    parser.add_argument("--finetune", default=BASELINE, help="the method's fine-tuning label (default: sft)")
+    parser.add_argument("--labels", nargs=2, metavar=("METHOD", "BASELINE"), default=("method", "baseline"),
+                        help="the two sides' names in the table's header")
+    parser.add_argument("--judge", default="harm-ce")
+    args = parser.parse_args(argv)
+    args.method = args.method or args.baseline
+    if args.method == args.baseline and args.finetune == BASELINE:
+        parser.error("the method is the baseline: give --method FOLDER or --finetune NAME")
+    return args
+
+
+def table_markdown(argv: list[str]) -> str:
+    """The table for a results page marker (benchmarks/results_page.py)."""
+    args = parse_args(argv)
+    return markdown(rows(args.baseline, args.method, args.finetune, args.judge), *args.labels)
+
+
+if __name__ == "__main__":
+    print(table_markdown(sys.argv[1:]))
