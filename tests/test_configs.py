@@ -1,0 +1,51 @@
+"""The experiment files shipped in configs/: each one plans (so `clinic run` accepts it), is
+named after its file and tells how to run it; the curation files under T-Vaccine alignment share
+their curated subsets with the SFT ones, so their comparison is on the same rows."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clinic.experiment import Experiment
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+FILES = sorted(CONFIGS.glob("*.yaml"))
+
+
+def _plan(path: Path):
+    return Experiment.from_dict(yaml.safe_load(path.read_text())).plan()
+
+
+def test_there_are_shipped_experiments():
+    assert len(FILES) >= 10
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_a_shipped_experiment_plans_and_is_named_after_its_file(path):
+    plan = _plan(path)
+    assert plan and all(stage.hash for stage in plan)
+    assert yaml.safe_load(path.read_text())["name"] == path.stem
+    usage = re.findall(r"^#\s+clinic run (\S+)", path.read_text(), re.M)
+    assert all(u == f"configs/{path.name}" for u in usage), f"{path.name}: its usage line names {usage}"
+
+
+@pytest.mark.parametrize("selector", ["pharmacist", "random", "gradnorm"])
+def test_the_tvaccine_curation_uses_the_sft_curations_subset(selector):
+    """C5 under T-Vaccine alignment compares the same rows as under SFT alignment: the curate
+    stage (its hash) is shared, and the T-Vaccine alignment is the protocol's (the settings of
+    configs/protocol-align-defences-smollm2.yaml's T-Vaccine, but for its data and where the model is named)."""
+    def stages(name, kind):
+        return [s for s in _plan(CONFIGS / name) if s.kind == kind]
+
+    (sft_curate,) = stages(f"protocol-curation-{selector}-smollm2.yaml", "curate")
+    (tv_curate,) = stages(f"protocol-curation-{selector}-tvaccine-smollm2.yaml", "curate")
+    assert tv_curate.hash == sft_curate.hash
+    (tv_align,) = stages(f"protocol-curation-{selector}-tvaccine-smollm2.yaml", "align")
+    full = next(s for s in stages("protocol-align-defences-smollm2.yaml", "align") if s.config["method"] == "tvaccine")
+    assert tv_align.config["method"] == "tvaccine" and tv_align.parent.hash == tv_curate.hash
+    # (the model is named by the curate stage a curated alignment starts from)
+    assert all(tv_align.config[k] == full.config[k] for k in ("method", "options", "train"))
