@@ -13,6 +13,7 @@ names the script and its arguments, as on its command line from the repository's
     <!-- table: curation_table.py --full results/calib-b results/c5-pharmacist -->
     <!-- table: seed_table.py results/protocol-seeds --finetune surgery --labels Surgery SFT -->
     <!-- table: attack_table.py results/adaptive-smollm2 results/adaptive-repair-smollm2 -->
+    <!-- table: sink_trend.py results/defences-ft -->
     (the table)
     <!-- /table -->
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import difflib
+import functools
 import importlib
 import re
 import shlex
@@ -35,7 +37,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TABLES = ("curation_table", "seed_table", "attack_table")  # the scripts a table marker may name
+TABLES = ("curation_table", "seed_table", "attack_table", "sink_trend")  # the scripts a table marker may name
 # a marker's body never runs into the next marker (an empty one, as a new page has, included)
 MARKED = re.compile(r"(<!-- report: (?P<folder>\S+) -->\n)(?P<body>(?:(?!<!-- /?report).)*?)\n?<!-- /report -->", re.S)
 TABLE = re.compile(r"(<!-- table: (?P<script>\S+) (?P<args>[^>]*?) -->\n)(?P<body>(?:(?!<!-- /?table).)*?)\n?"
@@ -54,6 +56,13 @@ def script_of(name: str):
     return importlib.import_module(module)
 
 
+@functools.lru_cache(maxsize=None)
+def _table(script: str, args: str) -> str:
+    """A script's table: a function of its arguments and the committed results alone, so one
+    process computes each once (the sink table's bootstrap takes seconds)."""
+    return script_of(script).table_markdown(shlex.split(args))
+
+
 def fill(page: str) -> str:
     from clinic.report import results_markdown
 
@@ -62,8 +71,7 @@ def fill(page: str) -> str:
         return f"{match.group(1)}{body}\n<!-- /report -->"
 
     def table(match: re.Match) -> str:
-        body = script_of(match["script"]).table_markdown(shlex.split(match["args"]))
-        return f"{match.group(1)}{body}\n<!-- /table -->"
+        return f"{match.group(1)}{_table(match['script'], match['args'])}\n<!-- /table -->"
 
     with contextlib.chdir(ROOT):  # a marker's paths are relative to the repository's root
         return TABLE.sub(table, MARKED.sub(report, page))

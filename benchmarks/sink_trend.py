@@ -63,12 +63,25 @@ def markdown(found: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path)
     parser.add_argument("--n-boot", type=int, default=2000)
     parser.add_argument("--markdown", action="store_true")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def table_markdown(argv: list[str]) -> str:
+    """The table for a results page marker (benchmarks/results_page.py); writes no JSON."""
+    args = parse_args(argv)
+    found = rows(args.folder, args.n_boot)
+    if not found:
+        raise SystemExit(f"sink_trend: error: no finished sink stage in {args.folder}")
+    return markdown(found)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     found = rows(args.folder, args.n_boot)
     if not found:
         print(f"sink_trend: error: no finished sink stage in {args.folder}", file=sys.stderr)

@@ -3,6 +3,7 @@ the page cannot drift from results/ unnoticed, and a fresh clone rebuilds it fro
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@functools.cache  # one module, so its table cache serves every test (the sink table takes seconds)
 def _module():
     spec = importlib.util.spec_from_file_location("results_page", ROOT / "benchmarks" / "results_page.py")
     module = importlib.util.module_from_spec(spec)
@@ -53,10 +55,11 @@ def test_empty_markers_are_filled_each_with_its_own_folder():
 
 @pytest.mark.parametrize("script, planted", [("curation_table.py", ("42.5", "24.5")),
                                              ("seed_table.py", ("80.0 vs 85.5", "85.0 vs 85.5")),
-                                             ("attack_table.py", ("69.0 [62.3, 75.0]", "6.9 [62.3, 75.0]"))])
+                                             ("attack_table.py", ("69.0 [62.3, 75.0]", "6.9 [62.3, 75.0]")),
+                                             ("sink_trend.py", ("| sft | surgery | 0.2 | 5 ", "| sft | surgery | 0.2 | 15 "))])
 def test_the_scripts_tables_are_regenerated_too(script, planted):
-    """The C5 table, the per-seed tables and the per-attack table are filled like the report
-    tables: a planted number in each is put back."""
+    """The C5 table, the per-seed tables, the per-attack table and the sink-head table are filled
+    like the report tables: a planted number in each is put back."""
     page = (ROOT / "docs" / "results-smollm2.md").read_text(encoding="utf-8")
     module = _module()
     match = next(m for m in module.TABLE.finditer(page) if m["script"] == script and planted[0] in m["body"])
