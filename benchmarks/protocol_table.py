@@ -82,25 +82,40 @@ def cell(folder: Path, judge: str) -> dict:
     return row
 
 
-def main(argv: list[str] | None = None) -> None:
+def markdown(rows: list[dict]) -> str:
+    lines = ["| cell | aligned HS | p = 0 | p = 0.05 | p = 0.1 | p = 0.2 | p = 0 − aligned | p = 0.2 − p = 0 | "
+             "FA p = 0 / p = 0.2 | (a) (b) (c) (d) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    yes = {True: "yes", False: "no"}
+    for r in rows:
+        c = yes[r["(c)"]] + ("" if r["(c) middle p run"] else "*")
+        lines.append(f"| {r['cell']} | {r['aligned']} | {r.get('p=0', '—')} | {r.get('p=0.05', '—')} | {r.get('p=0.1', '—')} | "
+                     f"{r.get('p=0.2', '—')} | {r['p=0 - aligned']} | {r['p=0.2 - p=0']} | {r['FA p=0']} / {r['FA p=0.2']} | "
+                     f"{yes[r['(a)']]}, {yes[r['(b)']]}, {c}, {yes[r['(d)']]} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--judge", default="harm-ce")
     parser.add_argument("--markdown", action="store_true", help="one markdown table row per cell")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def table_markdown(argv: list[str]) -> str:
+    """The table for a results page marker (benchmarks/results_page.py)."""
+    args = parse_args(argv)
+    return markdown([cell(folder, args.judge) for folder in args.folders])
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     rows = [cell(folder, args.judge) for folder in args.folders]
-    if not args.markdown:
+    if args.markdown:
+        print(markdown(rows))
+    else:
         for row in rows:
             print(json.dumps(row, ensure_ascii=False))
-        return
-    print("| cell | aligned HS | p = 0 | p = 0.05 | p = 0.1 | p = 0.2 | p = 0 − aligned | p = 0.2 − p = 0 | FA p = 0 / p = 0.2 | (a) (b) (c) (d) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    yes = {True: "yes", False: "no"}
-    for r in rows:
-        c = yes[r["(c)"]] + ("" if r["(c) middle p run"] else "*")
-        print(f"| {r['cell']} | {r['aligned']} | {r.get('p=0', '—')} | {r.get('p=0.05', '—')} | {r.get('p=0.1', '—')} | "
-              f"{r.get('p=0.2', '—')} | {r['p=0 - aligned']} | {r['p=0.2 - p=0']} | {r['FA p=0']} / {r['FA p=0.2']} | "
-              f"{yes[r['(a)']]}, {yes[r['(b)']]}, {c}, {yes[r['(d)']]} |")
 
 
 if __name__ == "__main__":

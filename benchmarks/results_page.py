@@ -37,7 +37,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TABLES = ("curation_table", "seed_table", "attack_table", "sink_trend")  # the scripts a table marker may name
+TABLES = ("protocol_table", "curation_table", "seed_table", "attack_table", "sink_trend")  # the scripts a table marker may name
 # a marker's body never runs into the next marker (an empty one, as a new page has, included)
 MARKED = re.compile(r"(<!-- report: (?P<folder>\S+) -->\n)(?P<body>(?:(?!<!-- /?report).)*?)\n?<!-- /report -->", re.S)
 TABLE = re.compile(r"(<!-- table: (?P<script>\S+) (?P<args>[^>]*?) -->\n)(?P<body>(?:(?!<!-- /?table).)*?)\n?"

@@ -1,5 +1,6 @@
-"""docs/results-smollm2.md's tables are the committed results, regenerated (issue 13, part 3):
-the page cannot drift from results/ unnoticed, and a fresh clone rebuilds it from the repository."""
+"""The marked tables of docs/results-smollm2.md and docs/protocol.md are the committed results,
+regenerated (issue 13, part 3): a page cannot drift from results/ unnoticed, and a fresh clone
+rebuilds it from the repository."""
 
 from __future__ import annotations
 
@@ -20,11 +21,21 @@ def _module():
     return module
 
 
-def test_the_results_page_tables_match_the_committed_results():
-    page = (ROOT / "docs" / "results-smollm2.md").read_text(encoding="utf-8")
+MARKED_PAGES = ["docs/results-smollm2.md", "docs/protocol.md"]  # the pages whose tables are generated
+
+
+def test_every_page_with_a_marker_is_checked():
     module = _module()
-    assert module.MARKED.search(page), "the page has no report marker"
-    assert module.fill(page) == page, "stale tables: run python benchmarks/results_page.py docs/results-smollm2.md"
+    pages = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").rglob("*.md") if module.count(p.read_text(encoding="utf-8")))
+    assert pages == sorted(MARKED_PAGES)
+
+
+@pytest.mark.parametrize("name", MARKED_PAGES)
+def test_the_pages_tables_match_the_committed_results(name):
+    page = (ROOT / name).read_text(encoding="utf-8")
+    module = _module()
+    assert module.count(page), f"{name} has no marker"
+    assert module.fill(page) == page, f"stale tables: run python benchmarks/results_page.py {name}"
 
 
 def test_a_changed_number_is_caught(tmp_path):
@@ -56,11 +67,12 @@ def test_empty_markers_are_filled_each_with_its_own_folder():
 @pytest.mark.parametrize("script, planted", [("curation_table.py", ("42.5", "24.5")),
                                              ("seed_table.py", ("80.0 vs 85.5", "85.0 vs 85.5")),
                                              ("attack_table.py", ("69.0 [62.3, 75.0]", "6.9 [62.3, 75.0]")),
-                                             ("sink_trend.py", ("| sft | surgery | 0.2 | 5 ", "| sft | surgery | 0.2 | 15 "))])
+                                             ("sink_trend.py", ("| sft | surgery | 0.2 | 5 ", "| sft | surgery | 0.2 | 15 ")),
+                                             ("protocol_table.py", ("| calib-a3 | 0.0 [0.0, 1.9] | 26.5", "| calib-a3 | 0.0 [0.0, 1.9] | 6.5"))])
 def test_the_scripts_tables_are_regenerated_too(script, planted):
     """The C5 table, the per-seed tables, the per-attack table and the sink-head table are filled
     like the report tables: a planted number in each is put back."""
-    page = (ROOT / "docs" / "results-smollm2.md").read_text(encoding="utf-8")
+    page = "".join((ROOT / name).read_text(encoding="utf-8") for name in MARKED_PAGES)
     module = _module()
     match = next(m for m in module.TABLE.finditer(page) if m["script"] == script and planted[0] in m["body"])
     body = match["body"]
