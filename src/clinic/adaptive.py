@@ -21,6 +21,11 @@ that share those labels (seeds pooled). For each harmful-score column:
   prompts and seeds (Newcombe's interval, McNemar p). The verdict says whether an advantage under
   the fixed attack (its interval below 0) survives the adaptive attacker (the worst-case
   difference's interval still below 0).
+- **Incomplete spaces.** While a grid is still running, a defence's worst case is over the attacks
+  evaluated so far, a weaker attacker than the full space. Given the plan's attacks per defence
+  (:func:`planned_attacks`), an entry records how many were planned, and its verdict starts with
+  "incomplete" when the defence or its SFT counterpart has attacks not yet evaluated: the
+  comparison is then not an adaptive-attacker result.
 """
 
 from __future__ import annotations
@@ -79,10 +84,23 @@ def _sft_counterpart(entry: dict) -> tuple:
     return (*labels, entry["column"])
 
 
-def adaptive_rows(rows: list[dict], records: list[dict], guard: Guard = Guard()) -> list[dict]:
+def planned_attacks(plan: dict) -> dict:
+    """``{defence (DEFENCE_FIELDS values): number of attacks}`` of a plan's attack-space
+    evaluations, finished or not (a budgeted search's plan holds the trials asked so far)."""
+    attacks: dict = {}
+    for stage in plan["stages"]:
+        labels = stage["labels"]
+        if stage["kind"] == "evaluate" and "fixed attack" in labels:
+            key = tuple(labels.get(f, "none") if f == "repair" else labels.get(f) for f in DEFENCE_FIELDS)
+            attacks.setdefault(key, set()).add(labels["attack"])
+    return {key: len(names) for key, names in attacks.items()}
+
+
+def adaptive_rows(rows: list[dict], records: list[dict], guard: Guard = Guard(), planned: dict | None = None) -> list[dict]:
     """One entry per defence and harmful-score column (see the module docstring); ``rows`` are
     :func:`clinic.results.aggregate`'s (with ``eval dirs``) and ``records`` the evaluations behind
-    them. Empty when no fine-tuning block has an attack space."""
+    them; ``planned`` (:func:`planned_attacks`) the attacks each defence should face. Empty when
+    no fine-tuning block has an attack space."""
     import pandas as pd
 
     attacked = [{"repair": "none", **r} for r in rows if r.get("stage") in ("finetuned", "repaired") and "fixed attack" in r]
@@ -109,6 +127,7 @@ def adaptive_rows(rows: list[dict], records: list[dict], guard: Guard = Guard())
                 continue
             worst = scored.loc[scored[column].idxmax()]  # idxmax: the first maximum, in plan order
             entry = {**labels, "column": column, "attacks": int(group[column].notna().sum()),
+                     "planned": (planned or {}).get(key, int(group[column].notna().sum())),
                      "counted": len(scored), "guard": guard_text,
                      "worst": {**_score(worst, column), "attack": worst["attack"],
                                "FA": None if pd.isna(worst.get(fa_column)) else float(worst[fa_column])},
@@ -136,4 +155,8 @@ def adaptive_rows(rows: list[dict], records: list[dict], guard: Guard = Guard())
                 entry[f"Δ{which} vs SFT"] = paired_comparison([members[d] for d in mine], [members[d] for d in theirs],
                                                               entry["column"])
         entry["verdict"] = _verdict(entry["Δfixed vs SFT"], entry["Δworst vs SFT"])
+        missing = [f"{who} {e['attacks']} of {e['planned']}" for who, e in (("own", entry), ("SFT's", base))
+                   if e is not None and e["attacks"] < e["planned"]]
+        if missing:  # a worst case over part of the space is a weaker attacker's
+            entry["verdict"] = f"incomplete ({', '.join(missing)} attacks evaluated): {entry['verdict']}"
     return [{k: v for k, v in e.items() if not k.startswith("_")} for e in entries]

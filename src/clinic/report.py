@@ -155,7 +155,9 @@ ADAPTIVE_NOTE = ("Per defence (align → finetune, task, fixed attack = the fine
                  "guard, with the attack that reached it. Scores: mean over seeds [95 % Wilson interval of the pooled "
                  "items]; the worst case's interval is that attack's own, not adjusted for taking a maximum (biased "
                  "upwards). Δ vs SFT: paired difference from the SFT defence's fixed / worst-case attack on the same "
-                 "prompts and seeds [Newcombe 95 % CI], McNemar p.")
+                 "prompts and seeds [Newcombe 95 % CI], McNemar p. Attacks counted: those passing the guard / those "
+                 "evaluated (and how many the plan holds, while some are not evaluated yet); a verdict marked "
+                 "incomplete compares a worst case over part of the space, not an adaptive attacker's.")
 
 
 def adaptive_tables(entries: list[dict]) -> list[tuple[str, list[str], list[list]]]:
@@ -172,7 +174,8 @@ def adaptive_tables(entries: list[dict]) -> list[tuple[str, list[str], list[list
             body.append([e["align"], e["finetune"], *([e["repair"]] if repaired else []), e["task"], e["fixed attack"],
                          format_interval(fixed["score"], fixed["ci95"], fixed["n"]) if fixed else "not evaluated",
                          format_delta(e["Δfixed vs SFT"]) if "Δfixed vs SFT" in e else "",
-                         f"{e['counted']}/{e['attacks']}", e["guard"],
+                         f"{e['counted']}/{e['attacks']}" + (f" ({e['planned']} planned)" if e["planned"] > e["attacks"] else ""),
+                         e["guard"],
                          format_interval(worst["score"], worst["ci95"], worst["n"]), worst["attack"],
                          "" if worst["FA"] is None else f"{worst['FA']:.1f}",
                          format_delta(e["Δworst vs SFT"]) if "Δworst vs SFT" in e else "", e["verdict"]])
@@ -264,12 +267,12 @@ def _results(root, guard=None) -> tuple[dict, list[dict], list[dict], list[dict]
     records and the adaptive-attacker entries of the experiment directory ``root``."""
     from pathlib import Path
 
-    from .adaptive import Guard, adaptive_rows
+    from .adaptive import Guard, adaptive_rows, planned_attacks
     from .results import aggregate, collect_evaluations, compare
 
     records, plan = collect_evaluations(Path(root))
     rows = compare(aggregate(records), records)
-    return plan, rows, records, adaptive_rows(rows, records, guard or Guard())
+    return plan, rows, records, adaptive_rows(rows, records, guard or Guard(), planned_attacks(plan))
 
 
 def _markdown(plan: dict, rows: list[dict], adaptive: list[dict]) -> str:
