@@ -228,6 +228,32 @@ def test_a_repaired_defence_faces_the_same_attacks_and_is_compared_with_unrepair
     assert entries["none"]["verdict"] == "(baseline)"
 
 
+def test_the_attack_space_figure_marks_each_defences_worst_case(fake_run, tmp_path, monkeypatch):
+    """adaptive.png draws every attack of every defence, and rings the worst case under the guard
+    at its own (FA, HS); without entries (no attack space) there is no such figure."""
+    import matplotlib.axes
+
+    from clinic.figures import figures
+
+    records, plan = collect_evaluations(fake_run)
+    rows = compare(aggregate(records), records)
+    entries = adaptive_rows(rows, records)
+    rings = []
+    original = matplotlib.axes.Axes.plot
+
+    def plot(self, x, y, fmt=None, **kw):
+        if fmt == "o" and kw.get("fillstyle") == "none":
+            rings.append((x[0], y[0]))
+        return original(self, x, y, fmt, **kw)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", plot)
+    assert "adaptive.png" in figures(rows, tmp_path, entries)
+    # keyword column only: SFT's worst (FA 75, HS 75), Lisa's (85, 80), Surgery's (80, 5)
+    assert sorted(rings) == sorted([(75.0, 75.0), (85.0, 80.0), (80.0, 5.0)])
+    (tmp_path / "none").mkdir()
+    assert "adaptive.png" not in figures(rows, tmp_path / "none")
+
+
 def test_guard_is_configurable(fake_run):
     entries = _entries(fake_run, Guard(min_fa=0))  # every attack counts
     assert entries["sft"]["worst"]["score"] == 100.0 and entries["sft"]["worst"]["attack"] == "lr=0.001"
@@ -245,6 +271,9 @@ def test_report_shows_the_adaptive_table(fake_run, capsys):
     assert "80.0 [" in lisa and "lr=0.001" in lisa and "disappears" in lisa
     assert (fake_run / "report" / "adaptive.csv").exists()
     assert "<h2>Adaptive attacker</h2>" in (fake_run / "report" / "report.html").read_text()
+    # the attack-space figure: HS against FA per defence, embedded in the HTML report
+    assert (fake_run / "report" / "adaptive.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "<figcaption>adaptive.png</figcaption>" in (fake_run / "report" / "report.html").read_text()
     assert "adaptive" in json.loads((fake_run / "report" / "results.json").read_text())
     assert main(["report", str(fake_run), "--output", str(fake_run / "r2"), "--guard-fa", "150"]) == 2
     assert "accuracy floor must be within [0, 100]" in capsys.readouterr().err

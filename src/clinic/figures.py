@@ -1,5 +1,6 @@
-"""The figures of ``clinic report``: HS and FA against p, and HS against sink heads, each point
-with its pooled 95 % Wilson interval as an error bar (rows from :mod:`clinic.results`)."""
+"""The figures of ``clinic report``: HS and FA against p, HS against sink heads, and, with an attack
+space, each defence's attacks as HS against FA; each point with its pooled 95 % Wilson interval as
+an error bar (rows from :mod:`clinic.results`, worst cases from :mod:`clinic.adaptive`)."""
 
 from __future__ import annotations
 
@@ -40,8 +41,58 @@ def _error(values, lows, highs) -> list:
     return [[v - lo for v, lo in zip(values, lows)], [hi - v for v, hi in zip(values, highs)]]
 
 
-def figures(rows: list[dict], out) -> list[str]:
-    """Write the figures into ``out``; returns their file names."""
+def _defence(row: dict) -> str:
+    name = f"{row['align']} → {row['finetune']}"
+    return f"{name} + {row['repair']}" if row.get("repair", "none") != "none" else name
+
+
+def adaptive_figure(rows: list[dict], adaptive: list[dict], out, plt) -> list[str]:
+    """``adaptive.png``: per harmful-score column, every attack of every defence as a point (x: its
+    fine-tune accuracy, y: its harmful score, both with 95 % intervals). The fixed attack is a
+    square; the worst case under the guard is ringed. An attacker wants points high and to the
+    right: the ring shows where the guard let it go."""
+    attacked = [r for r in rows if r.get("stage") in ("finetuned", "repaired") and "fixed attack" in r]
+    columns = list(dict.fromkeys(e["column"] for e in adaptive))
+    if not attacked or not columns:
+        return []
+    fig, axes = plt.subplots(1, len(columns), figsize=(5.5 * len(columns), 4.2), squeeze=False)
+    for ax, column in zip(axes[0], columns):
+        lows, highs = [], []
+        for i, defence in enumerate(dict.fromkeys(_defence(r) for r in attacked)):
+            points = [r for r in attacked if _defence(r) == defence and r.get(column) is not None]
+            fa_col = f"FA {points[0]['task']}" if points else None
+            points = [r for r in points if r.get(fa_col) is not None]
+            if not points:
+                continue
+            x, y = [r[fa_col] for r in points], [r[column] for r in points]
+            xlo, xhi = [r[f"{fa_col} ci95"][0] for r in points], [r[f"{fa_col} ci95"][1] for r in points]
+            ylo, yhi = [r[f"{column} ci95"][0] for r in points], [r[f"{column} ci95"][1] for r in points]
+            colour = f"C{i % 10}"
+            ax.errorbar(x, y, xerr=_error(x, xlo, xhi), yerr=_error(y, ylo, yhi), fmt="o", color=colour,
+                        markersize=4, capsize=2, alpha=0.8, label=defence)
+            for r, xi, yi in zip(points, x, y):
+                if r["attack"] == r["fixed attack"]:
+                    ax.plot([xi], [yi], "s", color=colour, markersize=8, fillstyle="none")
+            worst = next((e["worst"] for e in adaptive if e["column"] == column and
+                          _defence(e) == defence and e["worst"]["FA"] is not None), None)
+            if worst is not None:
+                ax.plot([worst["FA"]], [worst["score"]], "o", color=colour, markersize=13, fillstyle="none")
+            lows, highs = lows + ylo, highs + yhi
+        ax.set_ylim(*percent_ylim(lows, highs))
+        ax.set_xlabel("fine-tune accuracy (%), 95 % CI")
+        ax.set_ylabel("harmful score (%), 95 % CI")
+        ax.set_title(f"{column}\nsquare: fixed attack; ring: worst case under the guard", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "adaptive.png", dpi=110)
+    plt.close(fig)
+    return ["adaptive.png"]
+
+
+def figures(rows: list[dict], out, adaptive: list[dict] | None = None) -> list[str]:
+    """Write the figures into ``out``; returns their file names (``adaptive``: the entries of
+    :func:`clinic.adaptive.adaptive_rows`, for the attack-space figure)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -106,4 +157,6 @@ def figures(rows: list[dict], out) -> list[str]:
         fig.savefig(out / "hs_vs_sink_heads.png", dpi=110)
         plt.close(fig)
         made.append("hs_vs_sink_heads.png")
+    if adaptive:
+        made += adaptive_figure(rows, adaptive, out, plt)
     return made

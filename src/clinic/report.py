@@ -318,7 +318,7 @@ def write_report(root, out_dir=None, overwrite: bool = False, guard=None):
                 writer = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for r in flat_adaptive for k in r)))
                 writer.writeheader()
                 writer.writerows(flat_adaptive)
-        figures = draw_figures(rows, out)
+        figures = draw_figures(rows, out, adaptive)
         done = sum((store / s["dir"] / "DONE").exists() for s in plan["stages"])
         images = "".join(
             f'<figure><img src="data:image/png;base64,{base64.b64encode((out / f).read_bytes()).decode()}">'
