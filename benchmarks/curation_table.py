@@ -13,6 +13,11 @@ seed by seed (a seed the full-data folder lacks is an error), and the seeds colu
 seeds each row holds:
 
     python benchmarks/curation_table.py --full results/protocol-seeds results/protocol-seeds-pharmacist
+
+``--align`` reads one alignment method of folders that hold several (C5 under T-Vaccine alignment:
+the full-data cell results/c2-tvac holds SFT and T-Vaccine):
+
+    python benchmarks/curation_table.py --align tvaccine --full results/c2-tvac results/c5-pharmacist-tvaccine
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from protocol_table import fa_of, hs_of, models_of, paired_text
 from clinic.results import hs_column
 
 
-def curation_of(folder: Path) -> dict:
+def curation_of(folder: Path, align: str | None = None) -> dict:
     """The curate stages' metrics and the alignments' steps in a results folder ({} for none).
 
     With several seeds (one curate and one align stage each) the selector seconds are their mean;
@@ -37,7 +42,7 @@ def curation_of(folder: Path) -> dict:
         m = json.loads((stage / "metrics.json").read_text())
         for key in ("selector", "k", "n_candidates", "selector_seconds"):
             found.setdefault(key, []).append(m[key])
-    for stage in sorted(store.glob("align-*")):
+    for stage in sorted(store.glob(f"align-{align}-*" if align else "align-*")):
         m = json.loads((stage / "metrics.json").read_text())
         for key, value in (("align_rows", m["n_train"]), ("align_steps", m["steps"]), ("align_seconds", m["train_seconds"])):
             found.setdefault(key, []).append(value)
@@ -62,13 +67,13 @@ def _seeds(models: dict) -> str:
     return "; ".join(f"{k if k == 'aligned' else f'p={k:g}'} {names(k)}" for k in keys)
 
 
-def rows(full: Path, curated: list[Path], judge: str) -> list[dict]:
+def rows(full: Path, curated: list[Path], judge: str, align: str | None = None) -> list[dict]:
     column = hs_column(judge, "beavertails-test")
-    base = models_of(full)
+    base = models_of(full, align=align)
     out = []
     for folder in [full, *curated]:
-        models = models_of(folder)
-        info = curation_of(folder)
+        models = models_of(folder, align=align)
+        info = curation_of(folder, align)
         row = {"data": info.get("selector", "full data") if folder != full else "full data", "folder": str(folder),
                **{k: v for k, v in info.items() if k != "selector"}, "seeds": _seeds(models)}
         for key in ["aligned", *sorted(k for k in models if isinstance(k, float))]:
@@ -103,6 +108,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("curated", nargs="+", type=Path)
     parser.add_argument("--full", type=Path, required=True, help="the full-data run (e.g. results/calib-b)")
     parser.add_argument("--judge", default="harm-ce")
+    parser.add_argument("--align", help="the alignment method to read (a folder may hold several, e.g. sft and tvaccine)")
     parser.add_argument("--markdown", action="store_true")
     return parser.parse_args(argv)
 
@@ -110,12 +116,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def table_markdown(argv: list[str]) -> str:
     """The table for a results page marker (benchmarks/results_page.py)."""
     args = parse_args(argv)
-    return markdown(rows(args.full, args.curated, args.judge))
+    return markdown(rows(args.full, args.curated, args.judge, args.align))
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
-    table = rows(args.full, args.curated, args.judge)
+    table = rows(args.full, args.curated, args.judge, args.align)
     if args.markdown:
         print(markdown(table))
     else:

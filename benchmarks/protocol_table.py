@@ -18,22 +18,25 @@ from clinic.report import format_interval
 from clinic.results import BASELINE, aggregate, collect_evaluations, hs_column, paired_comparison
 
 
-def models_of(folder: Path, finetune: str = BASELINE) -> dict:
+def models_of(folder: Path, finetune: str = BASELINE, align: str | None = None) -> dict:
     """Model (``"aligned"``, ``"base"`` or the poison ratio) -> (its evaluation records, its
     aggregated row), read by :func:`clinic.results.collect_evaluations` like ``clinic report``.
 
     A folder may hold several fine-tuning methods (results/protocol-seeds has SFT and Surgery at
-    each p): the fine-tunes keyed by p are those of ``finetune``. Two models left on one key (two
-    alignments, say) are an error, not a silent choice."""
+    each p): the fine-tunes keyed by p are those of ``finetune``; a folder of several alignments
+    (results/c2-tvac has SFT and T-Vaccine) is read for ``align`` alone. Two models left on one key
+    are an error, not a silent choice."""
     records, _ = collect_evaluations(folder)
     out = {}
     for row in aggregate(records):
         if row["stage"] == "finetuned" and row["finetune"] != finetune:
             continue
+        if align is not None and row["stage"] in ("aligned", "finetuned") and row["align"] != align:
+            continue
         key = row["stage"] if row["stage"] != "finetuned" else float(row["p"])
         if key in out:
             raise SystemExit(f"{folder}: more than one {key!r} model (align {row['align']!r} and "
-                             f"{out[key][1]['align']!r}); give a folder with one alignment")
+                             f"{out[key][1]['align']!r}); choose one with --align")
         out[key] = ([r for r in records if r["eval dir"] in row["eval dirs"]], row)
     return out
 

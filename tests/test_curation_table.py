@@ -115,3 +115,24 @@ def test_a_seed_the_full_data_lacks_is_a_clear_error():
 
     with pytest.raises(SystemExit, match="baseline has no seed 1"):
         rows(ROOT / "results" / "calib-b", [ROOT / "results" / "protocol-seeds"], "harm-ce")
+
+
+def test_a_folder_of_two_alignments_is_read_for_the_one_asked():
+    """results/c2-tvac holds SFT and T-Vaccine alignments (C5 under T-Vaccine compares with its
+    T-Vaccine cell): --align picks one; without it the ambiguity is an error naming --align."""
+    import pytest
+
+    from curation_table import rows
+
+    folder = ROOT / "results" / "c2-tvac"
+    (tv,) = rows(folder, [], "harm-ce", align="tvaccine")
+    assert (tv["aligned"], tv["p=0.1"], tv["p=0.2"]) == ("3.5 [1.7, 7.0]", "60.0 [53.1, 66.5]", "71.5 [64.9, 77.3]")
+    import json
+
+    (stage,) = (folder / "store").glob("align-tvaccine-*")
+    seconds = json.loads((stage / "metrics.json").read_text())["train_seconds"]
+    assert tv["align_rows"] == 1536 and tv["align_seconds"] == seconds  # T-Vaccine's own stage, not SFT's
+    (sft,) = rows(folder, [], "harm-ce", align="sft")
+    assert sft["p=0.1"] == "20.5 [15.5, 26.6]"
+    with pytest.raises(SystemExit, match="--align"):
+        rows(folder, [], "harm-ce")
