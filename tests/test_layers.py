@@ -26,7 +26,7 @@ LAYERS = {
     "clinic.methods": 2, "clinic.evaluation": 2, "clinic.curation": 2, "clinic.repair": 2,
     "clinic.pipeline": 3, "clinic.sink": 3, "clinic.curation.stage": 3, "clinic.repair.stage": 3,
     "clinic.experiment": 4, "clinic.experiment.spec": 4, "clinic.experiment.plan": 4, "clinic.experiment.runner": 4,
-    "clinic.experiment.entries": 4, "clinic.experiment.blocks": 4, "clinic.attacks": 4, "clinic.report": 4, "clinic.results": 4,
+    "clinic.experiment.entries": 4, "clinic.experiment.blocks": 4, "clinic.experiment.estimate": 4, "clinic.attacks": 4, "clinic.report": 4, "clinic.results": 4,
     "clinic.adaptive": 4, "clinic.figures": 4, "clinic.demo": 4,
     "clinic.cli": 5,
 }

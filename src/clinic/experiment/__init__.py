@@ -26,7 +26,9 @@ One module per concern:
   :func:`~.spec.parse_yaml`, the allowed keys of each block);
 - :mod:`.entries`: the values an experiment file names (methods with options, folder-safe names);
 - :mod:`.plan`: the expansion into :class:`~.plan.Stage` objects and their hashes;
-- :mod:`.runner`: running and resuming (:func:`~.runner.run_experiment`, stage locks, ``plan.json``).
+- :mod:`.runner`: running and resuming (:func:`~.runner.run_experiment`, stage locks, ``plan.json``);
+- :mod:`.estimate`: what the stages still to run will cost, at the pace of the store's finished
+  stages (``clinic run --dry-run``).
 """
 
 from __future__ import annotations

@@ -114,10 +114,16 @@ def run_experiment(path: str | Path, output: str | Path | None = None, store: st
     print(f"clinic run {exp.name}: {len(stages)} stages ({', '.join(f'{v} {k}' for k, v in counts.items())}); "
           f"{len(done)} already done; store {store_dir}")
     if dry_run:
+        from .estimate import duration, plan_estimate
+
+        estimates, summary = plan_estimate(stages, store_dir, lambda s: is_done(store_dir, s))
         for s in stages:
-            print(f"  [{'done' if is_done(store_dir, s) else 'todo'}] {s.dirname}")
+            e = estimates.get(s.dirname)
+            cost = f"  ~{duration(e['seconds'])} ({e['basis']})" if e else ""
+            print(f"  [{'done' if is_done(store_dir, s) else 'todo'}] {s.dirname}{cost}")
         for group in exp.searches:
             print(f"  [search] up to {group.search['budget']} more attacks on {group.fixed.dirname}")
+        print(summary)
         return root
     check_writable(root, root)
     check_writable(store_dir, store_dir)

@@ -1,0 +1,114 @@
+"""clinic.experiment.estimate: a plan's unfinished stages costed at the pace of the finished
+stages in its store (``clinic run --dry-run``), checked by hand on fake finished peers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clinic.experiment import Experiment, is_done
+from clinic.experiment.estimate import duration, plan_estimate, training_steps
+
+
+def _experiment(curate: bool = False) -> dict:
+    raw = {"name": "estimate", "model": "tiny-random-llama", "seeds": [0],
+           "align": {"methods": ["sft"], "n": 10, "helpful": "alpaca", "helpful_n": 6,
+                     "train": {"batch_size": 4, "epochs": 2}},
+           "finetune": {"methods": ["sft"], "tasks": ["sst2"], "n": 12, "poison_ratios": [0, 0.1],
+                        "train": {"batch_size": 4, "epochs": 3}},
+           "evaluate": {"n_prompts": 40, "judges": ["keyword"], "n_task": 20, "aligned": True, "base": False}}
+    if curate:
+        raw["curate"] = {"selector": "random", "ratio": 0.5, "options": {"n_candidates": 20}}
+    return raw
+
+
+def _peer(store: Path, name: str, config: dict, metrics: dict) -> None:
+    folder = store / name
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / "DONE").write_text("")
+
+
+def test_training_steps_by_hand():
+    assert training_steps({"max_steps": -1, "epochs": 2, "batch_size": 8, "grad_accum": 1}, 1536) == 384
+    assert training_steps({"max_steps": -1, "epochs": 2, "batch_size": 8, "grad_accum": 1}, 615) == 154  # 77 a epoch
+    assert training_steps({"max_steps": -1, "epochs": 5, "batch_size": 8, "grad_accum": 2}, 256) == 80
+    assert training_steps({"max_steps": 7, "epochs": 5, "batch_size": 8}, 256) == 7
+
+
+def test_each_stage_is_costed_at_its_peers_median_pace(tmp_path):
+    stages = Experiment.from_dict(_experiment()).plan()
+    align = next(s for s in stages if s.kind == "align")
+    finetune = next(s for s in stages if s.kind == "finetune")
+    store = tmp_path / "store"
+    # three finished alignments of the same shape, 2, 4 and 9 s a step (median 4); one of another
+    # batch size (not a peer); finetunes at 1 s a step; evaluations of 50 and 70 s; and one
+    # evaluation of another size (not a peer)
+    for i, per_step in enumerate((2.0, 4.0, 9.0)):
+        _peer(store, f"align-sft-{i}", {"stage": "align", "method": "sft", "train": align.config["train"]},
+              {"steps": 10, "train_seconds": 10 * per_step})
+    _peer(store, "align-sft-other", {"stage": "align", "method": "sft", "train": {**align.config["train"], "batch_size": 16}},
+          {"steps": 10, "train_seconds": 1000.0})
+    _peer(store, "finetune-sft-0", {"stage": "finetune", "method": "sft", "train": finetune.config["train"]},
+          {"steps": 5, "train_seconds": 5.0})
+    tokens = next(s for s in stages if s.kind == "evaluate").config["max_new_tokens"]
+    for i, seconds in enumerate((50.0, 70.0)):
+        _peer(store, f"evaluate-{i}", {"stage": "evaluate", "eval": {"n_prompts": 40, "n_task": 20, "max_new_tokens": tokens}},
+              {"eval_seconds": seconds})
+    _peer(store, "evaluate-big", {"stage": "evaluate", "eval": {"n_prompts": 400, "n_task": 20, "max_new_tokens": tokens}},
+          {"eval_seconds": 9999.0})
+    estimates, summary = plan_estimate(stages, store, lambda s: is_done(store, s))
+    # align: (10 refusals + 6 helpful) / 4 = 4 batches x 2 epochs = 8 steps x 4 s
+    assert estimates[align.dirname]["seconds"] == pytest.approx(32.0)
+    assert estimates[align.dirname]["basis"] == "8 steps × 4.0 s/step, 3 finished peers"
+    # finetune: 12 rows / 4 = 3 batches x 3 epochs = 9 steps x 1 s
+    assert all(estimates[s.dirname]["seconds"] == pytest.approx(9.0) for s in stages if s.kind == "finetune")
+    evals = [s for s in stages if s.kind == "evaluate"]
+    assert len(evals) == 3 and all(estimates[s.dirname]["seconds"] == pytest.approx(60.0) for s in evals)
+    total = 32 + 2 * 9 + 60 * len(evals)
+    assert summary.startswith(f"estimate: {duration(total)} for {len(stages)} of {len(stages)} stages")
+    # a finished stage is not costed again
+    (store / align.dirname).mkdir()
+    (store / align.dirname / "DONE").write_text("")
+    estimates, _ = plan_estimate(stages, store, lambda s: is_done(store, s))
+    assert align.dirname not in estimates
+
+
+def test_a_curated_alignment_trains_on_the_subset_and_no_peer_is_named(tmp_path):
+    stages = Experiment.from_dict(_experiment(curate=True)).plan()
+    align = next(s for s in stages if s.kind == "align")
+    store = tmp_path / "store"
+    _peer(store, "align-sft-0", {"stage": "align", "method": "sft", "train": align.config["train"]},
+          {"steps": 4, "train_seconds": 8.0})
+    estimates, summary = plan_estimate(stages, store, lambda s: is_done(store, s))
+    # round(0.5 x 20) = 10 kept + 6 helpful = 16 rows: 4 batches x 2 epochs = 8 steps x 2 s
+    assert estimates[align.dirname]["seconds"] == pytest.approx(16.0)
+    curate = next(s for s in stages if s.kind == "curate")
+    assert estimates[curate.dirname] is None and "without a finished peer" in summary and "curate" in summary
+    # once the curation ran, its own subset size counts (a selector may keep another k)
+    _peer(store, curate.dirname, {"stage": "curate", "curate": {"selector": "random", "n_candidates": 20}},
+          {"k": 6, "selector_seconds": 1.0})
+    estimates, _ = plan_estimate(stages, store, lambda s: is_done(store, s))
+    assert estimates[align.dirname]["seconds"] == pytest.approx(2.0 * 2 * 3)  # 12 rows: 3 batches x 2 epochs
+
+
+def test_clinic_run_dry_run_prints_the_estimate(tmp_path, capsys):
+    from clinic.cli import main
+
+    stages = Experiment.from_dict(_experiment()).plan()
+    finetune = next(s for s in stages if s.kind == "finetune")
+    store = tmp_path / "store"
+    _peer(store, "finetune-sft-0", {"stage": "finetune", "method": "sft", "train": finetune.config["train"]},
+          {"steps": 9, "train_seconds": 18.0})
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(_experiment()))
+    assert main(["run", str(path), "--output", str(tmp_path / "exp"), "--store", str(store), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if finetune.dirname in x)
+    assert line.strip() == f"[todo] {finetune.dirname}  ~18 s (9 steps × 2.0 s/step, 1 finished peer)"
+    assert out.splitlines()[-1].startswith("estimate: 36 s for 2 of ")
+    assert not (tmp_path / "exp").exists()  # a dry run writes nothing
