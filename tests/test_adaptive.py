@@ -362,3 +362,15 @@ def test_end_to_end_on_a_tiny_model(tmp_path, data_dir):
     assert entries[0]["verdict"] == "(baseline)" and "verdict" in entries[1]
     assert entries[1]["worst"]["attack"] in ("lr=0.0001", "lr=0.001")
     assert "## Adaptive attacker" in (root / "results.md").read_text()
+
+
+def test_the_attack_space_figure_survives_attacks_without_a_task_accuracy(fake_run, tmp_path):
+    """An unscored task gives no x to place an attack at: the figure says so instead of failing."""
+    from clinic.figures import figures
+
+    records, _ = collect_evaluations(fake_run)
+    rows = compare(aggregate(records), records)
+    entries = adaptive_rows(rows, records)
+    for row in rows:
+        row.pop("FA sst2", None)
+    assert "adaptive.png" in figures(rows, tmp_path, entries)

@@ -78,12 +78,16 @@ def adaptive_figure(rows: list[dict], adaptive: list[dict], out, plt) -> list[st
             if worst is not None:
                 ax.plot([worst["FA"]], [worst["score"]], "o", color=colour, markersize=13, fillstyle="none")
             lows, highs = lows + ylo, highs + yhi
-        ax.set_ylim(*percent_ylim(lows, highs))
+        if lows:
+            ax.set_ylim(*percent_ylim(lows, highs))
+        else:  # no attack with a task accuracy (an unscored task): nothing to place on the x axis
+            ax.text(0.5, 0.5, "no attack with a task accuracy", ha="center", transform=ax.transAxes)
         ax.set_xlabel("fine-tune accuracy (%), 95 % CI")
         ax.set_ylabel("harmful score (%), 95 % CI")
         ax.set_title(f"{column}\nsquare: fixed attack; ring: worst case under the guard", fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    if axes[0][0].get_legend_handles_labels()[0]:
+        axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "adaptive.png", dpi=110)
     plt.close(fig)
