@@ -6,8 +6,10 @@ when it runs as ``python benchmarks/NAME.py``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+import sys
 from pathlib import Path
 
 
@@ -62,3 +64,16 @@ def save_json(result: dict, path, quiet: bool = False) -> Path:
     if not quiet:
         print(f"saved {path}")
     return path
+
+
+@contextlib.contextmanager
+def one_line_errors(prog: str):
+    """A table script's refusal (``SystemExit("why")``) as the command line wants it: one line,
+    ``PROG: error: why``, exit status 2 (argparse's own errors already are)."""
+    try:
+        yield
+    except SystemExit as error:
+        if isinstance(error.code, str):
+            print(f"{prog}: error: {error.code}", file=sys.stderr)
+            raise SystemExit(2) from None
+        raise

@@ -131,4 +131,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    from _common import one_line_errors
+
+    with one_line_errors("curation_table"):
+        main()

@@ -122,4 +122,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from _common import one_line_errors
+
+    with one_line_errors("protocol_table"):
+        main()

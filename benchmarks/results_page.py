@@ -50,7 +50,7 @@ def script_of(name: str):
     if module not in TABLES:
         near = difflib.get_close_matches(module, TABLES, n=1)
         hint = f"; did you mean {near[0]}.py?" if near else f"; one of {', '.join(t + '.py' for t in TABLES)}"
-        raise SystemExit(f"results_page: error: unknown table script {name!r}{hint}")
+        raise SystemExit(f"unknown table script {name!r}{hint}")
     if str(ROOT / "benchmarks") not in sys.path:
         sys.path.insert(0, str(ROOT / "benchmarks"))
     return importlib.import_module(module)
@@ -91,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"results_page: error: {args.page} has no <!-- report: FOLDER --> or <!-- table: SCRIPT ARGS --> marker",
               file=sys.stderr)
         return 2
-    filled = fill(page)
+    from _common import one_line_errors  # benchmarks/ is on sys.path: this script's own folder
+
+    with one_line_errors("results_page"):
+        filled = fill(page)
     if args.check:
         stale = filled != page
         print(f"{args.page}: {'stale; run python benchmarks/results_page.py ' + str(args.page) if stale else 'current'}")

@@ -106,4 +106,7 @@ def table_markdown(argv: list[str]) -> str:
 
 
 if __name__ == "__main__":
-    print(table_markdown(sys.argv[1:]))
+    from _common import one_line_errors
+
+    with one_line_errors("seed_table"):
+        print(table_markdown(sys.argv[1:]))

@@ -91,3 +91,15 @@ def test_the_results_folder_stays_within_its_budget():
     """results/ travels with every clone: its stated budget (docs/results-smollm2.md) is 20 MB."""
     size = sum(p.stat().st_size for p in (ROOT / "results").rglob("*") if p.is_file())
     assert size <= 20_000_000, f"results/ holds {size / 1e6:.1f} MB, over its 20 MB budget"
+
+
+def test_a_page_naming_an_unknown_script_exits_2_and_is_left_as_it_was(tmp_path, capsys):
+    module = _module()
+    page = tmp_path / "page.md"
+    text = "<!-- table: seed_tables.py results/protocol-seeds -->\n<!-- /table -->\n"
+    page.write_text(text)
+    with pytest.raises(SystemExit) as error:
+        module.main([str(page)])
+    assert error.value.code == 2 and page.read_text() == text
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["results_page: error: unknown table script 'seed_tables.py'; did you mean seed_table.py?"]

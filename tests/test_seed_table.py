@@ -80,3 +80,18 @@ def test_comparing_the_baseline_with_itself_is_refused(capsys):
     with pytest.raises(SystemExit) as error:
         parse_args([str(SEEDS)])
     assert error.value.code == 2 and "--finetune" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script, args, message", [
+    ("seed_table.py", ["results/calib-b", "--method", "results/protocol-seeds-pharmacist"], "no seed 1"),
+    ("attack_table.py", ["results/calib-b"], "no attack-space evaluations"),
+    ("curation_table.py", ["--full", "results/c2-tvac", "results/c5-pharmacist"], "choose one with --align"),
+])
+def test_a_table_scripts_refusal_is_one_line_and_exit_2(script, args, message):
+    import subprocess
+
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{script[:-3]}: error: ") and message in lines[0]
