@@ -47,11 +47,12 @@ def collect(folders: list[Path]) -> tuple[dict, str | None]:
             if "attack" not in row:  # the base and aligned models
                 continue
             fixed = fixed or row.get("fixed attack")
-            seen = models.setdefault(model_name(row), {}).get(row["attack"])
+            name = model_name(row)
+            seen = models.setdefault(name, {}).get(row["attack"])
             if seen is not None and seen["eval dirs"] != row["eval dirs"]:
-                raise SystemExit(f"{folder}: {model_name(row)!r} under {row['attack']!r} is evaluated twice "
+                raise SystemExit(f"{folder}: {name!r} under {row['attack']!r} is evaluated twice "
                                  f"({seen['eval dirs'][0]} and {row['eval dirs'][0]}); give folders that agree")
-            models[model_name(row)][row["attack"]] = row
+            models[name][row["attack"]] = row
     if not models:
         raise SystemExit(f"{', '.join(map(str, folders))}: no attack-space evaluations (labels 'attack')")
     return models, fixed

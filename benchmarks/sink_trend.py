@@ -71,21 +71,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def table_markdown(argv: list[str]) -> str:
-    """The table for a results page marker (benchmarks/results_page.py); writes no JSON."""
-    args = parse_args(argv)
+def found_rows(args: argparse.Namespace) -> list[dict]:
+    """:func:`rows` of the folder, or a refusal (``SystemExit``, the reason) when it has no finished sink stage."""
     found = rows(args.folder, args.n_boot)
     if not found:
-        raise SystemExit(f"sink_trend: error: no finished sink stage in {args.folder}")
-    return markdown(found)
+        raise SystemExit(f"no finished sink stage in {args.folder}")
+    return found
+
+
+def table_markdown(argv: list[str]) -> str:
+    """The table for a results page marker (benchmarks/results_page.py); writes no JSON."""
+    return markdown(found_rows(parse_args(argv)))
 
 
 def main(argv: list[str] | None = None) -> int:
+    from _common import one_line_errors
+
     args = parse_args(argv)
-    found = rows(args.folder, args.n_boot)
-    if not found:
-        print(f"sink_trend: error: no finished sink stage in {args.folder}", file=sys.stderr)
-        return 2
+    with one_line_errors("sink_trend"):  # "sink_trend: error: no finished sink stage in ...", exit 2
+        found = found_rows(args)
     result = {"folder": str(args.folder), "n_boot": args.n_boot, "rows": found,
               "machine": {"platform": platform.platform(), "python": platform.python_version()}}
     out = ROOT / "benchmarks" / "results" / f"sink_trend-{args.folder.name}.json"

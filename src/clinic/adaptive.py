@@ -126,8 +126,8 @@ def adaptive_rows(rows: list[dict], records: list[dict], guard: Guard = Guard(),
             if scored.empty:
                 continue
             worst = scored.loc[scored[column].idxmax()]  # idxmax: the first maximum, in plan order
-            entry = {**labels, "column": column, "attacks": int(group[column].notna().sum()),
-                     "planned": (planned or {}).get(key, int(group[column].notna().sum())),
+            evaluated = int(group[column].notna().sum())
+            entry = {**labels, "column": column, "attacks": evaluated, "planned": (planned or {}).get(key, evaluated),
                      "counted": len(scored), "guard": guard_text,
                      "worst": {**_score(worst, column), "attack": worst["attack"],
                                "FA": None if pd.isna(worst.get(fa_column)) else float(worst[fa_column])},

@@ -116,11 +116,12 @@ def run_experiment(path: str | Path, output: str | Path | None = None, store: st
     if dry_run:
         from .estimate import duration, plan_estimate
 
-        estimates, summary = plan_estimate(stages, store_dir, lambda s: is_done(store_dir, s))
+        finished = {s.dirname for s in done}
+        estimates, summary = plan_estimate(stages, store_dir, lambda s: s.dirname in finished)
         for s in stages:
             e = estimates.get(s.dirname)
             cost = f"  ~{duration(e['seconds'])} ({e['basis']})" if e else ""
-            print(f"  [{'done' if is_done(store_dir, s) else 'todo'}] {s.dirname}{cost}")
+            print(f"  [{'done' if s.dirname in finished else 'todo'}] {s.dirname}{cost}")
         for group in exp.searches:
             print(f"  [search] up to {group.search['budget']} more attacks on {group.fixed.dirname}")
         print(summary)
