@@ -32,9 +32,16 @@ def model_name(row: dict) -> str:
     return f"{name} + {row['repair']}" if row.get("repair") else name
 
 
+def _value(text: str) -> tuple:
+    try:
+        return (0, float(text))  # numbers in numeric order (1e-04 after 5e-05)
+    except ValueError:
+        return (1, text)  # a setting that is no number (full_ft=True, schedule=cosine): by its text
+
+
 def _order(attack: str) -> tuple:
-    """``lr=5e-05 epochs=3 p=0.1`` -> (5e-05, 3.0, 0.1): attacks sorted setting by setting."""
-    return tuple(float(part.split("=", 1)[1]) for part in attack.split())
+    """``lr=5e-05 epochs=3 p=0.1`` -> its values in order: attacks sorted setting by setting."""
+    return tuple(_value(part.split("=", 1)[1]) for part in attack.split())
 
 
 def collect(folders: list[Path]) -> tuple[dict, str | None]:

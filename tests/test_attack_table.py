@@ -66,3 +66,15 @@ def test_model_names():
 
     assert model_name({"align": "sft", "finetune": "sft"}) == "sft"
     assert model_name({"align": "tvaccine", "finetune": "lisa", "repair": "antidote"}) == "tvaccine → lisa + antidote"
+
+
+def test_attacks_over_settings_that_are_no_numbers_are_ordered_too():
+    """An attack space may vary any training setting (issue 15: LoRA vs full fine-tuning), so an
+    attack label can hold ``full_ft=True`` or ``schedule=cosine``: numbers sort as numbers, the
+    rest by their text, and nothing fails."""
+    from attack_table import _order
+
+    labels = ["full_ft=True lr=0.0001", "full_ft=False lr=0.0001", "full_ft=False lr=5e-05", "full_ft=True lr=5e-05"]
+    assert sorted(labels, key=_order) == ["full_ft=False lr=5e-05", "full_ft=False lr=0.0001",
+                                          "full_ft=True lr=5e-05", "full_ft=True lr=0.0001"]
+    assert sorted(["lr=0.0001 p=0.2", "lr=5e-05 p=0.2"], key=_order)[0] == "lr=5e-05 p=0.2"
