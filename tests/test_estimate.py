@@ -112,3 +112,49 @@ def test_clinic_run_dry_run_prints_the_estimate(tmp_path, capsys):
     assert line.strip() == f"[todo] {finetune.dirname}  ~18 s (9 steps × 2.0 s/step, 1 finished peer)"
     assert out.splitlines()[-1].startswith("estimate: 36 s for 2 of ")
     assert not (tmp_path / "exp").exists()  # a dry run writes nothing
+
+
+def test_pace_from_committed_results_when_the_store_is_empty(tmp_path, capsys):
+    """A new machine's store is empty; ``--pace results`` costs the plan at the pace of the stages a
+    results folder keeps (nested: results/<run>/store/<stage>); one stage in two places counts once."""
+    from clinic.cli import main
+
+    stages = Experiment.from_dict(_experiment()).plan()
+    finetune = next(s for s in stages if s.kind == "finetune")
+    results = tmp_path / "results"
+    config = {"stage": "finetune", "method": "sft", "train": finetune.config["train"]}
+    _peer(results / "run-a" / "store", "finetune-sft-0", config, {"steps": 9, "train_seconds": 9.0})
+    _peer(results / "run-b" / "store", "finetune-sft-0", config, {"steps": 9, "train_seconds": 9.0})  # the same stage
+    _peer(results / "run-b" / "store", "finetune-sft-1", config, {"steps": 9, "train_seconds": 45.0})
+    store = tmp_path / "store"  # not made yet
+    estimates, summary = plan_estimate(stages, store, lambda s: is_done(store, s))
+    assert estimates[finetune.dirname] is None
+    estimates, summary = plan_estimate(stages, store, lambda s: is_done(store, s), (results,))
+    # median of 1 and 5 s/step (the duplicate counted once, else the median would be 1) x 9 steps
+    assert estimates[finetune.dirname] == {"seconds": pytest.approx(27.0), "basis": "9 steps × 3.0 s/step, 2 finished peers"}
+    assert f"in the store and {results} (one runner" in summary
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(_experiment()))
+    assert main(["run", str(path), "--output", str(tmp_path / "exp"), "--store", str(store), "--dry-run",
+                 "--pace", str(results)]) == 0
+    assert "~27 s (9 steps × 3.0 s/step, 2 finished peers)" in capsys.readouterr().out
+    assert not store.exists() and not (tmp_path / "exp").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--pace", "RESULTS"], "--pace only costs a dry run; add --dry-run"),
+    (["--dry-run", "--pace", "MISSING"], "--pace MISSING: no such folder"),
+])
+def test_pace_refuses_in_one_line(tmp_path, capsys, extra, message):
+    from clinic.cli import main
+
+    (tmp_path / "RESULTS").mkdir()
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(_experiment()))
+    extra = [str(tmp_path / e) if e.isupper() else e for e in extra]
+    with pytest.raises(SystemExit) as exc:
+        main(["run", str(path), "--output", str(tmp_path / "exp"), *extra])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1
+    assert err == f"clinic: error: {message.replace('RESULTS', str(tmp_path / 'RESULTS')).replace('MISSING', str(tmp_path / 'MISSING'))}\n"
+    assert not (tmp_path / "exp").exists()

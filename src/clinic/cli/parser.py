@@ -30,6 +30,7 @@ class ArgParser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)  # keeps the listings' lines
         super().__init__(*args, **kwargs)
         self.renamed: dict[str, str] = {}  # old option spelling -> the current one
+        self.checks: list = []  # namespace -> message or None: options that only make sense together
 
     def deprecate(self, renamed: dict[str, str]) -> None:
         """Accept each old option spelling (key) for the current one (value), with one warning line when used."""
@@ -69,7 +70,12 @@ class ArgParser(argparse.ArgumentParser):
             if old in renamed:
                 print(f"clinic: warning: {old} is deprecated, use {renamed[old]}", file=sys.stderr)
                 args[i] = renamed[old] + sep + value
-        return super().parse_known_args(args, namespace)
+        namespace, extras = super().parse_known_args(args, namespace)
+        for check in self.checks:  # before any work starts, so a bad combination costs nothing
+            message = check(namespace)
+            if message:
+                self.error(message)
+        return namespace, extras
 
     def format_help(self) -> str:
         text = super().format_help()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from .parser import ArgParser
 
 
@@ -13,11 +15,24 @@ def parser(name: str) -> ArgParser:
     p.add_argument("--output", help="experiment directory (default runs/<experiment name>)")
     p.add_argument("--store", help="stage store shared between experiments (default <output>/stages)")
     p.add_argument("--dry-run", action="store_true", help="print the stages and whether each is done, run nothing")
+    p.add_argument("--pace", action="append", default=[], metavar="DIR",
+                   help="with --dry-run: also take the pace from the finished stages under DIR (repeatable; e.g. "
+                   "results, whose committed stages keep their config and metrics: a new machine's empty store "
+                   "has none)")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    p.checks.append(_pace_check)
     return p
+
+
+def _pace_check(args) -> str | None:
+    if args.pace and not args.dry_run:
+        return "--pace only costs a dry run; add --dry-run"
+    missing = [d for d in args.pace if not os.path.isdir(d)]
+    return f"--pace {missing[0]}: no such folder" if missing else None
 
 
 def run(args) -> None:
     from ..experiment import run_experiment
 
-    run_experiment(args.experiment, args.output, args.store, dry_run=args.dry_run, report=not args.no_report)
+    run_experiment(args.experiment, args.output, args.store, dry_run=args.dry_run, report=not args.no_report,
+                   pace=args.pace)

@@ -28,7 +28,7 @@ One module per concern:
 - :mod:`.plan`: the expansion into :class:`~.plan.Stage` objects and their hashes;
 - :mod:`.runner`: running and resuming (:func:`~.runner.run_experiment`, stage locks, ``plan.json``);
 - :mod:`.estimate`: what the stages still to run will cost, at the pace of the store's finished
-  stages (``clinic run --dry-run``).
+  stages and of any folder of them (``clinic run --dry-run [--pace results]``).
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ give the seconds, their median:
 - a curation: seconds of peers with the same selector and number of candidates;
 - a repair: seconds of peers with the same method.
 
+A new machine's store is empty: ``--pace DIR`` adds the finished stages under DIR (the committed
+``results/`` keeps each published stage's config and metrics).
+
 A stage without a finished peer (a sink analysis, or the first of its kind) is left out of the
 total and named. Peers ran under whatever else shared the machine (one thread beside another
 job, or alone): the estimate repeats that pace, it does not correct for it, so read it as the
@@ -63,11 +66,17 @@ def _peer(folder: Path) -> tuple[tuple, float] | None:
     return None
 
 
-def store_pace(store: Path) -> dict:
-    """``{peer key: [seconds per unit of each finished peer]}`` over a store's finished stages."""
+def store_pace(store: Path, elsewhere: tuple = ()) -> dict:
+    """``{peer key: [seconds per unit of each finished peer]}`` over a store's finished stages and
+    those at any depth under the folders ``elsewhere`` (a committed results folder keeps each
+    stage's config and metrics). A stage found twice (the same folder name) counts once."""
     pace: dict = {}
-    for done in sorted(Path(store).glob("*/DONE")):
-        found = _peer(done.parent)
+    folders = {done.parent.name: done.parent for done in sorted(Path(store).glob("*/DONE"))}
+    for root in elsewhere:
+        for done in sorted(Path(root).glob("**/DONE")):
+            folders.setdefault(done.parent.name, done.parent)
+    for folder in folders.values():
+        found = _peer(folder)
         if found is not None:
             pace.setdefault(found[0], []).append(found[1])
     return pace
@@ -139,15 +148,17 @@ def duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def plan_estimate(stages: list[Stage], store: Path, done) -> tuple[dict, str]:
-    """``({stage dirname: estimate or None}, summary line)`` for the stages not ``done``."""
-    pace = store_pace(store) if Path(store).is_dir() else {}
+def plan_estimate(stages: list[Stage], store: Path, done, elsewhere: tuple = ()) -> tuple[dict, str]:
+    """``({stage dirname: estimate or None}, summary line)`` for the stages not ``done``; the pace
+    from the store's finished stages and those under the folders ``elsewhere``."""
+    pace = store_pace(store, elsewhere)  # a store not made yet has no finished stage
     todo = [s for s in stages if not done(s)]
     found = {s.dirname: stage_estimate(s, Path(store), pace) for s in todo}
     known = [e["seconds"] for e in found.values() if e]
     unknown = sorted({s.kind for s in todo if found[s.dirname] is None})
+    where = "the store" + "".join(f" and {Path(e)}" for e in elsewhere)
     summary = (f"estimate: {duration(sum(known))} for {len(known)} of {len(todo)} stages still to run, at the pace of "
-               f"the store's finished stages (one runner; several runners overlap)")
+               f"the finished stages in {where} (one runner; several runners overlap)")
     if unknown:
         summary += f"; without a finished peer: {len(todo) - len(known)} ({', '.join(unknown)})"
     return found, summary

@@ -94,8 +94,10 @@ def write_plan(root: Path, store: Path, exp: Experiment, stages: list[Stage]) ->
 
 
 def run_experiment(path: str | Path, output: str | Path | None = None, store: str | Path | None = None,
-                   dry_run: bool = False, report: bool = True) -> Path:
-    """Run (or resume) every stage of an experiment file; returns the experiment directory."""
+                   dry_run: bool = False, report: bool = True, pace: tuple = ()) -> Path:
+    """Run (or resume) every stage of an experiment file; returns the experiment directory. A dry
+    run costs the stages still to run at the pace of finished stages in the store and under the
+    folders ``pace``."""
     exp = Experiment.from_file(path)
     stages = exp.plan()
     root = Path(output or Path("runs") / exp.name).expanduser().resolve()
@@ -117,7 +119,7 @@ def run_experiment(path: str | Path, output: str | Path | None = None, store: st
         from .estimate import duration, plan_estimate
 
         finished = {s.dirname for s in done}
-        estimates, summary = plan_estimate(stages, store_dir, lambda s: s.dirname in finished)
+        estimates, summary = plan_estimate(stages, store_dir, lambda s: s.dirname in finished, tuple(pace))
         for s in stages:
             e = estimates.get(s.dirname)
             cost = f"  ~{duration(e['seconds'])} ({e['basis']})" if e else ""
