@@ -11,6 +11,13 @@ the experiment file and the store instead, and the plan is written from them (no
     python benchmarks/export_run.py --experiment configs/protocol-seeds-pharmacist-smollm2.yaml \
         --store runs/store results/protocol-seeds-pharmacist
 
+A plan whose stages are spread over several stores (seeds 1 and 2 run here, seed 0 already exported
+in an earlier results folder) names them all, looked in in order:
+
+    python benchmarks/export_run.py --experiment configs/protocol-seeds-defences-smollm2.yaml \
+        --store runs/store --store results/c2-tvac/store --store results/protocol-seeds/store \
+        results/protocol-seeds-defences
+
 Copies the experiment file, plan.json (its store set to the folder's own ``store``) and, for every
 finished stage of the plan, the stage directory without weights (``adapter/``, ``model/``,
 ``checkpoints/``, ``*.safetensors``, ``*.bin``, ``*.pt``; a sink stage's ``per_sample.safetensors``,
@@ -51,17 +58,19 @@ def compact(stage: Path) -> None:
             (stage / name).unlink()
 
 
-def export(run_dir: Path, out: Path) -> dict:
+def export(run_dir: Path, out: Path, more_stores: tuple = ()) -> dict:
+    """Copy the finished stages of ``run_dir``'s plan (looked up in its store, then in
+    ``more_stores`` in order) and its plan into ``out``."""
     plan_path = run_dir / "plan.json"
     if not plan_path.exists():
         sys.exit(f"export_run: error: {plan_path} does not exist (not a `clinic run` directory)")
     plan = json.loads(plan_path.read_text())
-    store = (run_dir / plan["store"]).resolve()
+    stores = [(run_dir / plan["store"]).resolve(), *more_stores]
     (out / "store").mkdir(parents=True, exist_ok=True)
     copied, kept, missing = [], [], []
     for stage in plan["stages"]:
-        src = store / stage["dir"]
-        if not (src / "DONE").exists():
+        src = next((s / stage["dir"] for s in stores if (s / stage["dir"] / "DONE").exists()), None)
+        if src is None:
             missing.append(stage["dir"])
             continue
         dst = out / "store" / stage["dir"]
@@ -80,8 +89,9 @@ def export(run_dir: Path, out: Path) -> dict:
     return {"copied": len(copied), "kept": len(kept), "unfinished": missing, "bytes": size}
 
 
-def export_experiment(experiment: Path, store: Path, out: Path) -> dict:
-    """:func:`export` of an experiment file's plan over ``store``, for stages that several runners ran."""
+def export_experiment(experiment: Path, store: Path, out: Path, more_stores: tuple = ()) -> dict:
+    """:func:`export` of an experiment file's plan over ``store`` (then ``more_stores``), for stages
+    that several runners ran, or that earlier results folders already hold."""
     from clinic.errors import ClinicError
     from clinic.experiment import Experiment
     from clinic.experiment.runner import write_plan
@@ -97,7 +107,7 @@ def export_experiment(experiment: Path, store: Path, out: Path) -> dict:
         run_dir = Path(tmp)
         shutil.copy2(experiment, run_dir / "experiment.yaml")
         write_plan(run_dir, store.resolve(), exp, stages)
-        return export(run_dir, out)
+        return export(run_dir, out, more_stores)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -105,14 +115,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("run_dir", type=Path, nargs="?", help="a `clinic run` directory (with plan.json)")
     parser.add_argument("out", type=Path)
     parser.add_argument("--experiment", type=Path, help="instead of run_dir: an experiment file, its plan taken over --store")
-    parser.add_argument("--store", type=Path, help="the stage store of --experiment")
+    parser.add_argument("--store", type=Path, action="append", default=[],
+                        help="a stage store (repeatable, looked in in order): the first is --experiment's; with a "
+                             "run directory, all are looked in after its own (e.g. results/c2-tvac/store, whose "
+                             "stages a new experiment shares)")
     args = parser.parse_args(argv)
     if (args.experiment is None) == (args.run_dir is None):
         parser.error("give either a run directory or --experiment FILE --store DIR")
-    if args.experiment is not None and args.store is None:
+    if args.experiment is not None and not args.store:
         parser.error("--experiment needs --store")
-    summary = (export(args.run_dir, args.out) if args.experiment is None
-               else export_experiment(args.experiment, args.store, args.out))
+    for store in args.store[1:] if args.experiment is not None else args.store:
+        if not store.is_dir():
+            parser.error(f"store {store} is not a directory")
+    more = tuple(s.resolve() for s in (args.store[1:] if args.experiment is not None else args.store))
+    summary = (export(args.run_dir, args.out, more) if args.experiment is None
+               else export_experiment(args.experiment, args.store[0], args.out, more))
     print(f"{args.out}: {summary['copied']} stages copied, {summary['kept']} kept, {summary['bytes'] / 2**20:.2f} MiB"
           + (f"; unfinished, left out: {', '.join(summary['unfinished'])}" if summary["unfinished"] else ""))
 

@@ -122,3 +122,33 @@ def test_export_needs_a_run_directory_or_an_experiment(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--experiment", str(tmp_path / "x.yaml"), str(tmp_path / "out")])
     assert exc.value.code == 2 and "--experiment needs --store" in capsys.readouterr().err
+
+
+def test_stages_spread_over_several_stores_are_looked_up_in_order(tmp_path, capsys):
+    """Seeds run here, seed 0 already in an earlier results folder: each stage comes from the first
+    store that finished it (a results copy keeps its compressed generations and rejudged verdicts)."""
+    import pytest
+    from export_run import main
+
+    here, earlier, later = tmp_path / "runs" / "store", tmp_path / "results" / "old" / "store", tmp_path / "third"
+    for store, name, text in ((here, "evaluate-a-1", "here"), (earlier, "evaluate-a-1", "earlier"),
+                              (earlier, "evaluate-b-2", "earlier"), (later, "evaluate-b-2", "later"),
+                              (later, "evaluate-c-3", "later")):
+        (store / name).mkdir(parents=True)
+        (store / name / "metrics.json").write_text(text)
+        (store / name / "DONE").write_text("")
+    (here / "evaluate-c-3").mkdir()  # unfinished here, finished in the third store
+    run = tmp_path / "exp"
+    run.mkdir()
+    (run / "plan.json").write_text(json.dumps({"store": str(here), "stages": [
+        {"dir": "evaluate-a-1"}, {"dir": "evaluate-b-2"}, {"dir": "evaluate-c-3"}, {"dir": "evaluate-d-4"}]}))
+    out = tmp_path / "out"
+    main([str(run), str(out), "--store", str(earlier), "--store", str(later)])
+    assert "3 stages copied" in capsys.readouterr().out
+    assert [(out / "store" / n / "metrics.json").read_text() for n in ("evaluate-a-1", "evaluate-b-2", "evaluate-c-3")] \
+        == ["here", "earlier", "later"]
+    assert not (out / "store" / "evaluate-d-4").exists()
+    with pytest.raises(SystemExit) as exc:
+        main([str(run), str(tmp_path / "out2"), "--store", str(tmp_path / "nope")])
+    assert exc.value.code == 2 and "is not a directory" in capsys.readouterr().err
+    assert not (tmp_path / "out2").exists()
