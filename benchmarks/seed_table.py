@@ -3,6 +3,9 @@
     # a fine-tuning defence against SFT fine-tuning, both in one folder (section 3e)
     python benchmarks/seed_table.py results/protocol-seeds --finetune surgery --labels Surgery SFT
 
+    # an alignment-stage defence against SFT alignment, both attacked by SFT, one folder (section 3b)
+    python benchmarks/seed_table.py results/protocol-seeds-defences --align tvaccine --labels T-Vaccine SFT
+
     # an alignment on curated data against the full data, two folders (section 3d)
     python benchmarks/seed_table.py results/protocol-seeds --method results/protocol-seeds-pharmacist \\
         --labels Pharmacist full
@@ -15,7 +18,9 @@ same prompts or rows (Newcombe interval, exact McNemar p). An accuracy differenc
 excludes 0 is in bold: the cost a defence's claim of "equal accuracy" has to answer for.
 
 The baseline is the folder's ``sft`` fine-tuning (``clinic.results.BASELINE``); the method is
-``--finetune`` in ``--method`` (default: the baseline's folder). A model the two sides share (the
+``--finetune`` in ``--method`` (default: the baseline's folder). With ``--align NAME`` the method is
+that alignment (with ``--finetune``) and the baseline SFT alignment with SFT fine-tuning: a folder
+that holds several alignments is read one alignment per side. A model the two sides share (the
 aligned model of two fine-tuning methods on one alignment) is left out: it would be compared with
 itself. A seed one side lacks, or prompts that differ, is an error with its reason.
 """
@@ -36,9 +41,11 @@ def _score(record: dict, column: str) -> float | None:
     return 100.0 * k / n if n else None
 
 
-def rows(baseline: Path, method: Path, finetune: str, judge: str) -> list[dict]:
-    """One row per model and seed: both scores and the paired differences (HS and FA)."""
-    base, mine = models_of(baseline, BASELINE), models_of(method, finetune)
+def rows(baseline: Path, method: Path, finetune: str, judge: str, align: str | None = None) -> list[dict]:
+    """One row per model and seed: both scores and the paired differences (HS and FA); ``align``:
+    the method's alignment, against the SFT alignment."""
+    base = models_of(baseline, BASELINE, align=None if align is None else BASELINE)
+    mine = models_of(method, finetune, align=align)
     columns = {"HS": hs_column(judge, "beavertails-test"), "FA": "FA sst2"}
     out = []
     for key in [k for k in ("aligned", *sorted(k for k in mine if isinstance(k, float))) if k in mine and k in base]:
@@ -60,7 +67,8 @@ def rows(baseline: Path, method: Path, finetune: str, judge: str) -> list[dict]:
                 row[f"Δ {name}"] = diff
             out.append(row)
     if not out:
-        raise SystemExit(f"{method} ({finetune}) and {baseline} ({BASELINE}) share no model to compare")
+        side = f"{align} → {finetune}" if align else finetune
+        raise SystemExit(f"{method} ({side}) and {baseline} ({BASELINE}) share no model to compare")
     return out
 
 
@@ -91,18 +99,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--finetune", default=BASELINE, help="the method's fine-tuning label (default: sft)")
     parser.add_argument("--labels", nargs=2, metavar=("METHOD", "BASELINE"), default=("method", "baseline"),
                         help="the two sides' names in the table's header")
+    parser.add_argument("--align", help="the method's alignment (the baseline: SFT alignment), for folders of several")
     parser.add_argument("--judge", default="harm-ce")
     args = parser.parse_args(argv)
     args.method = args.method or args.baseline
-    if args.method == args.baseline and args.finetune == BASELINE:
-        parser.error("the method is the baseline: give --method FOLDER or --finetune NAME")
+    if args.method == args.baseline and args.finetune == BASELINE and args.align in (None, BASELINE):
+        parser.error("the method is the baseline: give --method FOLDER, --finetune NAME or --align NAME")
     return args
 
 
 def table_markdown(argv: list[str]) -> str:
     """The table for a results page marker (benchmarks/results_page.py)."""
     args = parse_args(argv)
-    return markdown(rows(args.baseline, args.method, args.finetune, args.judge), *args.labels)
+    return markdown(rows(args.baseline, args.method, args.finetune, args.judge, args.align), *args.labels)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,13 @@ SEEDS = ROOT / "results" / "protocol-seeds"
 COLUMN = "HS harm-ce [beavertails-test]"
 
 
-def _flags(folder: Path, finetune: str, p: float, seed: int) -> dict:
+def _flags(folder: Path, finetune: str | None, p: float | None, seed: int, align: str | None = None) -> dict:
     """Prompt -> harm-ce flag of one evaluation, read straight from its generations.jsonl (not
     through clinic.results): the independent side of the check."""
     plan = json.loads((folder / "plan.json").read_text())["stages"]
     (stage,) = [s for s in plan if s["kind"] == "evaluate" and s["labels"].get("finetune") == finetune
-                and s["labels"].get("p") == p and s["labels"]["seed"] == seed and "repair" not in s["labels"]]
+                and s["labels"].get("p") == p and s["labels"]["seed"] == seed and "repair" not in s["labels"]
+                and align in (None, s["labels"].get("align"))]
     path = folder / "store" / stage["dir"] / "generations.jsonl"
     text = path.read_text() if path.exists() else gzip.decompress(path.with_suffix(".jsonl.gz").read_bytes()).decode()
     lines = text.splitlines()
@@ -46,6 +47,23 @@ def test_surgery_against_sft_seed_by_seed_matches_a_hand_count():
         c = sum(theirs[k] and not mine[k] for k in mine)
         tail = sum(math.comb(b + c, i) for i in range(min(b, c) + 1)) / 2 ** (b + c)
         assert row["Δ HS"]["p"] == pytest.approx(min(1.0, 2 * tail), rel=1e-9)
+
+
+def test_an_alignment_against_sft_alignment_in_one_folder_matches_a_hand_count():
+    """results/c2-tvac holds SFT and T-Vaccine alignments, each attacked by SFT: --align reads one
+    alignment per side, the aligned models compared too (they differ)."""
+    from seed_table import rows
+
+    folder = ROOT / "results" / "c2-tvac"
+    table = rows(folder, folder, "sft", "harm-ce", align="tvaccine")
+    assert [r["model"] for r in table] == ["aligned", 0.0, 0.1, 0.2] and {r["seed"] for r in table} == {0}
+    labels = json.loads((folder / "plan.json").read_text())["stages"]
+    assert any(s["labels"].get("align") == "tvaccine" for s in labels)
+    for row in table:
+        finetune, p = ("none", None) if row["model"] == "aligned" else ("sft", row["model"])
+        mine, theirs = (_flags(folder, finetune, p, 0, align) for align in ("tvaccine", "sft"))
+        assert mine.keys() == theirs.keys() and len(mine) == 200
+        assert row["Δ HS"]["diff"] == pytest.approx(100 * (sum(mine.values()) - sum(theirs.values())) / 200)
 
 
 def test_the_one_significant_accuracy_cost_is_bold():
