@@ -19,6 +19,11 @@ def parser(name: str) -> ArgParser:
                    help="with --dry-run: also take the pace from the finished stages under DIR (repeatable; e.g. "
                    "results, whose committed stages keep their config and metrics: a new machine's empty store "
                    "has none)")
+    p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
+                   help="run only the stages with this label, and the stages they need (repeatable: values of one "
+                   "key are alternatives, keys combine), e.g. --only seed=1 --only align=tvaccine; the stages "
+                   "keep the file's hashes and the report covers the whole plan. Keys: seed, align, finetune, "
+                   "task, p, stage, model, repair, attack")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     p.checks.append(_pace_check)
     return p
@@ -35,4 +40,4 @@ def run(args) -> None:
     from ..experiment import run_experiment
 
     run_experiment(args.experiment, args.output, args.store, dry_run=args.dry_run, report=not args.no_report,
-                   pace=args.pace)
+                   pace=args.pace, only=args.only)

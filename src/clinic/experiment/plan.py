@@ -263,3 +263,42 @@ def _unique(stages: list[Stage]) -> list[Stage]:
             seen[stage.hash].labels.update(stage.labels)  # a fixed attack also run by a block without a space
     return out
 
+
+
+def _label_text(value) -> str:
+    return _fmt_p(value) if isinstance(value, float) else str(value)
+
+
+def select(stages: list[Stage], only: list[str]) -> list[Stage]:
+    """The stages whose labels match every ``KEY=VALUE`` of ``only`` (several values of one key:
+    any of them), with the stages they need (their parents), in plan order.
+
+    ``clinic run FILE --only seed=1 --only align=tvaccine`` runs one seed of one alignment of a grid
+    without a second experiment file: the stages and their hashes stay the file's own, so a store
+    shared with the whole grid's runs is reused and the report covers the grid. A key no stage has,
+    or a value no stage of the plan has for it, is a one-line error naming the choices."""
+    from ..values import nearest_hint
+
+    wanted: dict[str, set[str]] = {}
+    for item in only:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise ClinicError(f"--only {item!r}: expected KEY=VALUE, e.g. seed=1 or align=tvaccine")
+        wanted.setdefault(key, set()).add(value)
+    for key, values in wanted.items():
+        keys = sorted({k for s in stages for k in s.labels if k != "slug"})
+        if key not in keys:
+            raise ClinicError(f"--only: no stage has a label {key!r}{nearest_hint(key, keys)}; choose one of "
+                              f"{', '.join(keys)}")
+        present = sorted({_label_text(s.labels[key]) for s in stages if s.labels.get(key) is not None})
+        for value in sorted(values - set(present)):
+            raise ClinicError(f"--only {key}={value}: no stage of the plan has it{nearest_hint(value, present)}; "
+                              f"the plan has {', '.join(present)}")
+    chosen: set[str] = set()
+    for stage in stages:
+        if all(_label_text(stage.labels.get(k)) in v for k, v in wanted.items()):
+            node = stage
+            while node is not None and node.hash not in chosen:
+                chosen.add(node.hash)
+                node = node.parent
+    return [s for s in stages if s.hash in chosen]

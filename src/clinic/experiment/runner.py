@@ -13,7 +13,7 @@ from filelock import FileLock, Timeout
 
 from ..errors import ClinicError
 from ..rundir import MARKER, check_writable, read_json, write_marker
-from .plan import Stage
+from .plan import Stage, select
 from .spec import Experiment, parse_yaml
 
 
@@ -94,12 +94,14 @@ def write_plan(root: Path, store: Path, exp: Experiment, stages: list[Stage]) ->
 
 
 def run_experiment(path: str | Path, output: str | Path | None = None, store: str | Path | None = None,
-                   dry_run: bool = False, report: bool = True, pace: tuple = ()) -> Path:
+                   dry_run: bool = False, report: bool = True, pace: tuple = (), only: tuple = ()) -> Path:
     """Run (or resume) every stage of an experiment file; returns the experiment directory. A dry
     run costs the stages still to run at the pace of finished stages in the store and under the
-    folders ``pace``."""
+    folders ``pace``. ``only`` (``KEY=VALUE`` label filters, :func:`~.plan.select`) runs a part of
+    the plan; the plan file and the report still cover all of it."""
     exp = Experiment.from_file(path)
     stages = exp.plan()
+    chosen = select(stages, list(only)) if only else stages
     root = Path(output or Path("runs") / exp.name).expanduser().resolve()
     store_dir = Path(store).expanduser().resolve() if store else root / "stages"
     recorded = root / "experiment.yaml"
@@ -115,16 +117,20 @@ def run_experiment(path: str | Path, output: str | Path | None = None, store: st
         counts[s.kind] = counts.get(s.kind, 0) + 1
     print(f"clinic run {exp.name}: {len(stages)} stages ({', '.join(f'{v} {k}' for k, v in counts.items())}); "
           f"{len(done)} already done; store {store_dir}")
+    if only:
+        print(f"--only {' '.join(only)}: {len(chosen)} of the {len(stages)} stages "
+              f"({sum(s in done for s in chosen)} already done)")
+    searches = [g for g in exp.searches if g.fixed in chosen]
     if dry_run:
         from .estimate import duration, plan_estimate
 
         finished = {s.dirname for s in done}
-        estimates, summary = plan_estimate(stages, store_dir, lambda s: s.dirname in finished, tuple(pace))
-        for s in stages:
+        estimates, summary = plan_estimate(chosen, store_dir, lambda s: s.dirname in finished, tuple(pace))
+        for s in chosen:
             e = estimates.get(s.dirname)
             cost = f"  ~{duration(e['seconds'])} ({e['basis']})" if e else ""
             print(f"  [{'done' if s.dirname in finished else 'todo'}] {s.dirname}{cost}")
-        for group in exp.searches:
+        for group in searches:
             print(f"  [search] up to {group.search['budget']} more attacks on {group.fixed.dirname}")
         print(summary)
         return root
@@ -142,8 +148,8 @@ def run_experiment(path: str | Path, output: str | Path | None = None, store: st
     if not recorded.exists():
         recorded.write_text(exp.source_text)
     write_plan(root, store_dir, exp, stages)
-    _run_pending(store_dir, exp, stages, judges)
-    for group in exp.searches:  # budgeted attack searches: each trial's stages are added as it is asked
+    _run_pending(store_dir, exp, chosen, judges)
+    for group in searches:  # budgeted attack searches: each trial's stages are added as it is asked
         def run_point(new: list[Stage]) -> dict:
             known = {t.hash for t in stages}
             stages.extend(s for s in new if s.hash not in known)
