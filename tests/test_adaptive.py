@@ -374,3 +374,19 @@ def test_the_attack_space_figure_survives_attacks_without_a_task_accuracy(fake_r
     for row in rows:
         row.pop("FA sst2", None)
     assert "adaptive.png" in figures(rows, tmp_path, entries)
+
+
+def test_only_runs_the_search_of_a_chosen_fixed_attack(tmp_path, data_dir, monkeypatch):
+    """`clinic run --only`: a search belongs to its fixed attack; a part of the grid without that
+    attack runs no trial, one with it searches as the whole grid would."""
+    pytest.importorskip("optuna")
+    calls: list = []
+    monkeypatch.setattr(runner, "run_stage", fake_stage_runner(calls))
+    space = {"lr": [1e-4, 2e-4, 3e-4, 5e-4], "epochs": [1, 2, 3, 4]}
+    path = tmp_path / "exp.yaml"
+    path.write_text(json.dumps(attack_experiment(space, {"budget": 3, "seed": 3}, methods=["sft"])))
+    run_experiment(path, tmp_path / "a", report=False, only=("stage=aligned",))
+    assert len(calls) == 1 and calls[0].startswith("align-")  # the alignment alone, no search
+    run_experiment(path, tmp_path / "a", report=False, only=("finetune=sft",))
+    assert len(calls) == 1 + 2 + 2 * (len(_trials(tmp_path / "a")) - 1)  # the fixed attack, then the trials
+    assert len(_trials(tmp_path / "a")) >= 2

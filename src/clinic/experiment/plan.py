@@ -264,7 +264,6 @@ def _unique(stages: list[Stage]) -> list[Stage]:
     return out
 
 
-
 def _label_text(value) -> str:
     return _fmt_p(value) if isinstance(value, float) else str(value)
 
@@ -285,8 +284,8 @@ def select(stages: list[Stage], only: list[str]) -> list[Stage]:
         if not sep or not key or not value:
             raise ClinicError(f"--only {item!r}: expected KEY=VALUE, e.g. seed=1 or align=tvaccine")
         wanted.setdefault(key, set()).add(value)
+    keys = sorted({k for s in stages for k in s.labels if k != "slug"})
     for key, values in wanted.items():
-        keys = sorted({k for s in stages for k in s.labels if k != "slug"})
         if key not in keys:
             raise ClinicError(f"--only: no stage has a label {key!r}{nearest_hint(key, keys)}; choose one of "
                               f"{', '.join(keys)}")

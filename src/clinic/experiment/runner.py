@@ -117,14 +117,15 @@ def run_experiment(path: str | Path, output: str | Path | None = None, store: st
         counts[s.kind] = counts.get(s.kind, 0) + 1
     print(f"clinic run {exp.name}: {len(stages)} stages ({', '.join(f'{v} {k}' for k, v in counts.items())}); "
           f"{len(done)} already done; store {store_dir}")
+    finished = {s.dirname for s in done}
     if only:
         print(f"--only {' '.join(only)}: {len(chosen)} of the {len(stages)} stages "
-              f"({sum(s in done for s in chosen)} already done)")
-    searches = [g for g in exp.searches if g.fixed in chosen]
+              f"({sum(s.dirname in finished for s in chosen)} already done)")
+    chosen_names = {s.dirname for s in chosen}
+    searches = [g for g in exp.searches if g.fixed.dirname in chosen_names]
     if dry_run:
         from .estimate import duration, plan_estimate
 
-        finished = {s.dirname for s in done}
         estimates, summary = plan_estimate(chosen, store_dir, lambda s: s.dirname in finished, tuple(pace))
         for s in chosen:
             e = estimates.get(s.dirname)
