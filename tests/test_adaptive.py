@@ -313,13 +313,22 @@ def _trials(root: Path) -> list[str]:
     return [s["labels"]["attack"] for s in plan["stages"] if s["kind"] == "finetune"]
 
 
-def test_budgeted_search_is_reproducible_and_resumes(tmp_path, data_dir, monkeypatch):
+SEARCH_SPACE = {"lr": [1e-4, 2e-4, 3e-4, 5e-4], "epochs": [1, 2, 3, 4]}
+
+
+def _search_grid(tmp_path, monkeypatch, budget: int) -> tuple[list, Path]:
+    """An SFT grid with a budgeted search, its stages run by :func:`fake_stage_runner`: (calls, file)."""
     pytest.importorskip("optuna")
     calls: list = []
     monkeypatch.setattr(runner, "run_stage", fake_stage_runner(calls))
-    space = {"lr": [1e-4, 2e-4, 3e-4, 5e-4], "epochs": [1, 2, 3, 4]}
     path = tmp_path / "exp.yaml"
-    path.write_text(json.dumps(attack_experiment(space, {"budget": 4, "seed": 3}, methods=["sft"])))
+    path.write_text(json.dumps(attack_experiment(SEARCH_SPACE, {"budget": budget, "seed": 3}, methods=["sft"])))
+    return calls, path
+
+
+def test_budgeted_search_is_reproducible_and_resumes(tmp_path, data_dir, monkeypatch):
+    calls, path = _search_grid(tmp_path, monkeypatch, budget=4)
+    space = SEARCH_SPACE
     first = run_experiment(path, tmp_path / "a", report=False)
     trials = _trials(first)
     assert len(trials) >= 2 and trials[0] == "lr=0.0001 epochs=1"  # the fixed attack, then the trials
@@ -379,12 +388,7 @@ def test_the_attack_space_figure_survives_attacks_without_a_task_accuracy(fake_r
 def test_only_runs_the_search_of_a_chosen_fixed_attack(tmp_path, data_dir, monkeypatch):
     """`clinic run --only`: a search belongs to its fixed attack; a part of the grid without that
     attack runs no trial, one with it searches as the whole grid would."""
-    pytest.importorskip("optuna")
-    calls: list = []
-    monkeypatch.setattr(runner, "run_stage", fake_stage_runner(calls))
-    space = {"lr": [1e-4, 2e-4, 3e-4, 5e-4], "epochs": [1, 2, 3, 4]}
-    path = tmp_path / "exp.yaml"
-    path.write_text(json.dumps(attack_experiment(space, {"budget": 3, "seed": 3}, methods=["sft"])))
+    calls, path = _search_grid(tmp_path, monkeypatch, budget=3)
     run_experiment(path, tmp_path / "a", report=False, only=("stage=aligned",))
     assert len(calls) == 1 and calls[0].startswith("align-")  # the alignment alone, no search
     run_experiment(path, tmp_path / "a", report=False, only=("finetune=sft",))
