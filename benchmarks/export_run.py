@@ -124,10 +124,11 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("give either a run directory or --experiment FILE --store DIR")
     if args.experiment is not None and not args.store:
         parser.error("--experiment needs --store")
-    for store in args.store[1:] if args.experiment is not None else args.store:
+    more = args.store[1:] if args.experiment is not None else args.store  # looked in after the plan's own store
+    for store in more:
         if not store.is_dir():
             parser.error(f"store {store} is not a directory")
-    more = tuple(s.resolve() for s in (args.store[1:] if args.experiment is not None else args.store))
+    more = tuple(s.resolve() for s in more)
     summary = (export(args.run_dir, args.out, more) if args.experiment is None
                else export_experiment(args.experiment, args.store[0], args.out, more))
     print(f"{args.out}: {summary['copied']} stages copied, {summary['kept']} kept, {summary['bytes'] / 2**20:.2f} MiB"
