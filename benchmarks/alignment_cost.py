@@ -16,7 +16,10 @@ Shapes:
   hidden 4096, 32 layers, 32 heads, MLP 11008, vocabulary 32000;
 - ``small`` (CPU, fp32): hidden 512, 8 layers, 8 heads, MLP 1376, vocabulary 4000, i.e. the
   7B model's hidden:MLP:vocabulary proportions (1 : 2.7 : 7.8) at 1/8 of the width, so
-  per-layer activations and the logits weigh about what they weigh at 7B.
+  per-layer activations and the logits weigh about what they weigh at 7B;
+- ``smollm2-135m`` (CPU, fp32; ``--shape smollm2-135m --batch 8 --seq 128``: the protocol's step):
+  SmolLM2-135M-Instruct's shape, hidden 576, 30 layers, 9 heads (3 key/value), MLP 1536,
+  vocabulary 49152, tied embeddings. Its results go under the key ``cpu-smollm2-135m``.
 
 Memory. CUDA: ``torch.cuda.max_memory_allocated`` over the timed steps (after a warm-up step, so
 gradients and AdamW states exist), every variant in a fresh subprocess. CPU: torch allocates
@@ -69,10 +72,15 @@ MMAP_THRESHOLD = "131072"
 
 SHAPES = {
     "llama2-7b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
-                      intermediate_size=11008, vocab_size=32000),
+                      intermediate_size=11008, vocab_size=32000, tie_word_embeddings=False),
     "small": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8,
-                  intermediate_size=1376, vocab_size=4000),
+                  intermediate_size=1376, vocab_size=4000, tie_word_embeddings=False),
+    # the protocol's model (docs/protocol.md): its vocabulary is 85x its width (the 7B shape's 7.8x),
+    # so whatever projects hidden states onto the vocabulary (RepNoise's logit lens) weighs far more
+    "smollm2-135m": dict(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                         intermediate_size=1536, vocab_size=49152, tie_word_embeddings=True),
 }
+DEFAULT_SHAPES = {"cuda": "llama2-7b", "cpu": "small"}
 
 
 def method_of(variant: str) -> tuple[str, dict]:
@@ -124,11 +132,14 @@ def worker(opts: dict) -> dict:
     method, method_options = method_of(variant)
     bf16 = device == "cuda"
     torch.manual_seed(0)
-    config = AutoConfig.for_model("llama", **shape, max_position_embeddings=4096, tie_word_embeddings=False)
+    config = AutoConfig.for_model("llama", **shape, max_position_embeddings=4096)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if bf16 else torch.float32)
     model.config.use_cache = False
-    cfg = train_config("tvaccine-align", batch_size=opts["batch"], max_length=opts["seq"], bf16=bf16, max_steps=100)
+    # max_length only truncates the placeholder rows the trainer is built with (the batches are
+    # synthetic, --seq long): a short --seq would cut their answers off and the trainer refuse them
+    cfg = train_config("tvaccine-align", batch_size=opts["batch"], max_length=max(opts["seq"], 512), bf16=bf16,
+                       max_steps=100)
     model = attach_lora(model, cfg.lora())
     layers = shape["num_hidden_layers"]
     if method == "tvaccine":
@@ -227,7 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    shape = args.shape or ("llama2-7b" if device == "cuda" else "small")
+    shape = args.shape or DEFAULT_SHAPES[device]
     steps = args.steps or (5 if device == "cuda" else 3)
     command = "python benchmarks/alignment_cost.py " + " ".join(argv if argv is not None else sys.argv[1:])
     results = {}
@@ -261,7 +272,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _record(args, device: str, shape: str, steps: int, command: str, results: dict, complete: bool) -> dict:
-    """The results so far with their ratios, merged into ``args.out`` under the device's key."""
+    """The results so far with their ratios, merged into ``args.out`` under the device's key (with
+    the shape's name after it when the shape is not the device's default: ``cpu-smollm2-135m``)."""
     mem_key = "peak_mb" if device == "cuda" else "train_delta_mb"
     ratios = {}
     base = results.get("sft", {})
@@ -299,7 +311,7 @@ def _record(args, device: str, shape: str, steps: int, command: str, results: di
         record["tvaccine_goal"] = {"peak_gb": round(tv["peak_mb"] / 1024, 2), "goal_peak_gb": 20,
                                    "goal_ratio_to_vaccine": 0.6}
     existing = json.loads(args.out.read_text()) if args.out.exists() else {}
-    existing[device] = record
+    existing[device if shape == DEFAULT_SHAPES[device] else f"{device}-{shape}"] = record
     save_json(existing, args.out, quiet=not complete)
     return record
 
