@@ -89,6 +89,9 @@ def test_a_curated_alignment_trains_on_the_subset_and_no_peer_is_named(tmp_path)
     assert estimates[align.dirname]["seconds"] == pytest.approx(16.0)
     curate = next(s for s in stages if s.kind == "curate")
     assert estimates[curate.dirname] is None and "without a finished peer" in summary and "curate" in summary
+    # a training stage without a peer is named with its method
+    _, summary = plan_estimate(stages, tmp_path / "empty", lambda s: False)
+    assert summary.endswith(f"without a finished peer: {len(stages)} (align sft, curate, evaluate, finetune sft)")
     # once the curation ran, its own subset size counts (a selector may keep another k)
     _peer(store, curate.dirname, {"stage": "curate", "curate": {"selector": "random", "n_candidates": 20}},
           {"k": 6, "selector_seconds": 1.0})

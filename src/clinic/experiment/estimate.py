@@ -155,7 +155,9 @@ def plan_estimate(stages: list[Stage], store: Path, done, elsewhere: tuple = ())
     todo = [s for s in stages if not done(s)]
     found = {s.dirname: stage_estimate(s, Path(store), pace) for s in todo}
     known = [e["seconds"] for e in found.values() if e]
-    unknown = sorted({s.kind for s in todo if found[s.dirname] is None})
+    # a training stage is named with its method: which method lacks a peer is what one needs to know
+    unknown = sorted({f"{s.kind} {s.config.get('method')}" if s.kind in TRAINING else s.kind
+                      for s in todo if found[s.dirname] is None})
     where = "the store" + "".join(f" and {Path(e)}" for e in elsewhere)
     summary = (f"estimate: {duration(sum(known))} for {len(known)} of {len(todo)} stages still to run, at the pace of "
                f"the finished stages in {where} (one runner; several runners overlap)")
