@@ -40,7 +40,7 @@ class TrainConfig:
     warmup: float = field(default=0.0, metadata={"help": "warm-up as a fraction of the steps"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     max_length: int = field(default=256, metadata={"help": "truncate samples to this many tokens"})
-    bf16: bool = field(default=False, metadata={"help": "train in bfloat16 mixed precision (GPU)"})
+    bf16: bool = field(default=False, metadata={"help": "train in bfloat16 mixed precision (on a GPU, or a CPU with AMX/AVX-512-BF16)"})
     seed: int = field(default=0, metadata={"help": "seed for data order, LoRA init and sampling"})
     full_ft: bool = field(default=False, metadata={"help": "full fine-tuning instead of LoRA"})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
@@ -127,6 +127,10 @@ class TrainConfig:
             padding_free=False,
         )
         kwargs[CHECKPOINTING_FIELD] = self.gradient_checkpointing
+        if self.bf16 and not (torch.cuda.is_available() or torch.backends.mps.is_available()):
+            # Trainer refuses bf16 without an accelerator unless told the CPU is meant; there it
+            # autocasts to bf16 too (native on CPUs with AMX or AVX-512-BF16: benchmarks/cpu_bf16.py)
+            kwargs["use_cpu"] = True
         kwargs.update(overrides)
         return SFTConfig(**kwargs)
 
