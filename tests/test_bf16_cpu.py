@@ -35,3 +35,18 @@ def test_a_training_step_on_the_cpu_autocasts_to_bf16_when_asked(bf16, tmp_path)
         hook.remove()
     assert seen and set(seen) == {torch.bfloat16 if bf16 else torch.float32}
     assert all(p.dtype == torch.float32 for p in model.parameters())  # mixed precision: the weights stay fp32
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns_it_is_slower(tmp_path, monkeypatch, caplog):
+    from clinic.methods import config
+
+    monkeypatch.setattr(config, "native_cpu_bf16", lambda: False)
+    with caplog.at_level("WARNING", logger="clinic.methods.config"):
+        train_config("cpu-align", bf16=True).sft_config(str(tmp_path))
+    assert "emulated" in caplog.text and "--no-bf16" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(config, "native_cpu_bf16", lambda: True)
+    with caplog.at_level("WARNING", logger="clinic.methods.config"):
+        train_config("cpu-align", bf16=True).sft_config(str(tmp_path))
+        train_config("cpu-align", bf16=False).sft_config(str(tmp_path))
+    assert "emulated" not in caplog.text

@@ -5,6 +5,7 @@ presets, and the base of each method's hyper-parameters (:class:`MethodConfig`, 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -17,6 +18,8 @@ from ..models import LoraSettings
 from ..registry import Registry
 from ..values import INT_MAX, check_range, coerce_fields
 
+logger = logging.getLogger(__name__)
+
 STAGES = ("align", "finetune")
 SCHEDULES = ("cosine", "constant", "linear", "constant_with_warmup")
 # transformers renamed TrainingArguments.gradient_checkpointing to activation_checkpointing (the
@@ -25,6 +28,14 @@ SCHEDULES = ("cosine", "constant", "linear", "constant_with_warmup")
 CHECKPOINTING_FIELD = ("activation_checkpointing" if "activation_checkpointing" in {f.name for f in dataclasses.fields(SFTConfig)}
                        else "gradient_checkpointing")
 
+
+
+def native_cpu_bf16() -> bool:
+    """Whether the CPU computes bf16 natively (oneDNN's own test: AVX-512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a private op: absent from some builds
+        return False
 
 
 @dataclass
@@ -131,6 +142,9 @@ class TrainConfig:
             # Trainer refuses bf16 without an accelerator unless told the CPU is meant; there it
             # autocasts to bf16 too (native on CPUs with AMX or AVX-512-BF16: benchmarks/cpu_bf16.py)
             kwargs["use_cpu"] = True
+            if not native_cpu_bf16():
+                logger.warning("bf16 on this CPU is emulated (no AMX or AVX-512-BF16) and slower than fp32; "
+                               "--no-bf16 trains in fp32")
         kwargs.update(overrides)
         return SFTConfig(**kwargs)
 
