@@ -13,14 +13,20 @@ import sys
 from pathlib import Path
 
 
-def cpu_name() -> str:
+def cpuinfo(field: str) -> str | None:
+    """The value of the first ``field`` line of /proc/cpuinfo (``model name``, ``flags``); None
+    where the field or the file (not Linux) is missing."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith(field):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_name() -> str:
+    return cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def machine_info(device: str | None = None, **extra) -> dict:

@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import machine_info, one_line_errors, save_json
+from _common import cpuinfo, machine_info, one_line_errors, save_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cpu_bf16.json"
 PRECISIONS = ("fp32", "bf16")
@@ -33,13 +33,7 @@ BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 def cpu_flags() -> list[str]:
     """The CPU's bf16-related flags from /proc/cpuinfo (empty where there is none, or no such file)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return sorted(set(line.split(":", 1)[1].split()) & set(BF16_FLAGS))
-    except OSError:
-        pass
-    return []
+    return sorted(set((cpuinfo("flags") or "").split()) & set(BF16_FLAGS))
 
 
 def align_once(args, precision: str, out: Path) -> dict:
