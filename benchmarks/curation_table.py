@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from fnmatch import fnmatch
 from pathlib import Path
 
 from protocol_table import fa_of, hs_of, models_of, paired_text
 
 from clinic.results import hs_column
+from clinic.rundir import load_plan
 
 
 def curation_of(folder: Path, align: str | None = None) -> dict:
@@ -36,13 +38,14 @@ def curation_of(folder: Path, align: str | None = None) -> dict:
 
     With several seeds (one curate and one align stage each) the selector seconds are their mean;
     the counts (rows kept, alignment rows and steps) must agree across the seeds."""
-    store = folder / "store"
+    plan, store = load_plan(folder)  # the plan's stages alone: the store is the results tree's, shared
+    done = sorted(store / s["dir"] for s in plan["stages"] if (store / s["dir"] / "DONE").exists())
     found: dict[str, list] = {}
-    for stage in sorted(store.glob("curate-*")):
+    for stage in (d for d in done if fnmatch(d.name, "curate-*")):
         m = json.loads((stage / "metrics.json").read_text())
         for key in ("selector", "k", "n_candidates", "selector_seconds"):
             found.setdefault(key, []).append(m[key])
-    for stage in sorted(store.glob(f"align-{align}-*" if align else "align-*")):
+    for stage in (d for d in done if fnmatch(d.name, f"align-{align}-*" if align else "align-*")):
         m = json.loads((stage / "metrics.json").read_text())
         for key, value in (("align_rows", m["n_train"]), ("align_steps", m["steps"]), ("align_seconds", m["train_seconds"])):
             found.setdefault(key, []).append(value)

@@ -11,14 +11,17 @@ the experiment file and the store instead, and the plan is written from them (no
     python benchmarks/export_run.py --experiment configs/protocol-seeds-pharmacist-smollm2.yaml \
         --store runs/store results/protocol-seeds-pharmacist
 
-A plan whose stages are spread over several stores (seeds 1 and 2 run here, seed 0 already exported
-in an earlier results folder) names them all, looked in in order:
+A plan whose stages are spread over several stores names them all, looked in in order; the
+results tree's shared store (below) is looked in last, so stages an earlier results folder
+already holds (seed 0, the SFT baseline) need not be named:
 
     python benchmarks/export_run.py --experiment configs/protocol-seeds-defences-smollm2.yaml \
-        --store runs/store --store results/c2-tvac/store --store results/protocol-seeds/store \
-        results/protocol-seeds-defences
+        --store runs/store --store /mnt/other-machine/runs/store results/protocol-seeds-defences
 
-Copies the experiment file, plan.json (its store set to the folder's own ``store``) and, for every
+Every results folder of a tree shares one stage store, ``store/`` beside the folders
+(``results/store``): a stage that several experiments hold (the SFT baseline, an aligned model
+that several attacks start from) is kept once, and is looked in as the last store. Copies the
+experiment file, plan.json (its store set to the shared store, ``../store``) and, for every
 finished stage of the plan, the stage directory without weights (``adapter/``, ``model/``,
 ``checkpoints/``, ``*.safetensors``, ``*.bin``, ``*.pt``; a sink stage's ``per_sample.safetensors``,
 its per-sample values, is kept) and without figures (``*.png``: their data are in ``sink.json`` and
@@ -43,6 +46,7 @@ from clinic.rundir import read_jsonl, write_jsonl_atomic
 WEIGHTS = ("adapter", "model", "checkpoints", "trainer", "*.safetensors", "*.bin", "*.pt")
 FIGURES = ("*.png",)
 COMPRESSED = ("generations.jsonl",)
+SHARED = "store"  # the results tree's one stage store, beside its folders
 KEPT = ("per_sample.safetensors",)  # a sink stage's per-sample values (~100 KB, the bootstrap's input), no weights
 
 
@@ -58,22 +62,41 @@ def compact(stage: Path) -> None:
             (stage / name).unlink()
 
 
+def _fail(message: str) -> None:
+    print(f"export_run: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def shared_store(out: Path) -> Path:
+    """The stage store of the results tree ``out`` belongs to: ``store/`` beside it."""
+    return out.parent / SHARED
+
+
 def export(run_dir: Path, out: Path, more_stores: tuple = ()) -> dict:
     """Copy the finished stages of ``run_dir``'s plan (looked up in its store, then in
-    ``more_stores`` in order) and its plan into ``out``."""
+    ``more_stores`` in order, then in the shared store) into the shared store, and its plan and
+    experiment file into ``out``."""
     plan_path = run_dir / "plan.json"
     if not plan_path.exists():
-        sys.exit(f"export_run: error: {plan_path} does not exist (not a `clinic run` directory)")
+        _fail(f"{plan_path} does not exist (not a `clinic run` directory)")
+    if out.name == SHARED:
+        _fail(f"{out} has the shared stage store's name; choose another folder name")
     plan = json.loads(plan_path.read_text())
-    stores = [(run_dir / plan["store"]).resolve(), *more_stores]
-    (out / "store").mkdir(parents=True, exist_ok=True)
+    target = shared_store(out)
+    sources = [(run_dir / plan["store"]).resolve(), *more_stores]
+    if target.resolve() in sources:
+        _fail(f"{target}, the store beside {out}, is also a store the stages come from; export into a "
+              f"folder of a results tree (e.g. results/{out.name})")
+    stores = [*sources, target.resolve()]
+    target.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     copied, kept, missing = [], [], []
     for stage in plan["stages"]:
         src = next((s / stage["dir"] for s in stores if (s / stage["dir"] / "DONE").exists()), None)
         if src is None:
             missing.append(stage["dir"])
             continue
-        dst = out / "store" / stage["dir"]
+        dst = target / stage["dir"]
         if (dst / "DONE").exists():  # a finished stage never changes (its name is its settings' hash): keep
             kept.append(stage["dir"])  # the copy, with the verdicts benchmarks/rejudge.py added to it
             continue
@@ -84,8 +107,9 @@ def export(run_dir: Path, out: Path, more_stores: tuple = ()) -> dict:
     for name in ("experiment.yaml", "clinic.json"):
         if (run_dir / name).exists():
             shutil.copy2(run_dir / name, out / name)
-    (out / "plan.json").write_text(json.dumps({**plan, "store": "store"}, indent=1) + "\n")
+    (out / "plan.json").write_text(json.dumps({**plan, "store": f"../{SHARED}"}, indent=1) + "\n")
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    size += sum(p.stat().st_size for s in plan["stages"] for p in (target / s["dir"]).rglob("*") if p.is_file())
     return {"copied": len(copied), "kept": len(kept), "unfinished": missing, "bytes": size}
 
 
@@ -97,12 +121,12 @@ def export_experiment(experiment: Path, store: Path, out: Path, more_stores: tup
     from clinic.experiment.runner import write_plan
 
     if not store.is_dir():
-        sys.exit(f"export_run: error: store {store} is not a directory")
+        _fail(f"store {store} is not a directory")
     try:
         exp = Experiment.from_file(experiment)
         stages = exp.plan()
     except ClinicError as exc:
-        sys.exit(f"export_run: error: {exc}")
+        _fail(str(exc))
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp)
         shutil.copy2(experiment, run_dir / "experiment.yaml")
@@ -117,8 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--experiment", type=Path, help="instead of run_dir: an experiment file, its plan taken over --store")
     parser.add_argument("--store", type=Path, action="append", default=[],
                         help="a stage store (repeatable, looked in in order): the first is --experiment's; with a "
-                             "run directory, all are looked in after its own (e.g. results/c2-tvac/store, whose "
-                             "stages a new experiment shares)")
+                             "run directory, all are looked in after its own (e.g. another machine's runs/store); "
+                             "the shared results/store is looked in last")
     args = parser.parse_args(argv)
     if (args.experiment is None) == (args.run_dir is None):
         parser.error("give either a run directory or --experiment FILE --store DIR")

@@ -2,8 +2,10 @@
 
     CLINIC_DATA_DIR=../shared/data python benchmarks/rejudge.py results/calib-a --judges harm-ce
 
-Every finished evaluate stage under the folder (``<folder>/store/*/`` or ``<folder>/*/``, a
-``DONE`` marker and a ``generations.jsonl``) gets, for each named judge: its flag on every
+Every finished evaluate stage of the folder (an experiment folder's: the evaluate stages of its
+``plan.json``, in its store, shared with other folders or not; any other folder's:
+``<folder>/store/*/`` and ``<folder>/*/``;
+a ``DONE`` marker and a ``generations.jsonl``) gets, for each named judge: its flag on every
 harmful-prompt row of ``generations.jsonl`` (``flagged[judge]``), and its harmful score per prompt
 set in ``metrics.json`` (``harmful[set][judge]``: ``harmful_score``, ``empty_share``, ``n``,
 ``ci95``, as ``clinic evaluate`` writes them), so that ``clinic report`` shows the new judge with
@@ -23,11 +25,15 @@ from pathlib import Path
 
 from clinic.evaluation.judges import get_judge
 from clinic.evaluation.scoring import harmful_score
-from clinic.rundir import jsonl_file, read_jsonl, write_jsonl_atomic
+from clinic.rundir import jsonl_file, load_plan, read_jsonl, write_jsonl_atomic
 
 
 def evaluate_stages(folder: Path) -> list[Path]:
-    candidates = sorted(folder.glob("store/*/")) + sorted(folder.glob("*/"))
+    if (folder / "plan.json").exists():  # only this experiment's stages: its store may be shared
+        plan, store = load_plan(folder)
+        candidates = [store / s["dir"] for s in plan["stages"] if s["kind"] == "evaluate"]
+    else:  # a store, or a folder holding one
+        candidates = sorted(folder.glob("store/*/")) + sorted(folder.glob("*/"))
     return [d for d in candidates if (d / "DONE").exists() and jsonl_file(d, "generations.jsonl") is not None
             and (d / "metrics.json").exists()]
 

@@ -20,8 +20,8 @@ names the script and its arguments, as on its command line from the repository's
     python benchmarks/results_page.py docs/results-smollm2.md           # rewrite the marked tables
     python benchmarks/results_page.py docs/results-smollm2.md --check   # exit 1 if one is stale
 
-Everything comes from the repository (results/<name>/store holds each stage's metrics and
-generations), so a fresh clone regenerates the page in seconds; tests/test_results_page.py checks it.
+Everything comes from the repository (results/store, shared by the results folders, holds each
+stage's metrics and generations), so a fresh clone regenerates the page in seconds; tests/test_results_page.py checks it.
 """
 
 from __future__ import annotations

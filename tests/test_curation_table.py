@@ -23,17 +23,12 @@ def test_full_data_row_reads_the_committed_cell_b():
 def test_a_curated_run_is_paired_with_the_full_data(tmp_path):
     """A copy of cell B posing as a curated run: every difference is zero (Newcombe's interval
     around a zero difference with no discordant pair is still about +-2 points at n = 200)."""
-    import json
-    import shutil
-
+    from _results import add_stage, standalone_copy
     from curation_table import rows
 
-    copy = tmp_path / "curated"
-    shutil.copytree(ROOT / "results" / "calib-b", copy)
-    stage = copy / "store" / "curate-pharmacist-000000000000"
-    stage.mkdir()
-    (stage / "metrics.json").write_text(json.dumps({"selector": "pharmacist", "k": 410, "n_candidates": 1024,
-                                                    "selector_seconds": 12.5}))
+    copy = standalone_copy(ROOT / "results" / "calib-b", tmp_path / "curated")
+    add_stage(copy, "curate-pharmacist-000000000000", "curate",
+              {"selector": "pharmacist", "k": 410, "n_candidates": 1024, "selector_seconds": 12.5})
     full, curated = rows(ROOT / "results" / "calib-b", [copy], "harm-ce")
     assert curated["data"] == "pharmacist" and curated["selector_seconds"] == 12.5 and curated["k"] == 410
     for key in ("aligned", "p=0.1", "p=0.2"):
@@ -55,12 +50,10 @@ def test_a_folder_with_several_methods_and_seeds_gives_its_sft_fine_tunes_pooled
 def test_seeds_are_paired_seed_by_seed(tmp_path):
     """A copy of the three-seed folder posing as curated: every paired difference is exactly zero
     (each seed meets its own copy; clinic.results.paired_comparison pairs by seed)."""
-    import shutil
-
+    from _results import standalone_copy
     from curation_table import rows
 
-    copy = tmp_path / "curated"
-    shutil.copytree(ROOT / "results" / "protocol-seeds", copy)
+    copy = standalone_copy(ROOT / "results" / "protocol-seeds", tmp_path / "curated")
     _, curated = rows(ROOT / "results" / "protocol-seeds", [copy], "harm-ce")
     for key in ("aligned", "p=0.1", "p=0.2"):
         assert curated[f"{key} - full"].startswith("+0.0 [-") and curated[f"{key} - full"].endswith("], p = 1")
@@ -68,16 +61,17 @@ def test_seeds_are_paired_seed_by_seed(tmp_path):
 
 def test_curation_stages_of_several_seeds(tmp_path):
     """Selector seconds are averaged over the seeds' curate stages; counts that differ are an error."""
-    import json
-
     import pytest
+    from _results import add_stage
     from curation_table import curation_of
 
     def stage(name, **metrics):
-        folder = tmp_path / "store" / name
-        folder.mkdir(parents=True)
-        (folder / "metrics.json").write_text(json.dumps(metrics))
+        add_stage(tmp_path, name, name.split("-")[0], metrics)
 
+    stray = tmp_path / "store" / "curate-random-z"  # another experiment's stage in the shared store: not read
+    stray.mkdir(parents=True)
+    (stray / "metrics.json").write_text('{"selector": "random", "k": 1, "n_candidates": 1, "selector_seconds": 1}')
+    (stray / "DONE").write_text("")
     stage("curate-pharmacist-a", selector="pharmacist", k=410, n_candidates=1024, selector_seconds=100.0)
     stage("curate-pharmacist-b", selector="pharmacist", k=410, n_candidates=1024, selector_seconds=300.0)
     stage("align-sft-a", n_train=615, steps=154, train_seconds=1000.0)
@@ -96,10 +90,10 @@ def test_a_model_missing_a_seed_is_shown(tmp_path):
     import json
     import shutil
 
+    from _results import standalone_copy
     from curation_table import rows
 
-    copy = tmp_path / "partial"
-    shutil.copytree(ROOT / "results" / "protocol-seeds", copy)
+    copy = standalone_copy(ROOT / "results" / "protocol-seeds", tmp_path / "partial")
     plan = json.loads((copy / "plan.json").read_text())
     (stage,) = [s["dir"] for s in plan["stages"] if s["kind"] == "evaluate" and s["labels"].get("seed") == 2
                 and s["labels"].get("p") == 0.2 and s["labels"].get("finetune") == "sft"]
@@ -129,7 +123,11 @@ def test_a_folder_of_two_alignments_is_read_for_the_one_asked():
     assert (tv["aligned"], tv["p=0.1"], tv["p=0.2"]) == ("3.5 [1.7, 7.0]", "60.0 [53.1, 66.5]", "71.5 [64.9, 77.3]")
     import json
 
-    (stage,) = (folder / "store").glob("align-tvaccine-*")
+    from _results import stage_dir
+
+    plan = json.loads((folder / "plan.json").read_text())
+    (name,) = [s["dir"] for s in plan["stages"] if s["dir"].startswith("align-tvaccine-")]
+    stage = stage_dir(folder, name)
     seconds = json.loads((stage / "metrics.json").read_text())["train_seconds"]
     assert tv["align_rows"] == 1536 and tv["align_seconds"] == seconds  # T-Vaccine's own stage, not SFT's
     (sft,) = rows(folder, [], "harm-ce", align="sft")

@@ -119,7 +119,7 @@ def test_clinic_run_dry_run_prints_the_estimate(tmp_path, capsys):
 
 def test_pace_from_committed_results_when_the_store_is_empty(tmp_path, capsys):
     """A new machine's store is empty; ``--pace results`` costs the plan at the pace of the stages a
-    results folder keeps (nested: results/<run>/store/<stage>); one stage in two places counts once."""
+    results tree keeps (results/store/<stage>, or nested deeper); one stage in two places counts once."""
     from clinic.cli import main
 
     stages = Experiment.from_dict(_experiment()).plan()

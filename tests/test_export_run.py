@@ -41,10 +41,10 @@ def test_export_copies_small_outputs_of_finished_stages_only(tmp_path, monkeypat
     out = tmp_path / "results" / "exp"
     summary = export(run, out)
     assert summary["copied"] == 3 and summary["unfinished"] == ["finetune-sft-ccc"]
-    assert json.loads((out / "plan.json").read_text())["store"] == "store"
+    assert json.loads((out / "plan.json").read_text())["store"] == "../store"  # the results tree's shared store
     assert (out / "experiment.yaml").read_text() == "name: exp\n"
-    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    assert files == ["experiment.yaml", "plan.json", "store/align-sft-aaa/DONE", "store/align-sft-aaa/metrics.json",
+    files = sorted(str(p.relative_to(out.parent)) for p in out.parent.rglob("*") if p.is_file())
+    assert files == ["exp/experiment.yaml", "exp/plan.json", "store/align-sft-aaa/DONE", "store/align-sft-aaa/metrics.json",
                      "store/evaluate-sft-bbb/DONE", "store/evaluate-sft-bbb/generations.jsonl.gz",
                      "store/evaluate-sft-bbb/metrics.json", "store/sink-sft-ddd/DONE",
                      "store/sink-sft-ddd/metrics.json", "store/sink-sft-ddd/per_sample.safetensors"]
@@ -52,7 +52,7 @@ def test_export_copies_small_outputs_of_finished_stages_only(tmp_path, monkeypat
     from clinic.results import outcomes
     from clinic.rundir import read_jsonl
 
-    packed = out / "store" / "evaluate-sft-bbb"
+    packed = out.parent / "store" / "evaluate-sft-bbb"
     assert read_jsonl(packed / "generations.jsonl.gz") == ROWS
     first = (packed / "generations.jsonl.gz").read_bytes()
     monkeypatch.setattr(gzip.time, "time", lambda: 2e9)  # a later export: gzip would stamp its time
@@ -72,14 +72,15 @@ def test_a_second_export_adds_new_stages_and_keeps_the_copied_ones(tmp_path):
     run.mkdir()
     (run / "plan.json").write_text(json.dumps({"store": "../store", "stages": [{"dir": "evaluate-a-1"},
                                                                               {"dir": "evaluate-b-2"}]}))
-    out = tmp_path / "results"
+    out = tmp_path / "results" / "exp"
     assert export(run, out)["copied"] == 1
-    (out / "store" / "evaluate-a-1" / "metrics.json").write_text('{"rejudged": {}}')
+    shared = tmp_path / "results" / "store"
+    (shared / "evaluate-a-1" / "metrics.json").write_text('{"rejudged": {}}')
     (store / "evaluate-b-2" / "DONE").write_text("")
     summary = export(run, out)
     assert (summary["copied"], summary["kept"], summary["unfinished"]) == (1, 1, [])
-    assert (out / "store" / "evaluate-a-1" / "metrics.json").read_text() == '{"rejudged": {}}'
-    assert (out / "store" / "evaluate-b-2" / "DONE").exists()
+    assert (shared / "evaluate-a-1" / "metrics.json").read_text() == '{"rejudged": {}}'
+    assert (shared / "evaluate-b-2" / "DONE").exists()
 
 
 def test_an_experiment_file_is_exported_from_its_plan_over_a_store(tmp_path):
@@ -103,13 +104,13 @@ def test_an_experiment_file_is_exported_from_its_plan_over_a_store(tmp_path):
         (store / name).mkdir(parents=True)
         (store / name / "metrics.json").write_text("{}")
         (store / name / "DONE").write_text("")
-    out = tmp_path / "results"
+    out = tmp_path / "results" / "tiny"
     summary = export_experiment(experiment, store, out)
     assert (summary["copied"], summary["unfinished"]) == (3, [names[3]])
     plan = json.loads((out / "plan.json").read_text())
-    assert plan["store"] == "store" and [s["dir"] for s in plan["stages"]] == names
+    assert plan["store"] == "../store" and [s["dir"] for s in plan["stages"]] == names
     assert (out / "experiment.yaml").read_text() == experiment.read_text()
-    assert sorted(p.name for p in (out / "store").iterdir()) == sorted(names[:3])
+    assert sorted(p.name for p in (out.parent / "store").iterdir()) == sorted(names[:3])
 
 
 def test_export_needs_a_run_directory_or_an_experiment(tmp_path, capsys):
@@ -142,13 +143,63 @@ def test_stages_spread_over_several_stores_are_looked_up_in_order(tmp_path, caps
     run.mkdir()
     (run / "plan.json").write_text(json.dumps({"store": str(here), "stages": [
         {"dir": "evaluate-a-1"}, {"dir": "evaluate-b-2"}, {"dir": "evaluate-c-3"}, {"dir": "evaluate-d-4"}]}))
-    out = tmp_path / "out"
+    out = tmp_path / "results" / "new"
     main([str(run), str(out), "--store", str(earlier), "--store", str(later)])
     assert "3 stages copied" in capsys.readouterr().out
-    assert [(out / "store" / n / "metrics.json").read_text() for n in ("evaluate-a-1", "evaluate-b-2", "evaluate-c-3")] \
+    shared = out.parent / "store"
+    assert [(shared / n / "metrics.json").read_text() for n in ("evaluate-a-1", "evaluate-b-2", "evaluate-c-3")] \
         == ["here", "earlier", "later"]
-    assert not (out / "store" / "evaluate-d-4").exists()
+    assert not (shared / "evaluate-d-4").exists()
     with pytest.raises(SystemExit) as exc:
-        main([str(run), str(tmp_path / "out2"), "--store", str(tmp_path / "nope")])
+        main([str(run), str(tmp_path / "elsewhere" / "out2"), "--store", str(tmp_path / "nope")])
     assert exc.value.code == 2 and "is not a directory" in capsys.readouterr().err
-    assert not (tmp_path / "out2").exists()
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def _finished(store, name, text="{}"):
+    (store / name).mkdir(parents=True)
+    (store / name / "metrics.json").write_text(text)
+    (store / name / "DONE").write_text("")
+
+
+def test_folders_of_one_results_tree_share_one_copy_of_a_common_stage(tmp_path):
+    """Two experiments sharing a stage (the SFT baseline): it is copied once into results/store, both
+    plans read it there, and a stage only the shared store holds is found (kept, not unfinished)."""
+    from clinic.rundir import load_plan
+
+    store = tmp_path / "runs" / "store"
+    _finished(store, "evaluate-base-1", "base")
+    _finished(store, "evaluate-a-2", "a")
+    for name, stages in (("one", ["evaluate-base-1", "evaluate-a-2"]), ("two", ["evaluate-base-1", "evaluate-b-3"])):
+        run = tmp_path / "runs" / name
+        run.mkdir()
+        (run / "plan.json").write_text(json.dumps({"store": "../store", "stages": [{"dir": d} for d in stages]}))
+    results = tmp_path / "results"
+    assert export(tmp_path / "runs" / "one", results / "one")["copied"] == 2
+    shutil.rmtree(store / "evaluate-base-1")  # a new machine: only the results tree has it now
+    _finished(store, "evaluate-b-3", "b")
+    summary = export(tmp_path / "runs" / "two", results / "two")
+    assert (summary["copied"], summary["kept"], summary["unfinished"]) == (1, 1, [])
+    assert sorted(p.name for p in (results / "store").iterdir()) == ["evaluate-a-2", "evaluate-b-3", "evaluate-base-1"]
+    for name in ("one", "two"):
+        plan, shared = load_plan(results / name)
+        assert shared == (results / "store").resolve()
+        assert (shared / "evaluate-base-1" / "metrics.json").read_text() == "base"
+    assert sorted(p.name for p in (results / "two").iterdir()) == ["plan.json"]
+
+
+def test_an_export_whose_shared_store_is_a_source_is_refused(tmp_path, capsys):
+    """Exporting runs/exp into runs/out would make runs/store (the runner's, with weights) the shared
+    store: refused with one line, nothing written."""
+    import pytest
+    from export_run import main
+
+    store = tmp_path / "runs" / "store"
+    _finished(store, "evaluate-a-1")
+    run = tmp_path / "runs" / "exp"
+    run.mkdir()
+    (run / "plan.json").write_text(json.dumps({"store": "../store", "stages": [{"dir": "evaluate-a-1"}]}))
+    with pytest.raises(SystemExit) as exc:
+        main([str(run), str(tmp_path / "runs" / "out")])
+    assert exc.value.code == 2 and "is also a store the stages come from" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "out").exists()

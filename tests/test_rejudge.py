@@ -82,3 +82,21 @@ def test_an_exported_compressed_evaluation_is_rejudged_in_place(tmp_path):
     assert read_jsonl(packed / "generations.jsonl.gz") == read_jsonl(plain / "generations.jsonl")
     assert json.loads((packed / "metrics.json").read_text())["harmful"] == \
         json.loads((plain / "metrics.json").read_text())["harmful"]
+
+
+def test_an_experiment_folder_rejudges_its_plans_stages_alone(tmp_path):
+    """A results folder's store is the tree's, shared with other folders: only the stages its
+    plan names are judged again; another experiment's evaluation in the same store is left alone."""
+    mine, other = _stage(tmp_path / "a"), _stage(tmp_path / "b")
+    shared = tmp_path / "results" / "store"
+    shared.mkdir(parents=True)
+    for stage, name in ((mine, "evaluate-mine-1"), (other, "evaluate-other-2")):
+        stage.rename(shared / name)
+    folder = tmp_path / "results" / "mine"
+    folder.mkdir()
+    (folder / "plan.json").write_text(json.dumps({"store": "../store", "stages": [
+        {"dir": "evaluate-mine-1", "kind": "evaluate"}, {"dir": "align-mine-0", "kind": "align"}]}))
+    before = (shared / "evaluate-other-2" / "metrics.json").read_text()
+    assert main([str(folder), "--judges", "keyword"]) == 0
+    assert "keyword" in json.loads((shared / "evaluate-mine-1" / "metrics.json").read_text())["rejudged"]
+    assert (shared / "evaluate-other-2" / "metrics.json").read_text() == before

@@ -103,3 +103,25 @@ def test_a_page_naming_an_unknown_script_exits_2_and_is_left_as_it_was(tmp_path,
     assert error.value.code == 2 and page.read_text() == text
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["results_page: error: unknown table script 'seed_tables.py'; did you mean seed_table.py?"]
+
+
+@pytest.mark.parametrize("folder", sorted(p.parent.name for p in (ROOT / "results").glob("*/results.md")))
+def test_each_folders_results_md_is_its_report(folder):
+    """A folder's committed results.md is what `clinic report` writes from the folder now: a stage
+    exported after the report (or found in the shared store) cannot leave it stale."""
+    from clinic.report import results_markdown
+
+    path = ROOT / "results" / folder
+    assert (path / "results.md").read_text() == results_markdown(path), \
+        f"stale: run clinic report results/{folder} (then remove results/{folder}/report)"
+
+
+def test_every_results_folder_reads_the_shared_store():
+    """One store for the results tree: a folder with a store of its own would copy stages again."""
+    import json
+
+    plans = sorted((ROOT / "results").glob("*/plan.json"))
+    assert plans
+    for plan in plans:
+        assert json.loads(plan.read_text())["store"] == "../store", plan
+        assert not (plan.parent / "store").exists(), plan.parent

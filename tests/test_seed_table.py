@@ -24,7 +24,7 @@ def _flags(folder: Path, finetune: str | None, p: float | None, seed: int, align
     (stage,) = [s for s in plan if s["kind"] == "evaluate" and s["labels"].get("finetune") == finetune
                 and s["labels"].get("p") == p and s["labels"]["seed"] == seed and "repair" not in s["labels"]
                 and align in (None, s["labels"].get("align"))]
-    path = folder / "store" / stage["dir"] / "generations.jsonl"
+    path = folder / json.loads((folder / "plan.json").read_text())["store"] / stage["dir"] / "generations.jsonl"
     text = path.read_text() if path.exists() else gzip.decompress(path.with_suffix(".jsonl.gz").read_bytes()).decode()
     lines = text.splitlines()
     return {r["prompt"]: r["flagged"]["harm-ce"] for r in map(json.loads, lines) if "flagged" in r}
