@@ -83,11 +83,11 @@ def export(run_dir: Path, out: Path, more_stores: tuple = ()) -> dict:
         _fail(f"{out} has the shared stage store's name; choose another folder name")
     plan = json.loads(plan_path.read_text())
     target = shared_store(out)
-    sources = [(run_dir / plan["store"]).resolve(), *more_stores]
-    if target.resolve() in sources:
-        _fail(f"{target}, the store beside {out}, is also a store the stages come from; export into a "
+    own = (run_dir / plan["store"]).resolve()
+    if target.resolve() == own:  # the runner's store (weights and all) would become the results store
+        _fail(f"{target}, the store beside {out}, is the store the experiment ran in; export into a "
               f"folder of a results tree (e.g. results/{out.name})")
-    stores = [*sources, target.resolve()]
+    stores = list(dict.fromkeys([own, *more_stores, target.resolve()]))  # naming results/store too is harmless
     target.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     copied, kept, missing = [], [], []

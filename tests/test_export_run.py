@@ -188,7 +188,7 @@ def test_folders_of_one_results_tree_share_one_copy_of_a_common_stage(tmp_path):
     assert sorted(p.name for p in (results / "two").iterdir()) == ["plan.json"]
 
 
-def test_an_export_whose_shared_store_is_a_source_is_refused(tmp_path, capsys):
+def test_an_export_into_the_runners_own_store_is_refused(tmp_path, capsys):
     """Exporting runs/exp into runs/out would make runs/store (the runner's, with weights) the shared
     store: refused with one line, nothing written."""
     import pytest
@@ -201,5 +201,10 @@ def test_an_export_whose_shared_store_is_a_source_is_refused(tmp_path, capsys):
     (run / "plan.json").write_text(json.dumps({"store": "../store", "stages": [{"dir": "evaluate-a-1"}]}))
     with pytest.raises(SystemExit) as exc:
         main([str(run), str(tmp_path / "runs" / "out")])
-    assert exc.value.code == 2 and "is also a store the stages come from" in capsys.readouterr().err
+    assert exc.value.code == 2 and "is the store the experiment ran in" in capsys.readouterr().err
     assert not (tmp_path / "runs" / "out").exists()
+    # naming the results tree's store among the sources is harmless: it is looked in anyway
+    (tmp_path / "results" / "store").mkdir(parents=True)
+    main([str(run), str(tmp_path / "results" / "exp"), "--store", str(tmp_path / "results" / "store")])
+    assert "1 stages copied" in capsys.readouterr().out
+    assert (tmp_path / "results" / "store" / "evaluate-a-1" / "DONE").exists()
