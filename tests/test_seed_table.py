@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _results import stage_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -24,7 +25,7 @@ def _flags(folder: Path, finetune: str | None, p: float | None, seed: int, align
     (stage,) = [s for s in plan if s["kind"] == "evaluate" and s["labels"].get("finetune") == finetune
                 and s["labels"].get("p") == p and s["labels"]["seed"] == seed and "repair" not in s["labels"]
                 and align in (None, s["labels"].get("align"))]
-    path = folder / json.loads((folder / "plan.json").read_text())["store"] / stage["dir"] / "generations.jsonl"
+    path = stage_dir(folder, stage["dir"]) / "generations.jsonl"
     text = path.read_text() if path.exists() else gzip.decompress(path.with_suffix(".jsonl.gz").read_bytes()).decode()
     lines = text.splitlines()
     return {r["prompt"]: r["flagged"]["harm-ce"] for r in map(json.loads, lines) if "flagged" in r}
