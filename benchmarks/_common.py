@@ -72,6 +72,21 @@ def save_json(result: dict, path, quiet: bool = False) -> Path:
     return path
 
 
+def clinic_align(options: list[str], out: Path, env: dict | None = None, what: str = "clinic align") -> dict:
+    """Run ``clinic align OPTIONS --output OUT`` in a fresh process (``env`` added to this one's) and
+    return its metrics.json; a failure is a one-line ``SystemExit`` naming ``what``."""
+    import json
+    import subprocess
+
+    command = [sys.executable, "-m", "clinic.cli", "align", *options, "--output", str(out)]
+    proc = subprocess.run(command, capture_output=True, text=True,
+                          env={**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})})
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise SystemExit(f"{what} failed: {tail[0]}")
+    return json.loads((Path(out) / "metrics.json").read_text())
+
+
 @contextlib.contextmanager
 def one_line_errors(prog: str):
     """A table script's refusal (``SystemExit("why")``) as the command line wants it: one line,

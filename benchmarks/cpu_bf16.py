@@ -16,15 +16,13 @@ load average. Nothing else should run meanwhile. Prints a summary and writes ``b
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from _common import cpuinfo, machine_info, one_line_errors, save_json
+from _common import clinic_align, cpuinfo, machine_info, one_line_errors, save_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cpu_bf16.json"
 PRECISIONS = ("fp32", "bf16")
@@ -38,15 +36,10 @@ def cpu_flags() -> list[str]:
 
 def align_once(args, precision: str, out: Path) -> dict:
     """One ``clinic align`` run; its seconds per step and training loss."""
-    command = [sys.executable, "-m", "clinic.cli", "align", "--model", args.model, "--method", args.method,
-               "--preset", args.preset, "--source", args.source, "--n", str(args.n), "--max-steps", str(args.steps),
-               "--output", str(out), "--bf16", "true" if precision == "bf16" else "false"]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run(command, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise SystemExit(f"clinic align ({precision}) failed: {tail[0]}")
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = clinic_align(["--model", args.model, "--method", args.method, "--preset", args.preset,
+                            "--source", args.source, "--n", str(args.n), "--max-steps", str(args.steps),
+                            "--bf16", "true" if precision == "bf16" else "false"],
+                           out, {"OMP_NUM_THREADS": str(args.threads)}, f"clinic align ({precision})")
     return {"precision": precision, "seconds_per_step": metrics["train_seconds"] / metrics["steps"],
             "steps": metrics["steps"], "train_loss": metrics["train_loss"]}
 

@@ -97,3 +97,53 @@ def test_one_lora_target_list_without_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+# --- subnormal floats flushed to zero (CLINIC_FLUSH_DENORMAL) ---------------------------------------
+
+@pytest.mark.parametrize("value, expected", [(None, True), ("1", True), ("yes", True), ("0", False), ("off", False)])
+def test_flush_denormal_setting(monkeypatch, value, expected):
+    from clinic.settings import flush_denormal
+
+    if value is None:
+        monkeypatch.delenv("CLINIC_FLUSH_DENORMAL", raising=False)
+    else:
+        monkeypatch.setenv("CLINIC_FLUSH_DENORMAL", value)
+    assert flush_denormal() is expected
+
+
+def test_bad_flush_denormal_is_a_one_line_error(tmp_path):
+    import subprocess
+    import sys
+
+    env = {**__import__("os").environ, "CLINIC_FLUSH_DENORMAL": "maybe"}
+    proc = subprocess.run([sys.executable, "-m", "clinic.cli", "run", str(tmp_path / "none.yaml")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "clinic: error: CLINIC_FLUSH_DENORMAL must be 1 or 0, got 'maybe'"
+
+
+# A fresh interpreter per case: the flag must be set before OpenMP creates its worker threads, and
+# this one's were created long ago. 2^20 elements split over two threads, so each worker's half
+# counts; 1e-30 * 1e-9 = 1e-39 is subnormal in float32 (the smallest normal number is 1.2e-38).
+_SURVIVORS = """
+import sys
+from clinic.cli import main
+rc = main(["run", sys.argv[1]])  # a compute command: the CPU is set up before the missing file is noticed
+import torch
+x = torch.full((1 << 20,), 1e-30)
+print(rc, int(((x * 1e-9) != 0).sum()))
+"""
+
+
+@pytest.mark.parametrize("flag, survivors", [(None, 0), ("0", 1 << 20)])
+def test_compute_commands_flush_denormals_in_every_thread(tmp_path, flag, survivors):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("CLINIC_FLUSH_DENORMAL", "CLINIC_THREADS")}
+    env.update({"OMP_NUM_THREADS": "2", **({"CLINIC_FLUSH_DENORMAL": flag} if flag else {})})
+    proc = subprocess.run([sys.executable, "-c", _SURVIVORS, str(tmp_path / "none.yaml")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.stdout.split() == ["2", str(survivors)], proc.stderr

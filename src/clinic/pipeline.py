@@ -195,6 +195,9 @@ def run_train(
             raise ClinicError(f"model {chain.base!r} has no chat template; use --prompt-style alpaca")
         fmt = train.prompt_format()
         if not train.full_ft:
+            # the adapter's initial weights from the stage's seed: torch seeds its default generator
+            # from the OS at start (2.13), so an unseeded draw differs from one process to the next
+            torch.manual_seed(train.seed)
             model_obj = attach_lora(model_obj, train.lora())
         rows = [training_row(tok, fmt, s.instruction, s.input, s.output) for s in samples]
         run.write_yaml("config.yaml", record)

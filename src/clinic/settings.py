@@ -8,6 +8,9 @@
 - ``HF_HUB_OFFLINE`` / ``CLINIC_OFFLINE``: never touch the Hugging Face hub.
 - ``CLINIC_CHECKPOINT_MINUTES``: how often a training stage saves a checkpoint it can resume from
   when it is killed (default 10; 0: never). See :func:`checkpoint_minutes`.
+- ``CLINIC_THREADS``: torch's CPU thread count. See :func:`torch_threads`.
+- ``CLINIC_FLUSH_DENORMAL``: treat subnormal floats as zero on the CPU (default 1; 0: off). See
+  :func:`flush_denormal`.
 
 Also the defaults that every layer shares and that must be readable without importing torch
 (:data:`LORA_TARGETS`).
@@ -57,6 +60,29 @@ def checkpoint_minutes() -> float:
 
         raise ClinicError(f"CLINIC_CHECKPOINT_MINUTES must be a number of minutes >= 0, got {text!r}")
     return value
+
+
+def flush_denormal() -> bool:
+    """Whether clinic's commands make the CPU flush subnormal floats to zero (``CLINIC_FLUSH_DENORMAL``,
+    default on; ``0``/``false``/``no`` turn it off).
+
+    Why: a softmax over a 49k-token vocabulary leaves probabilities below float32's smallest normal
+    number (1.2e-38) wherever the logits spread over more than 87 nats, and the matrix products of
+    the backward that read them run one to two orders of magnitude slower on x86 (each subnormal
+    operand takes a microcode assist): a RepNoise step on SmolLM2 took 43 s instead of 20 s
+    (docs/benchmarks-alignment.md, ``benchmarks/denormals.py``). What it changes: any value of
+    magnitude below 1.2e-38 counts as 0, so a sum of n such products moves by less than
+    n * 1.2e-38 * max|operand|, some 1e-33 for a vocabulary projection: nothing a float32 training
+    run can see (the measured gradients were bit-identical). Not a setting of a stage (no hash).
+    """
+    text = os.environ.get("CLINIC_FLUSH_DENORMAL", "").strip().lower()
+    if text in ("", "1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    from .errors import ClinicError
+
+    raise ClinicError(f"CLINIC_FLUSH_DENORMAL must be 1 or 0, got {text!r}")
 
 
 # The modules that get LoRA adapters unless told otherwise: the reference pipelines' seven
