@@ -69,10 +69,19 @@ def test_probes_have_no_system_prompt(tmp_path):
     assert text.startswith("<|im_start|>user")
 
 
+# Equal-length probes (defined below) give heads of both signs: the default step's probe
+# backward is gated on "some head is positive", and only a mixed case can tell that gate from
+# a stricter one (e.g. "every head is positive") that silently turns Surgery into SFT.
+PROBE_SETS = {"all_positive": (HARMFUL, HARMLESS), "mixed_signs": None}
+
+
+@pytest.mark.parametrize("probes", sorted(PROBE_SETS))
 @pytest.mark.parametrize("separate", [False, True])
-def test_loss_and_gradient_equal_eager_reference(tmp_path, separate):
+def test_loss_and_gradient_equal_eager_reference(tmp_path, separate, probes):
     lam = 50.0
-    trainer, _ = make_trainer(tmp_path, lora=False, lam=lam, probes_per_step=2, separate_backward=separate)
+    harmful, harmless = PROBE_SETS[probes] or (HARMFUL_EQ, HARMLESS_EQ)
+    trainer, _ = make_trainer(tmp_path, lora=False, lam=lam, probes_per_step=2, separate_backward=separate,
+                              harmful=harmful, harmless=harmless)
     model = trainer.model
     ref, _ = tiny_random_model("llama", seed=2)
     ref.load_state_dict(model.state_dict())
@@ -94,6 +103,10 @@ def test_loss_and_gradient_equal_eager_reference(tmp_path, separate):
     a = eager_sink(ref, ids, mask)
     d = a[:, :n].mean(1) - a[:, n:].mean(1)
     assert (d > 0).sum() > 0
+    if probes == "mixed_signs":
+        assert (d < 0).sum() > 0, "the mixed case needs heads of both signs"
+    else:
+        assert (d > 0).all()
     ref_loss = ce + lam * torch.relu(d).mean()
     ref_loss.backward()
     torch.testing.assert_close(loss.detach(), ref_loss.detach(), rtol=1e-5, atol=1e-6)
@@ -205,3 +218,57 @@ def test_divergence_is_harmful_minus_harmless_on_probes_the_test_chooses(tmp_pat
         ce = ref(**{k: batch[k] for k in ("input_ids", "attention_mask", "labels")}, use_cache=False).loss
     torch.testing.assert_close(trainer.last_divergence, d, rtol=0, atol=1e-5)
     torch.testing.assert_close(loss, ce + lam * torch.relu(d).mean(), rtol=1e-5, atol=1e-6)
+
+
+def test_probe_term_moves_the_default_step_when_some_heads_are_negative(tmp_path):
+    """The default step's gradient differs from CE alone by λ ∇R whenever a head is positive,
+    even if others are negative; and equals CE alone when λ = 0 (nothing else differs)."""
+    grads = {}
+    for lam in (0.0, 50.0):
+        trainer, _ = make_trainer(tmp_path / str(lam), lora=False, lam=lam, probes_per_step=1,
+                                  harmful=HARMFUL_EQ, harmless=HARMLESS_EQ)
+        batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+        trainer.model.zero_grad()
+        trainer.current_gradient_accumulation_steps = 1
+        trainer.training_step(trainer.model, dict(batch))
+        d = trainer.last_divergence
+        assert (d > 0).any() and (d < 0).any()
+        grads[lam] = torch.cat([p.grad.flatten() for p in trainer.model.parameters() if p.grad is not None])
+    assert (grads[50.0] - grads[0.0]).norm() > 1e-3 * grads[0.0].norm()
+
+
+def _shifted(trainer, positive: int):
+    """Wrap the trainer's regulariser so that exactly ``positive`` heads of d stay positive (d is
+    shifted by a constant, which keeps its gradient): a gate on the probe backward must fire for one."""
+    original = trainer.regulariser
+
+    def regulariser(model, probes=None):
+        _, d = original(model, probes)
+        flat = d.detach().flatten().sort(descending=True).values
+        cut = (flat[positive - 1] + flat[positive]) / 2 if positive else flat[0] + 1e-3
+        d = d - cut
+        trainer.last_divergence = d.detach()
+        return torch.relu(d).mean(), d
+
+    trainer.regulariser = regulariser
+
+
+@pytest.mark.parametrize("positive", [0, 1, 2])
+def test_default_step_gradient_equals_the_one_graph_step_for_any_number_of_positive_heads(tmp_path, positive):
+    """separate_backward (the default) against the one-graph step, which has no gate: equal
+    gradients when 0, 1 or 2 heads are positive, so a gate stricter than "any head" fails."""
+    grads = {}
+    for separate in (False, True):
+        trainer, _ = make_trainer(tmp_path / str(separate), lora=False, lam=50.0, separate_backward=separate)
+        _shifted(trainer, positive)
+        batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+        trainer.model.zero_grad()
+        trainer.current_gradient_accumulation_steps = 1
+        if separate:
+            trainer.training_step(trainer.model, dict(batch))
+        else:
+            trainer.compute_loss(trainer.model, dict(batch)).backward()
+        assert int((trainer.last_divergence > 0).sum()) == positive
+        grads[separate] = [p.grad.clone() for p in trainer.model.parameters()]
+    for a, b in zip(grads[True], grads[False]):
+        assert (a - b).norm() <= 1e-5 * b.norm() + 1e-8
