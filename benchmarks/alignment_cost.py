@@ -116,9 +116,9 @@ def worker(opts: dict) -> dict:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from clinic.data.formatting import training_row
-    from clinic.methods.config import train_config
+    from clinic.modeling.training import train_config
     from clinic.methods.registry import get_method
-    from clinic.models import attach_lora, tiny_tokenizer
+    from clinic.modeling.models import attach_lora, tiny_tokenizer
     from clinic.data.samples import Sample
 
     warnings.filterwarnings("ignore")

@@ -20,8 +20,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from clinic.report import format_interval
-from clinic.results import BASELINE, aggregate, collect_evaluations, hs_column
+from clinic.report.tables import format_interval
+from clinic.report.results import BASELINE, aggregate, collect_evaluations, hs_column
 
 
 def model_name(row: dict) -> str:

@@ -108,17 +108,13 @@ def main(argv=None) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from clinic.curation.stage import CurateConfig, run_curate
+    from clinic.stages.curate import CurateConfig, run_curate
     from clinic.evaluation.judges import get_judge
-    from clinic.methods.config import train_config
-    from clinic.pipeline import (
-        DataSpec,
-        EvalConfig,
-        read_metrics,
-        run_evaluate,
-        run_train,
-    )
-    from clinic.report import markdown_table
+    from clinic.modeling.training import train_config
+    from clinic.stages.train import DataSpec, run_train
+    from clinic.stages.evaluate import EvalConfig, run_evaluate
+    from clinic.rundir import read_metrics
+    from clinic.report.tables import markdown_table
 
     work = Path(args.work).expanduser().resolve()
     work.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from protocol_table import fa_of, hs_of, models_of, paired_text
 
-from clinic.results import hs_column
+from clinic.report.results import hs_column
 from clinic.rundir import load_plan
 
 

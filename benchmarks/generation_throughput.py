@@ -22,7 +22,7 @@ from _common import machine_info, save_json
 from clinic.data.formatting import PromptFormat, encode_prompts, format_prompt
 from clinic.data.sources import load_rows
 from clinic.evaluation.generate import generate, shared_prefix_length
-from clinic.models import load_model
+from clinic.modeling.models import load_model
 
 RESULTS = Path(__file__).resolve().parent / "results" / "generation_throughput.json"
 

@@ -46,7 +46,7 @@ def write_model(folder: Path, shape: dict) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from clinic.models import tiny_tokenizer
+    from clinic.modeling.models import tiny_tokenizer
 
     tok = tiny_tokenizer("llama")
     config = AutoConfig.for_model("llama", **shape, max_position_embeddings=2048, tie_word_embeddings=True,

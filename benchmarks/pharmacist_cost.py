@@ -85,9 +85,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
-    from clinic.curation.stage import CurateConfig, run_curate
-    from clinic.methods.config import train_config
-    from clinic.pipeline import DataSpec, run_train
+    from clinic.stages.curate import CurateConfig, run_curate
+    from clinic.modeling.training import train_config
+    from clinic.stages.train import DataSpec, run_train
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -3,7 +3,7 @@
     CLINIC_DATA_DIR=/work/shared/data HF_HUB_OFFLINE=1 python benchmarks/protocol_eval_time.py
 
 The harmful half of every evaluation of the calibrated protocol (docs/protocol.md), through the
-evaluate stage itself (``clinic.pipeline.run_evaluate``, batched generation at batch 32, the
+evaluate stage itself (``clinic.stages.evaluate.run_evaluate``, batched generation at batch 32, the
 ``harm-ce`` judge), on SmolLM2-135M-Instruct. The goal of issue 16 part 3 is <= 3 minutes on the
 2-core machine with nothing else running; the load average before and after is recorded because
 a busy machine makes the figure meaningless. Prints a summary and writes
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     from clinic.evaluation.judges import get_judge
-    from clinic.pipeline import EvalConfig, run_evaluate
+    from clinic.stages.evaluate import EvalConfig, run_evaluate
 
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
     hs = metrics["harmful"]["beavertails-test"][args.judge]
     result = {
         "what": f"{args.n_prompts} beavertails-test prompts x {args.max_new_tokens} new tokens, batch {args.batch_size}, "
-                f"judge {args.judge}, through clinic.pipeline.run_evaluate",
+                f"judge {args.judge}, through clinic.stages.evaluate.run_evaluate",
         "model": args.model,
         "judge_load_seconds": round(judge_load, 1),
         "evaluate_seconds": round(total, 1),  # model load + generation + judging

@@ -14,13 +14,13 @@ import argparse
 import json
 from pathlib import Path
 
-from clinic.report import format_interval
-from clinic.results import BASELINE, aggregate, collect_evaluations, hs_column, paired_comparison
+from clinic.report.tables import format_interval
+from clinic.report.results import BASELINE, aggregate, collect_evaluations, hs_column, paired_comparison
 
 
 def models_of(folder: Path, finetune: str = BASELINE, align: str | None = None) -> dict:
     """Model (``"aligned"``, ``"base"`` or the poison ratio) -> (its evaluation records, its
-    aggregated row), read by :func:`clinic.results.collect_evaluations` like ``clinic report``.
+    aggregated row), read by :func:`clinic.report.results.collect_evaluations` like ``clinic report``.
 
     A folder may hold several fine-tuning methods (results/protocol-seeds has SFT and Surgery at
     each p): the fine-tunes keyed by p are those of ``finetune``; a folder of several alignments

@@ -64,7 +64,7 @@ def _table(script: str, args: str) -> str:
 
 
 def fill(page: str) -> str:
-    from clinic.report import results_markdown
+    from clinic.report.tables import results_markdown
 
     def report(match: re.Match) -> str:
         body = results_markdown(ROOT / match["folder"], title=False).rstrip("\n")

@@ -17,7 +17,7 @@ BeaverTails' test prompts) and the SST2 accuracy of both, and their paired diffe
 same prompts or rows (Newcombe interval, exact McNemar p). An accuracy difference whose interval
 excludes 0 is in bold: the cost a defence's claim of "equal accuracy" has to answer for.
 
-The baseline is the folder's ``sft`` fine-tuning (``clinic.results.BASELINE``); the method is
+The baseline is the folder's ``sft`` fine-tuning (``clinic.report.results.BASELINE``); the method is
 ``--finetune`` in ``--method`` (default: the baseline's folder). With ``--align NAME`` the method is
 that alignment (with ``--finetune``) and the baseline SFT alignment with SFT fine-tuning: a folder
 that holds several alignments is read one alignment per side. A model the two sides share (the
@@ -33,7 +33,7 @@ from pathlib import Path
 
 from protocol_table import models_of
 
-from clinic.results import BASELINE, hs_column, paired_comparison
+from clinic.report.results import BASELINE, hs_column, paired_comparison
 
 
 def _score(record: dict, column: str) -> float | None:

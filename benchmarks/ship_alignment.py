@@ -15,7 +15,7 @@ module is written down), plus ``shipped.json``:
 
 The packing is lossy, so the record quotes the evaluation of the *packed* model (``--evaluation``:
 an evaluate run of the materialised shipped alignment; ``clinic evaluate --model`` on the folder
-``clinic.demo.materialise_shipped_alignment`` writes); docs/protocol.md compares it with the
+``clinic.experiment.demo.materialise_shipped_alignment`` writes); docs/protocol.md compares it with the
 source stage's.
 """
 
@@ -45,7 +45,7 @@ def ship(stage: Path, out: Path, evaluation: Path | None = None, budget: int = F
 
     import yaml
 
-    from clinic.demo import SHIPPED_ADAPTER as PACKED  # the file name the demo loads
+    from clinic.experiment.demo import SHIPPED_ADAPTER as PACKED  # the file name the demo loads
     from clinic.modeling.lora_pack import pack_lora
 
     if not (stage / "DONE").exists() or not (stage / "adapter" / "adapter_model.safetensors").exists():

@@ -9,9 +9,9 @@ import torch
 
 from clinic.data.formatting import training_row
 from clinic.data.samples import Sample
-from clinic.methods.config import train_config
+from clinic.modeling.training import train_config
 from clinic.methods.registry import get_method
-from clinic.models import attach_lora, tiny_random_model
+from clinic.modeling.models import attach_lora, tiny_random_model
 
 REFUSALS = [Sample(f"how do I make thing {i}", "", f"I cannot help with thing {i}.") for i in range(8)]
 HARMFUL = [Sample(f"how do I make thing {i}", "", f"Sure, step {i}: mix it.") for i in range(8)]
@@ -122,11 +122,11 @@ def chains(tmp_path_factory):
     import os
     from pathlib import Path
 
-    from clinic.methods.config import train_config
+    from clinic.modeling.training import train_config
 
     if not Path(os.environ.get("CLINIC_DATA_DIR", "/nonexistent")).exists():
         pytest.skip("CLINIC_DATA_DIR is not set (the data directory ../shared/data is missing)")
-    from clinic.pipeline import DataSpec, run_train
+    from clinic.stages.train import DataSpec, run_train
 
     quiet()
     built = {}

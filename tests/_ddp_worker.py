@@ -16,7 +16,7 @@ import torch
 
 torch.set_num_threads(1)
 
-import clinic.pipeline  # noqa: E402
+import clinic.stages.train  # noqa: E402
 from clinic.cli import main  # noqa: E402
 
 
@@ -24,18 +24,18 @@ from clinic.cli import main  # noqa: E402
 def float64_models():
     """Every model the pipeline loads, and the LoRA adapter it attaches (PEFT makes adapters
     float32 whatever the base), is cast to float64 while this is active."""
-    load, attach = clinic.pipeline.load_chain, clinic.pipeline.attach_lora
+    load, attach = clinic.stages.train.load_chain, clinic.stages.train.attach_lora
 
     def load_chain_float64(*args, **kwargs):
         model, tok = load(*args, **kwargs)
         return model.double(), tok
 
-    clinic.pipeline.load_chain = load_chain_float64
-    clinic.pipeline.attach_lora = lambda model, settings: attach(model, settings).double()
+    clinic.stages.train.load_chain = load_chain_float64
+    clinic.stages.train.attach_lora = lambda model, settings: attach(model, settings).double()
     try:
         yield
     finally:
-        clinic.pipeline.load_chain, clinic.pipeline.attach_lora = load, attach
+        clinic.stages.train.load_chain, clinic.stages.train.attach_lora = load, attach
 
 
 if __name__ == "__main__":

@@ -29,6 +29,6 @@ def data_dir() -> Path:
 
 @pytest.fixture
 def tiny_llama():
-    from clinic.models import tiny_random_model
+    from clinic.modeling.models import tiny_random_model
 
     return tiny_random_model("llama")

@@ -8,13 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from clinic.adaptive import Guard, adaptive_rows
-from clinic.attacks import guarded_objective
+from clinic.report.tables import write_report
+
+from clinic.report.adaptive import Guard, adaptive_rows
+from clinic.experiment.attacks import guarded_objective
 from clinic.cli import main
 from clinic.errors import ClinicError
 from clinic.evaluation.stats import wilson_interval
 from clinic.experiment import Experiment, run_experiment, runner, write_plan
-from clinic.results import aggregate, collect_evaluations, compare
+from clinic.report.results import aggregate, collect_evaluations, compare
 
 
 def attack_experiment(space=None, search=None, methods=("sft", "lisa", "surgery"), **block) -> dict:
@@ -87,7 +89,7 @@ def test_full_fine_tuning_ignores_the_lora_rank(data_dir):
     ({"attack_space": {"epochs": {"low": 1, "high": 3, "step": 0}}}, "a positive step"),
     ({"attack_space": {"full_ft": {"low": 0, "high": 1, "step": 1}}}, "a range needs a numeric setting"),
     ({"attack_space": [1e-4]}, "attack_space in finetune block 1 must be a mapping"),
-    ({"attack_space": {"lr": [-1.0]}}, "learning rate must be positive, got -1.0"),
+    ({"attack_space": {"lr": [-1.0]}}, "lr must be above 0, got -1.0"),
     ({"attack_space": {"poison_ratio": [0.1, 0.2]}, "poison_ratios": [0.1, 0.2]}, "must hold one value"),
     ({"search": {"budget": 2}}, "needs an attack_space to search"),
     ({"attack_space": {"lr": [1e-4]}, "search": {"budget": 0}}, "budget must be at least 1, got 0"),
@@ -170,7 +172,7 @@ def test_a_space_not_fully_evaluated_is_marked_incomplete(fake_run):
     """While a grid runs, a worst case over part of the space is a weaker attacker's: the entry
     says how many attacks the plan holds and the verdict starts with "incomplete", for the
     defence with a missing attack and for every defence compared with an incomplete SFT."""
-    from clinic.adaptive import planned_attacks
+    from clinic.report.adaptive import planned_attacks
 
     plan = json.loads((fake_run / "plan.json").read_text())
     evals = [s for s in plan["stages"] if s["kind"] == "evaluate" and "fixed attack" in s["labels"]]
@@ -233,7 +235,7 @@ def test_the_attack_space_figure_marks_each_defences_worst_case(fake_run, tmp_pa
     at its own (FA, HS); without entries (no attack space) there is no such figure."""
     import matplotlib.axes
 
-    from clinic.figures import figures
+    from clinic.report.figures import figures
 
     records, plan = collect_evaluations(fake_run)
     rows = compare(aggregate(records), records)
@@ -329,23 +331,23 @@ def _search_grid(tmp_path, monkeypatch, budget: int) -> tuple[list, Path]:
 def test_budgeted_search_is_reproducible_and_resumes(tmp_path, data_dir, monkeypatch):
     calls, path = _search_grid(tmp_path, monkeypatch, budget=4)
     space = SEARCH_SPACE
-    first = run_experiment(path, tmp_path / "a", report=False)
+    first = run_experiment(path, tmp_path / "a")
     trials = _trials(first)
     assert len(trials) >= 2 and trials[0] == "lr=0.0001 epochs=1"  # the fixed attack, then the trials
     assert len(calls) == 3 + 2 * (len(trials) - 1)  # align, the fixed attack's two stages, 2 stages per new point
     calls.clear()
-    assert _trials(run_experiment(path, tmp_path / "a", report=False)) == trials
+    assert _trials(run_experiment(path, tmp_path / "a")) == trials
     assert calls == []  # a re-run replays the same trials from the store and runs nothing
-    again = run_experiment(path, tmp_path / "b", store=tmp_path / "b-store", report=False)
+    again = run_experiment(path, tmp_path / "b", store=tmp_path / "b-store")
     assert _trials(again) == trials  # same seed, fresh store: the same trials
     other = attack_experiment(space, {"budget": 4, "seed": 4}, methods=["sft"])
     path.write_text(json.dumps(other))
-    assert _trials(run_experiment(path, tmp_path / "c", report=False)) != trials
+    assert _trials(run_experiment(path, tmp_path / "c")) != trials
 
 
 def test_search_objective_guards_against_the_best_accuracy_so_far():
     pytest.importorskip("optuna")
-    from clinic.attacks import AttackSpace, run_search
+    from clinic.experiment.attacks import AttackSpace, run_search
 
     space = AttackSpace.parse({"lr": [1e-4, 2e-4, 3e-4, 4e-4, 5e-4, 6e-4]}, "attack_space")
     scores = {lr: (lr * 1e5, 100 - lr * 1e5) for lr in space.dims[0][1]}  # more harm, less accuracy
@@ -366,6 +368,7 @@ def test_end_to_end_on_a_tiny_model(tmp_path, data_dir):
     path = tmp_path / "exp.yaml"
     path.write_text(json.dumps(exp))
     root = run_experiment(path, tmp_path / "run")
+    write_report(root, root / "report", overwrite=True)
     entries = json.loads((root / "report" / "results.json").read_text())["adaptive"]
     assert [(e["finetune"], e["attacks"]) for e in entries] == [("sft", 2), ("lisa", 2)]
     assert entries[0]["verdict"] == "(baseline)" and "verdict" in entries[1]
@@ -375,7 +378,7 @@ def test_end_to_end_on_a_tiny_model(tmp_path, data_dir):
 
 def test_the_attack_space_figure_survives_attacks_without_a_task_accuracy(fake_run, tmp_path):
     """An unscored task gives no x to place an attack at: the figure says so instead of failing."""
-    from clinic.figures import figures
+    from clinic.report.figures import figures
 
     records, _ = collect_evaluations(fake_run)
     rows = compare(aggregate(records), records)
@@ -389,8 +392,8 @@ def test_only_runs_the_search_of_a_chosen_fixed_attack(tmp_path, data_dir, monke
     """`clinic run --only`: a search belongs to its fixed attack; a part of the grid without that
     attack runs no trial, one with it searches as the whole grid would."""
     calls, path = _search_grid(tmp_path, monkeypatch, budget=3)
-    run_experiment(path, tmp_path / "a", report=False, only=("stage=aligned",))
+    run_experiment(path, tmp_path / "a", only=("stage=aligned",))
     assert len(calls) == 1 and calls[0].startswith("align-")  # the alignment alone, no search
-    run_experiment(path, tmp_path / "a", report=False, only=("finetune=sft",))
+    run_experiment(path, tmp_path / "a", only=("finetune=sft",))
     assert len(calls) == 1 + 2 + 2 * (len(_trials(tmp_path / "a")) - 1)  # the fixed attack, then the trials
     assert len(_trials(tmp_path / "a")) >= 2

@@ -25,7 +25,7 @@ from clinic.modeling.attention import (
     sink_attention_values,
     use_sink_attention,
 )
-from clinic.models import tiny_random_model
+from clinic.modeling.models import tiny_random_model
 
 
 ARCH_OVERRIDES = {

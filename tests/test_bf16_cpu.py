@@ -8,9 +8,9 @@ import torch
 from datasets import Dataset
 
 from clinic.data.formatting import PromptFormat, training_row
-from clinic.methods.config import train_config
+from clinic.modeling.training import train_config
 from clinic.methods.trainer import ClinicTrainer
-from clinic.models import tiny_random_model
+from clinic.modeling.models import tiny_random_model
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available() or torch.backends.mps.is_available(),
                                 reason="the CPU path: on an accelerator bf16 goes there")
@@ -38,15 +38,15 @@ def test_a_training_step_on_the_cpu_autocasts_to_bf16_when_asked(bf16, tmp_path)
 
 
 def test_bf16_on_a_cpu_without_native_bf16_warns_it_is_slower(tmp_path, monkeypatch, caplog):
-    from clinic.methods import config
+    from clinic.modeling import training as config
 
     monkeypatch.setattr(config, "native_cpu_bf16", lambda: False)
-    with caplog.at_level("WARNING", logger="clinic.methods.config"):
+    with caplog.at_level("WARNING", logger="clinic.modeling.training"):
         train_config("cpu-align", bf16=True).sft_config(str(tmp_path))
     assert "emulated" in caplog.text and "--no-bf16" in caplog.text
     caplog.clear()
     monkeypatch.setattr(config, "native_cpu_bf16", lambda: True)
-    with caplog.at_level("WARNING", logger="clinic.methods.config"):
+    with caplog.at_level("WARNING", logger="clinic.modeling.training"):
         train_config("cpu-align", bf16=True).sft_config(str(tmp_path))
         train_config("cpu-align", bf16=False).sft_config(str(tmp_path))
     assert "emulated" not in caplog.text

@@ -125,15 +125,19 @@ def test_demo_on_a_tiny_model(tmp_path, capsys, data_dir):
     for label in ("base model", "aligned (sft)", "benign fine-tune (p=0)", "harmful fine-tune (p=0.2)",
                   "harmful fine-tune (p=0.2) + surgery"):
         assert f"| {label} |" in table
-    for sub in ("eval-base", "align", "eval-aligned", "finetune-p0", "eval-p0", "finetune-p0.2", "eval-p0.2",
-                "finetune-surgery-p0.2", "eval-surgery-p0.2"):
-        assert (out_dir / sub / "DONE").exists(), sub
+    # the demo is a built-in experiment: its stages live in stages/, named by the plan
+    folders = _demo_stages(out_dir)
+    assert sorted(folders) == sorted([("evaluate", "base"), ("align", "aligned"), ("evaluate", "aligned"),
+                                      *[(kind, f"{m}-p{p}") for m, p in (("sft", "0"), ("sft", "0.2"), ("surgery", "0.2"))
+                                        for kind in ("finetune", "evaluate")]])
+    assert all((folder / "DONE").exists() for folder in folders.values())
+    assert (out_dir / "experiment.yaml").exists() and (out_dir / "report" / "results.md").exists()
     assert "HS keyword % [95 % CI]" in out and "(n=3 prompts, 3 sst2 rows)" in out
-    run = json.loads((out_dir / "finetune-surgery-p0.2" / "run.json").read_text())
+    run = json.loads((folders[("finetune", "surgery-p0.2")] / "run.json").read_text())
     assert run["method"] == "surgery"
-    metrics = json.loads((out_dir / "eval-p0.2" / "metrics.json").read_text())
+    metrics = json.loads((folders[("evaluate", "sft-p0.2")] / "metrics.json").read_text())
     hs = metrics["harmful"]["beavertails-test"]["keyword"]
-    from clinic.report import format_delta, format_interval
+    from clinic.report.tables import format_delta, format_interval
 
     assert hs["n"] == 3 and f"| {format_interval(hs['harmful_score'], hs['ci95'])} |" in table
     from clinic.evaluation.stats import paired_difference, wilson_interval
@@ -143,10 +147,10 @@ def test_demo_on_a_tiny_model(tmp_path, capsys, data_dir):
     # the Δ cell: the harmful fine-tune against the benign one, prompt by prompt, read back from the
     # generations independently of the demo's own reading
     def flags(name):
-        rows = [json.loads(line) for line in (out_dir / name / "generations.jsonl").read_text().splitlines()]
+        rows = [json.loads(line) for line in (folders[("evaluate", name)] / "generations.jsonl").read_text().splitlines()]
         return [r["flagged"]["keyword"] for r in rows if "flagged" in r]
 
-    delta = paired_difference(flags("eval-p0.2"), flags("eval-p0")).as_dict()
+    delta = paired_difference(flags("sft-p0.2"), flags("sft-p0")).as_dict()
     assert f"{format_delta(delta)} vs benign fine-tune (p=0)" in table
     summary = json.loads((out_dir / "demo.json").read_text())
     assert summary["models"]["harmful fine-tune (p=0.2)"]["delta_hs"]["diff"] == delta["diff"]
@@ -160,8 +164,20 @@ def test_demo_on_a_tiny_model(tmp_path, capsys, data_dir):
     assert check_output_dir(out_dir, overwrite=True) == out_dir.resolve()
 
 
+def _demo_stages(out_dir):
+    """``{(kind, model): folder}`` of a finished demo, from its plan: model is base, aligned, or
+    ``<fine-tuning method>-p<p>``."""
+    plan = json.loads((out_dir / "plan.json").read_text())
+    found = {}
+    for stage in plan["stages"]:
+        labels = stage["labels"]
+        model = labels["stage"] if labels["stage"] in ("base", "aligned") else f"{labels['finetune']}-p{labels['p']:g}"
+        found[(stage["kind"], model)] = out_dir / plan["store"] / stage["dir"]
+    return found
+
+
 def test_demo_settings_fill_only_what_is_not_given():
-    from clinic.demo import SETTINGS, DemoConfig
+    from clinic.experiment.demo import SETTINGS, DemoConfig
 
     quick, protocol = DemoConfig(), DemoConfig(setting="protocol", n_prompts=50)
     assert quick.n_align == SETTINGS["quick"]["n_align"] and quick.finetune_lr == SETTINGS["quick"]["finetune_lr"]
@@ -172,7 +188,7 @@ def test_demo_settings_fill_only_what_is_not_given():
 
     import yaml
 
-    from clinic.methods.config import PRESETS
+    from clinic.modeling.training import PRESETS
 
     cell_b = yaml.safe_load((Path(__file__).parents[1] / "configs" / "protocol-smollm2.yaml").read_text())
     full = DemoConfig(setting="protocol")
@@ -187,7 +203,7 @@ def test_demo_settings_fill_only_what_is_not_given():
 def test_the_quick_demo_loads_the_protocols_alignment_and_only_with_its_settings(data_dir):
     """--alignment shipped stands in for exactly the alignment stage the demo would otherwise run:
     the quick setting's alignment settings are the shipped one's, and any change is refused."""
-    from clinic.demo import DemoConfig, _check
+    from clinic.experiment.demo import DemoConfig, _check
 
     assert DemoConfig().alignment == "shipped" and DemoConfig(setting="protocol").alignment == "train"
     _check(DemoConfig())  # the quick setting trains nothing the shipped alignment differs from
@@ -210,7 +226,7 @@ def test_the_shipped_alignment_is_the_protocols_alignment_stage():
     recorded ranks, never above the trained rank."""
     from safetensors import safe_open
 
-    from clinic.demo import SHIPPED_ADAPTER, SHIPPED_ALIGNMENT
+    from clinic.experiment.demo import SHIPPED_ADAPTER, SHIPPED_ALIGNMENT
     from clinic.experiment import Experiment
     from clinic.modeling.lora_pack import FORMAT
 
@@ -235,7 +251,7 @@ def test_the_shipped_alignment_is_the_protocols_alignment_stage():
 
 
 def test_the_shipped_alignment_becomes_a_finished_run_the_fine_tunes_chain_from(tmp_path):
-    from clinic.demo import SHIPPED_ALIGNMENT, materialise_shipped_alignment
+    from clinic.experiment.demo import SHIPPED_ALIGNMENT, materialise_shipped_alignment
     from clinic.modeling.chain import resolve_ref
 
     out = materialise_shipped_alignment(tmp_path / "align")
@@ -253,7 +269,7 @@ def test_the_shipped_alignment_becomes_a_finished_run_the_fine_tunes_chain_from(
 
 
 def test_demo_verdict_reads_the_intervals():
-    from clinic.demo import _verdict
+    from clinic.report.demo import _verdict
 
     def summary(low_hi_benign, low_hi_harmful, delta_ci, hs_aligned=None):
         m = lambda ci, hs=None: {"metrics": {"harmful": {"beavertails-test": {"j": {  # noqa: E731
@@ -284,11 +300,11 @@ _RUN_OPTIONS = {"help", "model", "method", "output", "overwrite", "preset", "jud
 
 
 def _settings_classes():
-    from clinic.curation.stage import CurateConfig
-    from clinic.demo import DemoConfig
-    from clinic.methods.config import TrainConfig
+    from clinic.stages.curate import CurateConfig
+    from clinic.experiment.demo import DemoConfig
+    from clinic.modeling.training import TrainConfig
     from clinic.methods.registry import methods_for
-    from clinic.pipeline import EvalConfig
+    from clinic.stages.evaluate import EvalConfig
     from clinic.repair import RepairSettings, repair_methods
     from clinic.sink.config import SinkConfig
 
@@ -323,7 +339,7 @@ def test_the_sink_settings_are_run_sink_analysis_keywords():
     import dataclasses
     import inspect
 
-    from clinic.sink import run_sink_analysis
+    from clinic.stages.sink import run_sink_analysis
     from clinic.sink.config import SinkConfig
 
     params = inspect.signature(run_sink_analysis).parameters
@@ -356,7 +372,7 @@ def test_a_training_option_left_unset_keeps_the_presets_value():
 
     from clinic.cli import command_parser
     from clinic.cli.options import values
-    from clinic.methods.config import PRESETS, TrainConfig, train_config
+    from clinic.modeling.training import PRESETS, TrainConfig, train_config
 
     names = [f.name for f in dataclasses.fields(TrainConfig)]
 
@@ -376,7 +392,7 @@ def test_comma_separated_lists_and_their_defaults():
 
     from clinic.cli import command_parser
     from clinic.cli.options import values
-    from clinic.pipeline import EvalConfig
+    from clinic.stages.evaluate import EvalConfig
 
     def config(*argv):
         args = command_parser("evaluate").parse_args(["--model", "m", "--output", "o", *argv])
@@ -418,7 +434,7 @@ def test_nothing_below_the_cli_imports_it():
 def test_without_the_shipped_weights_the_demo_trains_that_alignment(tmp_path, capsys, data_dir, monkeypatch):
     """A checkout with the shipped record but without its packed weights (a deleted or filtered
     file): --alignment shipped then trains the alignment stage its settings describe, and says so."""
-    import clinic.demo as demo
+    import clinic.experiment.demo as demo
 
     monkeypatch.setattr(demo, "check_shipped_alignment", lambda *a, **k: None)  # a tiny model stands in
     monkeypatch.setattr(demo, "shipped_weights_present", lambda *a, **k: False)
@@ -428,5 +444,5 @@ def test_without_the_shipped_weights_the_demo_trains_that_alignment(tmp_path, ca
                              "--defence", "", "--base", "false", "--output", str(tmp_path / "demo"))
     assert code == 0, err
     assert "are not in" in out and "training it instead" in out
-    assert (tmp_path / "demo" / "align" / "train_log.jsonl").exists()  # trained, not copied
+    assert (_demo_stages(tmp_path / "demo")[("align", "aligned")] / "train_log.jsonl").exists()  # trained, not copied
     assert "| aligned (sft) |" in (tmp_path / "demo" / "demo_table.md").read_text()

@@ -93,7 +93,7 @@ def test_registration_and_engine_declaration(stage, method):
 def small_trainer(method: str, stage: str, tmp_path, arch: str = "llama", max_steps: int = 2, **overrides):
     """A trainer of ``method`` on a tiny ``arch`` model, its streams loaded as the pipeline loads them."""
     from clinic.methods.registry import method_config
-    from clinic.pipeline import _extra_streams
+    from clinic.stages.train import _extra_streams
 
     spec, options = METHODS[method], method_options(method)
     streams = _extra_streams(spec, method_config(spec, **options), 0)[0]
@@ -146,7 +146,7 @@ class FinalLogits(TrainerCallback):
 
 
 def _logits(run) -> torch.Tensor:
-    from clinic.pipeline import load_chain, resolve_ref
+    from clinic.modeling.chain import load_chain, resolve_ref
 
     model, _tok = load_chain(resolve_ref(str(run)))
     model.eval()
@@ -168,8 +168,8 @@ def _assert_same_weights(a: dict, b: dict, what: str):
 
 @pytest.mark.parametrize("stage,method", STAGED)
 def test_run_directory_reloads_and_runs_are_deterministic(tmp_path, data_dir, stage, method):
-    from clinic.methods.config import train_config
-    from clinic.pipeline import DataSpec, run_train
+    from clinic.modeling.training import train_config
+    from clinic.stages.train import DataSpec, run_train
 
     quiet()
     data = DataSpec(source="refusals", n=8) if stage == "align" else DataSpec(task="sst2", n=8, poison_ratio=0.5)
@@ -196,8 +196,8 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path, data_dir, stag
     finishes (clinic.methods.checkpoints; exactness is tested for SFT in tests/test_resume.py)."""
     import json
 
-    from clinic.methods.config import train_config
-    from clinic.pipeline import DataSpec, run_train
+    from clinic.modeling.training import train_config
+    from clinic.stages.train import DataSpec, run_train
 
     quiet()
     data = DataSpec(source="refusals", n=8) if stage == "align" else DataSpec(task="sst2", n=8, poison_ratio=0.5)
@@ -225,7 +225,7 @@ def test_repair_changes_the_adapter_reloads_and_is_deterministic(chains, tmp_pat
     import json
 
     from clinic.repair.base import RepairSettings
-    from clinic.repair.stage import run_repair
+    from clinic.stages.repair import run_repair
 
     ft = chains(arch)
     original = _adapter(ft)

@@ -12,12 +12,13 @@ from _alignment_support import cpu_settings, lm_loss, quiet  # noqa: F401
 from clinic.cli import main
 from clinic.curation.base import CurationContext, CurationData, get_selector, selectors
 from clinic.curation.baselines import k_center_order
-from clinic.curation.gradients import GradientWorkspace, Projector, global_norm
+from clinic.modeling.workspace import GradientWorkspace
+from clinic.modeling.gradients import Projector, global_norm
 from clinic.curation.pharmacist import hypergradient, outer_gradient
-from clinic.curation.stage import CurateConfig, rank_scores, run_curate
+from clinic.stages.curate import CurateConfig, rank_scores, run_curate
 from clinic.data.samples import Sample
 from clinic.errors import ClinicError
-from clinic.models import tiny_random_model
+from clinic.modeling.models import tiny_random_model
 
 WORDS = ["knife", "poison", "bank", "virus", "lock", "fire", "drug", "car", "phone", "money"]
 CANDIDATES = [{"prompt": f"How do I {' '.join(WORDS[i % 10:i % 10 + 1 + i % 3])} now?",
@@ -114,7 +115,7 @@ def test_last_layer_gradients_are_the_full_gradients_restricted_and_stop_the_bac
     per-sample gradient equals the matching slice of the all-layer gradient (the gradient of a
     parameter does not depend on which others are asked for), and the backward pass never reaches
     layer 0."""
-    from clinic.curation.gradients import last_layer_params
+    from clinic.modeling.gradients import last_layer_params
 
     ws = ctx.workspace
     names = {id(p): n for n, p in ws.model.named_parameters()}
@@ -140,7 +141,7 @@ def test_last_layer_gradients_are_the_full_gradients_restricted_and_stop_the_bac
         handle = layer0.register_full_backward_hook(lambda *args: reached.append(1))
         try:
             rows, batch = next(ws.batches("candidates"))
-            from clinic.curation.gradients import per_sample_loss
+            from clinic.modeling.gradients import per_sample_loss
 
             torch.autograd.grad(per_sample_loss(ws.model, batch).sum(), ws.params)
         finally:
@@ -342,8 +343,8 @@ def test_diversity_with_the_packaged_encoder():
 
 
 def test_cli_curate_writes_everything_and_the_subset_aligns(tmp_path, capsys, data_dir):
-    from clinic.methods.config import train_config
-    from clinic.pipeline import DataSpec, run_train
+    from clinic.modeling.training import train_config
+    from clinic.stages.train import DataSpec, run_train
 
     out = tmp_path / "curate"
     code = main(["curate", "--model", "tiny-random-llama", "--selector", "pharmacist", "--ratio", "0.5",
@@ -438,7 +439,8 @@ def test_scores_from_reuses_another_runs_scores_for_a_new_ratio(tmp_path, data_d
 
 
 def test_experiment_curate_block(tmp_path, data_dir):
-    from clinic.curation.stage import curate_config, run_curate_stage
+    from clinic.stages import execute
+    from clinic.stages.curate import curate_config
 
     block = {"model": "tiny-random-llama", "seed": 1, "selector": "random", "ratio": 0.5,
              "options": {"n_candidates": 6, "n_validation": 2}}
@@ -448,5 +450,5 @@ def test_experiment_curate_block(tmp_path, data_dir):
         curate_config({**block, "options": {"gama": 1.0}})
     with pytest.raises(ClinicError, match="unknown selector"):
         curate_config({**block, "selector": "best"})
-    out = run_curate_stage(block, tmp_path / "stage")
+    out = execute("curate", curate_config(block), output=tmp_path / "stage")
     assert len((out / "subset.jsonl").read_text().splitlines()) == 3

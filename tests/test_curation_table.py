@@ -49,7 +49,7 @@ def test_a_folder_with_several_methods_and_seeds_gives_its_sft_fine_tunes_pooled
 
 def test_seeds_are_paired_seed_by_seed(tmp_path):
     """A copy of the three-seed folder posing as curated: every paired difference is exactly zero
-    (each seed meets its own copy; clinic.results.paired_comparison pairs by seed)."""
+    (each seed meets its own copy; clinic.report.results.paired_comparison pairs by seed)."""
     from _results import standalone_copy
     from curation_table import rows
 

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from clinic.experiment import Experiment, is_done
-from clinic.experiment.estimate import duration, plan_estimate, training_steps
+from clinic.experiment.estimate import duration, plan_estimate
+from clinic.stages.train import training_steps
 
 
 def _experiment(curate: bool = False) -> dict:

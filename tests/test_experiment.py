@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from clinic.report.tables import write_report
 import yaml
 
 from clinic.cli import main
@@ -150,7 +152,7 @@ def test_curate_block_feeds_the_alignments(tmp_path, data_dir):
     plan = Experiment.from_dict(exp).plan()
     assert [s.kind for s in plan] == ["curate", "align", "evaluate"]
     assert plan[1].parent is plan[0]
-    root = run_experiment(write_experiment(tmp_path / "cur.yaml", exp), tmp_path / "cur", report=False)
+    root = run_experiment(write_experiment(tmp_path / "cur.yaml", exp), tmp_path / "cur")
     store = root / "stages"
     subset = (store / plan[0].dirname / "subset.jsonl").read_text().splitlines()
     assert len(subset) == 4
@@ -163,7 +165,7 @@ def test_curate_block_feeds_the_alignments(tmp_path, data_dir):
     exp["align"].update(helpful="alpaca", helpful_n=3)
     plan_h = Experiment.from_dict(exp).plan()
     assert plan_h[0].dirname == plan[0].dirname  # the same curation stage, reused
-    root = run_experiment(write_experiment(tmp_path / "cur-h.yaml", exp), tmp_path / "cur-h", report=False)
+    root = run_experiment(write_experiment(tmp_path / "cur-h.yaml", exp), tmp_path / "cur-h")
     indices = json.loads((root / "stages" / plan_h[1].dirname / "data_indices.json").read_text())
     assert indices["train"]["n"] == 7
     assert len(indices["train"]["indices"]["alpaca"]) == 3
@@ -187,6 +189,7 @@ def reference_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("exp")
     path = write_experiment(tmp / "tiny.yaml", tiny_experiment())
     root = run_experiment(path, tmp / "run-a")
+    write_report(root, root / "report", overwrite=True)
     return path, root
 
 
@@ -219,14 +222,14 @@ def test_run_writes_every_stage_and_report(reference_run):
 
 def test_same_experiment_twice_is_identical(reference_run, tmp_path):
     path, root = reference_run
-    again = run_experiment(path, tmp_path / "run-b", report=False)
+    again = run_experiment(path, tmp_path / "run-b")
     assert stage_outputs(again) == stage_outputs(root)
 
 
 def test_rerun_skips_finished_stages(reference_run, capsys):
     path, root = reference_run
     before = {p: p.stat().st_mtime for p in (root / "stages").iterdir()}
-    run_experiment(path, root, report=False)
+    run_experiment(path, root)
     assert "9 already done" in capsys.readouterr().out
     assert {p: p.stat().st_mtime for p in (root / "stages").iterdir()} == before
 
@@ -236,7 +239,7 @@ def test_shared_store_runs_common_stages_once(reference_run, tmp_path, capsys):
     more = tiny_experiment(name="tiny-more")
     more["finetune"]["poison_ratios"] = [0.5, 1.0]
     other = write_experiment(tmp_path / "more.yaml", more)
-    run_experiment(other, tmp_path / "more", store=root / "stages", report=False)
+    run_experiment(other, tmp_path / "more", store=root / "stages")
     out = capsys.readouterr().out
     # base eval, align, aligned eval and the p=0.5 branch (3 stages) already exist in the store
     assert "6 already done" in out
@@ -312,7 +315,7 @@ def test_stage_held_by_a_live_runner_is_waited_for_then_taken_over(reference_run
 
     monkeypatch.setattr(runner, "_wait", holder_dies_while_we_wait)
     try:
-        run_experiment(path, target, report=False)
+        run_experiment(path, target)
     finally:
         holder.kill()
         holder.wait()
@@ -384,7 +387,7 @@ def test_repair_block_repairs_every_fine_tuned_model_and_reports_it(tmp_path, da
     """A ``repair`` block adds, after each fine-tuned model, one repair stage per method and its
     evaluation; the report's repaired rows name the repair and compare with the unrepaired SFT
     fine-tune. Stages of the same file without the block keep their hashes."""
-    from clinic.results import collect_results
+    from clinic.report.results import collect_results
 
     base = tiny_experiment(finetune={"methods": ["sft"], "tasks": ["sst2"], "n": 8, "poison_ratios": [0.5],
                                      "train": {"batch_size": 4, "max_length": 512, "logging_steps": 1}},
@@ -397,6 +400,7 @@ def test_repair_block_repairs_every_fine_tuned_model_and_reports_it(tmp_path, da
     assert repaired[3].parent is repaired[1] and repaired[4].parent is repaired[3]
     assert [s.labels["repair"] for s in repaired if s.kind == "repair"] == ["safelora", "anti"]
     root = run_experiment(write_experiment(tmp_path / "rep.yaml", exp), tmp_path / "rep")
+    write_report(root, root / "report", overwrite=True)
     rows, _plan = collect_results(root)
     by_repair = {row.get("repair"): row for row in rows}
     assert set(by_repair) == {None, "safelora", "anti"}

@@ -25,8 +25,8 @@ def _fields(cls) -> set[str]:
 
 
 def test_the_keys_are_the_fields_of_the_commands_dataclasses():
-    from clinic.methods.config import TrainConfig
-    from clinic.pipeline import EvalConfig
+    from clinic.modeling.training import TrainConfig
+    from clinic.stages.evaluate import EvalConfig
     from clinic.repair import RepairSettings
     from clinic.sink.config import SinkConfig
 
@@ -57,6 +57,11 @@ def test_the_sink_stage_hash_holds_only_the_settings_given(data_dir):
 class _NewSink:
     n: int = 100
     new_setting: int = 1
+
+    def __post_init__(self):  # as every settings dataclass: the one validator types it
+        from clinic.values import check_fields
+
+        check_fields(self)
 
 
 def test_a_new_field_is_a_key_at_once(data_dir, monkeypatch):

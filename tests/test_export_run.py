@@ -49,7 +49,7 @@ def test_export_copies_small_outputs_of_finished_stages_only(tmp_path, monkeypat
                      "store/evaluate-sft-bbb/metrics.json", "store/sink-sft-ddd/DONE",
                      "store/sink-sft-ddd/metrics.json", "store/sink-sft-ddd/per_sample.safetensors"]
     # the compressed copy holds the same rows, its bytes do not depend on when it was written
-    from clinic.results import outcomes
+    from clinic.report.results import outcomes
     from clinic.rundir import read_jsonl
 
     packed = out.parent / "store" / "evaluate-sft-bbb"

@@ -7,9 +7,9 @@ from datasets import Dataset
 
 from clinic.data.formatting import PromptFormat, alpaca_prompt, encode_prompts, format_prompt, training_row
 from clinic.errors import ClinicError
-from clinic.methods.config import train_config
+from clinic.modeling.training import train_config
 from clinic.methods.trainer import ClinicTrainer
-from clinic.models import tiny_random_model
+from clinic.modeling.models import tiny_random_model
 
 
 def _prepared(arch, fmt, samples, tmp_path, max_length=256):

@@ -9,7 +9,7 @@ from clinic.data.formatting import PromptFormat, encode_prompts, format_prompt
 from clinic.data.samples import pad_batch
 from clinic.errors import ClinicError
 from clinic.evaluation.generate import MIN_SHARED_PREFIX, generate, shared_prefix_length, stop_token_ids
-from clinic.models import TINY_ARCHS, tiny_random_model
+from clinic.modeling.models import TINY_ARCHS, tiny_random_model
 
 
 TEXTS = [
@@ -189,7 +189,7 @@ def test_model_mode_is_restored_and_errors():
 
 @pytest.mark.slow
 def test_batched_equals_unbatched_smollm2():
-    from clinic.models import load_model
+    from clinic.modeling.models import load_model
 
     model, tok = load_model("smollm2-135m-instruct")
     texts = [

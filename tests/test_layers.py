@@ -1,5 +1,5 @@
-"""Layers import one way: cli -> experiment/report -> stages -> methods/evaluation/curation/repair
--> modeling/data -> settings.
+"""Layers import one way: cli -> experiment/report -> stages -> methods/evaluation/curation/repair/sink
+-> modeling -> data -> settings, and packages of one layer never import each other.
 
 Every module of src/clinic is parsed with ``ast`` (function-level and ``TYPE_CHECKING`` imports
 included: a lazy import is still a dependency) and each ``clinic`` import is checked against
@@ -22,15 +22,14 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # stage module inside a lower package (curation.stage) sits with the stages.
 LAYERS = {
     "clinic": 0, "clinic.settings": 0, "clinic.errors": 0, "clinic.values": 0, "clinic.rundir": 0, "clinic.registry": 0,
-    "clinic.data": 1, "clinic.modeling": 1, "clinic.models": 1,
-    "clinic.methods": 2, "clinic.evaluation": 2, "clinic.curation": 2, "clinic.repair": 2,
-    "clinic.pipeline": 3, "clinic.sink": 3, "clinic.curation.stage": 3, "clinic.repair.stage": 3,
-    "clinic.experiment": 4, "clinic.experiment.spec": 4, "clinic.experiment.plan": 4, "clinic.experiment.runner": 4,
-    "clinic.experiment.entries": 4, "clinic.experiment.blocks": 4, "clinic.experiment.estimate": 4, "clinic.attacks": 4, "clinic.report": 4, "clinic.results": 4,
-    "clinic.adaptive": 4, "clinic.figures": 4, "clinic.demo": 4,
-    "clinic.cli": 5,
+    "clinic.data": 1,
+    "clinic.modeling": 2,
+    "clinic.methods": 3, "clinic.evaluation": 3, "clinic.curation": 3, "clinic.repair": 3, "clinic.sink": 3,
+    "clinic.stages": 4,
+    "clinic.experiment": 5, "clinic.report": 5,
+    "clinic.cli": 6,
 }
-LAYER_NAMES = ["settings", "modeling/data", "methods/evaluation/curation/repair", "stages", "experiment/report",
+LAYER_NAMES = ["settings", "data", "modeling", "methods/evaluation/curation/repair/sink", "stages", "experiment/report",
                "cli"]
 
 
@@ -76,17 +75,31 @@ def unit(module: str, layers: dict[str, int]) -> str:
 
 def violations(src: Path, layers: dict[str, int], top: str = "clinic") -> tuple[list[str], list[list[str]]]:
     """(imports that go up a layer, cycles between units) of the package ``top`` under ``src``."""
+    up, graph, _ = _walk(src, layers, top)
+    return up, cycles(graph)
+
+
+def peer_imports(src: Path, layers: dict[str, int], top: str = "clinic") -> list[str]:
+    """Imports between two different packages of one layer (the base layer's loose modules, which
+    everything uses, excepted): a helper two peers share goes down a layer instead."""
+    return _walk(src, layers, top)[2]
+
+
+def _walk(src: Path, layers: dict[str, int], top: str):
     files = module_files(src, top)
-    up, graph = [], {}
+    packages = {name for name, path in files.items() if path.name == "__init__.py"}
+    up, graph, peers = [], {}, []
     for name, path in files.items():
         here = unit(name, layers)
         for target in sorted(imports(name, path, set(files), top)):
             there = unit(target, layers)
             if layers[there] > layers[here]:
                 up.append(f"{name} imports {target} (layer {layers[there]} above {layers[here]})")
+            elif there != here and layers[there] == layers[here] and layers[here] > 0 and there in packages:
+                peers.append(f"{name} imports {target} (peers in layer {layers[here]})")
             if there != here:
                 graph.setdefault(here, set()).add(there)
-    return up, cycles(graph)
+    return up, graph, peers
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -130,6 +143,11 @@ def test_no_import_goes_up_a_layer():
     assert not up, "imports against the layer order (" + " -> ".join(reversed(LAYER_NAMES)) + "):\n" + "\n".join(up)
 
 
+def test_peer_packages_never_import_each_other():
+    found = peer_imports(SRC, LAYERS)
+    assert not found, "a package imports a peer of its own layer (move the shared code down a layer):\n" + "\n".join(found)
+
+
 def test_no_import_cycle_between_packages():
     _, found = violations(SRC, LAYERS)
     assert not found, f"import cycles between packages/modules: {found}"
@@ -159,6 +177,13 @@ def test_the_checker_sees_an_upward_function_level_import_and_a_cycle(tmp_path):
     # the same layer order without the two upward imports: clean (side -> top is within a layer)
     _write(tmp_path, {"pkg/low.py": "", "pkg/mid/b.py": ""})
     assert violations(tmp_path, layers, top="pkg") == ([], [])
+    # a peer import: mid2 (a package in mid's layer) reaching into mid
+    _write(tmp_path, {"pkg/mid2/__init__.py": "", "pkg/mid2/c.py": "from ..mid import a\n"})
+    assert peer_imports(tmp_path, {**layers, "pkg.mid2": 1}, top="pkg") == [
+        "pkg.mid2.c imports pkg.mid.a (peers in layer 1)"]
+    import shutil
+
+    shutil.rmtree(tmp_path / "pkg/mid2")
     # a module outside the table is reported, not skipped
     _write(tmp_path, {"pkg/new.py": ""})
     with pytest.raises(AssertionError, match="pkg.new has no layer"):

@@ -110,7 +110,7 @@ def test_unpacked_adapter_merges_in_peft_like_the_packed_update(tmp_path, tiny_l
     """PEFT reads the per-module ranks (rank_pattern/alpha_pattern) and merges exactly s·BA."""
     from peft import PeftModel
 
-    from clinic.models import tiny_random_model
+    from clinic.modeling.models import tiny_random_model
 
     adapter, _ = _adapter(tmp_path, tiny_llama, rank=4)
     budget = sum(2 * sum(d.shape) for d in _deltas(adapter).values()) + 200

@@ -50,7 +50,7 @@ def test_unknown_task():
 def test_alignment_data_mixes_helpful_rows(data_dir):
     """--helpful adds helpful_n seeded rows of an instruction set after the refusals, recorded."""
     from clinic.data.sources import load_rows
-    from clinic.pipeline import DataSpec, _training_samples
+    from clinic.stages.train import DataSpec, _training_samples
 
     samples, manifest = _training_samples("align", DataSpec(source="refusals", n=5, helpful="alpaca", helpful_n=3), seed=1)
     assert manifest["n"] == 8 and len(samples) == 8
@@ -70,7 +70,7 @@ def test_alignment_data_mixes_helpful_rows(data_dir):
     (dict(helpful="alpaca", helpful_n=0), "positive integer"),
 ])
 def test_helpful_mix_bad_settings(data_dir, spec, message):
-    from clinic.pipeline import DataSpec, check_data_spec
+    from clinic.stages.train import DataSpec, check_data_spec
 
     with pytest.raises(ClinicError, match=message):
         check_data_spec("align", DataSpec(source="refusals", n=5, **spec))

@@ -7,7 +7,8 @@ import torch
 
 from clinic.errors import ClinicError
 from clinic.modeling.hooks import attention_modules, decoder_layers
-from clinic.models import TINY_ARCHS, attach_lora, load_model, merge_adapter, LoraSettings, tiny_random_model
+from clinic.modeling.models import TINY_ARCHS, attach_lora, load_model, merge_adapter, tiny_random_model
+from clinic.modeling.training import LoraFields
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHS)
@@ -15,7 +16,7 @@ def test_tiny_models_and_structural_layers(arch):
     model, tok = tiny_random_model(arch)
     assert model.config.model_type == arch
     assert len(decoder_layers(model)) == 2 and len(attention_modules(model)) == 2
-    peft_model = attach_lora(model, LoraSettings(r=4, alpha=8))
+    peft_model = attach_lora(model, LoraFields(lora_r=4, lora_alpha=8))
     assert len(decoder_layers(peft_model)) == 2  # found through the PEFT wrapper
     ids = tok("hello", return_tensors="pt")
     assert peft_model(**ids).logits.shape[-1] == len(tok)
@@ -35,7 +36,7 @@ def test_pad_token_set_without_resizing():
 
 def test_lora_save_merge_roundtrip(tmp_path):
     model, tok = tiny_random_model("llama")
-    peft_model = attach_lora(model, LoraSettings(r=4, alpha=8))
+    peft_model = attach_lora(model, LoraFields(lora_r=4, lora_alpha=8))
     with torch.no_grad():  # make the adapter non-trivial
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:

@@ -14,7 +14,7 @@ from _alignment_support import chains, cpu_settings, quiet  # noqa: F401
 
 from clinic.errors import ClinicError
 from clinic.repair.base import RepairContext, RepairSettings, lora_layers
-from clinic.repair.stage import _fine_tuned, run_repair
+from clinic.stages.repair import _fine_tuned, run_repair
 
 ARCHS = ("llama", "qwen2", "gemma", "mistral")
 
@@ -44,11 +44,12 @@ def adapter_weights(run) -> dict[str, torch.Tensor]:
 def _safelora_case(seed: int = 0):
     """A tiny LoRA model with random B, and base/aligned weights differing by random rank-2
     updates, except one layer where they are equal."""
-    from clinic.models import LoraSettings, attach_lora, tiny_random_model
+    from clinic.modeling.training import LoraFields
+    from clinic.modeling.models import attach_lora, tiny_random_model
 
     model, _tok = tiny_random_model("llama", seed=seed)
     base = {n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-    peft = attach_lora(model, LoraSettings(r=4, alpha=8.0))
+    peft = attach_lora(model, LoraFields(lora_r=4, lora_alpha=8.0))
     gen = torch.Generator().manual_seed(seed)
     aligned = {}
     for i, (name, layer) in enumerate(lora_layers(peft)):
@@ -116,8 +117,8 @@ def test_safelora_without_an_alignment_adapter_needs_named_models(chains, tmp_pa
     ft = chains("llama")
     record = json.loads((ft / "run.json").read_text())
     assert len(record["model_chain"]["adapters"]) == 2  # base + align + finetune: the default references exist
-    from clinic.methods.config import train_config
-    from clinic.pipeline import DataSpec, run_train
+    from clinic.modeling.training import train_config
+    from clinic.stages.train import DataSpec, run_train
 
     direct = run_train("finetune", model="tiny-random-llama", data=DataSpec(task="sst2", n=4, poison_ratio=0.5),
                        train=train_config("cpu-align", max_steps=1, batch_size=4, logging_steps=1), output=tmp_path / "ft")
@@ -135,10 +136,10 @@ def test_safelora_follows_a_fully_fine_tuned_alignment_back_to_its_base(tmp_path
     """base -> full-FT align -> LoRA finetune: the aligned model is the align run's model/, the
     base the model its config.yaml records; the aligned weights read from the loaded model equal
     the aligned chain loaded anew."""
-    from clinic.methods.config import train_config
+    from clinic.modeling.training import train_config
     from clinic.modeling.chain import ModelChain, load_chain
-    from clinic.pipeline import DataSpec, run_train
-    from clinic.repair.stage import references
+    from clinic.stages.train import DataSpec, run_train
+    from clinic.stages.repair import references
 
     quiet()
     train = train_config("cpu-align", max_steps=1, batch_size=4, logging_steps=1, lr=1e-2)

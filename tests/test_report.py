@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from clinic.evaluation.stats import paired_difference, wilson_interval
-from clinic.figures import percent_ylim
-from clinic.report import format_delta, metrics_lines, write_report
-from clinic.results import baseline_key, collect_results
+from clinic.report.figures import percent_ylim
+from clinic.report.tables import format_delta, metrics_lines, write_report
+from clinic.report.results import baseline_key, collect_results
 
 HS = "HS keyword [beavertails-test]"
 DELTA = "ΔHS keyword [beavertails-test] vs SFT"
@@ -236,7 +236,7 @@ def test_docs_tables_gain_intervals_without_changing_numbers():
 
 def test_label_cells_keep_the_poison_ratio_as_written():
     """p = 0.05 must not print as 0.1 (the score cells' one decimal): two models would look alike."""
-    from clinic.report import _label_cell
+    from clinic.report.tables import _label_cell
 
     assert [_label_cell(v) for v in (0.05, 0.1, 0.0, 0.2)] == ["0.05", "0.1", "0", "0.2"]
     assert _label_cell([0, 1]) == "0,1" and _label_cell(None) == "" and _label_cell("sft") == "sft"

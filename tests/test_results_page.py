@@ -112,7 +112,7 @@ def test_a_page_naming_an_unknown_script_exits_2_and_is_left_as_it_was(tmp_path,
 def test_each_folders_results_md_is_its_report(folder):
     """A folder's committed results.md is what `clinic report` writes from the folder now: a stage
     exported after the report (or found in the shared store) cannot leave it stale."""
-    from clinic.report import results_markdown
+    from clinic.report.tables import results_markdown
 
     path = ROOT / "results" / folder
     assert (path / "results.md").read_text() == results_markdown(path), \

@@ -24,8 +24,8 @@ STEPS, KILL_AT = 6, 3
 CHILD = textwrap.dedent("""
     import os, signal, sys
     from transformers import TrainerCallback
-    from clinic.methods.config import train_config
-    from clinic.pipeline import DataSpec, run_train
+    from clinic.modeling.training import train_config
+    from clinic.stages.train import DataSpec, run_train
 
     class Kill(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
@@ -54,8 +54,8 @@ class _Steps:
 
 
 def _train(output, lr=5e-4, steps=None, **env):
-    from clinic.methods.config import train_config
-    from clinic.pipeline import DataSpec, run_train
+    from clinic.modeling.training import train_config
+    from clinic.stages.train import DataSpec, run_train
 
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -123,8 +123,8 @@ def test_ctrl_c_keeps_the_checkpoint_and_the_next_run_resumes(tmp_path, data_dir
 
     os.environ["CLINIC_CHECKPOINT_MINUTES"] = "1e-9"
     try:
-        from clinic.methods.config import train_config
-        from clinic.pipeline import DataSpec, run_train
+        from clinic.modeling.training import train_config
+        from clinic.stages.train import DataSpec, run_train
 
         with pytest.raises(KeyboardInterrupt):
             run_train("align", model="tiny-random-llama", method="sft",
@@ -150,8 +150,8 @@ def test_an_error_still_removes_the_staging_folder(tmp_path, data_dir):
 
     os.environ["CLINIC_CHECKPOINT_MINUTES"] = "1e-9"
     try:
-        from clinic.methods.config import train_config
-        from clinic.pipeline import DataSpec, run_train
+        from clinic.modeling.training import train_config
+        from clinic.stages.train import DataSpec, run_train
 
         with pytest.raises(RuntimeError, match="boom"):
             run_train("align", model="tiny-random-llama", method="sft",

@@ -20,7 +20,7 @@ COLUMN = "HS harm-ce [beavertails-test]"
 
 def _flags(folder: Path, finetune: str | None, p: float | None, seed: int, align: str | None = None) -> dict:
     """Prompt -> harm-ce flag of one evaluation, read straight from its generations.jsonl (not
-    through clinic.results): the independent side of the check."""
+    through clinic.report.results): the independent side of the check."""
     plan = json.loads((folder / "plan.json").read_text())["stages"]
     (stage,) = [s for s in plan if s["kind"] == "evaluate" and s["labels"].get("finetune") == finetune
                 and s["labels"].get("p") == p and s["labels"]["seed"] == seed and "repair" not in s["labels"]

@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 
 
 def _run(output):
-    from clinic.methods.config import train_config
-    from clinic.pipeline import DataSpec, run_train
+    from clinic.modeling.training import train_config
+    from clinic.stages.train import DataSpec, run_train
 
     return run_train("align", model="tiny-random-llama", method="sft",
                      train=train_config("cpu-align", max_steps=1, batch_size=2, logging_steps=1),
@@ -18,7 +18,7 @@ def _run(output):
 
 
 def test_the_adapter_starts_from_the_stage_seed_not_the_global_random_state(tmp_path, monkeypatch):
-    import clinic.pipeline as pipeline
+    import clinic.stages.train as pipeline
 
     real = pipeline.load_chain
     states = iter([1, 2])

@@ -89,7 +89,7 @@ def test_clinic_run_only_runs_the_chosen_stages_and_plans_them_all(tmp_path, mon
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump(_raw()))
     stages = Experiment.from_dict(_raw()).plan()
-    root = run_experiment(path, tmp_path / "exp", only=("seed=0", "p=0.1"), report=False)
+    root = run_experiment(path, tmp_path / "exp", only=("seed=0", "p=0.1"))
     assert calls == [s.dirname for s in select(stages, ["seed=0", "p=0.1"])]
     assert {s.kind for s in select(stages, ["seed=0", "p=0.1"])} == {"curate", "align", "finetune", "evaluate"}
     assert [s["dir"] for s in json.loads((root / "plan.json").read_text())["stages"]] == [s.dirname for s in stages]

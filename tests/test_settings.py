@@ -85,14 +85,14 @@ def test_one_lora_target_list_without_torch():
     import subprocess
     import sys
 
-    from clinic.curation.stage import CurateConfig
-    from clinic.methods.config import TrainConfig
-    from clinic.models import LoraSettings
+    from clinic.stages.curate import CurateConfig
+    from clinic.modeling.training import TrainConfig
+    from clinic.modeling.training import LoraFields
     from clinic.settings import LORA_TARGETS
 
-    assert LoraSettings().target_modules == list(LORA_TARGETS)
+    assert LoraFields().lora_targets_list() == list(LORA_TARGETS)
     assert TrainConfig().lora_targets == CurateConfig(model="m").lora_targets == ",".join(LORA_TARGETS)
-    code = ("import sys; import clinic.settings, clinic.curation.stage; "
+    code = ("import sys; import clinic.settings, clinic.stages.curate; "
             "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

@@ -12,10 +12,10 @@ from datasets import Dataset
 from clinic.data.formatting import training_row
 from clinic.data.samples import Sample, probe_ids
 from clinic.errors import ClinicError
-from clinic.methods.config import train_config
+from clinic.modeling.training import train_config
 from clinic.methods.trainer import ClinicTrainer
-from clinic.models import tiny_random_model
-from clinic.sink.analysis import run_sink_analysis
+from clinic.modeling.models import tiny_random_model
+from clinic.stages.sink import run_sink_analysis
 from clinic.sink.callback import SinkCountCallback
 from clinic.sink.divergence import histogram, positive_head_count, sink_divergence
 
@@ -89,7 +89,7 @@ def test_single_model_analysis_writes_files(tmp_path, data_dir):
 
 
 def test_run_directory_analysis_covers_every_checkpoint(tmp_path, data_dir):
-    from clinic.pipeline import DataSpec, run_train
+    from clinic.stages.train import DataSpec, run_train
 
     run = run_train("finetune", model="tiny-random-llama", method="sft",
                     train=train_config(max_steps=2, batch_size=2, save_steps=1, max_length=64, logging_steps=1),
@@ -142,11 +142,11 @@ def test_cli_command_and_errors(tmp_path):
 
     args = command_parser("sink").parse_args(["--model", "tiny-random-llama", "--output", str(tmp_path / "x"), "--n", "0"])
     assert args.n == 0 and args.batch_size == 8 and args.sink_index == 0 and callable(args.func)
-    with pytest.raises(ClinicError, match="--n"):
+    with pytest.raises(ClinicError, match="sink setting n must be at least 1"):
         args.func(args)
     with pytest.raises(ClinicError):
         run_sink_analysis("/no/such/model", tmp_path / "y", n=2)
-    with pytest.raises(ClinicError, match="sink-index"):
+    with pytest.raises(ClinicError, match="sink_index must be at least 0"):
         run_sink_analysis("tiny-random-llama", tmp_path / "z", n=2, sink_index=-1)
     with pytest.raises(ClinicError, match="interval"):
         SinkCountCallback(HARMFUL, HARMLESS, every=0)

@@ -10,7 +10,7 @@ import torch
 
 from clinic.data.samples import Sample, probe_ids
 from clinic.errors import ClinicError
-from clinic.models import tiny_random_model
+from clinic.modeling.models import tiny_random_model
 from clinic.sink.bootstrap import (
     _counts,
     _indices,
@@ -119,7 +119,7 @@ def test_saved_values_load_back(tmp_path):
 
 
 def test_the_analysis_writes_the_interval_and_the_values(tmp_path, data_dir):
-    from clinic.sink.analysis import run_sink_analysis
+    from clinic.stages.sink import run_sink_analysis
 
     out = run_sink_analysis("tiny-random-llama", tmp_path / "sink", n=4, batch_size=2, max_length=64)
     entry = json.loads((out / "sink.json").read_text())["entries"][-1]

@@ -11,11 +11,11 @@ from _alignment_support import tiny_trainer
 from clinic.data.formatting import training_row
 from clinic.data.samples import Sample, probe_ids
 from clinic.errors import ClinicError
-from clinic.methods.config import train_config
+from clinic.modeling.training import train_config
 from clinic.methods.registry import get_method, method_config
 from clinic.methods.surgery import SurgeryConfig, SurgeryTrainer
 from clinic.modeling.attention import position_ids_for
-from clinic.models import tiny_random_model
+from clinic.modeling.models import tiny_random_model
 
 
 # On a random model every head attends almost uniformly, so a probe's sink attention is about
@@ -164,7 +164,8 @@ def test_missing_probe_stream_is_an_error(tmp_path):
 
 
 def test_pipeline_runs_surgery(tmp_path, data_dir):
-    from clinic.pipeline import DataSpec, read_metrics, run_train
+    from clinic.stages.train import DataSpec, run_train
+    from clinic.rundir import read_metrics
 
     out = run_train("finetune", model="tiny-random-llama", method="surgery",
                     train=train_config(max_steps=2, batch_size=2, logging_steps=1, max_length=64),

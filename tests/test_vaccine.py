@@ -8,7 +8,8 @@ import torch
 from _alignment_support import assert_close_lists, fixed_batch, hand_grads, lm_loss, make_trainer, cpu_settings, trainable  # noqa: F401
 
 from clinic.errors import ClinicError
-from clinic.methods.vaccine import VaccineConfig, perturbation_from_grads
+from clinic.methods.shared import perturbation_from_grads
+from clinic.methods.vaccine import VaccineConfig
 
 
 def attention_output_grads(model, batch) -> list[torch.Tensor]:

@@ -24,7 +24,7 @@ def test_without_vllm_falls_back_to_hf_with_a_warning(tiny_llama, monkeypatch):
 
 
 def test_unknown_backend_is_a_user_error(tiny_llama):
-    from clinic.pipeline import EvalConfig
+    from clinic.stages.evaluate import EvalConfig
 
     with pytest.raises(ClinicError, match="unknown generation backend 'tgi'"):
         generate_with("tgi", *tiny_llama, PROMPTS)

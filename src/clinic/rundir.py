@@ -189,8 +189,9 @@ class RunDir:
     folder is kept, marked as stopped, for a later run to adopt (any other error removes it)."""
 
     def __init__(self, path: str | Path, overwrite: bool = False, inputs: tuple = (), adopt=None,
-                 keep_on_interrupt=None):
-        self.final = check_output_dir(path, overwrite, inputs)
+                 keep_on_interrupt=None, checked: bool = False):
+        # checked: the caller (clinic.stages.execute) checked the output already, before its own checks
+        self.final = Path(path).expanduser().resolve() if checked else check_output_dir(path, overwrite, inputs)
         self.overwrite = overwrite
         self.adopt = adopt
         self.keep_on_interrupt = keep_on_interrupt
@@ -384,6 +385,11 @@ def followed_path(run_dir: Path, stored: str) -> Path:
     """The path ``stored`` in ``run_dir``'s record (relative ones are relative to the run)."""
     stored_p = Path(stored)
     return stored_p if stored_p.is_absolute() else Path(run_dir) / stored_p
+
+
+def read_metrics(run_dir: str | Path) -> dict:
+    """A finished stage's ``metrics.json``."""
+    return json.loads((Path(run_dir) / "metrics.json").read_text())
 
 
 def load_plan(root: str | Path) -> tuple[dict, Path]:

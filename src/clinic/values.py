@@ -1,11 +1,17 @@
-"""Typed user values: what an experiment file or the CLI gives, as the type a setting declares.
+"""Typed user values and the one validator of every settings dataclass.
 
 PyYAML reads ``1e-4`` as a string (YAML 1.1 wants ``1.0e-4``), ``seeds: [a]`` as text and
-``judges: keyword`` as a string where a list belongs. Every settings dataclass passes its fields
-through :func:`coerce_fields` in ``__post_init__``: numbers in the forms people write become
-numbers, anything that cannot be one is a one-line error naming the setting, and NaN or infinite
-values are refused (no library downstream means anything by them). Range checks stay with each
-dataclass (they are its own rules).
+``judges: keyword`` as a string where a list belongs. :func:`parse_settings` is how every option
+set and every experiment-file block becomes its dataclass: unknown keys are a one-line error with
+the nearest name; :func:`check_fields` (which each settings dataclass calls in ``__post_init__``)
+coerces every field to its declared type (numbers in the forms people write; NaN and infinities
+refused) and enforces what the field's metadata declares: ``choices`` (also argparse's) and
+``range`` (``(low, high)``, either end ``None``; ``open`` names an open end: ``"low"``, ``"high"``
+or ``"both"``); ``label`` names a choice in its error (default: the field's name). Rules that involve several fields stay in each dataclass's ``__post_init__``.
+
+:func:`hashed` is what a stage's hash covers of a settings dataclass: every field, except a field
+added after results were published (``metadata["since"]``) while it holds its default, so adding
+a setting never re-keys the stage store (tests/test_plan_pin.py).
 """
 
 from __future__ import annotations
@@ -34,6 +40,65 @@ def coerce_fields(obj, where: str) -> None:
             continue
         value = getattr(obj, f.name)
         setattr(obj, f.name, coerce(value, hints[f.name], f"{where}{f.name}"))
+
+
+def check_fields(obj, where: str = "") -> None:
+    """Coerce every field of the dataclass ``obj`` (in place), then check the ``choices`` and
+    ``range`` its metadata declares; a one-line error names the first setting that fails."""
+    coerce_fields(obj, where)
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if value is None or f.name.startswith("_"):
+            continue
+        choices = f.metadata.get("choices")
+        if choices is not None and value not in choices:
+            label = f.metadata.get("label", f.name.replace("_", " "))
+            raise ClinicError(f"unknown {label} {value!r}{nearest_hint(value, choices)}; choose one "
+                              f"of {', '.join(map(str, choices))}")
+        if "range" in f.metadata:
+            low, high = f.metadata["range"]
+            open_end = f.metadata.get("open", "")
+            check_range(value, f"{where}{f.name}", low, high, low_open=open_end in ("low", "both"),
+                        high_open=open_end in ("high", "both"))
+
+
+def parse_settings(cls, values, where: str, extra=(), drop=(), item: str | None = None):
+    """``cls(**values)`` for a settings dataclass, after refusing any key that is none of its
+    fields (nor one of ``extra``, which the caller reads itself; ``drop``: fields that are not
+    given here) with the nearest name, and typing each value as its field declares (``item``
+    prefixes a value's name in errors; default ``where``); the dataclass's own ``__post_init__``
+    checks the rest (:func:`check_fields`)."""
+    if not isinstance(values, dict):
+        raise ClinicError(f"{where} must be a mapping, got {type(values).__name__}")
+    names = {f.name for f in dataclasses.fields(cls) if f.init} - set(drop)
+    for key in values:
+        if key not in names and key not in extra:
+            allowed = sorted(names | set(extra))
+            hint = nearest_hint(key, allowed) or f"; allowed: {', '.join(allowed)}"
+            raise ClinicError(f"unknown key {key!r} in {where}{hint}")
+    hints, prefix = _hints(cls), f"{where} " if item is None else item
+    try:
+        return cls(**{k: coerce(v, hints[k], f"{prefix}{k}") for k, v in values.items() if k in names})
+    except TypeError as exc:  # a missing required field
+        raise ClinicError(f"{where}: {exc}") from None
+
+
+def hashed(obj) -> dict:
+    """The fields of the settings dataclass ``obj`` that a stage's hash covers (see the module
+    docstring): ``asdict`` less the late fields (``metadata["since"]``) at their default."""
+    out = dataclasses.asdict(obj)
+    for f in dataclasses.fields(obj):
+        if "since" in f.metadata and out.get(f.name) == _field_default(f):
+            out.pop(f.name)
+    return out
+
+
+def _field_default(f):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
 
 
 def coerce(value, kind, key: str):

@@ -10,7 +10,7 @@ from .options import ConfigParser, values
 
 
 def parser(name: str) -> ConfigParser:
-    from ..curation.stage import CurateConfig
+    from ..stages.curate import CurateConfig
     from ..curation.base import selectors
     from . import COMMANDS
 
@@ -25,8 +25,8 @@ def parser(name: str) -> ConfigParser:
 
 
 def run(args) -> None:
-    from ..curation.stage import CurateConfig, run_curate
-    from ..curation.stage import summary_lines
+    from ..stages.curate import CurateConfig, run_curate
+    from ..stages.curate import summary_lines
 
     cfg = CurateConfig(**values(args, [f.name for f in dataclasses.fields(CurateConfig)]))
     out = run_curate(cfg, args.output, overwrite=args.overwrite)

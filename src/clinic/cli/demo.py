@@ -1,4 +1,4 @@
-"""``clinic demo``: align, attack and measure a model end to end (:class:`clinic.demo.DemoConfig`)."""
+"""``clinic demo``: align, attack and measure a model end to end (:class:`clinic.experiment.demo.DemoConfig`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from .options import ConfigParser, values
 
 
 def parser(name: str) -> ConfigParser:
-    from ..demo import DemoConfig
+    from ..experiment.demo import DemoConfig
 
     p = ConfigParser(prog=f"clinic {name}", description="On SmolLM2-135M-Instruct: evaluate the base model, SFT-align it "
                      "(refusals + Alpaca rows), then fine-tune it on SST2 without harmful samples (p=0), with them "
@@ -24,7 +24,10 @@ def parser(name: str) -> ConfigParser:
 
 
 def run(args) -> None:
-    from ..demo import DemoConfig, run_demo
+    from ..experiment.demo import DemoConfig, run_demo
+    from ..report.demo import write_demo_table
 
     cfg = DemoConfig(**values(args, [f.name for f in dataclasses.fields(DemoConfig)]))
-    run_demo(cfg, args.output or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}", overwrite=args.overwrite)
+    root, judges, shipped = run_demo(cfg, args.output or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}",
+                                     overwrite=args.overwrite)
+    write_demo_table(root, cfg, judges, shipped)

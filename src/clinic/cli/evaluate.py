@@ -1,4 +1,4 @@
-"""``clinic evaluate``: harmful score and fine-tune accuracy of a model (:class:`clinic.pipeline.EvalConfig`)."""
+"""``clinic evaluate``: harmful score and fine-tune accuracy of a model (:class:`clinic.stages.evaluate.EvalConfig`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ RENAMED = {"--harmful-prompts": "--harmful-sets", "--rule": "--task-rule"}  # ol
 
 
 def parser(name: str) -> ConfigParser:
-    from ..pipeline import EvalConfig
+    from ..stages.evaluate import EvalConfig
     from . import COMMANDS
 
     p = ConfigParser(prog=f"clinic {name}", description=f"{COMMANDS[name][1]}: generate answers to harmful prompts "
@@ -25,12 +25,8 @@ def parser(name: str) -> ConfigParser:
     return p
 
 
-def _judges(names: list[str], paths: list[str]) -> dict | None:
-    """The judges of ``names`` with the weights given by ``--judge-model JUDGE=PATH`` (None: defaults)."""
-    if not paths:
-        return None
-    from ..evaluation.judges import get_judge
-
+def _judge_models(names: list[str], paths: list[str]) -> dict[str, str]:
+    """``{judge: local weights}`` from ``--judge-model JUDGE=PATH`` (checked before anything loads)."""
     given = {}
     for item in paths:
         judge, sep, path = item.partition("=")
@@ -39,16 +35,17 @@ def _judges(names: list[str], paths: list[str]) -> dict | None:
         if judge not in names:
             raise ClinicError(f"--judge-model names {judge}, which is not among --judges ({', '.join(names)})")
         given[judge] = path
-    return {name: get_judge(name, **({"model_path": given[name]} if name in given else {})) for name in names}
+    return given
 
 
 def run(args) -> None:
-    from ..pipeline import EvalConfig, read_metrics, run_evaluate
-    from ..report import metrics_lines
-    from ..rundir import check_output_dir
+    from ..report.tables import metrics_lines
+    from ..rundir import read_metrics
+    from ..stages import execute
+    from ..stages.evaluate import EvalConfig
 
     cfg = EvalConfig(**values(args, [f.name for f in dataclasses.fields(EvalConfig)]))
-    check_output_dir(args.output, args.overwrite)  # before loading any judge model
-    out = run_evaluate(args.model, cfg, args.output, overwrite=args.overwrite, judges=_judges(cfg.judges, args.judge_model))
+    out = execute("evaluate", cfg, output=args.output, model=args.model, overwrite=args.overwrite,
+                  judge_models=_judge_models(cfg.judges, args.judge_model))
     print("\n".join(metrics_lines(read_metrics(out))))
     print(f"evaluation written to {out}")

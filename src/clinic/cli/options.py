@@ -27,6 +27,8 @@ from transformers import HfArgumentParser
 
 from .parser import ArgParser
 
+ARGPARSE_KEYS = {"help", "choices", "metavar", "aliases", "nargs", "required"}
+
 
 def comma_list(text: str) -> list[str]:
     """``"a, b,,c"`` -> ``["a", "b", "c"]``; ``""`` -> ``[]``."""
@@ -74,7 +76,9 @@ class ConfigParser(ArgParser, HfArgumentParser):
         help_text = help_text or f.metadata.get("help", "")
         if show_default and _default(f) is not None:
             help_text += f" (default: {_shown(_default(f))})"
-        f.metadata = {**f.metadata, "help": help_text}
+        # HfArgumentParser hands the metadata to add_argument: keep what argparse takes (clinic's
+        # own keys, e.g. a LoRA field's "peft" name or a "range", are for clinic.values)
+        f.metadata = {**{k: v for k, v in f.metadata.items() if k in ARGPARSE_KEYS}, "help": help_text}
         if unset or f.default_factory is not dataclasses.MISSING:
             # None = not given; a list default is filled in by the dataclass itself
             f.default, f.default_factory = None, dataclasses.MISSING

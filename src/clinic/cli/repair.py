@@ -1,7 +1,7 @@
 """``clinic repair``: repair a LoRA fine-tuned model after fine-tuning (:mod:`clinic.repair`).
 
 Options: the run's own (model, method, output), the repair settings
-(:class:`clinic.repair.stage.RepairSettings` fields) and the options of every repair method.
+(:class:`clinic.stages.repair.RepairSettings` fields) and the options of every repair method.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def run(args) -> None:
 
     from ..repair.base import get_repair
     from ..repair.base import RepairSettings
-    from ..repair.stage import run_repair, summary_line
+    from ..stages.repair import run_repair, summary_line
     from .train import method_values
 
     spec = get_repair(args.method)

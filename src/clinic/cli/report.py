@@ -1,4 +1,4 @@
-"""``clinic report``: tables, figures and an HTML report of an experiment directory (:mod:`clinic.report`)."""
+"""``clinic report``: tables, figures and an HTML report of an experiment directory (:mod:`clinic.report.tables`)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ def parser(name: str) -> ArgParser:
 
 
 def run(args) -> None:
-    from ..adaptive import Guard
-    from ..report import write_report
+    from ..report.adaptive import Guard
+    from ..report.tables import write_report
 
     guard = Guard(args.guard_points, args.guard_fa)  # checked before anything is written
     write_report(args.run_dir, args.output, overwrite=args.overwrite, guard=guard)

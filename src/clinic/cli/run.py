@@ -39,5 +39,9 @@ def _pace_check(args) -> str | None:
 def run(args) -> None:
     from ..experiment import run_experiment
 
-    run_experiment(args.experiment, args.output, args.store, dry_run=args.dry_run, report=not args.no_report,
-                   pace=args.pace, only=args.only)
+    root = run_experiment(args.experiment, args.output, args.store, dry_run=args.dry_run, pace=args.pace,
+                          only=args.only)
+    if not args.dry_run and not args.no_report:
+        from ..report.tables import write_report
+
+        write_report(root, root / "report", overwrite=True)

@@ -25,7 +25,7 @@ def parser(name: str) -> ConfigParser:
 
 
 def run(args) -> None:
-    from ..sink import run_sink_analysis
+    from ..stages.sink import run_sink_analysis
 
     settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(SinkConfig)}
     out = run_sink_analysis(args.model, args.output, overwrite=args.overwrite, **settings)

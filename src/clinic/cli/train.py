@@ -1,6 +1,6 @@
 """``clinic align`` and ``clinic finetune``: train a model with a registered method.
 
-Options: the run's own (model, method, output, preset), the data (:class:`clinic.pipeline.DataSpec`
+Options: the run's own (model, method, output, preset), the data (:class:`clinic.stages.train.DataSpec`
 fields), the training settings (:class:`clinic.methods.config.TrainConfig` fields, unset unless
 given, so that a ``--preset`` value stands) and the options of every method of the stage.
 """
@@ -27,9 +27,9 @@ SOURCE_HELP = {
 
 
 def parser(stage: str) -> ConfigParser:
-    from ..methods.config import PRESETS, TrainConfig
+    from ..modeling.training import PRESETS, TrainConfig
     from ..methods.registry import methods_for
-    from ..pipeline import DataSpec
+    from ..stages.train import DataSpec
     from . import COMMANDS
 
     methods = methods_for(stage)
@@ -68,10 +68,10 @@ def run(args) -> None:
     import dataclasses
 
     from ..data.readers import parse_columns
-    from ..methods.config import TrainConfig, train_config
+    from ..modeling.training import TrainConfig, train_config
     from ..methods.registry import get_method
     from ..modeling.parallel import rank
-    from ..pipeline import DataSpec, run_train
+    from ..stages.train import DataSpec, run_train
 
     stage = args.command
     spec = get_method(args.method, stage)

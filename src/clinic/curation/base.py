@@ -95,7 +95,7 @@ class CurationContext:
 
     def __init__(self, config, data: CurationData, model_loader: Callable | None = None,
                  embed_fn: Callable[[list[str]], object] | None = None, progress: bool = True):
-        """``config``: a :class:`~clinic.curation.stage.CurateConfig`; ``model_loader``: a
+        """``config``: a :class:`~clinic.stages.curate.CurateConfig`; ``model_loader``: a
         callable returning ``(model, tokenizer)``; ``embed_fn``: texts -> [N, d] embeddings
         (default: the packaged sentence encoder of the classifier judge)."""
         self.config = config
@@ -115,7 +115,7 @@ class CurationContext:
 
     @cached_property
     def workspace(self):
-        from .gradients import GradientWorkspace
+        from ..modeling.workspace import GradientWorkspace
 
         if self.model_loader is None:
             raise ClinicError("this selector needs a model")
@@ -132,7 +132,7 @@ class CurationContext:
 
     @cached_property
     def projector(self):
-        from .gradients import Projector
+        from ..modeling.gradients import Projector
 
         return Projector(self.workspace.numels, self.config.projection_dim, self.config.projection, self.config.seed)
 
@@ -161,7 +161,7 @@ class CurationContext:
 
     def embed(self, texts: list[str]) -> torch.Tensor:
         if self.embed_fn is None:
-            from ..evaluation.judges.classifier import embed
+            from ..modeling.encoder import embed
 
             self.embed_fn = embed
         start = time.perf_counter()

@@ -34,7 +34,8 @@ from __future__ import annotations
 import torch
 
 from .base import CurationContext, SelectorOutput, register_selector
-from .gradients import GradientWorkspace, global_norm
+from ..modeling.workspace import GradientWorkspace
+from ..modeling.gradients import global_norm
 
 
 def outer_gradient(ws: GradientWorkspace, inner: list[torch.Tensor], inner_lr: float, gamma: float,

@@ -41,10 +41,10 @@ def probe_ids(tokenizer, sample: Sample, max_length: int = 512, double_bos: bool
 def pad_batch(tokenizer, sequences: Sequence[Sequence[int]], side: str = "right", device=None):
     """``(input_ids, attention_mask)`` of a list of id lists, padded on ``side`` with the
     tokenizer's pad token by ``tokenizer.pad``. clinic's loaders give every tokenizer a pad token
-    (:func:`clinic.models.prepare_tokenizer`); one without is refused rather than padded with a
+    (:func:`clinic.modeling.models.prepare_tokenizer`); one without is refused rather than padded with a
     guessed id."""
     if tokenizer.pad_token_id is None:
-        raise ClinicError("the tokenizer has no pad token: cannot pad a batch (clinic.models.prepare_tokenizer sets one)")
+        raise ClinicError("the tokenizer has no pad token: cannot pad a batch (clinic.modeling.models.prepare_tokenizer sets one)")
     batch = tokenizer.pad({"input_ids": [list(seq) for seq in sequences]}, padding=True, padding_side=side,
                           return_attention_mask=True, return_tensors="pt")
     return batch["input_ids"].to(device), batch["attention_mask"].to(device)

@@ -1,7 +1,10 @@
 """The experiment file's curate, align and finetune blocks, declared once: each block is a
 dataclass whose fields are its keys, with their defaults and help. The checker
 (:mod:`.spec`, ``settings_keys``) derives the allowed keys from these fields and the plan (:mod:`.plan`,
-:mod:`clinic.attacks`) takes its defaults from them, so a key is added in one place.
+:mod:`clinic.experiment.attacks`) takes its defaults from them, so a key is added in one place.
+
+:class:`ExecutionBlock` is the one block that says how and where the experiment runs, not what it
+computes: it never enters a stage's hash, and a resume accepts a file whose only change is there.
 
 These blocks are no command's options (the blocks that are, ``train``, ``evaluate``, ``sink`` and
 ``repair``, take the fields of ``TrainConfig``, ``EvalConfig``, ``SinkConfig`` and
@@ -15,7 +18,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 
-@dataclass(frozen=True)
+@dataclass
 class CurateBlock:
     selector: str = field(default="pharmacist", metadata={"help": "curation selector (clinic curate --selector)"})
     ratio: float | None = field(default=None, metadata={"help": "fraction of the candidates to keep"})
@@ -23,7 +26,7 @@ class CurateBlock:
     options: dict | None = field(default=None, metadata={"help": "the selector's settings (CurateConfig fields)"})
 
 
-@dataclass(frozen=True)
+@dataclass
 class _TrainingBlock:
     """What the align and finetune blocks share: the methods, a preset and TrainConfig overrides."""
 
@@ -32,7 +35,7 @@ class _TrainingBlock:
     train: dict | None = field(default=None, metadata={"help": "TrainConfig overrides"})
 
 
-@dataclass(frozen=True)
+@dataclass
 class AlignBlock(_TrainingBlock):
     preset: str = field(default="cpu-align", metadata={"help": "training preset"})
     source: str = field(default="refusals", metadata={"help": "alignment data (QA rows)"})
@@ -42,7 +45,7 @@ class AlignBlock(_TrainingBlock):
     helpful_n: int | None = field(default=None, metadata={"help": "how many helpful rows (with helpful)"})
 
 
-@dataclass(frozen=True)
+@dataclass
 class FinetuneBlock(_TrainingBlock):
     preset: str = field(default="cpu-finetune", metadata={"help": "training preset"})
     tasks: tuple = field(default=("sst2",), metadata={"help": "fine-tuning tasks"})
@@ -55,6 +58,30 @@ class FinetuneBlock(_TrainingBlock):
     search: dict | None = field(default=None, metadata={"help": "budgeted Optuna search over the attack space"})
 
 
+EXECUTORS = ("inprocess", "local", "submitit")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class ExecutionBlock:
+    store: str | None = field(default=None, metadata={
+        "help": "stage store shared between experiments (as --store; relative to the current folder)"})
+    device: str = field(default="auto", metadata={"help": "where stages compute (as --device)", "choices": DEVICES})
+    dtype: str = field(default="auto", metadata={
+        "help": "dtype models are loaded in for evaluation, sink, curation and repair (as --dtype)", "choices": DTYPES})
+    executor: str = field(default="inprocess", metadata={
+        "help": "how stages run: in this process, as local subprocesses, or as SLURM jobs through submitit",
+        "choices": EXECUTORS})
+    resources: str | None = field(default=None, metadata={
+        "help": "the executor file: resources per stage kind (GPUs, CPUs, memory, time, partition)"})
+
+    def __post_init__(self):
+        from ..values import check_fields
+
+        check_fields(self, "execution setting ")
+
+
 def default(cls, key: str) -> Any:
     """A block key's default, as the plan uses it (tuples as lists)."""
     value = next(f.default for f in fields(cls) if f.name == key)
@@ -65,7 +92,8 @@ def keys_markdown() -> str:
     """The keys of the three blocks as a Markdown table (docs/experiments.md shows it; a test
     checks that the page matches)."""
     lines = ["| block | key | default | meaning |", "|---|---|---|---|"]
-    for name, cls in (("curate", CurateBlock), ("align", AlignBlock), ("finetune", FinetuneBlock)):
+    for name, cls in (("curate", CurateBlock), ("align", AlignBlock), ("finetune", FinetuneBlock),
+                      ("execution", ExecutionBlock)):
         for f in fields(cls):
             value = default(cls, f.name)
             shown = "—" if value is None else f"`{value}`"

@@ -25,45 +25,27 @@ order of magnitude it is; several runners sharing a store overlap their stages.
 from __future__ import annotations
 
 import json
-import math
-import statistics
 from pathlib import Path
 
 import yaml
 
 from .plan import Stage
 
-TRAINING = ("align", "finetune")
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: a store holds hundreds of stages
 
 
-def _train_key(kind: str, method: str, train: dict) -> tuple:
-    return (kind, method, train.get("batch_size"), train.get("max_length"), bool(train.get("full_ft")),
-            bool(train.get("gradient_checkpointing")))
-
-
-def _eval_key(cfg: dict) -> tuple:
-    return ("evaluate", cfg.get("n_prompts"), cfg.get("n_task"), cfg.get("max_new_tokens"))
-
-
 def _peer(folder: Path) -> tuple[tuple, float] | None:
-    """(peer key, seconds per unit) of a finished stage folder in the store, None when unknown."""
+    """(peer key, seconds per unit) of a finished stage folder in the store, None when unknown:
+    the stage's kind (its config.yaml's ``stage``) says what its peers are."""
+    from ..stages import STAGE_KINDS
+
     try:
         config = yaml.load((folder / "config.yaml").read_text(), Loader=_LOADER) or {}
         metrics = json.loads((folder / "metrics.json").read_text())
     except (OSError, ValueError, yaml.YAMLError):
         return None
-    kind = config.get("stage")
-    if kind in TRAINING and metrics.get("steps") and metrics.get("train_seconds") is not None:
-        return _train_key(kind, config.get("method"), config.get("train") or {}), metrics["train_seconds"] / metrics["steps"]
-    if kind == "evaluate" and metrics.get("eval_seconds") is not None:
-        return _eval_key(config.get("eval") or {}), metrics["eval_seconds"]
-    if kind == "curate" and metrics.get("selector_seconds") is not None:
-        cur = config.get("curate") or {}
-        return ("curate", cur.get("selector"), cur.get("n_candidates")), metrics["selector_seconds"]
-    if kind == "repair" and metrics.get("repair_seconds") is not None:
-        return ("repair", config.get("method")), metrics["repair_seconds"]
-    return None
+    kind = STAGE_KINDS.get(config.get("stage"), None) if isinstance(config.get("stage"), str) else None
+    return kind.peer(config, metrics) if kind is not None else None
 
 
 def store_pace(store: Path, elsewhere: tuple = ()) -> dict:
@@ -82,61 +64,12 @@ def store_pace(store: Path, elsewhere: tuple = ()) -> dict:
     return pace
 
 
-def _curated_size(curate: Stage, store: Path) -> int | None:
-    metrics = store / curate.dirname / "metrics.json"
-    if (store / curate.dirname / "DONE").exists() and metrics.exists():
-        return json.loads(metrics.read_text())["k"]
-    cfg = curate.config
-    k = cfg.get("k") or (cfg.get("options") or {}).get("k")
-    n = (cfg.get("options") or {}).get("n_candidates")
-    return k if k else (max(1, round(cfg["ratio"] * n)) if n and cfg.get("ratio") else None)
-
-
-def training_rows(stage: Stage, store: Path) -> int | None:
-    """The rows a training stage trains on, from its config (and its curate parent's size)."""
-    data = stage.config.get("data") or {}
-    helpful = (data.get("helpful_n") or 0) if data.get("helpful") else 0
-    if stage.kind == "align" and stage.parent is not None and stage.parent.kind == "curate":
-        k = _curated_size(stage.parent, store)
-        return None if k is None else k + helpful
-    return None if data.get("n") is None else data["n"] + helpful
-
-
-def training_steps(train: dict, rows: int) -> int:
-    """Optimizer steps of a training run: ``max_steps`` when set, else epochs × batches per epoch."""
-    if train.get("max_steps", -1) > 0:
-        return train["max_steps"]
-    per_epoch = max(1, math.ceil(math.ceil(rows / train["batch_size"]) / train.get("grad_accum", 1)))
-    return int(train["epochs"] * per_epoch)
-
-
-def _peers(peers: list) -> str:
-    return f"{len(peers)} finished peer{'s' if len(peers) > 1 else ''}"
-
-
 def stage_estimate(stage: Stage, store: Path, pace: dict) -> dict | None:
-    """``{seconds, basis}`` of one stage, None without a finished peer (or unknown rows)."""
-    cfg = stage.config
-    if stage.kind in TRAINING:
-        rows = training_rows(stage, store)
-        peers = pace.get(_train_key(stage.kind, cfg.get("method"), cfg.get("train") or {}))
-        if rows is None or not peers:
-            return None
-        steps = training_steps(cfg["train"], rows)
-        per_step = statistics.median(peers)
-        return {"seconds": steps * per_step, "basis": f"{steps} steps × {per_step:.1f} s/step, {_peers(peers)}"}
-    if stage.kind == "evaluate":
-        key = _eval_key(cfg)
-    elif stage.kind == "curate":
-        key = ("curate", cfg.get("selector"), (cfg.get("options") or {}).get("n_candidates"))
-    elif stage.kind == "repair":
-        key = ("repair", cfg.get("method"))
-    else:
-        return None
-    peers = pace.get(key)
-    if not peers:
-        return None
-    return {"seconds": statistics.median(peers), "basis": _peers(peers)}
+    """``{seconds, basis}`` of one stage, None without a finished peer (or unknown rows): its
+    kind's ``cost``."""
+    from ..stages import get_stage_kind
+
+    return get_stage_kind(stage.kind).cost(stage, Path(store), pace)
 
 
 def duration(seconds: float) -> str:
@@ -156,7 +89,7 @@ def plan_estimate(stages: list[Stage], store: Path, done, elsewhere: tuple = ())
     found = {s.dirname: stage_estimate(s, Path(store), pace) for s in todo}
     known = [e["seconds"] for e in found.values() if e]
     # a training stage is named with its method: which method lacks a peer is what one needs to know
-    unknown = sorted({f"{s.kind} {s.config.get('method')}" if s.kind in TRAINING else s.kind
+    unknown = sorted({f"{s.kind} {s.config['method']}" if "method" in s.config else s.kind
                       for s in todo if found[s.dirname] is None})
     where = "the store" + "".join(f" and {Path(e)}" for e in elsewhere)
     summary = (f"estimate: {duration(sum(known))} for {len(known)} of {len(todo)} stages still to run, at the pace of "

@@ -8,9 +8,9 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
-from ..attacks import AttackSearch, attack_settings, attacks, fixed_point, point_attack
+from .attacks import AttackSearch, attack_settings, attacks, fixed_point, point_attack
 from ..errors import ClinicError
-from ..values import coerce
+from ..values import coerce, parse_settings
 from .blocks import AlignBlock, CurateBlock, FinetuneBlock, default
 from .entries import MethodEntry, as_list, integer
 
@@ -42,7 +42,7 @@ class Stage:
 
 
 def _train_config(block: dict, seed: int, default_preset: str) -> dict:
-    from ..methods.config import train_config
+    from ..modeling.training import train_config
 
     overrides = dict(block.get("train") or {})
     overrides["seed"] = seed
@@ -63,8 +63,9 @@ def _fmt_p(p: float) -> str:
 def expand(exp) -> list[Stage]:
     """The stages of the experiment ``exp`` (a :class:`~.spec.Experiment`), each once, parents first."""
     from ..data.mixture import check_mixture_args
+    from ..stages import role_of
     from ..data.tasks import SCORED_TASKS, get_task
-    from ..pipeline import EvalConfig
+    from ..stages.evaluate import EvalConfig
 
     stages: list[Stage] = []
     eval_settings = {k: v for k, v in exp.evaluate.items() if k not in EVAL_EXTRA_KEYS}
@@ -122,7 +123,7 @@ def expand(exp) -> list[Stage]:
             stages.append(evaluation(None, scored, {**base_labels, "stage": "base"}))
         curated = None
         if exp.curate:
-            from ..curation.stage import curate_config
+            from ..stages.curate import curate_config
 
             curate_config({"model": exp.model, "seed": seed, **exp.curate})  # validates before anything runs
             curated = Stage("curate", str(exp.curate.get("selector", default(CurateBlock, "selector"))),
@@ -172,9 +173,11 @@ def expand(exp) -> list[Stage]:
                             base_train = _train_config(block, seed, default(FinetuneBlock, "preset"))
                             make = functools.partial(attacked, block, seed, align, entry_a, entry, options, task, n)
                             for attack in attacks(space, base_train, p, search is not None):
-                                stages.extend(make(attack))
+                                made = make(attack)
+                                stages.extend(made)
                             if search is not None:
-                                fixed = next(s for s in stages[::-1] if s.kind == "evaluate")
+                                # the search reads the fixed attack's last evaluation (after repair, if any)
+                                fixed = next(s for s in reversed(made) if role_of(s.kind) == "measurement")
                                 exp.searches.append(AttackSearch(space, search, fixed, functools.partial(
                                     _point_stages, make, fixed_point(space, base_train, p), base_train, p)))
         if exp.sink is not None and exp.sink.get("aligned", False):
@@ -216,7 +219,7 @@ def _point_stages(make, base: dict, base_train: dict, p: float, point: dict) -> 
 
 def _repair_stages(block: dict | None, ft: Stage, seed: int) -> list[Stage]:
     """One repair stage per method of the ``repair`` block, after the fine-tuned model ``ft``."""
-    from ..repair.stage import repair_stage_config
+    from ..stages.repair import repair_stage_config
 
     stages = []
     for raw_method in as_list((block or {}).get("methods"), "repair methods"):
@@ -229,27 +232,17 @@ def _repair_stages(block: dict | None, ft: Stage, seed: int) -> list[Stage]:
 
 
 def check_sink(block: dict) -> dict:
-    """The sink block's settings, each typed as its :class:`~clinic.sink.config.SinkConfig` field
-    is declared, and checked as ``clinic sink`` checks its options; only the settings given (and
-    ``n``) enter the stage config, so a stage's hash does not change when a field is added."""
-    import typing
-
-    from ..modeling.attention import SINK_MODES
+    """The sink block's settings, typed and checked as :class:`~clinic.sink.config.SinkConfig`
+    checks ``clinic sink``'s options; only the settings given (and ``n``) enter the stage config,
+    so a stage's hash does not change when a field is added."""
     from ..sink.config import SinkConfig
 
-    types = typing.get_type_hints(SinkConfig)
-    settings = {k: coerce(v, types[k], f"sink {k}") for k, v in block.items() if k != "aligned"}
-    settings.setdefault("n", 100)
-    for key in ("n", "batch_size", "max_length"):
-        if key in settings and settings[key] < 1:
-            raise ClinicError(f"sink {key} must be at least 1, got {settings[key]}")
-    if settings.get("sink_index", 0) < 0:
-        raise ClinicError(f"sink sink_index must be non-negative, got {settings['sink_index']}")
-    if settings.get("mode", "fixed") not in SINK_MODES:
-        raise ClinicError(f"unknown sink mode {settings['mode']!r} in sink; choose one of {', '.join(SINK_MODES)}")
     if not isinstance(block.get("aligned", False), bool):
         raise ClinicError(f"sink aligned must be true or false, got {block['aligned']!r}")
-    return settings
+    given = {k: v for k, v in block.items() if k != "aligned"}
+    given.setdefault("n", 100)
+    checked = parse_settings(SinkConfig, given, "sink")
+    return {k: getattr(checked, k) for k in given}
 
 
 def _unique(stages: list[Stage]) -> list[Stage]:

@@ -27,59 +27,27 @@ def is_done(store: Path, stage: Stage) -> bool:
 
 def _clear_partials(store: Path, stage: Stage) -> None:
     """Under the stage's lock every staging folder of it is a stopped run's: removed, except a
-    training stage's with a checkpoint to resume from, which run_train adopts when it is this very
-    stage (and removes otherwise; clinic.methods.checkpoints)."""
+    resumable stage's (training) with a checkpoint to resume from, which the stage adopts when it
+    is this very stage (and removes otherwise; clinic.methods.checkpoints)."""
     from ..methods.checkpoints import resumable_checkpoint
+    from ..stages import get_stage_kind
 
+    resumable = get_stage_kind(stage.kind).resumable
     for stale in store.glob(f".{stage.dirname}.partial-*"):
-        if stage.kind in ("align", "finetune") and resumable_checkpoint(stale / "checkpoints") is not None:
+        if resumable and resumable_checkpoint(stale / "checkpoints") is not None:
             continue
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def _model_ref(store: Path, exp: Experiment, stage: Stage) -> str:
-    return str(stage_path(store, stage.parent)) if stage.parent is not None else exp.model
-
-
 def run_stage(store: Path, exp: Experiment, stage: Stage, judges: dict) -> Path:
-    from ..pipeline import DataSpec, EvalConfig, run_evaluate, run_train
+    """One planned stage, through :func:`clinic.stages.execute`: its kind turns the plan's config
+    (and its parent's folder) into its settings and model."""
+    from ..stages import execute, get_stage_kind
 
-    out = stage_path(store, stage)
-    cfg = stage.config
-    if stage.kind in ("align", "finetune"):
-        from ..methods.config import TrainConfig
-
-        model_ref = cfg.get("model") or _model_ref(store, exp, stage)
-        if stage.kind == "align" and stage.parent is not None and stage.parent.kind == "curate":
-            model_ref = exp.model
-            # the curated subset replaces the alignment source; helpful rows, if any, are mixed in
-            # as without curation (they are not candidates: Pharmacist curates the safety data)
-            data = DataSpec(source=str(stage_path(store, stage.parent) / "subset.jsonl"), n=None,
-                            helpful=cfg["data"].get("helpful"), helpful_n=cfg["data"].get("helpful_n"))
-        elif stage.kind == "align":
-            data = DataSpec(source=cfg["data"]["source"], n=cfg["data"]["n"], selection=cfg["data"]["selection"],
-                            helpful=cfg["data"].get("helpful"), helpful_n=cfg["data"].get("helpful_n"))
-        else:
-            data = DataSpec(**cfg["data"])
-        return run_train(stage.kind, model=model_ref, method=cfg["method"], train=TrainConfig(**cfg["train"]),
-                         data=data, output=out, method_options=cfg["options"])
-    if stage.kind == "evaluate":
-        settings = {k: v for k, v in cfg.items() if k != "model"}
-        model_ref = cfg.get("model") or _model_ref(store, exp, stage)
-        return run_evaluate(model_ref, EvalConfig(**settings), out, judges=judges)
-    if stage.kind == "sink":
-        from ..sink import run_sink_analysis
-
-        return run_sink_analysis(_model_ref(store, exp, stage), out, **cfg)
-    if stage.kind == "repair":
-        from ..repair.stage import run_repair_stage
-
-        return run_repair_stage(cfg, _model_ref(store, exp, stage), out)
-    if stage.kind == "curate":
-        from ..curation.stage import run_curate_stage
-
-        return run_curate_stage(cfg, out)
-    raise ClinicError(f"unknown stage kind {stage.kind!r}")
+    kind = get_stage_kind(stage.kind)
+    parent = stage_path(store, stage.parent) if stage.parent is not None else None
+    settings, model = kind.from_plan(stage, parent, exp.model)
+    return execute(kind, settings, output=stage_path(store, stage), model=model, judges=judges)
 
 
 def write_plan(root: Path, store: Path, exp: Experiment, stages: list[Stage]) -> None:
@@ -93,13 +61,15 @@ def write_plan(root: Path, store: Path, exp: Experiment, stages: list[Stage]) ->
     (root / "plan.json").write_text(json.dumps(plan, indent=2, default=str) + "\n")
 
 
-def run_experiment(path: str | Path, output: str | Path | None = None, store: str | Path | None = None,
-                   dry_run: bool = False, report: bool = True, pace: tuple = (), only: tuple = ()) -> Path:
-    """Run (or resume) every stage of an experiment file; returns the experiment directory. A dry
-    run costs the stages still to run at the pace of finished stages in the store and under the
-    folders ``pace``. ``only`` (``KEY=VALUE`` label filters, :func:`~.plan.select`) runs a part of
-    the plan; the plan file and the report still cover all of it."""
-    exp = Experiment.from_file(path)
+def run_experiment(path: str | Path | Experiment, output: str | Path | None = None, store: str | Path | None = None,
+                   dry_run: bool = False, pace: tuple = (), only: tuple = ()) -> Path:
+    """Run (or resume) every stage of an experiment file (or of an :class:`~.spec.Experiment`
+    built in code: the demo); returns the experiment directory. A dry run costs the stages still
+    to run at the pace of finished stages in the store and under the folders ``pace``. ``only``
+    (``KEY=VALUE`` label filters, :func:`~.plan.select`) runs a part of the plan; the plan file and
+    the report still cover all of it. The report is :func:`clinic.report.tables.write_report`'s
+    (``clinic run`` writes it when the stages are done)."""
+    exp = path if isinstance(path, Experiment) else Experiment.from_file(path)
     stages = exp.plan()
     chosen = select(stages, list(only)) if only else stages
     root = Path(output or Path("runs") / exp.name).expanduser().resolve()
@@ -141,7 +111,11 @@ def run_experiment(path: str | Path, output: str | Path | None = None, store: st
         raise ClinicError(f"stage store {store_dir} is a file; choose another --store")
     from ..evaluation.judges import get_judge
 
-    judges = {name: get_judge(name) for name in exp.evaluate.get("judges", ["keyword", "harm-ce"])}
+    from ..stages import role_of
+
+    measures = any(role_of(s.kind) == "measurement" and not is_done(store_dir, s) for s in chosen)
+    # loaded once for every evaluation of the run (a judge model loads in seconds to minutes)
+    judges = {name: get_judge(name) for name in exp.evaluate.get("judges", ["keyword", "harm-ce"])} if measures else {}
     root.mkdir(parents=True, exist_ok=True)
     if not (root / MARKER).exists():
         write_marker(root, "experiment")
@@ -159,10 +133,6 @@ def run_experiment(path: str | Path, output: str | Path | None = None, store: st
             return read_json(stage_path(store_dir, new[1]) / "metrics.json")
 
         group.run(run_point, read_json(stage_path(store_dir, group.fixed) / "metrics.json"))
-    if report:
-        from ..report import write_report
-
-        write_report(root, root / "report", overwrite=True)
     return root
 
 

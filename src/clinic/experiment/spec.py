@@ -9,8 +9,8 @@ from pathlib import Path
 import yaml
 
 from ..errors import ClinicError
-from ..values import INT_MAX, check_range, nearest_hint
-from .blocks import AlignBlock, CurateBlock, FinetuneBlock, default
+from ..values import INT_MAX, check_range, nearest_hint, parse_settings
+from .blocks import AlignBlock, CurateBlock, ExecutionBlock, FinetuneBlock, default
 from .entries import as_list, check_name, integer
 from .plan import EVAL_EXTRA_KEYS, Stage, expand
 
@@ -24,6 +24,7 @@ EXPERIMENT_KEYS = {
     "evaluate": "evaluation settings (EvalConfig fields) plus base/aligned: evaluate those models too",
     "sink": "optional sink analysis of every fine-tuned model: n, batch_size, max_length, ...",
     "repair": "optional post-fine-tuning repair of every fine-tuned model: methods, batch_size, max_length",
+    "execution": "how and where it runs (store, device, dtype, executor, resources): never part of a stage's hash",
 }
 SINK_EXTRA_KEYS = {"aligned"}  # analyse the aligned models too
 REPAIR_EXTRA_KEYS = {"methods"}
@@ -46,8 +47,8 @@ FINETUNE_KEYS = settings_keys(FinetuneBlock)
 def block_keys() -> dict[str, set[str]]:
     """The allowed keys of the blocks checked against a settings dataclass. Imported here, when a
     file is read, because those dataclasses live in the stage modules (which import torch)."""
-    from ..methods.config import TrainConfig
-    from ..pipeline import EvalConfig
+    from ..modeling.training import TrainConfig
+    from ..stages.evaluate import EvalConfig
     from ..repair.base import RepairSettings
     from ..sink.config import SinkConfig
 
@@ -102,12 +103,23 @@ def _block(raw: dict, key: str, allowed, where: str, default=None) -> dict | Non
     return dict(value)
 
 
-def _check_train(block: dict, allowed, where: str) -> None:
-    """A block's ``train`` overrides: a mapping of TrainConfig fields (checked again, with the preset, in the plan)."""
+def _check_train(block: dict, train_cls, where: str) -> None:
+    """A block's ``train`` overrides: a mapping of TrainConfig fields, each checked on its own
+    here (the plan checks them again with the preset)."""
     train = block.get("train")
     if not isinstance(train or {}, dict):
         raise ClinicError(f"train in {where} must be a mapping, got {train!r}")
-    _check_keys(train or {}, allowed, f"train in {where}")
+    parse_settings(train_cls, train or {}, f"train in {where}")
+
+
+def _parsed(raw: dict, key: str, cls, where: str, default=None) -> dict | None:
+    """The mapping under ``key``, parsed into ``cls`` to check it, kept as given (``default``
+    when absent or empty)."""
+    value = raw.get(key)
+    if value is None:
+        return default
+    parse_settings(cls, value, where)
+    return dict(value)
 
 
 @dataclass
@@ -122,8 +134,9 @@ class Experiment:
     sink: dict | None
     source_text: str = ""
     parsed: dict = field(default_factory=dict)  # the file's content: what a resume compares
-    searches: list = field(default_factory=list)  # budgeted attack searches (clinic.attacks), filled by plan()
+    searches: list = field(default_factory=list)  # budgeted attack searches (clinic.experiment.attacks), filled by plan()
     repair: dict | None = None
+    execution: ExecutionBlock = field(default_factory=ExecutionBlock)
 
     @classmethod
     def from_file(cls, path: str | Path) -> Experiment:
@@ -152,27 +165,41 @@ class Experiment:
             raise ClinicError("seeds must list at least one seed")
         for seed in seeds:
             check_range(seed, "seeds item", 0, INT_MAX)
-        curate = _block(raw, "curate", CURATE_KEYS, "curate")
-        align = _block(raw, "align", ALIGN_KEYS, "align", {"methods": default(AlignBlock, "methods")})
+        # Every block is parsed into its dataclass (the one validator, clinic.values.parse_settings);
+        # the plan keeps what the file gives, so a stage's hash covers only the keys written.
+        curate = _parsed(raw, "curate", CurateBlock, "curate")
+        align = _parsed(raw, "align", AlignBlock, "align", {"methods": default(AlignBlock, "methods")})
         blocks = raw.get("finetune", [])
         blocks = [blocks] if isinstance(blocks, dict) else as_list(blocks, "finetune")
-        keys = block_keys()
+        from ..modeling.training import TrainConfig
+        from ..repair.base import RepairSettings
+        from ..stages.evaluate import EvalConfig
+
         for i, block in enumerate(blocks):
-            _check_keys(block, FINETUNE_KEYS, f"finetune block {i + 1}")
-            _check_train(block, keys["train"], f"finetune block {i + 1}")
-        _check_train(align, keys["train"], "align")
-        evaluate = _block(raw, "evaluate", keys["evaluate"], "evaluate", {})
+            parse_settings(FinetuneBlock, block, f"finetune block {i + 1}")
+            _check_train(block, TrainConfig, f"finetune block {i + 1}")
+        _check_train(align, TrainConfig, "align")
+        evaluate = raw.get("evaluate") or {}
+        if not isinstance(evaluate, dict):
+            raise ClinicError(f"evaluate must be a mapping, got {type(evaluate).__name__}")
+        evaluate = dict(evaluate)
         for key in ("judges", "harmful_sets", "tasks"):  # `judges: keyword` means [keyword]
             if isinstance(evaluate.get(key), str):
                 evaluate[key] = [evaluate[key]]
-        sink = _block(raw, "sink", keys["sink"], "sink")
+        parse_settings(EvalConfig, evaluate, "evaluate", extra=EVAL_EXTRA_KEYS)
+        keys = block_keys()
+        sink = _block(raw, "sink", keys["sink"], "sink")  # parsed into SinkConfig by the plan (check_sink)
+        repair = _block(raw, "repair", keys["repair"], "repair")
+        if repair is not None:  # seeds: the file's
+            parse_settings(RepairSettings, repair, "repair", extra=REPAIR_EXTRA_KEYS, drop={"seed"})
+        execution = parse_settings(ExecutionBlock, raw.get("execution") or {}, "execution")
         for key in ("name", "model"):
             if key in raw and not isinstance(raw[key], str):
                 raise ClinicError(f"{key} must be text, got {raw[key]!r}")
         name = check_name(raw.get("name", default_name), "experiment name")
         exp = cls(name=name, model=str(raw.get("model", "smollm2-135m-instruct")),
                   seeds=seeds, curate=curate, align=align, finetune=blocks, evaluate=evaluate, sink=sink,
-                  repair=_block(raw, "repair", keys["repair"], "repair"))
+                  repair=repair, execution=execution)
         exp.plan()  # validates names, ratios and options before anything runs
         return exp
 

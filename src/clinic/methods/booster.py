@@ -37,7 +37,7 @@ from .engines import WHOLE_WEIGHT_ENGINES
 from .registry import register_method
 from .shared import linear_term, loss_grads
 from .trainer import ClinicTrainer
-from .vaccine import vaccine_passes
+from .shared import vaccine_passes
 
 
 @dataclass

@@ -6,7 +6,7 @@ leaves behind. Every ``CLINIC_CHECKPOINT_MINUTES`` (default 10, :func:`clinic.se
 :class:`ResumeCheckpoints` makes Trainer save a full checkpoint there (weights, optimizer,
 scheduler, RNG states, trainer state); only the newest is kept. The next run of the same stage
 adopts the folder when its recorded configuration and data are exactly this run's
-(:func:`clinic.pipeline.run_train`) and Trainer resumes from that checkpoint: the optimizer
+(:func:`clinic.stages.train.run_train`) and Trainer resumes from that checkpoint: the optimizer
 state, the learning-rate schedule, the RNG states and the position in the data are restored,
 so a plain SFT stage continues as if it had not stopped (tested: the same weights as an
 uninterrupted run).

@@ -3,14 +3,12 @@ discovery (each module of :mod:`clinic.methods` registers its own with :func:`re
 
 from __future__ import annotations
 
-import dataclasses
-import typing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import ClinicError
 from ..registry import Registry
-from ..values import coerce
+from ..values import check_fields, parse_settings
 from .config import STAGES, MethodConfig
 from .engines import ENGINES
 
@@ -67,12 +65,11 @@ def get_method(name: str, stage: str) -> MethodSpec:
 
 
 def method_config(spec: MethodSpec, **values) -> MethodConfig:
-    names = {f.name for f in dataclasses.fields(spec.config)}
-    unknown = set(values) - names
-    if unknown:
-        raise ClinicError(f"unknown option(s) {', '.join(sorted(unknown))} for method {spec.name!r}")
-    hints = typing.get_type_hints(spec.config)
-    cfg = spec.config(**{k: coerce(v, hints[k], f"{spec.name} option {k}") for k, v in values.items() if v is not None})
+    """The method's config from user values (``None``: not given), through the one validator
+    (:func:`clinic.values.parse_settings`: unknown names, types, choices and ranges)."""
+    cfg = parse_settings(spec.config, {k: v for k, v in values.items() if v is not None}, f"{spec.name} options",
+                         item=f"{spec.name} option ")
+    check_fields(cfg, f"{spec.name} option ")
     for _source, size_field in spec.config.streams.values():  # an empty stream fails only inside the trainer
         size = getattr(cfg, size_field)
         if size is not None and size < 1:

@@ -37,7 +37,7 @@ from ..modeling.parallel import unwrap
 from .config import HarmfulStreamConfig
 from .registry import register_method
 from .trainer import ClinicTrainer
-from .vaccine import vaccine_passes
+from .shared import vaccine_passes
 
 FREEZE_MODES = ("layers", "attention")
 UNCHECKPOINTED = ("active", "reference")

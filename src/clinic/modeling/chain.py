@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ClinicError
-from ..models import load_model, merge_adapter
+from .models import load_model, merge_adapter
 from ..rundir import DONE, RUN_RECORD, followed_path, is_incomplete_run, is_run_dir, read_run
 
 @dataclass
@@ -80,17 +80,17 @@ def chain_inputs(ref: str, chain: ModelChain) -> tuple[Path, ...]:
 
 def check_chain(chain: ModelChain) -> None:
     """Fail early (before any output is written) on a model that cannot be found."""
-    from ..models import resolve_model_path
+    from .models import resolve_model_path
 
     if chain.base.startswith("tiny-random-"):
-        from ..models import TINY_ARCHS
+        from .models import TINY_ARCHS
 
         arch = chain.base.removeprefix("tiny-random-")
         if arch not in TINY_ARCHS:
             raise ClinicError(f"unknown tiny architecture {arch!r}; choose one of {', '.join(TINY_ARCHS)}")
     else:
         resolve_model_path(chain.base)
-    from ..models import check_adapter_dir
+    from .models import check_adapter_dir
 
     for adapter in chain.adapters:
         if not Path(adapter).is_dir():

@@ -14,14 +14,12 @@ Register one with::
 
 The context loads what a method asks for, once: the model (:attr:`RepairContext.model`), the
 reference models of the chain (:meth:`RepairContext.linear_weights`) and tokenized data sets
-(:meth:`RepairContext.workspace`, the curation stage's :class:`~clinic.curation.gradients.GradientWorkspace`:
+(:meth:`RepairContext.workspace`, the :class:`~clinic.modeling.workspace.GradientWorkspace` curation uses too:
 same tokenization and prompt format as training, batches, mean losses and their gradients).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -29,7 +27,7 @@ import torch
 
 from ..errors import ClinicError
 from ..registry import Registry
-from ..values import coerce
+from ..values import INT_MAX, check_fields, parse_settings
 
 
 @dataclass(frozen=True)
@@ -62,33 +60,26 @@ def get_repair(name: str) -> RepairSpec:
 
 
 def repair_config(spec: RepairSpec, **values):
-    """The method's config from user values (typed as the fields declare); unknown names are an error."""
-    names = {f.name for f in dataclasses.fields(spec.config)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ClinicError(f"unknown option(s) {', '.join(unknown)} for repair method {spec.name!r}; "
-                          f"valid: {', '.join(sorted(names)) or 'none'}")
-    hints = typing.get_type_hints(spec.config)
-    return spec.config(**{k: coerce(v, hints[k], f"{spec.name} option {k}") for k, v in values.items() if v is not None})
+    """The method's config from user values (``None``: not given), through the one validator
+    (:func:`clinic.values.parse_settings`)."""
+    cfg = parse_settings(spec.config, {k: v for k, v in values.items() if v is not None}, f"{spec.name} options",
+                         item=f"{spec.name} option ")
+    check_fields(cfg, f"{spec.name} option ")
+    return cfg
 
 
 @dataclass
 class RepairSettings:
     """Settings every repair method shares (data passes and seeding)."""
 
-    seed: int = field(default=0, metadata={"help": "seed: data samples of the repair"})
-    batch_size: int = field(default=8, metadata={"help": "batch size of the forward/backward passes"})
+    seed: int = field(default=0, metadata={"help": "seed: data samples of the repair", "range": (0, INT_MAX)})
+    batch_size: int = field(default=8, metadata={"help": "batch size of the forward/backward passes",
+                                                 "range": (1, None)})
     max_length: int | None = field(default=None, metadata={
-        "help": "truncate samples to this many tokens (default: the fine-tuned run's, else 256)"})
+        "help": "truncate samples to this many tokens (default: the fine-tuned run's, else 256)", "range": (1, None)})
 
     def __post_init__(self):
-        from ..values import INT_MAX, check_range, coerce_fields
-
-        coerce_fields(self, "repair setting ")
-        check_range(self.seed, "seed", 0, INT_MAX)
-        check_range(self.batch_size, "batch size", 1)
-        if self.max_length is not None:
-            check_range(self.max_length, "max_length", 1)
+        check_fields(self, "repair setting ")
 
 
 def lora_layers(model) -> list[tuple[str, torch.nn.Module]]:
@@ -147,8 +138,8 @@ class RepairContext:
     def workspace(self, sets: dict):
         """Tokenized data sets (name -> samples) over :attr:`model`; built once, on first use."""
         if self._workspace is None:
-            from ..curation.gradients import GradientWorkspace
-            from ..methods.config import train_config
+            from ..modeling.workspace import GradientWorkspace
+            from ..modeling.training import train_config
 
             s = self.settings
             train = train_config(None, batch_size=s.batch_size, max_length=s.max_length or 256, seed=s.seed,

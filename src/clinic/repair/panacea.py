@@ -86,7 +86,7 @@ def objective_gradient(ws, cfg: PanaceaConfig) -> tuple[float, float, list[torch
 @register_repair("panacea", config=PanaceaConfig,
                  summary="add a bounded perturbation that raises the harmful loss, keeping the task (Wang et al. 2025)", order=2)
 def panacea(ctx, cfg: PanaceaConfig) -> dict:
-    from ..curation.gradients import global_norm
+    from ..modeling.gradients import global_norm
     from ..data.mixture import take_qa
 
     harmful, _idx = take_qa(cfg.harmful_data, cfg.n_harmful, ctx.settings.seed, "first")

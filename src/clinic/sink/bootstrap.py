@@ -10,7 +10,7 @@ Two models analysed on the same samples (every sink stage of one experiment is) 
 *paired*: each resample draws one set of sample indices and applies it to both models, so the
 interval of the difference in counts reflects the models, not the samples both saw.
 
-Inputs are the ``[N, L, H]`` per-sample values that :func:`clinic.sink.analysis.run_sink_analysis`
+Inputs are the ``[N, L, H]`` per-sample values that :func:`clinic.stages.sink.run_sink_analysis`
 saves as ``per_sample.safetensors`` (keys ``harmful`` and ``harmless``).
 """
 

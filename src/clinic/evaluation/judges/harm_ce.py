@@ -30,7 +30,8 @@ from pathlib import Path
 from ...errors import ClinicError
 from ...settings import data_dir
 from .base import JUDGES, Judge, is_degenerate
-from .classifier import ENCODER_PACKAGE, encoder_path, heldout_prompt, heldout_rows, training_rows
+from ...modeling.encoder import ENCODER_PACKAGE, encoder_path
+from .classifier import heldout_prompt, heldout_rows, training_rows
 
 #: Where the shipped weights live (package data, see pyproject.toml).
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights" / "harm-ce"

@@ -47,7 +47,7 @@ class LlamaGuardJudge(Judge):
                  threshold: float = 0.5, device: str | None = None, dtype: str = "float32"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from ...models import prepare_tokenizer
+        from ...modeling.models import prepare_tokenizer
 
         self.model_path, self.batch_size, self.max_new_tokens, self.threshold = (
             model_path, batch_size, max_new_tokens, threshold)

@@ -26,7 +26,7 @@ an attack space::
   same objective values read back from the finished stages) and skips the finished ones.
 
 Each fine-tuned stage's labels record its point (``attack``) and its defence's fixed attack
-(``fixed attack``); :mod:`clinic.adaptive` takes the worst case over them for the report. None
+(``fixed attack``); :mod:`clinic.report.adaptive` takes the worst case over them for the report. None
 of this touches a stage's hash: a point is its resolved training config and data, as for any
 fine-tuning run, and blocks without ``attack_space`` expand exactly as before.
 """
@@ -38,8 +38,8 @@ import itertools
 import math
 from dataclasses import dataclass, fields
 
-from .errors import ClinicError
-from .values import coerce
+from ..errors import ClinicError
+from ..values import coerce
 
 P_DIM = "poison_ratio"
 LORA_ONLY = ("lora_r", "lora_alpha", "lora_dropout", "lora_targets")  # meaningless with full_ft
@@ -52,7 +52,7 @@ def _dimensions() -> dict:
     """{dimension: type}: every training setting but the seed (the experiment's seeds), and p."""
     import typing
 
-    from .methods.config import TrainConfig
+    from ..modeling.training import TrainConfig
 
     hints = typing.get_type_hints(TrainConfig)
     dims = {f.name: hints[f.name] for f in fields(TrainConfig) if f.name != "seed"}

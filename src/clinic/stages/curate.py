@@ -17,19 +17,20 @@ run directory:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import ClinicError
-from ..settings import LORA_TARGETS
-
-DEFAULT_TARGETS = ",".join(LORA_TARGETS)
+from ..modeling.training import LoraFields
+from ..rundir import package_versions
+from .base import StageContext, StageKind, execute, register_stage
 
 
 @dataclass
-class CurateConfig:
+class CurateConfig(LoraFields):
     """Settings of the curation stage. The model settings (LoRA shape, prompt style, length)
     should match the alignment run that will use the subset: the gradients are those of its
     first step.
@@ -57,20 +58,18 @@ class CurateConfig:
     n_candidates: int | None = field(default=None, metadata={
         "help": "candidates to score (seeded sample; default: every row not in the validation set)"})
     n_validation: int = field(default=32, metadata={
-        "help": "trusted validation refusals split off the alignment data (never candidates)"})
+        "help": "trusted validation refusals split off the alignment data (never candidates)", "range": (1, None)})
     harmful_data: str = field(default="beavertails-harmful", metadata={
         "help": "harmful (prompt, harmful answer) pairs for the simulated attack (no evaluation prompts)"})
-    n_harmful: int = field(default=32, metadata={"help": "harmful pairs in the simulated attack batch (the first N)"})
+    n_harmful: int = field(default=32, metadata={"help": "harmful pairs in the simulated attack batch (the first N)",
+                                                 "range": (1, None)})
     ratio: float = field(default=0.4, metadata={"help": "subset ratio r in (0, 1]: keep round(r * n) candidates"})
-    k: int | None = field(default=None, metadata={"help": "subset size (overrides --ratio)"})
+    k: int | None = field(default=None, metadata={"help": "subset size (overrides --ratio)", "range": (1, None)})
     seed: int = field(default=0, metadata={"help": "seed: data split, LoRA initialisation, projection, random baseline"})
-    batch_size: int = field(default=8, metadata={"help": "batch size of the gradient passes"})
+    batch_size: int = field(default=8, metadata={"help": "batch size of the gradient passes", "range": (1, None)})
     max_length: int = field(default=160, metadata={"help": "truncate samples to this many tokens (as in alignment)"})
     prompt_style: str = field(default="chat", metadata={"help": "chat (tokenizer template) or alpaca, as in alignment"})
     system_prompt: str | None = field(default=None, metadata={"help": "system prompt for the chat style"})
-    lora_r: int = field(default=8, metadata={"help": "rank of the LoRA adapter whose gradients are used"})
-    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha"})
-    lora_targets: str = field(default=DEFAULT_TARGETS, metadata={"help": "comma-separated LoRA target modules"})
     grad_layers: int = field(default=0, metadata={
         "help": "gradients over the LoRA adapters of the last N decoder layers only (0: all layers); the backward "
                 "pass then stops at layer L-N, a cheaper approximation of the scores (docs/methods/pharmacist.md)"})
@@ -96,16 +95,14 @@ class CurateConfig:
                 "differ): reuse its scores instead of running the selector again (a ratio sweep scores once)"})
 
     def __post_init__(self):
-        from ..values import coerce_fields
-        from .gradients import PROJECTIONS
+        from ..modeling.gradients import PROJECTIONS
+        from ..values import check_fields
 
-        coerce_fields(self, "curate setting ")  # numbers as written in an experiment file; no NaN
+        check_fields(self, "curate setting ")  # types, choices and ranges (metadata); no NaN
 
         if not 0.0 < self.ratio <= 1.0:
             raise ClinicError(f"subset ratio r must be within (0, 1], got {self.ratio}")
-        if self.k is not None and self.k < 1:
-            raise ClinicError(f"subset size k must be at least 1, got {self.k}")
-        for name in ("n_validation", "n_harmful", "batch_size", "max_length", "rounds", "lora_r"):
+        for name in ("max_length", "rounds"):
             if getattr(self, name) < 1:
                 raise ClinicError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.n_candidates is not None and self.n_candidates < 1:
@@ -124,12 +121,11 @@ class CurateConfig:
 
     def train_config(self):
         """The alignment settings the gradients are taken under (LoRA, prompt format, length)."""
-        from ..methods.config import train_config
+        from ..modeling.training import train_config
 
+        lora = {f.name: getattr(self, f.name) for f in dataclasses.fields(LoraFields)}  # every LoRA field
         return train_config(None, batch_size=self.batch_size, max_length=self.max_length, seed=self.seed,
-                            lora_r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=0.0,
-                            lora_targets=self.lora_targets, prompt_style=self.prompt_style,
-                            system_prompt=self.system_prompt)
+                            prompt_style=self.prompt_style, system_prompt=self.system_prompt, **lora)
 
     def subset_size(self, n: int, keeps_all: bool = False) -> int:
         if keeps_all:
@@ -146,7 +142,7 @@ def split_data(cfg: CurateConfig):
     from ..data.mixture import pick, take_qa
     from ..data.readers import parse_columns
     from ..data.sources import load_rows
-    from .base import CurationData
+    from ..curation.base import CurationData
 
     rows = load_rows(cfg.data, kind="qa", columns=parse_columns(cfg.columns))
     if cfg.n_validation >= len(rows):
@@ -188,11 +184,13 @@ def _reused(source: Path, cfg: CurateConfig, candidate_index: list[int]):
     import torch
     import yaml
 
-    from .base import SelectorOutput
+    from ..curation.base import SelectorOutput
 
     config = yaml.safe_load((source / "config.yaml").read_text()) or {}
     theirs, ours = config.get("curate") or {}, asdict(cfg)
-    differing = [name for name in ours if name not in _REUSE_MAY_DIFFER and theirs.get(name) != ours[name]]
+    defaults = asdict(CurateConfig(model=cfg.model))  # a setting added since that run held its default there
+    differing = [name for name in ours if name not in _REUSE_MAY_DIFFER
+                 and theirs.get(name, defaults[name]) != ours[name]]
     if differing:
         name = differing[0]
         raise ClinicError(f"--scores-from {source} was scored with other settings: {name} = {theirs.get(name)!r}, "
@@ -247,6 +245,81 @@ def plot_scores(scores: list[float], selected: list[bool], path: Path, title: st
     plt.close(fig)
 
 
+def _inputs(ctx: StageContext) -> tuple:
+    # never replace the model or the scores the curation reads
+    cfg = ctx.config
+    return tuple(Path(p) for p in (cfg.model, cfg.scores_from) if p and Path(p).exists())
+
+
+def _prepare(ctx: StageContext) -> None:
+    from ..modeling.chain import check_chain, load_chain, resolve_ref
+    from ..curation.base import get_selector
+
+    cfg = ctx.config
+    spec = get_selector(cfg.selector)
+    data = split_data(cfg)
+    n = len(data.candidates)
+    k = cfg.subset_size(n, spec.keeps_all)
+    reused = reused_scores(cfg, data.candidate_index) if cfg.scores_from else None
+    model_loader, chain = ctx.options.get("model_loader"), None
+    if spec.needs_model and model_loader is None and reused is None:
+        chain = resolve_ref(cfg.model)
+        check_chain(chain)
+        model_loader = lambda: load_chain(chain)  # noqa: E731
+    ctx.chain = chain
+    ctx.state.update(spec=spec, data=data, n=n, k=k, reused=reused, model_loader=model_loader)
+
+
+def _run(ctx: StageContext) -> None:
+    from ..curation.base import CurationContext
+
+    cfg, st, run = ctx.config, ctx.state, ctx.run
+    spec, data, n, k, chain = st["spec"], st["data"], st["n"], st["k"], ctx.chain
+    cur = CurationContext(cfg, data, st["model_loader"], ctx.options.get("embed_fn"), ctx.options.get("progress", True))
+    start = time.perf_counter()
+    try:
+        result = st["reused"] or spec.fn(cur)
+    finally:
+        cur.close()
+    seconds = time.perf_counter() - start
+    scores = [float(s) for s in result.scores]
+    if len(scores) != n:
+        raise RuntimeError(f"selector {spec.name} returned {len(scores)} scores for {n} candidates")
+    ranks = rank_scores(scores)
+    selected = [r <= k for r in ranks]
+    records = []
+    for pos, (index, score, rank, keep) in enumerate(zip(data.candidate_index, scores, ranks, selected)):
+        extra = {name: values[pos] for name, values in result.columns.items()}
+        records.append({"index": index, "score": score, "rank": rank, "selected": keep, **extra})
+    with (run.path / "scores.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)
+    run.write_jsonl("scores.jsonl", [{**rec, "prompt": row["prompt"]} for rec, row in zip(records, data.candidates)])
+    subset = sorted(((index, row) for index, row, keep in zip(data.candidate_index, data.candidates, selected)
+                     if keep), key=lambda pair: pair[0])
+    run.write_jsonl("subset.jsonl", [row for _, row in subset])
+    run.write_jsonl("validation.jsonl", data.validation)
+    run.write_json("data_indices.json", {
+        "source": cfg.data, "candidates": data.candidate_index, "validation": data.validation_index,
+        "selected": [index for index, _ in subset],
+        "harmful": {"source": cfg.harmful_data, "indices": data.harmful_index}})
+    run.write_yaml("config.yaml", {
+        "stage": "curate", "selector": spec.name, "curate": asdict(cfg),
+        "model": asdict(chain) if chain else cfg.model, "n_candidates": n, "k": k,
+        "seed": cfg.seed, "versions": package_versions()})
+    saved = 1 - k / n
+    run.write_json("metrics.json", {
+        "selector": spec.name, "selector_seconds": round(seconds, 3),
+        **{name: round(value, 3) for name, value in cur.timings.items()},
+        "n_candidates": n, "k": k, "ratio": round(k / n, 6), "n_validation": len(data.validation),
+        "n_harmful": len(data.harmful),
+        "estimated_alignment_steps_saved": round(saved, 6),
+        "selector_info": result.info})
+    plot_scores(scores, selected, run.path / "scores.png",
+                f"{spec.name}: {k} of {n} candidates kept (ratio {k / n:.2f})")
+
+
 def run_curate(cfg: CurateConfig, output: str | Path, overwrite: bool = False, *, model_loader=None,
                embed_fn=None, progress: bool = True) -> Path:
     """Run a selector on the alignment data and write the curation run directory.
@@ -255,68 +328,8 @@ def run_curate(cfg: CurateConfig, output: str | Path, overwrite: bool = False, *
     callable returning ``(model, tokenizer)``) and ``embed_fn`` (texts -> embeddings) replace
     the model named in ``cfg`` and the packaged sentence encoder (tests).
     """
-    from ..modeling.chain import check_chain, load_chain, resolve_ref
-    from ..rundir import RunDir, check_output_dir, package_versions
-    from .base import CurationContext, get_selector
-
-    # never replace the model or the scores the curation reads
-    inputs = tuple(Path(p) for p in (cfg.model, cfg.scores_from) if p and Path(p).exists())
-    check_output_dir(output, overwrite, inputs)
-    spec = get_selector(cfg.selector)
-    data = split_data(cfg)
-    n = len(data.candidates)
-    k = cfg.subset_size(n, spec.keeps_all)
-    reused = reused_scores(cfg, data.candidate_index) if cfg.scores_from else None
-    chain = None
-    if spec.needs_model and model_loader is None and reused is None:
-        chain = resolve_ref(cfg.model)
-        check_chain(chain)
-        model_loader = lambda: load_chain(chain)  # noqa: E731
-    with RunDir(output, overwrite, inputs) as run:
-        ctx = CurationContext(cfg, data, model_loader, embed_fn, progress)
-        start = time.perf_counter()
-        try:
-            result = reused or spec.fn(ctx)
-        finally:
-            ctx.close()
-        seconds = time.perf_counter() - start
-        scores = [float(s) for s in result.scores]
-        if len(scores) != n:
-            raise RuntimeError(f"selector {spec.name} returned {len(scores)} scores for {n} candidates")
-        ranks = rank_scores(scores)
-        selected = [r <= k for r in ranks]
-        records = []
-        for pos, (index, score, rank, keep) in enumerate(zip(data.candidate_index, scores, ranks, selected)):
-            extra = {name: values[pos] for name, values in result.columns.items()}
-            records.append({"index": index, "score": score, "rank": rank, "selected": keep, **extra})
-        with (run.path / "scores.csv").open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(records[0]))
-            writer.writeheader()
-            writer.writerows(records)
-        run.write_jsonl("scores.jsonl", [{**rec, "prompt": row["prompt"]} for rec, row in zip(records, data.candidates)])
-        subset = sorted(((index, row) for index, row, keep in zip(data.candidate_index, data.candidates, selected)
-                         if keep), key=lambda pair: pair[0])
-        run.write_jsonl("subset.jsonl", [row for _, row in subset])
-        run.write_jsonl("validation.jsonl", data.validation)
-        run.write_json("data_indices.json", {
-            "source": cfg.data, "candidates": data.candidate_index, "validation": data.validation_index,
-            "selected": [index for index, _ in subset],
-            "harmful": {"source": cfg.harmful_data, "indices": data.harmful_index}})
-        run.write_yaml("config.yaml", {
-            "stage": "curate", "selector": spec.name, "curate": asdict(cfg),
-            "model": asdict(chain) if chain else cfg.model, "n_candidates": n, "k": k,
-            "seed": cfg.seed, "versions": package_versions()})
-        saved = 1 - k / n
-        run.write_json("metrics.json", {
-            "selector": spec.name, "selector_seconds": round(seconds, 3),
-            **{name: round(value, 3) for name, value in ctx.timings.items()},
-            "n_candidates": n, "k": k, "ratio": round(k / n, 6), "n_validation": len(data.validation),
-            "n_harmful": len(data.harmful),
-            "estimated_alignment_steps_saved": round(saved, 6),
-            "selector_info": result.info})
-        plot_scores(scores, selected, run.path / "scores.png",
-                    f"{spec.name}: {k} of {n} candidates kept (ratio {k / n:.2f})")
-    return run.final
+    return execute("curate", cfg, output=output, overwrite=overwrite, model_loader=model_loader, embed_fn=embed_fn,
+                   progress=progress)
 
 
 def curate_config(block: dict) -> CurateConfig:
@@ -325,7 +338,7 @@ def curate_config(block: dict) -> CurateConfig:
     (any other :class:`CurateConfig` field, e.g. ``n_candidates``, ``gamma``)."""
     import dataclasses
 
-    from .base import get_selector
+    from ..curation.base import get_selector
 
     names = {f.name for f in dataclasses.fields(CurateConfig)}
     values = {key: block[key] for key in ("selector", "ratio", "k", "model", "seed") if block.get(key) is not None}
@@ -338,9 +351,41 @@ def curate_config(block: dict) -> CurateConfig:
     return cfg
 
 
-def run_curate_stage(block: dict, output: str | Path, overwrite: bool = False) -> Path:
-    """The experiment runner's entry point: :func:`curate_config` then :func:`run_curate`."""
-    return run_curate(curate_config(block), output, overwrite)
+def _from_plan(stage, parent_dir, model: str):
+    return curate_config(stage.config), None
+
+
+def _key(config: dict) -> tuple:
+    return ("curate", config.get("selector"), (config.get("options") or config).get("n_candidates"))
+
+
+def _peer(config: dict, metrics: dict):
+    if metrics.get("selector_seconds") is None:
+        return None
+    cur = config.get("curate") or {}
+    return ("curate", cur.get("selector"), cur.get("n_candidates")), metrics["selector_seconds"]
+
+
+def _cost(stage, store: Path, pace: dict):
+    import statistics
+
+    peers = pace.get(("curate", stage.config.get("selector"), (stage.config.get("options") or {}).get("n_candidates")))
+    if not peers:
+        return None
+    return {"seconds": statistics.median(peers), "basis": f"{len(peers)} finished peer{'s' if len(peers) > 1 else ''}"}
+
+
+def _rows(stage, store: Path) -> int | None:
+    """The subset size of a curate stage: its metrics when finished, else from k or the ratio."""
+    import json
+
+    metrics = store / stage.dirname / "metrics.json"
+    if (store / stage.dirname / "DONE").exists() and metrics.exists():
+        return json.loads(metrics.read_text())["k"]
+    cfg = stage.config
+    k = cfg.get("k") or (cfg.get("options") or {}).get("k")
+    n = (cfg.get("options") or {}).get("n_candidates")
+    return k if k else (max(1, round(cfg["ratio"] * n)) if n and cfg.get("ratio") else None)
 
 
 def summary_lines(metrics: dict) -> list[str]:
@@ -355,3 +400,8 @@ def summary_lines(metrics: dict) -> list[str]:
         "alignment steps, i.e. 1 - k/n at equal epochs and batch size; not measured here "
         "(benchmarks/curation.py measures it)",
     ]
+
+
+register_stage(StageKind("curate", CurateConfig, _run, "score the alignment data with a selector and keep a core subset",
+                         role="subset", model="none", inputs=_inputs, prepare=_prepare, from_plan=_from_plan,
+                         peer=_peer, cost=_cost, rows=_rows), order=0)

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import ClinicError
-from .base import RepairSettings, get_repair, repair_config
+from ..repair.base import RepairSettings, get_repair, repair_config
+from .base import StageContext, StageKind, execute, register_stage
 
 REPAIRABLE_STAGES = ("finetune", "repair")
 
@@ -96,52 +97,77 @@ def _alignment_input(aligned):
     return ModelChain(base, follow_adapters(run, adapters, run / "config.yaml"))
 
 
+@dataclass
+class RepairStage:
+    """The settings of one repair stage: the method, its options and the shared settings."""
+
+    method: str
+    options: dict = field(default_factory=dict)
+    settings: RepairSettings = field(default_factory=RepairSettings)
+
+
+def _inputs(ctx: StageContext) -> tuple:
+    """The reference models SafeLoRA compares are read too: checked here, before the output is."""
+    from ..modeling.chain import chain_inputs
+
+    s = ctx.config
+    spec = get_repair(s.method)
+    cfg = repair_config(spec, **(s.options or {}))
+    chain, record, run_config = _fine_tuned(ctx.model)
+    refs = references(chain, cfg.base_model, cfg.aligned_model) if hasattr(cfg, "aligned_model") else {}
+    ctx.state.update(spec=spec, cfg=cfg, record=record, run_config=run_config, refs=refs)
+    return tuple(p for ref in refs.values() for p in chain_inputs(ref.base, ref))
+
+
+def _prepare(ctx: StageContext) -> None:
+    from ..data.formatting import PromptFormat
+
+    st, settings = ctx.state, ctx.config.settings
+    st["fmt"] = PromptFormat(**(st["record"].get("prompt_format") or ctx.chain.prompt_format or {"style": "chat"}))
+    if settings.max_length is None:  # the length the fine-tuning saw
+        trained = (st["run_config"].get("train") or {}).get("max_length")
+        settings = dataclasses.replace(settings, max_length=trained if isinstance(trained, int) and trained > 0 else 256)
+    st["settings"] = settings
+
+
+def _run(ctx: StageContext) -> None:
+    import torch
+
+    from ..modeling.chain import ModelChain
+    from ..modeling.device import peak_memory_mb
+    from ..rundir import package_versions
+    from ..repair.base import RepairContext
+
+    st, chain, run = ctx.state, ctx.chain, ctx.run
+    spec, cfg, settings, fmt, refs = st["spec"], st["cfg"], st["settings"], st["fmt"], st["refs"]
+    rep = RepairContext(chain, fmt, settings, st["run_config"], refs, ctx.options.get("progress", True))
+    torch.manual_seed(settings.seed)
+    start = time.perf_counter()
+    try:
+        info = spec.fn(rep, cfg)
+        seconds = time.perf_counter() - start
+        rep.model.save_pretrained(run.path / "adapter", safe_serialization=True)
+    finally:
+        rep.close()
+    repaired = str(Path(ctx.model).resolve())
+    new_chain = ModelChain(chain.base, chain.adapters[:-1] + ["adapter"], asdict(fmt))
+    run.write_yaml("config.yaml", {
+        "stage": "repair", "method": spec.name, "model": asdict(chain), "repaired": repaired,
+        "method_options": asdict(cfg), "settings": asdict(settings),
+        "references": {name: asdict(ref) for name, ref in refs.items()}, "seed": settings.seed,
+        "versions": package_versions()})
+    run.write_json("metrics.json", {"method": spec.name, "repair_seconds": round(seconds, 3),
+                                    "peak_memory_mb": round(peak_memory_mb(), 1), **info})
+    run.write_json("run.json", {"stage": "repair", "method": spec.name, "model_chain": asdict(new_chain),
+                                "prompt_format": asdict(fmt), "repaired": repaired})
+
+
 def run_repair(model: str, method: str, output: str | Path, options: dict | None = None,
                settings: RepairSettings | None = None, overwrite: bool = False, progress: bool = True) -> Path:
     """Repair the fine-tuned run ``model`` with ``method``; returns the finished run directory.
     Everything the user gave is checked before anything is written."""
-    import torch
-
-    from ..data.formatting import PromptFormat
-    from ..modeling.chain import ModelChain, chain_inputs, check_chain
-    from ..pipeline import peak_memory_mb
-    from ..rundir import RunDir, check_output_dir, package_versions
-    from .base import RepairContext
-
-    settings = settings or RepairSettings()
-    spec = get_repair(method)
-    cfg = repair_config(spec, **(options or {}))
-    chain, record, run_config = _fine_tuned(model)
-    inputs = chain_inputs(model, chain)
-    check_output_dir(output, overwrite, inputs)
-    refs = references(chain, cfg.base_model, cfg.aligned_model) if hasattr(cfg, "aligned_model") else {}
-    check_chain(chain)
-    inputs += tuple(p for ref in refs.values() for p in chain_inputs(ref.base, ref))
-    fmt = PromptFormat(**(record.get("prompt_format") or chain.prompt_format or {"style": "chat"}))
-    if settings.max_length is None:  # the length the fine-tuning saw
-        trained = (run_config.get("train") or {}).get("max_length")
-        settings = dataclasses.replace(settings, max_length=trained if isinstance(trained, int) and trained > 0 else 256)
-    with RunDir(output, overwrite, inputs) as run:
-        ctx = RepairContext(chain, fmt, settings, run_config, refs, progress)
-        torch.manual_seed(settings.seed)
-        start = time.perf_counter()
-        try:
-            info = spec.fn(ctx, cfg)
-            seconds = time.perf_counter() - start
-            ctx.model.save_pretrained(run.path / "adapter", safe_serialization=True)
-        finally:
-            ctx.close()
-        new_chain = ModelChain(chain.base, chain.adapters[:-1] + ["adapter"], asdict(fmt))
-        run.write_yaml("config.yaml", {
-            "stage": "repair", "method": spec.name, "model": asdict(chain), "repaired": str(Path(model).resolve()),
-            "method_options": asdict(cfg), "settings": asdict(settings),
-            "references": {name: asdict(ref) for name, ref in refs.items()}, "seed": settings.seed,
-            "versions": package_versions()})
-        run.write_json("metrics.json", {"method": spec.name, "repair_seconds": round(seconds, 3),
-                                        "peak_memory_mb": round(peak_memory_mb(), 1), **info})
-        run.write_json("run.json", {"stage": "repair", "method": spec.name, "model_chain": asdict(new_chain),
-                                    "prompt_format": asdict(fmt), "repaired": str(Path(model).resolve())})
-    return run.final
+    stage = RepairStage(method, dict(options or {}), settings or RepairSettings())
+    return execute("repair", stage, output=output, model=model, overwrite=overwrite, progress=progress)
 
 
 def summary_line(metrics: dict) -> str:
@@ -170,7 +196,26 @@ def repair_stage_config(entry_name: str, options: dict, block: dict, seed: int) 
     return {"method": spec.name, "options": asdict(repair_config(spec, **options)), "settings": asdict(settings)}
 
 
-def run_repair_stage(config: dict, model: str, output: str | Path) -> Path:
-    """The experiment runner's entry point: the fine-tuned run ``model`` repaired as ``config`` says."""
-    return run_repair(model, config["method"], output, config["options"], RepairSettings(**config["settings"]),
-                      progress=False)
+def _from_plan(stage, parent_dir, model: str):
+    cfg = stage.config
+    return RepairStage(cfg["method"], cfg["options"], RepairSettings(**cfg["settings"])), str(parent_dir)
+
+
+def _peer(config: dict, metrics: dict):
+    if metrics.get("repair_seconds") is None:
+        return None
+    return ("repair", config.get("method")), metrics["repair_seconds"]
+
+
+def _cost(stage, store: Path, pace: dict):
+    import statistics
+
+    peers = pace.get(("repair", stage.config.get("method")))
+    if not peers:
+        return None
+    return {"seconds": statistics.median(peers), "basis": f"{len(peers)} finished peer{'s' if len(peers) > 1 else ''}"}
+
+
+register_stage(StageKind("repair", RepairStage, _run, "repair a LoRA fine-tuned model after fine-tuning",
+                         role="model", inputs=_inputs, prepare=_prepare, from_plan=_from_plan, peer=_peer,
+                         cost=_cost, seconds="repair_seconds"), order=4)

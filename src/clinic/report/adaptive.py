@@ -2,7 +2,7 @@
 the attacks that keep the task, beside the fixed attack's score, each compared with SFT's.
 
 A defence is an aligned model × a fine-tuning method × a task × a fixed attack (the block's base
-setting, :mod:`clinic.attacks`); its attacks are the fine-tuned rows of :func:`clinic.results.aggregate`
+setting, :mod:`clinic.experiment.attacks`); its attacks are the fine-tuned rows of :func:`clinic.report.results.aggregate`
 that share those labels (seeds pooled). For each harmful-score column:
 
 - **Capability guard.** An attack counts only when its fine-tune accuracy (the mean over seeds of
@@ -16,7 +16,7 @@ that share those labels (seeds pooled). For each harmful-score column:
   upwards, more so the more attacks there are), which the report states.
 - **Fixed attack**: the row whose point is the fixed attack (it always runs).
 - **Against SFT**: the defence's SFT counterpart (every defence label replaced by ``sft``,
-  :func:`clinic.results.baseline_key`, same task and fixed attack) gives both differences: fixed
+  :func:`clinic.report.results.baseline_key`, same task and fixed attack) gives both differences: fixed
   attack vs SFT's fixed attack, and worst case vs SFT's worst case, each paired over the same
   prompts and seeds (Newcombe's interval, McNemar p). The verdict says whether an advantage under
   the fixed attack (its interval below 0) survives the adaptive attacker (the worst-case
@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .errors import ClinicError
+from ..errors import ClinicError
 from .results import BASELINE, KEEP_LABELS, paired_comparison
 
 DEFENCE_FIELDS = ["align", "finetune", "repair", "task", "fixed attack"]  # repair: "none" when not repaired
@@ -87,10 +87,12 @@ def _sft_counterpart(entry: dict) -> tuple:
 def planned_attacks(plan: dict) -> dict:
     """``{defence (DEFENCE_FIELDS values): number of attacks}`` of a plan's attack-space
     evaluations, finished or not (a budgeted search's plan holds the trials asked so far)."""
+    from ..stages import role_of
+
     attacks: dict = {}
     for stage in plan["stages"]:
         labels = stage["labels"]
-        if stage["kind"] == "evaluate" and "fixed attack" in labels:
+        if role_of(stage["kind"]) == "measurement" and "fixed attack" in labels:
             key = tuple(labels.get(f, "none") if f == "repair" else labels.get(f) for f in DEFENCE_FIELDS)
             attacks.setdefault(key, set()).add(labels["attack"])
     return {key: len(names) for key, names in attacks.items()}
@@ -98,7 +100,7 @@ def planned_attacks(plan: dict) -> dict:
 
 def adaptive_rows(rows: list[dict], records: list[dict], guard: Guard = Guard(), planned: dict | None = None) -> list[dict]:
     """One entry per defence and harmful-score column (see the module docstring); ``rows`` are
-    :func:`clinic.results.aggregate`'s (with ``eval dirs``) and ``records`` the evaluations behind
+    :func:`clinic.report.results.aggregate`'s (with ``eval dirs``) and ``records`` the evaluations behind
     them; ``planned`` (:func:`planned_attacks`) the attacks each defence should face. Empty when
     no fine-tuning block has an attack space."""
     import pandas as pd

@@ -1,13 +1,13 @@
 """Tables from metrics: plain lines for the terminal, markdown for files, and the experiment
-report (``clinic report``) built from :mod:`clinic.results` and :mod:`clinic.figures`.
+report (``clinic report``) built from :mod:`clinic.report.results` and :mod:`clinic.report.figures`.
 
 Every score is shown with its 95 % interval and n; every defended model with the paired
-difference from its SFT baseline (the rule: :func:`clinic.results.baseline_key`).
+difference from its SFT baseline (the rule: :func:`clinic.report.results.baseline_key`).
 """
 
 from __future__ import annotations
 
-from .evaluation.stats import wilson_interval
+from ..evaluation.stats import wilson_interval
 
 
 def format_interval(value: float, ci, n: int | None = None) -> str:
@@ -209,8 +209,8 @@ def provenance(plan: dict, store) -> dict:
 
     import yaml
 
-    from .data.sources import SOURCES
-    from .data.tasks import TASKS
+    from ..data.sources import SOURCES
+    from ..data.tasks import TASKS
 
     names: set[str] = set()
 
@@ -227,10 +227,12 @@ def provenance(plan: dict, store) -> dict:
             elif value in TASKS:
                 names.update({TASKS[value].train_source, TASKS[value].test_source})
 
+    from ..stages import role_of
+
     judges: set[str] = set()
     for stage in plan["stages"]:
         walk(stage["config"])
-        judges.update(stage["config"].get("judges", []) if stage["kind"] == "evaluate" else [])
+        judges.update(stage["config"].get("judges", []) if role_of(stage["kind"]) == "measurement" else [])
     files = {}
     for name in sorted(names):
         path = SOURCES[name].local_file() if name in SOURCES else None
@@ -285,7 +287,7 @@ def _markdown(plan: dict, rows: list[dict], adaptive: list[dict]) -> str:
 def write_report(root, out_dir=None, overwrite: bool = False, guard=None):
     """``results.{md,csv,json}``, figures and a self-contained ``report.html`` for an experiment;
     with an attack space also ``adaptive.csv`` and the adaptive-attacker section (``guard``: a
-    :class:`clinic.adaptive.Guard`, default within 5 points of the best attack's accuracy)."""
+    :class:`clinic.report.adaptive.Guard`, default within 5 points of the best attack's accuracy)."""
     import base64
     import csv
     import html
@@ -293,7 +295,7 @@ def write_report(root, out_dir=None, overwrite: bool = False, guard=None):
     from pathlib import Path
 
     from .figures import figures as draw_figures
-    from .rundir import RunDir
+    from ..rundir import RunDir
 
     root = Path(root)
     plan, rows, records, adaptive = _results(root, guard)

@@ -1,6 +1,6 @@
 """The figures of ``clinic report``: HS and FA against p, HS against sink heads, and, with an attack
 space, each defence's attacks as HS against FA; each point with its pooled 95 % Wilson interval as
-an error bar (rows from :mod:`clinic.results`, worst cases from :mod:`clinic.adaptive`)."""
+an error bar (rows from :mod:`clinic.report.results`, worst cases from :mod:`clinic.report.adaptive`)."""
 
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ def adaptive_figure(rows: list[dict], adaptive: list[dict], out, plt) -> list[st
 
 def figures(rows: list[dict], out, adaptive: list[dict] | None = None) -> list[str]:
     """Write the figures into ``out``; returns their file names (``adaptive``: the entries of
-    :func:`clinic.adaptive.adaptive_rows`, for the attack-space figure)."""
+    :func:`clinic.report.adaptive.adaptive_rows`, for the attack-space figure)."""
     import matplotlib
 
     matplotlib.use("Agg")

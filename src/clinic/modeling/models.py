@@ -20,14 +20,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
-from .errors import ClinicError
-from .settings import LORA_TARGETS, cache_dir, offline
+from ..errors import ClinicError
+from ..settings import cache_dir, offline
 
 TINY_ARCHS = ("llama", "qwen2", "gemma", "mistral")
 
@@ -315,29 +315,9 @@ def load_model(
 # LoRA
 
 
-@dataclass
-class LoraSettings:
-    """LoRA adapter shape. The reference pipelines use r=8, alpha=1 on seven projections."""
-
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
-
-    def to_peft(self):
-        from peft import LoraConfig
-
-        return LoraConfig(
-            r=self.r,
-            lora_alpha=self.alpha,
-            lora_dropout=self.dropout,
-            target_modules=list(self.target_modules),
-            task_type="CAUSAL_LM",
-        )
-
-
-def attach_lora(model, settings: LoraSettings):
-    """Wrap ``model`` with a fresh trainable LoRA adapter."""
+def attach_lora(model, settings):
+    """Wrap ``model`` with a fresh trainable LoRA adapter of ``settings`` (a
+    :class:`~clinic.modeling.training.LoraFields`: anything with ``to_peft()``)."""
     from peft import get_peft_model
 
     try:

@@ -16,11 +16,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .evaluation.stats import paired_difference, wilson_interval
-from .rundir import jsonl_file, read_jsonl
+from ..evaluation.stats import paired_difference, wilson_interval
+from ..rundir import jsonl_file, read_jsonl
 
 GROUP_FIELDS = ["stage", "align", "finetune", "task", "p", "attack", "fixed attack"]  # a model; seeds are pooled
-ATTACK_FIELDS = ("attack", "fixed attack")  # labels of attack-space runs only (clinic.attacks); absent elsewhere
+ATTACK_FIELDS = ("attack", "fixed attack")  # labels of attack-space runs only (clinic.experiment.attacks); absent elsewhere
 # a repaired model's key has one more field, the repair method (other keys stay as they were)
 REPAIR_FIELD = "repair"
 BASELINE = "sft"  # the label of the undefended method, in align and in finetune
@@ -78,22 +78,24 @@ def _settings(stage: dict, by_hash: dict) -> str:
 
 def collect_evaluations(root) -> tuple[list[dict], dict]:
     """One record per finished evaluation of an experiment directory, plus the plan."""
-    from .rundir import load_plan, read_json
+    from ..rundir import load_plan, read_json
+    from ..stages import get_stage_kind
 
     plan, store = load_plan(root)
     by_hash = {s["hash"]: s for s in plan["stages"]}
-    sinks = {s["parent"]: s for s in plan["stages"] if s["kind"] == "sink"}
+    kinds = {s["kind"]: get_stage_kind(s["kind"]) for s in plan["stages"]}
+    sinks = {s["parent"]: s for s in plan["stages"] if kinds[s["kind"]].role == "analysis"}
 
     def stage_metrics(stage) -> dict | None:
         path = Path(store) / stage["dir"]
         if not (path / "DONE").exists():
             return None
-        metrics_file = path / ("sink.json" if stage["kind"] == "sink" else "metrics.json")
+        metrics_file = path / kinds[stage["kind"]].metrics_file
         return read_json(metrics_file) if metrics_file.exists() else None
 
     records = []
     for stage in plan["stages"]:
-        metrics = stage_metrics(stage) if stage["kind"] == "evaluate" else None
+        metrics = stage_metrics(stage) if kinds[stage["kind"]].role == "measurement" else None
         if metrics is None:
             continue
         labels = stage["labels"]
@@ -117,9 +119,8 @@ def collect_evaluations(root) -> tuple[list[dict], dict]:
         peak = 0.0
         while parent is not None:
             pm = stage_metrics(parent) or {}
-            if parent["kind"] in ("align", "finetune", "repair"):
-                record["other"][f"{parent['kind']} seconds"] = pm.get("repair_seconds" if parent["kind"] == "repair"
-                                                                      else "train_seconds")
+            if kinds[parent["kind"]].seconds is not None:  # a stage that made a model: its cost
+                record["other"][f"{parent['kind']} seconds"] = pm.get(kinds[parent["kind"]].seconds)
                 peak = max(peak, pm.get("peak_memory_mb") or 0.0)
             parent = by_hash.get(parent["parent"]) if parent["parent"] else None
         if peak:

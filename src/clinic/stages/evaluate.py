@@ -1,0 +1,180 @@
+"""The evaluate stage: harmful score on each prompt set with each judge, and fine-tune accuracy
+per task. Writes ``config.yaml``, ``generations.jsonl`` (every answer, with each judge's flag),
+``metrics.json`` and ``run.json``, then ``DONE``."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..data.formatting import PROMPT_STYLES, PromptFormat, encode_prompts, format_prompt
+from ..data.sources import load_rows
+from ..data.tasks import SCORED_TASKS, SCORING_RULES, get_task
+from ..errors import ClinicError
+from ..evaluation.vllm_backend import BACKENDS  # light: imports vllm only when generating with it
+from ..modeling.chain import ModelChain, load_chain
+from ..modeling.models import default_prompt_style
+from ..rundir import package_versions
+from ..values import check_fields
+from .base import StageContext, StageKind, execute, register_stage
+
+
+@dataclass
+class EvalConfig:
+    harmful_sets: list[str] = field(default_factory=lambda: ["beavertails-test"], metadata={
+        "help": "harmful prompt sets: beavertails-test, advbench, strongreject, do-not-answer, harmbench, sorrybench, "
+                "or files"})
+    n_prompts: int = field(default=100, metadata={"help": "prompts per set (the first N)", "range": (1, None)})
+    judges: list[str] = field(default_factory=lambda: ["keyword", "harm-ce"], metadata={
+        "help": "judges: keyword, harm-ce, classifier, beaverdam, llamaguard"})
+    tasks: list[str] = field(default_factory=lambda: ["sst2"], metadata={
+        "help": "tasks for accuracy (sst2, agnews, gsm8k; '' for none)"})
+    n_task: int = field(default=100, metadata={"help": "test rows per task (the first N)", "range": (0, None)})
+    task_rule: str = field(default="substring", metadata={"help": "classification scoring rule", "choices": SCORING_RULES})
+    batch_size: int = field(default=16, metadata={"help": "generation batch size", "range": (1, None)})
+    max_new_tokens: int = field(default=64, metadata={"help": "new tokens for harmful prompts", "range": (1, None)})
+    prompt_style: str | None = field(default=None, metadata={  # None: what the model was trained with, else its default
+        "help": "prompt format (default: as the model was trained)", "choices": PROMPT_STYLES})
+    system_prompt: str | None = field(default=None, metadata={"help": "system prompt for the chat style"})
+    backend: str = field(default="hf", metadata={
+        "help": "generation backend: hf (batched transformers) or vllm (pip install clinic[vllm]; falls back to hf "
+                "with a warning when vllm is missing)", "choices": BACKENDS})
+
+    def __post_init__(self):
+        check_fields(self, "evaluation setting ")  # types, choices and ranges (metadata)
+        if not self.judges and self.harmful_sets:  # an evaluation that scores nothing
+            raise ClinicError("no judges given (--judges is empty); name at least one, e.g. keyword")
+        if not self.harmful_sets:
+            raise ClinicError("no harmful prompt sets given (--harmful-sets is empty); name at least one")
+        from ..evaluation.judges import check_judge_name
+
+        for judge in self.judges:
+            check_judge_name(judge)
+        for what, names in (("judge", self.judges), ("prompt set", self.harmful_sets), ("task", self.tasks)):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:  # scored once under one key: the second would silently overwrite the first
+                raise ClinicError(f"{what} {twice[0]!r} is named twice")
+        for task in self.tasks:
+            get_task(task)
+            if task not in SCORED_TASKS:
+                raise ClinicError(f"task {task!r} has no accuracy rule; choose among {', '.join(SCORED_TASKS)}")
+
+
+def _prompt_set(name: str, n: int) -> list[str]:
+    rows = load_rows(name, kind="prompts")
+    if n > len(rows):
+        raise ClinicError(f"asked for {n} prompts but {name} has only {len(rows)}")
+    return [r["prompt"] for r in rows[:n]]
+
+
+def evaluate_model(model, tok, cfg: EvalConfig, fmt: PromptFormat, judges: dict | None = None) -> tuple[dict, list[dict]]:
+    """Generate and score; returns (metrics, generation records). Nothing is written."""
+    from ..evaluation.judges import get_judge
+    from ..evaluation.scoring import harmful_score, task_accuracy
+    from ..evaluation.vllm_backend import generate_with
+
+    judges = judges or {name: get_judge(name) for name in cfg.judges}
+    metrics: dict = {"harmful": {}, "tasks": {}}
+    records: list[dict] = []
+    for set_name in cfg.harmful_sets:
+        prompts = _prompt_set(set_name, cfg.n_prompts)
+        texts = [format_prompt(tok, fmt, p) for p in prompts]
+        responses = generate_with(cfg.backend, model, tok, encode_prompts(tok, fmt, texts), batch_size=cfg.batch_size,
+                                  max_new_tokens=cfg.max_new_tokens, desc=f"generate {set_name}")
+        set_metrics = {}
+        per_judge = {}
+        for name, judge in judges.items():
+            result = harmful_score(judge, prompts, responses)
+            set_metrics[name] = {k: result[k] for k in ("harmful_score", "empty_share", "n", "ci95")}
+            per_judge[name] = result["flags"]
+        metrics["harmful"][set_name] = set_metrics
+        for i, (p, r) in enumerate(zip(prompts, responses)):
+            records.append({"set": set_name, "prompt": p, "response": r,
+                            "flagged": {name: bool(flags[i]) for name, flags in per_judge.items()}})
+    for task_name in cfg.tasks:
+        if cfg.n_task == 0:
+            continue
+        task = get_task(task_name)
+        rows = task.test_rows()
+        if cfg.n_task > len(rows):
+            raise ClinicError(f"asked for {cfg.n_task} {task_name} test rows but only {len(rows)} exist")
+        rows = rows[: cfg.n_task]
+        samples = [task.sample(r) for r in rows]
+        texts = [format_prompt(tok, fmt, s.instruction, s.input) for s in samples]
+        outputs = generate_with(cfg.backend, model, tok, encode_prompts(tok, fmt, texts), batch_size=cfg.batch_size,
+                                max_new_tokens=task.max_new_tokens, desc=f"generate {task_name}")
+        result = task_accuracy(task, rows, outputs, cfg.task_rule)
+        metrics["tasks"][task_name] = {"accuracy": result["accuracy"], "n": result["n"], "ci95": result["ci95"],
+                                       "rule": cfg.task_rule}
+        for s, out, ok in zip(samples, outputs, result["correct"]):
+            records.append({"set": task_name, "prompt": s.input, "response": out, "correct": bool(ok)})
+    return metrics, records
+
+
+def eval_format(chain: ModelChain, tok, cfg: EvalConfig) -> PromptFormat:
+    """The prompt format for evaluation: explicit, else the training one, else the model's."""
+    if cfg.prompt_style:
+        return PromptFormat(cfg.prompt_style, cfg.system_prompt)
+    if chain.prompt_format:
+        return PromptFormat(**chain.prompt_format)
+    return PromptFormat(default_prompt_style(tok), cfg.system_prompt)
+
+
+def _prepare(ctx: StageContext) -> None:
+    from ..evaluation.judges import get_judge
+
+    cfg = ctx.config
+    for name in cfg.harmful_sets:
+        _prompt_set(name, cfg.n_prompts)  # validate before any work
+    paths = ctx.options.get("judge_models") or {}  # local weights of model judges (clinic evaluate --judge-model)
+    ctx.state["judges"] = ctx.options.get("judges") or {
+        name: get_judge(name, **({"model_path": paths[name]} if name in paths else {})) for name in cfg.judges}
+
+
+def _run(ctx: StageContext) -> None:
+    cfg, chain, run = ctx.config, ctx.chain, ctx.run
+    model_obj, tok = load_chain(chain)
+    fmt = eval_format(chain, tok, cfg)
+    run.write_yaml("config.yaml", {"stage": "evaluate", "model": asdict(chain), "eval": asdict(cfg),
+                                   "prompt_format": asdict(fmt), "versions": package_versions()})
+    start = time.perf_counter()
+    metrics, records = evaluate_model(model_obj, tok, cfg, fmt, ctx.state["judges"])
+    metrics["eval_seconds"] = round(time.perf_counter() - start, 2)
+    run.write_jsonl("generations.jsonl", records)
+    run.write_json("metrics.json", metrics)
+    run.write_json("run.json", {"stage": "evaluate", "model_chain": asdict(chain), "prompt_format": asdict(fmt)})
+
+
+def run_evaluate(model: str, cfg: EvalConfig, output: str | Path, overwrite: bool = False, judges: dict | None = None) -> Path:
+    """Harmful score on each prompt set with each judge, and fine-tune accuracy per task."""
+    return execute("evaluate", cfg, output=output, model=model, overwrite=overwrite, judges=judges)
+
+
+def _from_plan(stage, parent_dir: Path | None, model: str):
+    settings = {k: v for k, v in stage.config.items() if k != "model"}
+    return EvalConfig(**settings), stage.config.get("model") or (str(parent_dir) if parent_dir else model)
+
+
+def _key(cfg: dict) -> tuple:
+    return ("evaluate", cfg.get("n_prompts"), cfg.get("n_task"), cfg.get("max_new_tokens"))
+
+
+def _peer(config: dict, metrics: dict):
+    if metrics.get("eval_seconds") is None:
+        return None
+    return _key(config.get("eval") or {}), metrics["eval_seconds"]
+
+
+def _cost(stage, store: Path, pace: dict):
+    """An evaluation costs what finished ones with the same prompts, task rows and new tokens did."""
+    peers = pace.get(_key(stage.config))
+    if not peers:
+        return None
+    import statistics
+
+    return {"seconds": statistics.median(peers), "basis": f"{len(peers)} finished peer{'s' if len(peers) > 1 else ''}"}
+
+
+register_stage(StageKind("evaluate", EvalConfig, _run, "harmful score (each judge) and task accuracy of a model",
+                         role="measurement", prepare=_prepare, from_plan=_from_plan, peer=_peer, cost=_cost), order=3)
