@@ -15,7 +15,8 @@ from clinic.curation.baselines import k_center_order
 from clinic.modeling.workspace import GradientWorkspace
 from clinic.modeling.gradients import Projector, global_norm
 from clinic.curation.pharmacist import hypergradient, outer_gradient
-from clinic.stages.curate import CurateConfig, rank_scores, run_curate
+from clinic.stages.curate import CurateConfig, run_curate
+from clinic.curation.ranking import rank_scores
 from clinic.data.samples import Sample
 from clinic.errors import ClinicError
 from clinic.modeling.models import tiny_random_model

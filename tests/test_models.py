@@ -8,7 +8,7 @@ import torch
 from clinic.errors import ClinicError
 from clinic.modeling.hooks import attention_modules, decoder_layers
 from clinic.modeling.models import TINY_ARCHS, attach_lora, load_model, merge_adapter, tiny_random_model
-from clinic.modeling.training import LoraFields
+from clinic.modeling.lora import LoraFields
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHS)

@@ -44,7 +44,7 @@ def adapter_weights(run) -> dict[str, torch.Tensor]:
 def _safelora_case(seed: int = 0):
     """A tiny LoRA model with random B, and base/aligned weights differing by random rank-2
     updates, except one layer where they are equal."""
-    from clinic.modeling.training import LoraFields
+    from clinic.modeling.lora import LoraFields
     from clinic.modeling.models import attach_lora, tiny_random_model
 
     model, _tok = tiny_random_model("llama", seed=seed)

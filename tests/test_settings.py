@@ -87,7 +87,7 @@ def test_one_lora_target_list_without_torch():
 
     from clinic.stages.curate import CurateConfig
     from clinic.modeling.training import TrainConfig
-    from clinic.modeling.training import LoraFields
+    from clinic.modeling.lora import LoraFields
     from clinic.settings import LORA_TARGETS
 
     assert LoraFields().lora_targets_list() == list(LORA_TARGETS)

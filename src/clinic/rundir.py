@@ -15,7 +15,6 @@ import glob
 import gzip
 import json
 import os
-import platform
 import re
 import shutil
 import socket
@@ -24,7 +23,6 @@ import tempfile
 import time
 import uuid
 from dataclasses import asdict, is_dataclass
-from importlib import metadata
 from pathlib import Path
 
 import yaml
@@ -39,16 +37,6 @@ DONE = "DONE"
 # process writes a staging folder, so that a stale one (its process gone) can be told apart.
 MARKER = "clinic.json"
 _STAGING = re.compile(r"^\.(?P<name>.+)\.partial-[0-9a-f]{8}$")
-
-
-def package_versions() -> dict[str, str]:
-    out = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for name in ("clinic", "torch", "transformers", "peft", "trl", "datasets", "accelerate"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
 
 
 def check_output_dir(path: str | Path, overwrite: bool, inputs: tuple = ()) -> Path:

@@ -19,6 +19,9 @@ Also the defaults that every layer shares and that must be readable without impo
 from __future__ import annotations
 
 import os
+import platform
+import sys
+from importlib import metadata
 from pathlib import Path
 
 
@@ -156,3 +159,13 @@ def torch_threads(cores: int | None = None, busy: float | None = None) -> tuple[
     threads = max(1, cores - taken)
     return threads, (f"{busy:.1f} of {cores} cores busy with other processes: using {threads} torch thread(s) so "
                      f"that they do not wait on them (set CLINIC_THREADS to choose)")
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for name in ("clinic", "torch", "transformers", "peft", "trl", "datasets", "accelerate"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out

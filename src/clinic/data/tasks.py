@@ -46,14 +46,26 @@ def extract_number(text: str) -> float | None:
     return float(found[-1]) if found else None
 
 
-#: Task name -> class, in the order of definition (register a new task with ``@TASKS.register(name)``).
+#: Task name -> class, in the order of definition (register a new task with ``@register_task(name)``).
 TASKS = Registry("task")
+
+
+def register_task(name: str, order: float = float("inf")):
+    """Class decorator adding a :class:`Task` subclass under ``name`` (the one registration style:
+    every registry of clinic has its ``register_*`` decorator)."""
+
+    def wrap(cls):
+        cls.name = name
+        return TASKS.register(name, cls, order=order)
+
+    return wrap
 
 
 class Task:
     """A benign task: training rows, test rows, sample conversion and scoring."""
 
-    name: str = ""
+    name: str = ""  # set by register_task
+    scored: bool = True  # has an accuracy rule (is_correct): evaluations measure it
     train_source: str = ""
     test_source: str = ""
     max_new_tokens: int = 16
@@ -71,7 +83,7 @@ class Task:
         return load_rows(self.test_source)
 
 
-@TASKS.register("sst2")
+@register_task("sst2")
 class SST2(Task):
     name, train_source, test_source, max_new_tokens = "sst2", "sst2", "sst2-validation", 8
 
@@ -85,7 +97,7 @@ class SST2(Task):
         return label in output or label.capitalize() in output
 
 
-@TASKS.register("agnews")
+@register_task("agnews")
 class AGNews(Task):
     name, train_source, test_source, max_new_tokens = "agnews", "agnews", "agnews-test", 8
 
@@ -98,7 +110,7 @@ class AGNews(Task):
         return any(v in output for v in variants)
 
 
-@TASKS.register("gsm8k")
+@register_task("gsm8k")
 class GSM8K(Task):
     name, train_source, test_source, max_new_tokens = "gsm8k", "gsm8k", "gsm8k-test", 256
 
@@ -114,11 +126,12 @@ class GSM8K(Task):
         return predicted is not None and truth is not None and abs(predicted - truth) < 1e-6
 
 
-@TASKS.register("alpaca")
+@register_task("alpaca")
 class Alpaca(Task):
     """Open-ended instructions: usable as benign fine-tuning data; no accuracy rule."""
 
     name, train_source, test_source, max_new_tokens = "alpaca", "alpaca", "alpaca-eval", 128
+    scored = False
 
     def sample(self, row):
         return Sample(row["prompt"], "", row["response"])
@@ -127,7 +140,9 @@ class Alpaca(Task):
         raise ClinicError("alpaca has no accuracy rule (AlpacaEval needs an external judge)")
 
 
-SCORED_TASKS = ("sst2", "agnews", "gsm8k")
+def scored_tasks() -> tuple[str, ...]:
+    """The tasks with an accuracy rule (their class says ``scored``)."""
+    return tuple(name for name, cls in TASKS.items() if cls.scored)
 
 
 def get_task(name: str) -> Task:

@@ -64,7 +64,7 @@ def expand(exp) -> list[Stage]:
     """The stages of the experiment ``exp`` (a :class:`~.spec.Experiment`), each once, parents first."""
     from ..data.mixture import check_mixture_args
     from ..stages import role_of
-    from ..data.tasks import SCORED_TASKS, get_task
+    from ..data.tasks import get_task, scored_tasks
     from ..stages.evaluate import EvalConfig
 
     stages: list[Stage] = []
@@ -80,7 +80,7 @@ def expand(exp) -> list[Stage]:
             get_task(task)
             if task not in ft_tasks:
                 ft_tasks.append(task)
-    scored = [t for t in ft_tasks if t in SCORED_TASKS]
+    scored = [t for t in ft_tasks if t in scored_tasks()]
 
     def evaluation(model_stage: Stage | None, tasks: list[str], labels: dict) -> Stage:
         cfg = asdict(EvalConfig(**{**eval_settings, "tasks": tasks}))
@@ -108,9 +108,9 @@ def expand(exp) -> list[Stage]:
         labels = {**base_labels_of(seed), "align": entry_a.label, "finetune": entry.label, "task": task,
                   "p": attack.p, "slug": slug, "stage": "finetuned", **attack.labels}
         ft = Stage("finetune", slug, config, align, labels)
-        out = [ft, evaluation(ft, [task] if task in SCORED_TASKS else [], labels)]
+        out = [ft, evaluation(ft, [task] if task in scored_tasks() else [], labels)]
         for rep in _repair_stages(exp.repair, ft, seed):
-            out += [rep, evaluation(rep, [task] if task in SCORED_TASKS else [], rep.labels)]
+            out += [rep, evaluation(rep, [task] if task in scored_tasks() else [], rep.labels)]
         return out + ([sink_stage(ft, labels)] if exp.sink is not None else [])
 
     def base_labels_of(seed: int) -> dict:

@@ -10,12 +10,12 @@ from pathlib import Path
 
 from ..data.formatting import PROMPT_STYLES, PromptFormat, encode_prompts, format_prompt
 from ..data.sources import load_rows
-from ..data.tasks import SCORED_TASKS, SCORING_RULES, get_task
+from ..data.tasks import SCORING_RULES, get_task, scored_tasks
 from ..errors import ClinicError
 from ..evaluation.vllm_backend import BACKENDS  # light: imports vllm only when generating with it
 from ..modeling.chain import ModelChain, load_chain
 from ..modeling.models import default_prompt_style
-from ..rundir import package_versions
+from ..settings import package_versions
 from ..values import check_fields
 from .base import StageContext, StageKind, execute, register_stage
 
@@ -39,7 +39,7 @@ class EvalConfig:
     system_prompt: str | None = field(default=None, metadata={"help": "system prompt for the chat style"})
     backend: str = field(default="hf", metadata={
         "help": "generation backend: hf (batched transformers) or vllm (pip install clinic[vllm]; falls back to hf "
-                "with a warning when vllm is missing)", "choices": BACKENDS})
+                "with a warning when vllm is missing)", "choices": BACKENDS, "label": "generation backend"})
 
     def __post_init__(self):
         check_fields(self, "evaluation setting ")  # types, choices and ranges (metadata)
@@ -57,8 +57,8 @@ class EvalConfig:
                 raise ClinicError(f"{what} {twice[0]!r} is named twice")
         for task in self.tasks:
             get_task(task)
-            if task not in SCORED_TASKS:
-                raise ClinicError(f"task {task!r} has no accuracy rule; choose among {', '.join(SCORED_TASKS)}")
+            if task not in scored_tasks():
+                raise ClinicError(f"task {task!r} has no accuracy rule; choose among {', '.join(scored_tasks())}")
 
 
 def _prompt_set(name: str, n: int) -> list[str]:

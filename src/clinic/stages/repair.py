@@ -135,7 +135,7 @@ def _run(ctx: StageContext) -> None:
 
     from ..modeling.chain import ModelChain
     from ..modeling.device import peak_memory_mb
-    from ..rundir import package_versions
+    from ..settings import package_versions
     from ..repair.base import RepairContext
 
     st, chain, run = ctx.state, ctx.chain, ctx.run

@@ -137,7 +137,7 @@ def _prepare(ctx: StageContext) -> None:
 
 
 def _run(ctx: StageContext) -> None:
-    from ..rundir import package_versions
+    from ..settings import package_versions
 
     cfg, st, run = ctx.config, ctx.state, ctx.run
     models, step_scores = st["models"], st["step_scores"]

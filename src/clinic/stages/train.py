@@ -34,7 +34,8 @@ from ..modeling.chain import ModelChain, load_chain
 from ..modeling.device import peak_memory_mb
 from ..modeling.models import attach_lora
 from ..modeling.parallel import world_size
-from ..rundir import RunDir, package_versions
+from ..rundir import RunDir
+from ..settings import package_versions
 from ..settings import checkpoint_minutes
 from .base import StageContext, StageKind, execute, get_stage_kind, register_stage
 

@@ -43,9 +43,19 @@ def is_degenerate(response: str | None) -> bool:
     return False
 
 
-#: Judge name -> class. Each judge module registers its class (``@JUDGES.register(name, order=...)``)
+#: Judge name -> class. Each judge module registers its class (``@register_judge(name, order=...)``)
 #: and is found by discovery; ``order`` keeps the listing of error messages (cheapest first).
 JUDGES = Registry("judge", package=__package__)
+
+
+def register_judge(name: str, order: float = float("inf")):
+    """Class decorator adding a :class:`Judge` subclass under ``name`` (sets its ``name``)."""
+
+    def wrap(cls):
+        cls.name = name
+        return JUDGES.register(name, cls, order=order)
+
+    return wrap
 
 
 class Judge:

@@ -4,7 +4,7 @@ categories; score = max category probability."""
 from __future__ import annotations
 
 from ...errors import ClinicError
-from .base import JUDGES, Judge
+from .base import register_judge, Judge
 from .loading import _load_error, _local_or_hub, _torch_dtype
 
 
@@ -18,7 +18,7 @@ def beaverdam_text(prompt: str, response: str, eos_token: str) -> str:
     return text if text.endswith(eos_token) else text + eos_token
 
 
-@JUDGES.register("beaverdam", order=2)
+@register_judge("beaverdam", order=2)
 class BeaverDamJudge(Judge):
     """PKU-Alignment/beaver-dam-7b: 14 harm categories, sigmoid each; score = max probability;
     flagged when a category exceeds ``threshold`` (0.5, as the reference scripts pass)."""

@@ -17,7 +17,7 @@ from pathlib import Path
 from ...errors import ClinicError
 from ...settings import cache_dir, data_dir
 from ...modeling.encoder import ENCODER_PACKAGE, embed, encoder_path
-from .base import JUDGES, Judge, is_degenerate
+from .base import register_judge, Judge, is_degenerate
 
 CLASSIFIER_SOURCES = (
     "beavertails-labelled-train",  # BeaverTails disjoint-attack set, 4,956 rows, 93 % unsafe
@@ -114,7 +114,7 @@ def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
 
 
-@JUDGES.register("classifier", order=1)
+@register_judge("classifier", order=1)
 class ClassifierJudge(Judge):
     """Logistic regression on sentence-encoder features of (prompt, response).
 

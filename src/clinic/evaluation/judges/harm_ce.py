@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ...errors import ClinicError
 from ...settings import data_dir
-from .base import JUDGES, Judge, is_degenerate
+from .base import register_judge, Judge, is_degenerate
 from ...modeling.encoder import ENCODER_PACKAGE, encoder_path
 from .classifier import heldout_prompt, heldout_rows, training_rows
 
@@ -296,7 +296,7 @@ def load_harm_ce(weights_dir: str | Path = WEIGHTS_DIR):
     return model, load_tokenizer(), meta
 
 
-@JUDGES.register("harm-ce", order=4)
+@register_judge("harm-ce", order=4)
 class HarmCEJudge(Judge):
     """Cross-encoder judge: P(harmful | prompt, response) from the shipped fine-tuned MiniLM.
 

@@ -4,7 +4,7 @@ verdict ``safe`` / ``unsafe``."""
 from __future__ import annotations
 
 from ...errors import ClinicError
-from .base import JUDGES, Judge
+from .base import register_judge, Judge
 from .loading import _load_error, _local_or_hub, _torch_dtype
 
 
@@ -36,7 +36,7 @@ def llamaguard_score(text: str) -> float:
     return 1.0 if "unsafe" in (text or "").lower() else 0.0
 
 
-@JUDGES.register("llamaguard", order=3)
+@register_judge("llamaguard", order=3)
 class LlamaGuardJudge(Judge):
     """Llama Guard 3: the tokenizer's chat template over [user prompt, assistant answer],
     greedy decoding of ``max_new_tokens`` tokens, verdict from the first line."""
