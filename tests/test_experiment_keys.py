@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import yaml
 
 from clinic.errors import ClinicError
 from clinic.experiment import Experiment
@@ -120,3 +121,31 @@ def test_the_block_key_table_in_the_docs_is_current():
     page = (Path(__file__).resolve().parents[1] / "docs" / "experiments.md").read_text(encoding="utf-8")
     table = page.split("<!-- block-keys -->\n", 1)[1].split("\n<!-- /block-keys -->", 1)[0]
     assert table == keys_markdown(), "regenerate the table in docs/experiments.md from clinic.experiment.blocks.keys_markdown()"
+
+
+def test_the_execution_block_is_known_checked_and_never_hashed(data_dir, tmp_path):
+    """device, dtype, executor, store and resources are execution settings: the validator knows
+    them (a typo or a bad value is a one-line error), the plan's hashes ignore them, and a resume
+    accepts a file whose only change is there."""
+    from clinic.experiment import run_experiment
+
+    raw = tiny()
+    plain = [s.dirname for s in Experiment.from_dict(raw).plan()]
+    run_on = {**raw, "execution": {"device": "cpu", "dtype": "bfloat16", "executor": "local",
+                                   "store": str(tmp_path / "store")}}
+    assert [s.dirname for s in Experiment.from_dict(run_on).plan()] == plain
+    with pytest.raises(ClinicError, match=r"unknown key 'devise' in execution \(did you mean 'device'\?\)"):
+        Experiment.from_dict({**raw, "execution": {"devise": "cpu"}})
+    with pytest.raises(ClinicError, match="unknown executor 'slurm'"):
+        Experiment.from_dict({**raw, "execution": {"executor": "slurm"}})
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    first.write_text(yaml.safe_dump(raw))
+    second.write_text(yaml.safe_dump(run_on))
+    root = run_experiment(first, tmp_path / "run", dry_run=True)
+    (root / "experiment.yaml").parent.mkdir(parents=True, exist_ok=True)
+    (root / "experiment.yaml").write_text(first.read_text())
+    run_experiment(second, tmp_path / "run", dry_run=True)  # not "a different experiment"
+    other = {**raw, "seeds": [1]}
+    second.write_text(yaml.safe_dump(other))
+    with pytest.raises(ClinicError, match="holds a different experiment"):
+        run_experiment(second, tmp_path / "run", dry_run=True)

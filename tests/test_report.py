@@ -240,3 +240,31 @@ def test_label_cells_keep_the_poison_ratio_as_written():
 
     assert [_label_cell(v) for v in (0.05, 0.1, 0.0, 0.2)] == ["0.05", "0.1", "0", "0.2"]
     assert _label_cell([0, 1]) == "0,1" and _label_cell(None) == "" and _label_cell("sft") == "sft"
+
+
+def test_the_report_leads_with_one_screen_and_names_every_judge_it_shows(tmp_path):
+    """The adaptive experiment's report: the first screen is each defence's worst case under the
+    guard against SFT's (the figure and a four-row table, harm-ce the headline), the wide tables
+    come after, folded; the header names every judge the tables show, re-judged ones included
+    (the evaluate stages ran keyword and classifier; harm-ce was added by benchmarks/rejudge.py)."""
+    import re
+
+    from clinic.report.tables import write_report
+
+    results = Path(__file__).resolve().parents[1] / "results" / "adaptive-smollm2"
+    root = tmp_path / "exp"
+    root.mkdir()
+    for name in ("plan.json", "experiment.yaml"):
+        (root / name).write_text((results / name).read_text())
+    plan = json.loads((root / "plan.json").read_text())
+    plan["store"] = str((results / plan["store"]).resolve())
+    (root / "plan.json").write_text(json.dumps(plan))
+    page = (write_report(root, tmp_path / "report") / "report.html").read_text()
+    assert "judges in the tables: keyword, classifier, harm-ce" in page
+    glance, details = page.split("<h2>Details</h2>")
+    assert "At a glance: HS harm-ce [beavertails-test]" in glance and "adaptive.png" in glance
+    first = glance.split("<table class='glance'>")[1].split("</table>")[0]
+    assert first.count("<tr>") == 1 + 4  # header + sft, lisa, surgery, tvaccine
+    assert "sft → surgery" in first and "advantage over SFT holds" in first
+    assert "<details><summary>Every evaluated model (35 rows)" in details
+    assert not re.search(r"<table(?! class='glance')", glance)  # nothing wide before the details

@@ -1,7 +1,7 @@
 """``clinic repair``: repair a LoRA fine-tuned model after fine-tuning (:mod:`clinic.repair`).
 
 Options: the run's own (model, method, output), the repair settings
-(:class:`clinic.stages.repair.RepairSettings` fields) and the options of every repair method.
+(:class:`clinic.repair.base.RepairSettings` fields) and the options of every repair method.
 """
 
 from __future__ import annotations

@@ -13,12 +13,13 @@ stage lives in ``<store>/<kind>-<label>-<hash>``. Identical stages are therefore
 fine-tuning runs on one aligned model align it once, and two experiment files pointing at the
 same ``--store`` share their common stages.
 
-Resuming: every stage writes through :class:`clinic.rundir.RunDir` (staging folder, renamed into
-place when complete, ``DONE`` last). A killed runner (even ``kill -9``) leaves at most a
-``.<stage>.partial-*`` folder, which the next run deletes before re-running that stage from its
-start; finished stages are skipped. Stages restart from scratch rather than from a training
-checkpoint: on CPU a stage is deterministic, so a resumed experiment gives the same metrics as an
-uninterrupted one (tested).
+Resuming: every stage runs through :func:`clinic.stages.execute`, which writes through
+:class:`clinic.rundir.RunDir` (staging folder, renamed into place when complete, ``DONE`` last).
+A killed runner (even ``kill -9``) leaves at most a ``.<stage>.partial-*`` folder: the next run
+deletes it and re-runs that stage, except a training stage's with a checkpoint (written every
+``CLINIC_CHECKPOINT_MINUTES``, default 10), from which the stage resumes (clinic.methods.checkpoints;
+a resumed SFT stage ends with the same weights as an uninterrupted one, tested). Finished stages
+are skipped.
 
 One module per concern:
 
@@ -28,7 +29,10 @@ One module per concern:
 - :mod:`.plan`: the expansion into :class:`~.plan.Stage` objects and their hashes;
 - :mod:`.runner`: running and resuming (:func:`~.runner.run_experiment`, stage locks, ``plan.json``);
 - :mod:`.estimate`: what the stages still to run will cost, at the pace of the store's finished
-  stages and of any folder of them (``clinic run --dry-run [--pace results]``).
+  stages and of any folder of them (``clinic run --dry-run [--pace results]``);
+- :mod:`.blocks`: the curate, align, finetune and execution blocks as dataclasses;
+- :mod:`.attacks`: the adaptive attacker's spaces and budgeted searches;
+- :mod:`.demo`: ``clinic demo`` as a built-in experiment.
 """
 
 from __future__ import annotations

@@ -73,10 +73,12 @@ def run_experiment(path: str | Path | Experiment, output: str | Path | None = No
     stages = exp.plan()
     chosen = select(stages, list(only)) if only else stages
     root = Path(output or Path("runs") / exp.name).expanduser().resolve()
+    store = store or exp.execution.store  # --store, else the file's execution block, else <output>/stages
     store_dir = Path(store).expanduser().resolve() if store else root / "stages"
     recorded = root / "experiment.yaml"
     if recorded.exists() and _recorded_content(recorded) != _canonical(exp.parsed):
-        # the parsed content, not the bytes: an edited comment or reformatting is the same experiment
+        # the parsed content, not the bytes: an edited comment or reformatting is the same experiment,
+        # and so is one whose only change is how it runs (the execution block)
         raise ClinicError(f"{root} holds a different experiment (its experiment.yaml differs); "
                           f"choose another --output")
     if root.exists() and not root.is_dir():
@@ -137,6 +139,9 @@ def run_experiment(path: str | Path | Experiment, output: str | Path | None = No
 
 
 def _canonical(content) -> str:
+    """The experiment's content as compared on resume: without the execution block, which says
+    how and where it runs, not what it computes."""
+    content = {k: v for k, v in content.items() if k != "execution"} if isinstance(content, dict) else content
     return json.dumps(content, sort_keys=True, default=str)
 
 

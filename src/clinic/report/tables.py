@@ -193,15 +193,6 @@ def adaptive_markdown(entries: list[dict]) -> str:
     return "\n".join(parts + [ADAPTIVE_NOTE, ""])
 
 
-def _html_table(header: list[str], body: list[list]) -> str:
-    import html
-
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in header)
-    cells = "".join("<tr>" + "".join(f"<td>{html.escape(f'{v:.1f}' if isinstance(v, float) else str(v))}</td>"
-                                     for v in row) + "</tr>" for row in body)
-    return f"<table><tr>{head}</tr>{cells}</table>"
-
-
 def provenance(plan: dict, store) -> dict:
     """Model, data files with SHA-256, judges and package versions behind an experiment."""
     import hashlib
@@ -288,13 +279,12 @@ def write_report(root, out_dir=None, overwrite: bool = False, guard=None):
     """``results.{md,csv,json}``, figures and a self-contained ``report.html`` for an experiment;
     with an attack space also ``adaptive.csv`` and the adaptive-attacker section (``guard``: a
     :class:`clinic.report.adaptive.Guard`, default within 5 points of the best attack's accuracy)."""
-    import base64
     import csv
-    import html
     import shutil
     from pathlib import Path
 
     from .figures import figures as draw_figures
+    from .html import report_html
     from ..rundir import RunDir
 
     root = Path(root)
@@ -322,26 +312,7 @@ def write_report(root, out_dir=None, overwrite: bool = False, guard=None):
                 writer.writerows(flat_adaptive)
         figures = draw_figures(rows, out, adaptive)
         done = sum((store / s["dir"] / "DONE").exists() for s in plan["stages"])
-        images = "".join(
-            f'<figure><img src="data:image/png;base64,{base64.b64encode((out / f).read_bytes()).decode()}">'
-            f"<figcaption>{html.escape(f)}</figcaption></figure>" for f in figures)
-        adaptive_html = "".join(f"<h3>{html.escape(column)}</h3>{_html_table(h, b)}"
-                                for column, h, b in adaptive_tables(adaptive))
-        files = "".join(f"<tr><td>{html.escape(n)}</td><td>{html.escape(str(f['path']))}</td>"
-                        f"<td><code>{f['sha256']}</code></td></tr>" for n, f in prov["data_files"].items())
-        versions = html.escape(", ".join(f"{k} {v}" for k, v in prov["versions"].items()))
-        (out / "report.html").write_text(
-            f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(plan['name'])}</title>"
-            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
-            "td,th{border:1px solid #ccc;padding:3px 6px}img{max-width:100%}</style></head><body>"
-            f"<h1>clinic experiment: {html.escape(plan['name'])}</h1>"
-            f"<p>model <b>{html.escape(plan['model'])}</b>; {done}/{len(plan['stages'])} stages finished; "
-            f"judges: {html.escape(', '.join(prov['judges']))}</p>"
-            f"<h2>Results</h2>{_html_table(header, body)}<p>{html.escape(TABLE_NOTE)}</p>"
-            + (f"<h2>Adaptive attacker</h2>{adaptive_html}<p>{html.escape(ADAPTIVE_NOTE)}</p>" if adaptive else "") +
-            f"<h2>Figures</h2>{images or '<p>(no fine-tuned runs to plot yet)</p>'}"
-            f"<h2>Provenance</h2><p>{versions}</p><table><tr><th>dataset</th><th>file</th><th>sha256</th></tr>{files}"
-            "</table></body></html>\n")
+        (out / "report.html").write_text(report_html(plan, rows, adaptive, prov, figures, out, done, (header, body)))
     shutil.copyfile(out_dir / "results.md", root / "results.md")
     print(f"report: {out_dir / 'report.html'} ({len(rows)} evaluated models)")
     return out_dir
