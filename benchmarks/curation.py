@@ -111,7 +111,7 @@ def main(argv=None) -> dict:
     from clinic.stages.curate import CurateConfig, run_curate
     from clinic.evaluation.judges import get_judge
     from clinic.modeling.training import train_config
-    from clinic.stages.train import DataSpec, run_train
+    from clinic.stages.train import DataConfig, run_train
     from clinic.stages.evaluate import EvalConfig, run_evaluate
     from clinic.rundir import read_metrics
     from clinic.report.tables import markdown_table
@@ -150,13 +150,13 @@ def main(argv=None) -> dict:
         once(align_dir, lambda: run_train(
             "align", model=args.model, method=method,
             train=train_config("cpu-align", lr=args.align_lr, epochs=args.align_epochs, **common),
-            data=DataSpec(source=str(subset)), output=align_dir))
+            data=DataConfig(source=str(subset)), output=align_dir))
         attack_dir = work / f"attack-{method}-{data_label}"
         print(f"[finetune] {method} on {data_label}", flush=True)
         once(attack_dir, lambda: run_train(
             "finetune", model=str(align_dir), method="sft",
             train=train_config("cpu-finetune", lr=args.finetune_lr, **common),
-            data=DataSpec(task="sst2", n=args.n_finetune, poison_ratio=args.poison_ratio), output=attack_dir))
+            data=DataConfig(task="sst2", n=args.n_finetune, poison_ratio=args.poison_ratio), output=attack_dir))
         record = {"align_method": method, "data": data_label, "align": read_metrics(align_dir)}
         stages = [("attacked", attack_dir)] + ([("aligned", align_dir)] if args.eval_aligned else [])
         for label, model_dir in stages:

@@ -94,7 +94,7 @@ def stages(work: Path, data: dict[str, Path], bf16: bool) -> list[tuple[str, lis
     train = ["--max-steps", "6", "--batch-size", "4", "--max-length", "96", "--logging-steps", "1", *precision]
     return [
         ("align-tvaccine", ["align", "--model", str(work / "model"), "--method", "tvaccine", "--source", str(data["align"]),
-                            "--n", "32", "--harmful-data", str(data["harmful"]), "--harmful-size", "16",
+                            "--n", "32", "--harmful-source", str(data["harmful"]), "--harmful-size", "16",
                             "--active-layers", "8", "--resample-every", "2", "--score-every", "3", *train,
                             "--output", str(work / "align")]),
         ("finetune-surgery", ["finetune", "--model", str(work / "align"), "--method", "surgery",

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from clinic.stages.curate import CurateConfig, run_curate
     from clinic.modeling.training import train_config
-    from clinic.stages.train import DataSpec, run_train
+    from clinic.stages.train import DataConfig, run_train
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
         timer = StepTimer()
         run_train("align", model=args.model, method=method,
                   train=train_config(args.preset, epochs=1, max_steps=args.steps + 1, logging_steps=1, **overrides),
-                  data=DataSpec(source="refusals", n=refusals, helpful="alpaca", helpful_n=helpful),
+                  data=DataConfig(source="refusals", n=refusals, helpful="alpaca", helpful_n=helpful),
                   output=work / f"align-{method}", method_options=METHOD_OPTIONS.get(method),
                   overwrite=True, callbacks=[timer])
         timed = timer.seconds[1:]

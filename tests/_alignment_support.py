@@ -126,7 +126,7 @@ def chains(tmp_path_factory):
 
     if not Path(os.environ.get("CLINIC_DATA_DIR", "/nonexistent")).exists():
         pytest.skip("CLINIC_DATA_DIR is not set (the data directory ../shared/data is missing)")
-    from clinic.stages.train import DataSpec, run_train
+    from clinic.stages.train import DataConfig, run_train
 
     quiet()
     built = {}
@@ -135,10 +135,10 @@ def chains(tmp_path_factory):
         if arch not in built:
             root = tmp_path_factory.mktemp(f"chain-{arch}")
             train = train_config("cpu-align", max_steps=2, batch_size=4, max_length=256, logging_steps=1, lr=1e-2)
-            align = run_train("align", model=f"tiny-random-{arch}", train=train, data=DataSpec(source="refusals", n=8),
+            align = run_train("align", model=f"tiny-random-{arch}", train=train, data=DataConfig(source="refusals", n=8),
                               output=root / "align")
             ft = run_train("finetune", model=str(align), train=train,
-                           data=DataSpec(task="sst2", n=8, poison_ratio=0.5), output=root / "ft")
+                           data=DataConfig(task="sst2", n=8, poison_ratio=0.5), output=root / "ft")
             built[arch] = ft
         return built[arch]
 

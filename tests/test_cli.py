@@ -305,12 +305,12 @@ def _settings_classes():
     from clinic.modeling.training import TrainConfig
     from clinic.methods.registry import methods_for
     from clinic.stages.evaluate import EvalConfig
-    from clinic.repair import RepairSettings, repair_methods
+    from clinic.repair import RepairConfig, repair_methods
     from clinic.sink.config import SinkConfig
 
     stages = {stage: [TrainConfig, *{spec.config for spec in methods_for(stage).values()}] for stage in ("align", "finetune")}
     return {**stages, "evaluate": [EvalConfig], "curate": [CurateConfig], "sink": [SinkConfig], "demo": [DemoConfig],
-            "repair": [RepairSettings, *{spec.config for spec in repair_methods().values()}]}
+            "repair": [RepairConfig, *{spec.config for spec in repair_methods().values()}]}
 
 
 @pytest.mark.parametrize("command", ["align", "finetune", "evaluate", "curate", "sink", "demo", "repair"])
@@ -353,6 +353,9 @@ def test_the_sink_settings_are_run_sink_analysis_keywords():
     ("align", "--data", "my.jsonl", "source", "my.jsonl"),
     ("finetune", "--data", "my.jsonl", "source", "my.jsonl"),
     ("finetune", "--harmful-data", "advbench", "harmful_source", "advbench"),
+    ("align", "--harmful-data", "advbench", "harmful_source", "advbench"),  # one name: the methods' harmful stream
+    ("curate", "--data", "my.jsonl", "source", "my.jsonl"),
+    ("curate", "--harmful-data", "advbench", "harmful_source", "advbench"),
     ("sink", "--sink-mode", "most_attended", "mode", "most_attended"),
 ])
 def test_old_option_spellings_still_work_with_one_warning_line(capsys, command, old, value, field, parsed):

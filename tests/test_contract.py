@@ -76,7 +76,7 @@ def test_registration_and_engine_declaration(stage, method):
         assert f.metadata.get("help"), f"{method}.{f.name} has no help text"
     for stream, fields in spec.config.streams.items():
         assert set(fields) <= names, f"{method}: stream {stream} names fields the config lacks"
-    if {"harmful_data", "harmful_size"} <= names:  # the shared fields come from the one mixin
+    if {"harmful_source", "harmful_size"} <= names:  # the shared fields come from the one mixin
         from clinic.methods.config import HarmfulStreamConfig
 
         assert issubclass(spec.config, HarmfulStreamConfig)
@@ -169,10 +169,10 @@ def _assert_same_weights(a: dict, b: dict, what: str):
 @pytest.mark.parametrize("stage,method", STAGED)
 def test_run_directory_reloads_and_runs_are_deterministic(tmp_path, data_dir, stage, method):
     from clinic.modeling.training import train_config
-    from clinic.stages.train import DataSpec, run_train
+    from clinic.stages.train import DataConfig, run_train
 
     quiet()
-    data = DataSpec(source="refusals", n=8) if stage == "align" else DataSpec(task="sst2", n=8, poison_ratio=0.5)
+    data = DataConfig(source="refusals", n=8) if stage == "align" else DataConfig(task="sst2", n=8, poison_ratio=0.5)
     train = train_config(f"cpu-{stage}", max_steps=2, batch_size=2, max_length=256, logging_steps=1, seed=3)
     runs, logits = [], []
     for i in range(2):
@@ -197,10 +197,10 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path, data_dir, stag
     import json
 
     from clinic.modeling.training import train_config
-    from clinic.stages.train import DataSpec, run_train
+    from clinic.stages.train import DataConfig, run_train
 
     quiet()
-    data = DataSpec(source="refusals", n=8) if stage == "align" else DataSpec(task="sst2", n=8, poison_ratio=0.5)
+    data = DataConfig(source="refusals", n=8) if stage == "align" else DataConfig(task="sst2", n=8, poison_ratio=0.5)
     train = train_config(f"cpu-{stage}", max_steps=3, batch_size=2, max_length=256, logging_steps=1, seed=3)
     monkeypatch.setenv("CLINIC_CHECKPOINT_MINUTES", "1e-9")
     with pytest.raises(KeyboardInterrupt):
@@ -224,13 +224,13 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path, data_dir, stag
 def test_repair_changes_the_adapter_reloads_and_is_deterministic(chains, tmp_path, method, arch):
     import json
 
-    from clinic.repair.base import RepairSettings
+    from clinic.repair.base import RepairConfig
     from clinic.stages.repair import run_repair
 
     ft = chains(arch)
     original = _adapter(ft)
     runs = [run_repair(str(ft), method, tmp_path / f"{method}{i}", REPAIR_EXERCISE.get(method, {}),
-                       RepairSettings(batch_size=4, seed=3), progress=False) for i in range(2 if arch == "llama" else 1)]
+                       RepairConfig(batch_size=4, seed=3), progress=False) for i in range(2 if arch == "llama" else 1)]
     repaired = _adapter(runs[0])
     assert set(repaired) == set(original)
     changed = [k for k in original if not torch.equal(original[k], repaired[k])]

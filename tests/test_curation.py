@@ -345,7 +345,7 @@ def test_diversity_with_the_packaged_encoder():
 
 def test_cli_curate_writes_everything_and_the_subset_aligns(tmp_path, capsys, data_dir):
     from clinic.modeling.training import train_config
-    from clinic.stages.train import DataSpec, run_train
+    from clinic.stages.train import DataConfig, run_train
 
     out = tmp_path / "curate"
     code = main(["curate", "--model", "tiny-random-llama", "--selector", "pharmacist", "--ratio", "0.5",
@@ -381,7 +381,7 @@ def test_cli_curate_writes_everything_and_the_subset_aligns(tmp_path, capsys, da
 
     aligned = run_train("align", model="tiny-random-llama", method="sft",
                         train=train_config("cpu-align", max_steps=1, batch_size=3, max_length=320),
-                        data=DataSpec(source=str(out / "subset.jsonl")), output=tmp_path / "align")
+                        data=DataConfig(source=str(out / "subset.jsonl")), output=tmp_path / "align")
     record = json.loads((aligned / "data_indices.json").read_text())
     assert record["train"]["n"] == 6
 
@@ -447,7 +447,7 @@ def test_experiment_curate_block(tmp_path, data_dir):
              "options": {"n_candidates": 6, "n_validation": 2}}
     cfg = curate_config(block)
     assert (cfg.selector, cfg.ratio, cfg.seed, cfg.n_candidates, cfg.k) == ("random", 0.5, 1, 6, None)
-    with pytest.raises(ClinicError, match="unknown curate option"):
+    with pytest.raises(ClinicError, match="in curate options"):
         curate_config({**block, "options": {"gama": 1.0}})
     with pytest.raises(ClinicError, match="unknown selector"):
         curate_config({**block, "selector": "best"})

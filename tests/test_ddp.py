@@ -80,7 +80,7 @@ def _rows(path: Path, kind: str) -> Path:
 def _argv(method: str, data: Path, harm: Path) -> list[str]:
     """The command line of one method's run: the methods' own settings where they need them, else
     the method's first stage on the data (with the harmful stream, if its config has one)."""
-    harmful = ["--harmful-data", str(harm), "--harmful-size", "8"]
+    harmful = ["--harmful-source", str(harm), "--harmful-size", "8"]
     known = {
         "sft": ["align", "--method", "sft", "--source", str(data)],
         "vaccine": ["align", "--method", "vaccine", "--source", str(data)],
@@ -101,7 +101,7 @@ def _argv(method: str, data: Path, harm: Path) -> list[str]:
     from clinic.methods.registry import METHODS
 
     spec = METHODS[method]
-    streams = harmful if "harmful_data" in {f.name for f in dataclasses.fields(spec.config)} else []
+    streams = harmful if "harmful_source" in {f.name for f in dataclasses.fields(spec.config)} else []
     return [spec.stages[0], "--method", method, "--source", str(data), *streams]
 
 

@@ -158,7 +158,7 @@ def test_curate_block_feeds_the_alignments(tmp_path, data_dir):
     assert len(subset) == 4
     indices = json.loads((store / plan[1].dirname / "data_indices.json").read_text())
     assert indices["train"]["n"] == 4  # the alignment trained on the curated subset
-    with pytest.raises(ClinicError, match="unknown curate option"):
+    with pytest.raises(ClinicError, match="in curate options"):
         Experiment.from_dict({**exp, "curate": {"selector": "random", "ratio": 0.5, "options": {"gama": 1}}})
 
     # helpful rows are mixed into the curated subset as into uncurated data (they are not candidates)

@@ -28,14 +28,14 @@ def _fields(cls) -> set[str]:
 def test_the_keys_are_the_fields_of_the_commands_dataclasses():
     from clinic.modeling.training import TrainConfig
     from clinic.stages.evaluate import EvalConfig
-    from clinic.repair import RepairSettings
+    from clinic.repair import RepairConfig
     from clinic.sink.config import SinkConfig
 
     keys = block_keys()
     assert keys["train"] == _fields(TrainConfig)
     assert keys["evaluate"] == _fields(EvalConfig) | {"base", "aligned"}
     assert keys["sink"] == _fields(SinkConfig) | {"aligned"}
-    assert keys["repair"] == _fields(RepairSettings) - {"seed"} | {"methods"}  # the seed is the file's
+    assert keys["repair"] == _fields(RepairConfig) - {"seed"} | {"methods"}  # the seed is the file's
 
 
 def test_every_sink_setting_is_a_key_and_reaches_the_stage(data_dir):
@@ -149,3 +149,18 @@ def test_the_execution_block_is_known_checked_and_never_hashed(data_dir, tmp_pat
     second.write_text(yaml.safe_dump(other))
     with pytest.raises(ClinicError, match="holds a different experiment"):
         run_experiment(second, tmp_path / "run", dry_run=True)
+
+
+def test_a_renamed_setting_keeps_its_old_key_and_its_hash(data_dir):
+    """harmful_data became harmful_source (one name per concept, as in the fine-tuning data): an
+    experiment file may still say harmful_data, and the stage hashes are the ones published
+    (the plan hashes the field under its old name)."""
+    raw = tiny(align={"methods": [{"name": "booster", "harmful_size": 8}], "n": 8})
+    new = tiny(align={"methods": [{"name": "booster", "harmful_size": 8, "harmful_source": "beavertails-harmful"}],
+                      "n": 8})
+    old = tiny(align={"methods": [{"name": "booster", "harmful_size": 8, "harmful_data": "beavertails-harmful"}],
+                      "n": 8})
+    plans = [[s.dirname for s in Experiment.from_dict(r).plan()] for r in (raw, new, old)]
+    assert plans[0] == plans[1] == plans[2]
+    align = next(s for s in Experiment.from_dict(new).plan() if s.kind == "align")
+    assert align.config["options"]["harmful_data"] == "beavertails-harmful" and "harmful_source" not in align.config["options"]

@@ -50,16 +50,16 @@ def test_unknown_task():
 def test_alignment_data_mixes_helpful_rows(data_dir):
     """--helpful adds helpful_n seeded rows of an instruction set after the refusals, recorded."""
     from clinic.data.sources import load_rows
-    from clinic.stages.train import DataSpec, _training_samples
+    from clinic.stages.train import DataConfig, _training_samples
 
-    samples, manifest = _training_samples("align", DataSpec(source="refusals", n=5, helpful="alpaca", helpful_n=3), seed=1)
+    samples, manifest = _training_samples("align", DataConfig(source="refusals", n=5, helpful="alpaca", helpful_n=3), seed=1)
     assert manifest["n"] == 8 and len(samples) == 8
     assert len(manifest["indices"]["refusals"]) == 5 and len(manifest["indices"]["alpaca"]) == 3
     alpaca = load_rows("alpaca", kind="qa")
     assert [s.output for s in samples[5:]] == [alpaca[i]["response"] for i in manifest["indices"]["alpaca"]]
-    again, _ = _training_samples("align", DataSpec(source="refusals", n=5, helpful="alpaca", helpful_n=3), seed=1)
+    again, _ = _training_samples("align", DataConfig(source="refusals", n=5, helpful="alpaca", helpful_n=3), seed=1)
     assert again == samples
-    plain, plain_manifest = _training_samples("align", DataSpec(source="refusals", n=5), seed=1)
+    plain, plain_manifest = _training_samples("align", DataConfig(source="refusals", n=5), seed=1)
     assert plain == samples[:5] and list(plain_manifest["indices"]) == ["refusals"]
 
 
@@ -70,7 +70,7 @@ def test_alignment_data_mixes_helpful_rows(data_dir):
     (dict(helpful="alpaca", helpful_n=0), "positive integer"),
 ])
 def test_helpful_mix_bad_settings(data_dir, spec, message):
-    from clinic.stages.train import DataSpec, check_data_spec
+    from clinic.stages.train import DataConfig, check_data_spec
 
     with pytest.raises(ClinicError, match=message):
-        check_data_spec("align", DataSpec(source="refusals", n=5, **spec))
+        check_data_spec("align", DataConfig(source="refusals", n=5, **spec))

@@ -13,17 +13,17 @@ import torch
 from _alignment_support import chains, cpu_settings, quiet  # noqa: F401
 
 from clinic.errors import ClinicError
-from clinic.repair.base import RepairContext, RepairSettings, lora_layers
+from clinic.repair.base import RepairContext, RepairConfig, lora_layers
 from clinic.stages.repair import _fine_tuned, run_repair
 
 ARCHS = ("llama", "qwen2", "gemma", "mistral")
 
 
-def context(ft, settings: RepairSettings | None = None, references: dict | None = None) -> RepairContext:
+def context(ft, settings: RepairConfig | None = None, references: dict | None = None) -> RepairContext:
     from clinic.data.formatting import PromptFormat
 
     chain, record, config = _fine_tuned(str(ft))
-    return RepairContext(chain, PromptFormat(**record["prompt_format"]), settings or RepairSettings(batch_size=4),
+    return RepairContext(chain, PromptFormat(**record["prompt_format"]), settings or RepairConfig(batch_size=4),
                          config, references, progress=False)
 
 
@@ -118,9 +118,9 @@ def test_safelora_without_an_alignment_adapter_needs_named_models(chains, tmp_pa
     record = json.loads((ft / "run.json").read_text())
     assert len(record["model_chain"]["adapters"]) == 2  # base + align + finetune: the default references exist
     from clinic.modeling.training import train_config
-    from clinic.stages.train import DataSpec, run_train
+    from clinic.stages.train import DataConfig, run_train
 
-    direct = run_train("finetune", model="tiny-random-llama", data=DataSpec(task="sst2", n=4, poison_ratio=0.5),
+    direct = run_train("finetune", model="tiny-random-llama", data=DataConfig(task="sst2", n=4, poison_ratio=0.5),
                        train=train_config("cpu-align", max_steps=1, batch_size=4, logging_steps=1), output=tmp_path / "ft")
     with pytest.raises(ClinicError, match="--base-model and --aligned-model"):
         run_repair(str(direct), "safelora", tmp_path / "rep")
@@ -138,15 +138,15 @@ def test_safelora_follows_a_fully_fine_tuned_alignment_back_to_its_base(tmp_path
     the aligned chain loaded anew."""
     from clinic.modeling.training import train_config
     from clinic.modeling.chain import ModelChain, load_chain
-    from clinic.stages.train import DataSpec, run_train
+    from clinic.stages.train import DataConfig, run_train
     from clinic.stages.repair import references
 
     quiet()
     train = train_config("cpu-align", max_steps=1, batch_size=4, logging_steps=1, lr=1e-2)
     align = run_train("align", model="tiny-random-llama", train=train_config("cpu-align", max_steps=1, batch_size=4,
-                      logging_steps=1, lr=1e-3, full_ft=True), data=DataSpec(source="refusals", n=4), output=tmp_path / "al")
+                      logging_steps=1, lr=1e-3, full_ft=True), data=DataConfig(source="refusals", n=4), output=tmp_path / "al")
     ft = run_train("finetune", model=str(align), train=dataclasses.replace(train, max_length=300),
-                   data=DataSpec(task="sst2", n=4, poison_ratio=0.5), output=tmp_path / "ft")
+                   data=DataConfig(task="sst2", n=4, poison_ratio=0.5), output=tmp_path / "ft")
     chain, _record, _config = _fine_tuned(str(ft))
     refs = references(chain, None, None)
     assert refs["base"] == ModelChain("tiny-random-llama", [])

@@ -25,7 +25,7 @@ CHILD = textwrap.dedent("""
     import os, signal, sys
     from transformers import TrainerCallback
     from clinic.modeling.training import train_config
-    from clinic.stages.train import DataSpec, run_train
+    from clinic.stages.train import DataConfig, run_train
 
     class Kill(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
@@ -34,7 +34,7 @@ CHILD = textwrap.dedent("""
 
     run_train("align", model="tiny-random-llama", method="sft",
               train=train_config("cpu-align", max_steps={steps}, batch_size=2, lr={lr}, logging_steps=1),
-              data=DataSpec(source="refusals", n=16), output=sys.argv[1], callbacks=[Kill()])
+              data=DataConfig(source="refusals", n=16), output=sys.argv[1], callbacks=[Kill()])
 """)
 
 
@@ -55,14 +55,14 @@ class _Steps:
 
 def _train(output, lr=5e-4, steps=None, **env):
     from clinic.modeling.training import train_config
-    from clinic.stages.train import DataSpec, run_train
+    from clinic.stages.train import DataConfig, run_train
 
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
         return run_train("align", model="tiny-random-llama", method="sft",
                          train=train_config("cpu-align", max_steps=STEPS, batch_size=2, lr=lr, logging_steps=1),
-                         data=DataSpec(source="refusals", n=16), output=output,
+                         data=DataConfig(source="refusals", n=16), output=output,
                          callbacks=[steps] if steps is not None else None)
     finally:
         for k, v in old.items():
@@ -124,12 +124,12 @@ def test_ctrl_c_keeps_the_checkpoint_and_the_next_run_resumes(tmp_path, data_dir
     os.environ["CLINIC_CHECKPOINT_MINUTES"] = "1e-9"
     try:
         from clinic.modeling.training import train_config
-        from clinic.stages.train import DataSpec, run_train
+        from clinic.stages.train import DataConfig, run_train
 
         with pytest.raises(KeyboardInterrupt):
             run_train("align", model="tiny-random-llama", method="sft",
                       train=train_config("cpu-align", max_steps=STEPS, batch_size=2, lr=5e-4, logging_steps=1),
-                      data=DataSpec(source="refusals", n=16), output=tmp_path / "run", callbacks=[Interrupt()])
+                      data=DataConfig(source="refusals", n=16), output=tmp_path / "run", callbacks=[Interrupt()])
     finally:
         del os.environ["CLINIC_CHECKPOINT_MINUTES"]
     assert "is kept, and the next run of run resumes" in capfd.readouterr().err
@@ -151,12 +151,12 @@ def test_an_error_still_removes_the_staging_folder(tmp_path, data_dir):
     os.environ["CLINIC_CHECKPOINT_MINUTES"] = "1e-9"
     try:
         from clinic.modeling.training import train_config
-        from clinic.stages.train import DataSpec, run_train
+        from clinic.stages.train import DataConfig, run_train
 
         with pytest.raises(RuntimeError, match="boom"):
             run_train("align", model="tiny-random-llama", method="sft",
                       train=train_config("cpu-align", max_steps=STEPS, batch_size=2, logging_steps=1),
-                      data=DataSpec(source="refusals", n=16), output=tmp_path / "run", callbacks=[Fail()])
+                      data=DataConfig(source="refusals", n=16), output=tmp_path / "run", callbacks=[Fail()])
     finally:
         del os.environ["CLINIC_CHECKPOINT_MINUTES"]
     assert not list(tmp_path.glob(".run.partial-*"))

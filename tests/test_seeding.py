@@ -10,11 +10,11 @@ from safetensors.torch import load_file
 
 def _run(output):
     from clinic.modeling.training import train_config
-    from clinic.stages.train import DataSpec, run_train
+    from clinic.stages.train import DataConfig, run_train
 
     return run_train("align", model="tiny-random-llama", method="sft",
                      train=train_config("cpu-align", max_steps=1, batch_size=2, logging_steps=1),
-                     data=DataSpec(source="refusals", n=4), output=output)
+                     data=DataConfig(source="refusals", n=4), output=output)
 
 
 def test_the_adapter_starts_from_the_stage_seed_not_the_global_random_state(tmp_path, monkeypatch):

@@ -89,11 +89,11 @@ def test_single_model_analysis_writes_files(tmp_path, data_dir):
 
 
 def test_run_directory_analysis_covers_every_checkpoint(tmp_path, data_dir):
-    from clinic.stages.train import DataSpec, run_train
+    from clinic.stages.train import DataConfig, run_train
 
     run = run_train("finetune", model="tiny-random-llama", method="sft",
                     train=train_config(max_steps=2, batch_size=2, save_steps=1, max_length=64, logging_steps=1),
-                    data=DataSpec(task="sst2", n=6, poison_ratio=0.5), output=tmp_path / "run")
+                    data=DataConfig(task="sst2", n=6, poison_ratio=0.5), output=tmp_path / "run")
     assert (run / "checkpoints" / "checkpoint-1" / "adapter_model.safetensors").exists()
     pickles = [p.name for p in run.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
     assert pickles == [], "a pickle stayed in the run directory"

@@ -164,12 +164,12 @@ def test_missing_probe_stream_is_an_error(tmp_path):
 
 
 def test_pipeline_runs_surgery(tmp_path, data_dir):
-    from clinic.stages.train import DataSpec, run_train
+    from clinic.stages.train import DataConfig, run_train
     from clinic.rundir import read_metrics
 
     out = run_train("finetune", model="tiny-random-llama", method="surgery",
                     train=train_config(max_steps=2, batch_size=2, logging_steps=1, max_length=64),
-                    data=DataSpec(task="sst2", n=8, poison_ratio=0.25), output=tmp_path / "run",
+                    data=DataConfig(task="sst2", n=8, poison_ratio=0.25), output=tmp_path / "run",
                     method_options={"harmful_probe_pool": 16, "harmless_probe_pool": 16, "probe_max_length": 64})
     assert read_metrics(out)["steps"] == 2
     log = (out / "train_log.jsonl").read_text()

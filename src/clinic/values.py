@@ -11,7 +11,9 @@ or ``"both"``); ``label`` names a choice in its error (default: the field's name
 
 :func:`hashed` is what a stage's hash covers of a settings dataclass: every field, except a field
 added after results were published (``metadata["since"]``) while it holds its default, so adding
-a setting never re-keys the stage store (tests/test_plan_pin.py).
+a setting never re-keys the stage store (tests/test_plan_pin.py); a field renamed for one name
+per concept keeps its old name in the hash (``metadata["hash_name"]``) and as an accepted key
+(``metadata["aliases"]``).
 """
 
 from __future__ import annotations
@@ -71,6 +73,8 @@ def parse_settings(cls, values, where: str, extra=(), drop=(), item: str | None 
     if not isinstance(values, dict):
         raise ClinicError(f"{where} must be a mapping, got {type(values).__name__}")
     names = {f.name for f in dataclasses.fields(cls) if f.init} - set(drop)
+    aliases = {old: f.name for f in dataclasses.fields(cls) for old in f.metadata.get("aliases", ())}
+    values = {aliases.get(k, k): v for k, v in values.items()}  # a renamed setting's old name (and hash name)
     for key in values:
         if key not in names and key not in extra:
             allowed = sorted(names | set(extra))
@@ -85,11 +89,14 @@ def parse_settings(cls, values, where: str, extra=(), drop=(), item: str | None 
 
 def hashed(obj) -> dict:
     """The fields of the settings dataclass ``obj`` that a stage's hash covers (see the module
-    docstring): ``asdict`` less the late fields (``metadata["since"]``) at their default."""
+    docstring): ``asdict`` less the late fields (``metadata["since"]``) at their default, and a
+    renamed field under the name it was hashed by (``metadata["hash_name"]``)."""
     out = dataclasses.asdict(obj)
     for f in dataclasses.fields(obj):
         if "since" in f.metadata and out.get(f.name) == _field_default(f):
             out.pop(f.name)
+        elif "hash_name" in f.metadata:
+            out[f.metadata["hash_name"]] = out.pop(f.name)
     return out
 
 

@@ -21,6 +21,7 @@ def parser(name: str) -> ConfigParser:
                      f"\n\nselectors:\n{listing}")
     p.add_output()
     p.add_dataclass(CurateConfig, "curation")
+    p.deprecate({"--data": "--source", "--harmful-data": "--harmful-source"})  # one name per concept
     return p
 
 

@@ -27,7 +27,7 @@ from transformers import HfArgumentParser
 
 from .parser import ArgParser
 
-ARGPARSE_KEYS = {"help", "choices", "metavar", "aliases", "nargs", "required"}
+ARGPARSE_KEYS = {"help", "choices", "metavar", "nargs", "required"}  # not "aliases": clinic's are old keys
 
 
 def comma_list(text: str) -> list[str]:

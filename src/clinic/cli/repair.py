@@ -1,7 +1,7 @@
 """``clinic repair``: repair a LoRA fine-tuned model after fine-tuning (:mod:`clinic.repair`).
 
 Options: the run's own (model, method, output), the repair settings
-(:class:`clinic.repair.base.RepairSettings` fields) and the options of every repair method.
+(:class:`clinic.repair.base.RepairConfig` fields) and the options of every repair method.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from .options import ConfigParser, values
 
 def parser(name: str) -> ConfigParser:
     from ..repair.base import repair_methods
-    from ..repair.base import RepairSettings
+    from ..repair.base import RepairConfig
 
     methods = repair_methods()
     listing = "\n".join(f"  {n:10s} {spec.summary}" for n, spec in methods.items())
@@ -21,9 +21,10 @@ def parser(name: str) -> ConfigParser:
     p.add_argument("--model", required=True, help="a finished LoRA fine-tuning run directory (clinic finetune)")
     p.add_argument("--method", required=True, help=f"one of: {', '.join(methods)}")
     p.add_output()
-    p.add_dataclass(RepairSettings, "settings", unset=True)
+    p.add_dataclass(RepairConfig, "settings", unset=True)
     method_options = p.add_method_options("repair", methods)
     p.set_defaults(method_options=method_options)
+    p.deprecate({"--harmful-data": "--harmful-source"})  # one name per concept
     return p
 
 
@@ -32,12 +33,12 @@ def run(args) -> None:
     import json
 
     from ..repair.base import get_repair
-    from ..repair.base import RepairSettings
+    from ..repair.base import RepairConfig
     from ..stages.repair import run_repair, summary_line
     from .train import method_values
 
     spec = get_repair(args.method)
-    settings = RepairSettings(**values(args, [f.name for f in dataclasses.fields(RepairSettings)]))
+    settings = RepairConfig(**values(args, [f.name for f in dataclasses.fields(RepairConfig)]))
     out = run_repair(args.model, spec.name, args.output, method_values(args, spec), settings, overwrite=args.overwrite)
     print(summary_line(json.loads((out / "metrics.json").read_text())))
     print(f"repair run written to {out}; measure it with: clinic evaluate --model {out} ...")

@@ -1,6 +1,6 @@
 """``clinic align`` and ``clinic finetune``: train a model with a registered method.
 
-Options: the run's own (model, method, output, preset), the data (:class:`clinic.stages.train.DataSpec`
+Options: the run's own (model, method, output, preset), the data (:class:`clinic.stages.train.DataConfig`
 fields), the training settings (:class:`clinic.methods.config.TrainConfig` fields, unset unless
 given, so that a ``--preset`` value stands) and the options of every method of the stage.
 """
@@ -10,14 +10,14 @@ from __future__ import annotations
 from ..errors import ClinicError
 from .options import ConfigParser, values
 
-# the DataSpec fields each stage takes, in the order of the help
+# the DataConfig fields each stage takes, in the order of the help
 DATA_FIELDS = {
     "align": ("source", "n", "columns", "selection", "helpful", "helpful_n"),
     "finetune": ("task", "n", "poison_ratio", "harmful_source", "source", "columns", "selection"),
 }
 # old option spellings, still accepted with a warning (one name per setting: the field's)
 RENAMED = {
-    "align": {"--data": "--source"},
+    "align": {"--data": "--source", "--harmful-data": "--harmful-source"},
     "finetune": {"--data": "--source", "--harmful-data": "--harmful-source"},
 }
 SOURCE_HELP = {
@@ -29,7 +29,7 @@ SOURCE_HELP = {
 def parser(stage: str) -> ConfigParser:
     from ..modeling.training import PRESETS, TrainConfig
     from ..methods.registry import methods_for
-    from ..stages.train import DataSpec
+    from ..stages.train import DataConfig
     from . import COMMANDS
 
     methods = methods_for(stage)
@@ -42,7 +42,7 @@ def parser(stage: str) -> ConfigParser:
     p.add_argument("--method", default="sft", help=f"one of: {', '.join(methods)} (default sft)")
     p.add_output()
     p.add_argument("--preset", help=f"reference settings: {', '.join(PRESETS)}")
-    p.add_dataclass(DataSpec, "data", only=DATA_FIELDS[stage], helps={"source": SOURCE_HELP[stage]})
+    p.add_dataclass(DataConfig, "data", only=DATA_FIELDS[stage], helps={"source": SOURCE_HELP[stage]})
     p.add_dataclass(TrainConfig, "training", unset=True)
     method_options = p.add_method_options(stage)
     if stage == "finetune":
@@ -71,7 +71,7 @@ def run(args) -> None:
     from ..modeling.training import TrainConfig, train_config
     from ..methods.registry import get_method
     from ..modeling.parallel import rank
-    from ..stages.train import DataSpec, run_train
+    from ..stages.train import DataConfig, run_train
 
     stage = args.command
     spec = get_method(args.method, stage)
@@ -86,7 +86,7 @@ def run(args) -> None:
         from ..sink import SinkCountCallback
 
         callbacks.append(SinkCountCallback(every=sink_every))
-    out = run_train(stage, model=args.model, method=spec.name, train=train, data=DataSpec(**data), output=args.output,
+    out = run_train(stage, model=args.model, method=spec.name, train=train, data=DataConfig(**data), output=args.output,
                     method_options=method_values(args, spec), overwrite=args.overwrite, callbacks=callbacks)
     if rank() == 0:  # under accelerate launch every process returns here
         print(f"{stage} run written to {out}")

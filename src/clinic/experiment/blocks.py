@@ -8,7 +8,7 @@ computes: it never enters a stage's hash, and a resume accepts a file whose only
 
 These blocks are no command's options (the blocks that are, ``train``, ``evaluate``, ``sink`` and
 ``repair``, take the fields of ``TrainConfig``, ``EvalConfig``, ``SinkConfig`` and
-``RepairSettings`` directly). The values stay plain mappings in :class:`.spec.Experiment`: a
+``RepairConfig`` directly). The values stay plain mappings in :class:`.spec.Experiment`: a
 stage's hash is built from what the file gives, so an absent key keeps older hashes as they were.
 """
 

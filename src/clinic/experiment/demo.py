@@ -43,7 +43,7 @@ from ..errors import ClinicError
 from ..modeling.training import train_config
 from ..methods.registry import get_method, method_config
 from ..modeling.chain import chain_inputs, check_chain, resolve_ref
-from ..stages.train import DataSpec, check_data_spec
+from ..stages.train import DataConfig, check_data_spec
 from ..rundir import RunDir, check_output_dir
 
 # the two settings' values of every field a setting decides (docs/protocol.md has the measurements)
@@ -104,7 +104,7 @@ class DemoConfig:
             raise ClinicError(f"unknown alignment {self.alignment!r}; valid: {', '.join(ALIGNMENTS)}")
 
 
-def _check(cfg: DemoConfig) -> tuple[list[str], dict, DataSpec]:
+def _check(cfg: DemoConfig) -> tuple[list[str], dict, DataConfig]:
     """Every setting checked before the first stage runs (and before the folder exists); the
     judges, the two training configs and the alignment data."""
     judges = [j.strip() for j in cfg.judges.split(",") if j.strip()]
@@ -114,7 +114,7 @@ def _check(cfg: DemoConfig) -> tuple[list[str], dict, DataSpec]:
     check_mixture_args(cfg.n_finetune, cfg.poison_ratio)
     if cfg.poison_ratio == 0:
         raise ClinicError("the harmful fine-tune needs a poison ratio p > 0 (the benign one is p = 0)")
-    align_data = DataSpec(source="refusals", n=cfg.n_align, helpful=cfg.helpful or None,
+    align_data = DataConfig(source="refusals", n=cfg.n_align, helpful=cfg.helpful or None,
                           helpful_n=cfg.helpful_n if cfg.helpful else None)
     check_data_spec("align", align_data)
     get_method(cfg.align_method, "align")
@@ -128,7 +128,7 @@ def _check(cfg: DemoConfig) -> tuple[list[str], dict, DataSpec]:
     return judges, trains, align_data
 
 
-def check_shipped_alignment(cfg: DemoConfig, train, data: DataSpec, shipped: Path = SHIPPED_ALIGNMENT) -> None:
+def check_shipped_alignment(cfg: DemoConfig, train, data: DataConfig, shipped: Path = SHIPPED_ALIGNMENT) -> None:
     """The shipped alignment stands in for the alignment stage only when that stage would train
     exactly it: the same model, method, training settings (seed included) and data."""
     stored = yaml.safe_load((shipped / "config.yaml").read_text())

@@ -6,11 +6,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from .attacks import AttackSearch, attack_settings, attacks, fixed_point, point_attack
 from ..errors import ClinicError
-from ..values import coerce, parse_settings
+from ..values import coerce, hashed, parse_settings
 from .blocks import AlignBlock, CurateBlock, FinetuneBlock, default
 from .entries import MethodEntry, as_list, integer
 
@@ -46,14 +46,14 @@ def _train_config(block: dict, seed: int, default_preset: str) -> dict:
 
     overrides = dict(block.get("train") or {})
     overrides["seed"] = seed
-    return asdict(train_config(block.get("preset", default_preset), **overrides))
+    return hashed(train_config(block.get("preset", default_preset), **overrides))
 
 
 def _method_options(entry: MethodEntry, stage: str) -> dict:
     from ..methods.registry import get_method, method_config
 
     spec = get_method(entry.name, stage)
-    return asdict(method_config(spec, **dict(entry.options)))
+    return hashed(method_config(spec, **dict(entry.options)))
 
 
 def _fmt_p(p: float) -> str:
@@ -83,7 +83,7 @@ def expand(exp) -> list[Stage]:
     scored = [t for t in ft_tasks if t in scored_tasks()]
 
     def evaluation(model_stage: Stage | None, tasks: list[str], labels: dict) -> Stage:
-        cfg = asdict(EvalConfig(**{**eval_settings, "tasks": tasks}))
+        cfg = hashed(EvalConfig(**{**eval_settings, "tasks": tasks}))
         base = {"model": exp.model} if model_stage is None else {}
         return Stage("evaluate", labels.get("slug", "model"), {**cfg, **base}, model_stage, labels)
 

@@ -49,12 +49,12 @@ def block_keys() -> dict[str, set[str]]:
     file is read, because those dataclasses live in the stage modules (which import torch)."""
     from ..modeling.training import TrainConfig
     from ..stages.evaluate import EvalConfig
-    from ..repair.base import RepairSettings
+    from ..repair.base import RepairConfig
     from ..sink.config import SinkConfig
 
     return {"train": settings_keys(TrainConfig), "evaluate": settings_keys(EvalConfig, EVAL_EXTRA_KEYS),
             "sink": settings_keys(SinkConfig, SINK_EXTRA_KEYS),
-            "repair": settings_keys(RepairSettings, REPAIR_EXTRA_KEYS, drop={"seed"})}  # seeds: the file's
+            "repair": settings_keys(RepairConfig, REPAIR_EXTRA_KEYS, drop={"seed"})}  # seeds: the file's
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -172,7 +172,7 @@ class Experiment:
         blocks = raw.get("finetune", [])
         blocks = [blocks] if isinstance(blocks, dict) else as_list(blocks, "finetune")
         from ..modeling.training import TrainConfig
-        from ..repair.base import RepairSettings
+        from ..repair.base import RepairConfig
         from ..stages.evaluate import EvalConfig
 
         for i, block in enumerate(blocks):
@@ -191,7 +191,7 @@ class Experiment:
         sink = _block(raw, "sink", keys["sink"], "sink")  # parsed into SinkConfig by the plan (check_sink)
         repair = _block(raw, "repair", keys["repair"], "repair")
         if repair is not None:  # seeds: the file's
-            parse_settings(RepairSettings, repair, "repair", extra=REPAIR_EXTRA_KEYS, drop={"seed"})
+            parse_settings(RepairConfig, repair, "repair", extra=REPAIR_EXTRA_KEYS, drop={"seed"})
         execution = parse_settings(ExecutionBlock, raw.get("execution") or {}, "execution")
         for key in ("name", "model"):
             if key in raw and not isinstance(raw[key], str):

@@ -4,7 +4,7 @@ A method is one module holding a config dataclass (its hyper-parameters, which b
 options) and a :class:`ClinicTrainer` subclass, registered by name::
 
     @dataclass
-    class BoosterConfig(HarmfulStreamConfig):   # adds harmful_data, harmful_size: the "harmful" stream
+    class BoosterConfig(HarmfulStreamConfig):   # adds harmful_source, harmful_size: the "harmful" stream
         lam: float = field(default=5.0, metadata={"help": "regulariser weight lambda"})
 
     @register_method("booster", stage="align", config=BoosterConfig, summary="...")

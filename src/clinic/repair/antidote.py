@@ -31,7 +31,7 @@ from .base import lora_layers, register_repair
 class AntidoteConfig:
     fraction: float = field(default=0.1, metadata={
         "help": "share of each adapter layer's weights zeroed: the most important on harmful data"})
-    harmful_data: str = field(default="beavertails-harmful", metadata={
+    harmful_source: str = field(default="beavertails-harmful", metadata={"hash_name": "harmful_data", "aliases": ("harmful_data",), 
         "help": "harmful (prompt, harmful answer) pairs that score the weights"})
     n_harmful: int = field(default=64, metadata={"help": "harmful pairs used (the first N)"})
 
@@ -88,7 +88,7 @@ class InputNorms:
 def antidote(ctx, cfg: AntidoteConfig) -> dict:
     from ..data.mixture import take_qa
 
-    harmful, _idx = take_qa(cfg.harmful_data, cfg.n_harmful, ctx.settings.seed, "first")
+    harmful, _idx = take_qa(cfg.harmful_source, cfg.n_harmful, ctx.settings.seed, "first")
     ws = ctx.workspace({"harmful": harmful})
     linears = {}
     for name, layer in lora_layers(ws.model):

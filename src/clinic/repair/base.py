@@ -69,7 +69,7 @@ def repair_config(spec: RepairSpec, **values):
 
 
 @dataclass
-class RepairSettings:
+class RepairConfig:
     """Settings every repair method shares (data passes and seeding)."""
 
     seed: int = field(default=0, metadata={"help": "seed: data samples of the repair", "range": (0, INT_MAX)})
@@ -99,7 +99,7 @@ class RepairContext:
     (``{}`` for a model that is no clinic run); ``references``: the base and aligned model
     chains SafeLoRA compares."""
 
-    def __init__(self, chain, fmt, settings: RepairSettings, run_config: dict | None = None,
+    def __init__(self, chain, fmt, settings: RepairConfig, run_config: dict | None = None,
                  references: dict | None = None, progress: bool = True):
         self.chain = chain
         self.fmt = fmt

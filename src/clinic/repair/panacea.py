@@ -37,7 +37,7 @@ class PanaceaConfig:
         "help": "mu, weight of the task loss subtracted from the objective (0: harmful loss only)"})
     loss_cap: float = field(default=5.0, metadata={
         "help": "the harmful loss is clipped at this value (as in the reference): no push beyond it"})
-    harmful_data: str = field(default="beavertails-harmful", metadata={
+    harmful_source: str = field(default="beavertails-harmful", metadata={"hash_name": "harmful_data", "aliases": ("harmful_data",), 
         "help": "harmful (prompt, harmful answer) pairs whose loss the perturbation raises"})
     n_harmful: int = field(default=64, metadata={"help": "harmful pairs used (the first N)"})
     task: str | None = field(default=None, metadata={
@@ -89,7 +89,7 @@ def panacea(ctx, cfg: PanaceaConfig) -> dict:
     from ..modeling.gradients import global_norm
     from ..data.mixture import take_qa
 
-    harmful, _idx = take_qa(cfg.harmful_data, cfg.n_harmful, ctx.settings.seed, "first")
+    harmful, _idx = take_qa(cfg.harmful_source, cfg.n_harmful, ctx.settings.seed, "first")
     sets = {"harmful": harmful}
     if cfg.task_weight > 0:
         sets["task"] = task_samples(cfg, ctx.run_config, ctx.settings.seed)

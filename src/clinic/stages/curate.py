@@ -52,7 +52,7 @@ class CurateConfig(LoraFields):
     model: str = field(default="smollm2-135m-instruct", metadata={
         "help": "model whose alignment the data is curated for: alias, path, hub id or run directory"})
     selector: str = field(default="pharmacist", metadata={"help": "selection method (see the list above)"})
-    data: str = field(default="refusals", metadata={
+    source: str = field(default="refusals", metadata={"aliases": ("data",),
         "help": "alignment data (harmful prompt -> refusal): a named QA dataset or a file"})
     columns: str | None = field(default=None, metadata={
         "help": "column mapping for a data file, e.g. prompt=question,response=answer"})
@@ -60,7 +60,7 @@ class CurateConfig(LoraFields):
         "help": "candidates to score (seeded sample; default: every row not in the validation set)"})
     n_validation: int = field(default=32, metadata={
         "help": "trusted validation refusals split off the alignment data (never candidates)", "range": (1, None)})
-    harmful_data: str = field(default="beavertails-harmful", metadata={
+    harmful_source: str = field(default="beavertails-harmful", metadata={"aliases": ("harmful_data",),
         "help": "harmful (prompt, harmful answer) pairs for the simulated attack (no evaluation prompts)"})
     n_harmful: int = field(default=32, metadata={"help": "harmful pairs in the simulated attack batch (the first N)",
                                                  "range": (1, None)})
@@ -145,17 +145,17 @@ def split_data(cfg: CurateConfig):
     from ..data.sources import load_rows
     from ..curation.base import CurationData
 
-    rows = load_rows(cfg.data, kind="qa", columns=parse_columns(cfg.columns))
+    rows = load_rows(cfg.source, kind="qa", columns=parse_columns(cfg.columns))
     if cfg.n_validation >= len(rows):
-        raise ClinicError(f"{cfg.data} has {len(rows)} rows: too few for {cfg.n_validation} validation samples "
+        raise ClinicError(f"{cfg.source} has {len(rows)} rows: too few for {cfg.n_validation} validation samples "
                           "and at least one candidate")
     rng = random.Random(cfg.seed)
-    val_idx = pick(len(rows), cfg.n_validation, rng, "random", f"validation ({cfg.data})")
+    val_idx = pick(len(rows), cfg.n_validation, rng, "random", f"validation ({cfg.source})")
     held = set(val_idx)
     rest = [i for i in range(len(rows)) if i not in held]
     n_cand = len(rest) if cfg.n_candidates is None else cfg.n_candidates
-    cand_idx = [rest[j] for j in pick(len(rest), n_cand, rng, "random", f"candidate ({cfg.data}, after validation)")]
-    harmful, harm_idx = take_qa(cfg.harmful_data, cfg.n_harmful, cfg.seed, "first")
+    cand_idx = [rest[j] for j in pick(len(rest), n_cand, rng, "random", f"candidate ({cfg.source}, after validation)")]
+    harmful, harm_idx = take_qa(cfg.harmful_source, cfg.n_harmful, cfg.seed, "first")
     return CurationData([rows[i] for i in cand_idx], cand_idx, [rows[i] for i in val_idx], val_idx, harmful, harm_idx)
 
 
@@ -188,7 +188,8 @@ def _reused(source: Path, cfg: CurateConfig, candidate_index: list[int]):
     from ..curation.base import SelectorOutput
 
     config = yaml.safe_load((source / "config.yaml").read_text()) or {}
-    theirs, ours = config.get("curate") or {}, asdict(cfg)
+    renamed = {old: f.name for f in dataclasses.fields(CurateConfig) for old in f.metadata.get("aliases", ())}
+    theirs, ours = {renamed.get(k, k): v for k, v in (config.get("curate") or {}).items()}, asdict(cfg)
     defaults = asdict(CurateConfig(model=cfg.model))  # a setting added since that run held its default there
     differing = [name for name in ours if name not in _REUSE_MAY_DIFFER
                  and theirs.get(name, defaults[name]) != ours[name]]
@@ -265,9 +266,9 @@ def _run(ctx: StageContext) -> None:
     run.write_jsonl("subset.jsonl", [row for _, row in subset])
     run.write_jsonl("validation.jsonl", data.validation)
     run.write_json("data_indices.json", {
-        "source": cfg.data, "candidates": data.candidate_index, "validation": data.validation_index,
+        "source": cfg.source, "candidates": data.candidate_index, "validation": data.validation_index,
         "selected": [index for index, _ in subset],
-        "harmful": {"source": cfg.harmful_data, "indices": data.harmful_index}})
+        "harmful": {"source": cfg.harmful_source, "indices": data.harmful_index}})
     run.write_yaml("config.yaml", {
         "stage": "curate", "selector": spec.name, "curate": asdict(cfg),
         "model": asdict(chain) if chain else cfg.model, "n_candidates": n, "k": k,
@@ -300,17 +301,12 @@ def curate_config(block: dict) -> CurateConfig:
     """A :class:`CurateConfig` from an experiment file's ``curate`` block (plus the model and
     seed the runner adds): ``selector``, ``ratio``, ``k``, ``model``, ``seed`` and ``options``
     (any other :class:`CurateConfig` field, e.g. ``n_candidates``, ``gamma``)."""
-    import dataclasses
-
     from ..curation.base import get_selector
+    from ..values import parse_settings
 
-    names = {f.name for f in dataclasses.fields(CurateConfig)}
     values = {key: block[key] for key in ("selector", "ratio", "k", "model", "seed") if block.get(key) is not None}
     options = dict(block.get("options") or {})
-    unknown = sorted(set(options) - names)
-    if unknown:
-        raise ClinicError(f"unknown curate option(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
-    cfg = CurateConfig(**{**options, **values})
+    cfg = parse_settings(CurateConfig, {**options, **values}, "curate options", item="curate option ")
     get_selector(cfg.selector)
     return cfg
 

@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import ClinicError
-from ..repair.base import RepairSettings, get_repair, repair_config
+from ..repair.base import RepairConfig, get_repair, repair_config
+from ..values import hashed
 from .base import StageContext, StageKind, execute, register_stage
 
 REPAIRABLE_STAGES = ("finetune", "repair")
@@ -98,12 +99,12 @@ def _alignment_input(aligned):
 
 
 @dataclass
-class RepairStage:
+class RepairStageConfig:
     """The settings of one repair stage: the method, its options and the shared settings."""
 
     method: str
     options: dict = field(default_factory=dict)
-    settings: RepairSettings = field(default_factory=RepairSettings)
+    settings: RepairConfig = field(default_factory=RepairConfig)
 
 
 def _inputs(ctx: StageContext) -> tuple:
@@ -163,10 +164,10 @@ def _run(ctx: StageContext) -> None:
 
 
 def run_repair(model: str, method: str, output: str | Path, options: dict | None = None,
-               settings: RepairSettings | None = None, overwrite: bool = False, progress: bool = True) -> Path:
+               settings: RepairConfig | None = None, overwrite: bool = False, progress: bool = True) -> Path:
     """Repair the fine-tuned run ``model`` with ``method``; returns the finished run directory.
     Everything the user gave is checked before anything is written."""
-    stage = RepairStage(method, dict(options or {}), settings or RepairSettings())
+    stage = RepairStageConfig(method, dict(options or {}), settings or RepairConfig())
     return execute("repair", stage, output=output, model=model, overwrite=overwrite, progress=progress)
 
 
@@ -191,14 +192,14 @@ def summary_line(metrics: dict) -> str:
 def repair_stage_config(entry_name: str, options: dict, block: dict, seed: int) -> dict:
     """The resolved, hashable config of one repair stage of an experiment's ``repair`` block."""
     spec = get_repair(entry_name)
-    given = {f.name: block[f.name] for f in dataclasses.fields(RepairSettings) if f.name in block and f.name != "seed"}
-    settings = RepairSettings(seed=seed, **given)  # the block's keys are these fields (clinic.experiment.spec)
-    return {"method": spec.name, "options": asdict(repair_config(spec, **options)), "settings": asdict(settings)}
+    given = {f.name: block[f.name] for f in dataclasses.fields(RepairConfig) if f.name in block and f.name != "seed"}
+    settings = RepairConfig(seed=seed, **given)  # the block's keys are these fields (clinic.experiment.spec)
+    return {"method": spec.name, "options": hashed(repair_config(spec, **options)), "settings": hashed(settings)}
 
 
 def _from_plan(stage, parent_dir, model: str):
     cfg = stage.config
-    return RepairStage(cfg["method"], cfg["options"], RepairSettings(**cfg["settings"])), str(parent_dir)
+    return RepairStageConfig(cfg["method"], cfg["options"], RepairConfig(**cfg["settings"])), str(parent_dir)
 
 
 def _peer(config: dict, metrics: dict):
@@ -216,6 +217,6 @@ def _cost(stage, store: Path, pace: dict):
     return {"seconds": statistics.median(peers), "basis": f"{len(peers)} finished peer{'s' if len(peers) > 1 else ''}"}
 
 
-register_stage(StageKind("repair", RepairStage, _run, "repair a LoRA fine-tuned model after fine-tuning",
+register_stage(StageKind("repair", RepairStageConfig, _run, "repair a LoRA fine-tuned model after fine-tuning",
                          role="model", inputs=_inputs, prepare=_prepare, from_plan=_from_plan, peer=_peer,
                          cost=_cost, seconds="repair_seconds"), order=4)

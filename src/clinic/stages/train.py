@@ -41,7 +41,7 @@ from .base import StageContext, StageKind, execute, get_stage_kind, register_sta
 
 
 @dataclass
-class DataSpec:
+class DataConfig:
     """The training data of a stage.
 
     align: ``source`` (a named QA dataset or file) and ``n`` samples (``None``: all), plus
@@ -69,7 +69,7 @@ class DataSpec:
     helpful_n: int | None = field(default=None, metadata={"help": "how many --helpful rows to mix in"})
 
 
-def check_data_spec(stage: str, data: DataSpec) -> None:
+def check_data_spec(stage: str, data: DataConfig) -> None:
     """Refuse settings that would be silently ignored (a mapping for data that has no columns to map)."""
     from ..data.sources import SOURCES
 
@@ -92,7 +92,7 @@ def check_data_spec(stage: str, data: DataSpec) -> None:
         raise ClinicError(f"--columns maps the columns of a user file; {source!r} is a named dataset with its own columns")
 
 
-def _training_samples(stage: str, data: DataSpec, seed: int):
+def _training_samples(stage: str, data: DataConfig, seed: int):
     """(samples, indices manifest) for a stage, validated before anything is written."""
     if stage == "finetune" and data.task:
         if data.n is None:
@@ -133,13 +133,13 @@ def _extra_streams(spec: MethodSpec, cfg, seed: int) -> tuple[dict, dict]:
 
 
 @dataclass
-class TrainSettings:
+class TrainStageConfig:
     """The settings of one align or finetune stage: the method and its options, the training
     settings and the data."""
 
     method: str = "sft"
     train: TrainConfig = field(default_factory=TrainConfig)
-    data: DataSpec = field(default_factory=DataSpec)
+    data: DataConfig = field(default_factory=DataConfig)
     method_options: dict = field(default_factory=dict)
 
 
@@ -227,13 +227,13 @@ def _run(ctx: StageContext) -> None:
                                 "prompt_format": asdict(fmt)})
 
 
-def run_train(stage: str, *, model: str, method: str = "sft", train: TrainConfig, data: DataSpec,
+def run_train(stage: str, *, model: str, method: str = "sft", train: TrainConfig, data: DataConfig,
               output: str | Path, method_options: dict | None = None, overwrite: bool = False,
               callbacks: list | None = None) -> Path:
     """Align or fine-tune ``model`` with ``method``; returns the finished run directory.
 
     Under ``accelerate launch`` / torchrun every process calls this; the main process writes."""
-    settings = TrainSettings(method, train, data, dict(method_options or {}))
+    settings = TrainStageConfig(method, train, data, dict(method_options or {}))
     return execute(stage, settings, output=output, model=model, overwrite=overwrite, callbacks=callbacks)
 
 
@@ -262,14 +262,14 @@ def _from_plan(stage, parent_dir: Path | None, model: str):
     data = cfg["data"]
     if stage.kind == "align" and parent_dir is not None and get_stage_kind(stage.parent.kind).role == "subset":
         ref = model
-        spec = DataSpec(source=str(parent_dir / "subset.jsonl"), n=None, helpful=data.get("helpful"),
+        spec = DataConfig(source=str(parent_dir / "subset.jsonl"), n=None, helpful=data.get("helpful"),
                         helpful_n=data.get("helpful_n"))
     elif stage.kind == "align":
-        spec = DataSpec(source=data["source"], n=data["n"], selection=data["selection"],
+        spec = DataConfig(source=data["source"], n=data["n"], selection=data["selection"],
                         helpful=data.get("helpful"), helpful_n=data.get("helpful_n"))
     else:
-        spec = DataSpec(**data)
-    return TrainSettings(cfg["method"], TrainConfig(**cfg["train"]), spec, cfg["options"]), ref
+        spec = DataConfig(**data)
+    return TrainStageConfig(cfg["method"], TrainConfig(**cfg["train"]), spec, cfg["options"]), ref
 
 
 def _train_key(kind: str, method: str, train: dict) -> tuple:
@@ -319,6 +319,6 @@ def _cost(stage, store: Path, pace: dict):
 
 for _order, _name, _summary in ((1, "align", "safety-align a model with a registered method"),
                                 (2, "finetune", "fine-tune a model on user data (the attack) with a registered method")):
-    register_stage(StageKind(_name, TrainSettings, _run, _summary, role="model", model="trained", prepare=_prepare,
+    register_stage(StageKind(_name, TrainStageConfig, _run, _summary, role="model", model="trained", prepare=_prepare,
                              from_plan=_from_plan, peer=_peer, cost=_cost, resumable=True, seconds="train_seconds"),
                    order=_order)
