@@ -46,7 +46,8 @@ def test_align_finetune_evaluate_on_smollm2(tmp_path, data_dir, smollm2):
 def test_the_shipped_alignment_loads_and_refuses(tmp_path, data_dir, smollm2):
     """The demo's shipped alignment (packed adapter) on the real model: it refuses the first 12
     BeaverTails-test prompts (the keyword judge, a refusal measure, flags none), where the base
-    model flags 9 of 12 (results/demo-quick/eval-base). Fails if the adapter is not applied."""
+    model flags 9 of 12 (results/store/evaluate-base-cbaf12932ed1, the demo's base evaluation). Fails if the adapter
+    is not applied."""
     from clinic.experiment.demo import materialise_shipped_alignment
 
     aligned = materialise_shipped_alignment(tmp_path / "align")

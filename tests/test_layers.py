@@ -188,3 +188,10 @@ def test_the_checker_sees_an_upward_function_level_import_and_a_cycle(tmp_path):
     _write(tmp_path, {"pkg/new.py": ""})
     with pytest.raises(AssertionError, match="pkg.new has no layer"):
         violations(tmp_path, layers, top="pkg")
+
+
+def test_no_module_above_400_lines():
+    """A module that grows past 400 lines holds two concerns: split it along them."""
+    long = {name: n for name, path in module_files(SRC).items()
+            if (n := len(path.read_text(encoding="utf-8").splitlines())) > 400}
+    assert not long, f"modules above 400 lines: {long}"
