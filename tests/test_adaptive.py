@@ -272,7 +272,7 @@ def test_report_shows_the_adaptive_table(fake_run, capsys):
     lisa = next(line for line in text.splitlines() if line.startswith("| sft | lisa | sst2 | lr=0.0001 |"))
     assert "80.0 [" in lisa and "lr=0.001" in lisa and "disappears" in lisa
     assert (fake_run / "report" / "adaptive.csv").exists()
-    assert "<h2>Adaptive attacker</h2>" in (fake_run / "report" / "report.html").read_text()
+    assert "<summary>The adaptive attacker, every judge</summary>" in (fake_run / "report" / "report.html").read_text()
     # the attack-space figure: HS against FA per defence, embedded in the HTML report
     assert (fake_run / "report" / "adaptive.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "<figcaption>adaptive.png</figcaption>" in (fake_run / "report" / "report.html").read_text()
