@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from .options import ConfigParser, values
+from .options import ConfigParser, add_execution, execution, values
 
 
 def parser(name: str) -> ConfigParser:
@@ -21,6 +21,7 @@ def parser(name: str) -> ConfigParser:
                      f"\n\nselectors:\n{listing}")
     p.add_output()
     p.add_dataclass(CurateConfig, "curation")
+    add_execution(p)
     p.deprecate({"--data": "--source", "--harmful-data": "--harmful-source"})  # one name per concept
     return p
 
@@ -30,6 +31,6 @@ def run(args) -> None:
     from ..stages.curate import summary_lines
 
     cfg = CurateConfig(**values(args, [f.name for f in dataclasses.fields(CurateConfig)]))
-    out = run_curate(cfg, args.output, overwrite=args.overwrite)
+    out = run_curate(cfg, args.output, overwrite=args.overwrite, **execution(args))
     print("\n".join(summary_lines(json.loads((out / "metrics.json").read_text()))))
     print(f"curation written to {out}; align on the subset with: clinic align --source {out / 'subset.jsonl'} ...")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from .options import ConfigParser, values
+from .options import ConfigParser, add_execution, execution, values
 
 
 def parser(name: str) -> ConfigParser:
@@ -20,6 +20,7 @@ def parser(name: str) -> ConfigParser:
                      "end, ~1 h 45 min); see docs/protocol.md.")
     p.add_output("demo directory", default="runs/demo-<time>")
     p.add_dataclass(DemoConfig, "demo settings")
+    add_execution(p)
     return p
 
 
@@ -29,5 +30,5 @@ def run(args) -> None:
 
     cfg = DemoConfig(**values(args, [f.name for f in dataclasses.fields(DemoConfig)]))
     root, judges, shipped = run_demo(cfg, args.output or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}",
-                                     overwrite=args.overwrite)
+                                     overwrite=args.overwrite, execution=execution(args))
     write_demo_table(root, cfg, judges, shipped)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..errors import ClinicError
-from .options import ConfigParser, values
+from .options import ConfigParser, add_execution, execution, values
 
 RENAMED = {"--harmful-prompts": "--harmful-sets", "--rule": "--task-rule"}  # old spellings, still accepted
 
@@ -21,6 +21,7 @@ def parser(name: str) -> ConfigParser:
     p.add_argument("--judge-model", action="append", default=[], metavar="JUDGE=PATH",
                    help="local weights of a model judge, e.g. beaverdam=/models/beaver-dam-7b (repeatable)")
     p.add_dataclass(EvalConfig, "evaluation")
+    add_execution(p, generation=True)
     p.deprecate(RENAMED)
     return p
 
@@ -46,6 +47,6 @@ def run(args) -> None:
 
     cfg = EvalConfig(**values(args, [f.name for f in dataclasses.fields(EvalConfig)]))
     out = execute("evaluate", cfg, output=args.output, model=args.model, overwrite=args.overwrite,
-                  judge_models=_judge_models(cfg.judges, args.judge_model))
+                  judge_models=_judge_models(cfg.judges, args.judge_model), **execution(args))
     print("\n".join(metrics_lines(read_metrics(out))))
     print(f"evaluation written to {out}")

@@ -113,3 +113,24 @@ class ConfigParser(ArgParser, HfArgumentParser):
 def values(args: argparse.Namespace, names) -> dict:
     """The parsed values of ``names`` that were given (not ``None``)."""
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+def add_execution(parser, dtype: bool = True, generation: bool = False) -> None:
+    """The execution options (where and how a stage computes; never part of its hash):
+    ``--device``, the loading ``--dtype`` and, for generation, ``--generation-batch``."""
+    from ..modeling.device import DEVICES, DTYPES
+
+    group = parser.add_argument_group("execution (never part of a stage's hash)")
+    group.add_argument("--device", default="auto", help=f"where to compute: {', '.join(DEVICES)} or cuda:N (auto: "
+                       "CUDA, else MPS, else the CPU)")
+    if dtype:
+        group.add_argument("--dtype", default="auto", choices=DTYPES, help="dtype models are loaded in (auto: bf16 on a "
+                           "GPU that computes it, else float32); training precision is the training setting --bf16")
+    if generation:
+        group.add_argument("--generation-batch", type=int, default=None,
+                           help="prompts per generation batch (default: --batch-size on the CPU, at least 64 on a GPU)")
+
+
+def execution(args) -> dict:
+    """The execution options a command was given, for :func:`clinic.stages.execute`."""
+    return {k: getattr(args, k) for k in ("device", "dtype", "generation_batch") if getattr(args, k, None) is not None}

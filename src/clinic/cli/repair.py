@@ -6,7 +6,7 @@ Options: the run's own (model, method, output), the repair settings
 
 from __future__ import annotations
 
-from .options import ConfigParser, values
+from .options import ConfigParser, add_execution, execution, values
 
 
 def parser(name: str) -> ConfigParser:
@@ -24,6 +24,7 @@ def parser(name: str) -> ConfigParser:
     p.add_dataclass(RepairConfig, "settings", unset=True)
     method_options = p.add_method_options("repair", methods)
     p.set_defaults(method_options=method_options)
+    add_execution(p)
     p.deprecate({"--harmful-data": "--harmful-source"})  # one name per concept
     return p
 
@@ -39,6 +40,7 @@ def run(args) -> None:
 
     spec = get_repair(args.method)
     settings = RepairConfig(**values(args, [f.name for f in dataclasses.fields(RepairConfig)]))
-    out = run_repair(args.model, spec.name, args.output, method_values(args, spec), settings, overwrite=args.overwrite)
+    out = run_repair(args.model, spec.name, args.output, method_values(args, spec), settings, overwrite=args.overwrite,
+                     **execution(args))
     print(summary_line(json.loads((out / "metrics.json").read_text())))
     print(f"repair run written to {out}; measure it with: clinic evaluate --model {out} ...")

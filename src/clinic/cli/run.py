@@ -25,6 +25,10 @@ def parser(name: str) -> ArgParser:
                    "keep the file's hashes and the report covers the whole plan. Keys: seed, align, finetune, "
                    "task, p, stage, model, repair, attack")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    p.add_argument("--device", default=None, help="where stages compute (default: the file's execution block, else "
+                   "auto: CUDA, else MPS, else the CPU); never part of a stage's hash")
+    p.add_argument("--dtype", default=None, help="dtype models are loaded in for evaluation, sink, curation and repair "
+                   "(default: the file's, else auto); never part of a stage's hash")
     p.checks.append(_pace_check)
     return p
 
@@ -39,8 +43,9 @@ def _pace_check(args) -> str | None:
 def run(args) -> None:
     from ..experiment import run_experiment
 
+    given = {k: getattr(args, k) for k in ("device", "dtype") if getattr(args, k) is not None}
     root = run_experiment(args.experiment, args.output, args.store, dry_run=args.dry_run, pace=args.pace,
-                          only=args.only)
+                          only=args.only, execution=given)
     if not args.dry_run and not args.no_report:
         from ..report.tables import write_report
 

@@ -7,7 +7,7 @@ import dataclasses
 import json
 
 from ..sink.config import SinkConfig
-from .options import ConfigParser
+from .options import ConfigParser, add_execution, execution
 
 RENAMED = {"--sink-mode": "--mode"}  # old spellings, still accepted
 
@@ -20,6 +20,7 @@ def parser(name: str) -> ConfigParser:
     p.add_argument("--model", required=True, help="model name/path, or a run directory (all its checkpoints)")
     p.add_output("output directory")
     p.add_dataclass(SinkConfig, "sink analysis")
+    add_execution(p)
     p.deprecate(RENAMED)
     return p
 
@@ -28,7 +29,7 @@ def run(args) -> None:
     from ..stages.sink import run_sink_analysis
 
     settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(SinkConfig)}
-    out = run_sink_analysis(args.model, args.output, overwrite=args.overwrite, **settings)
+    out = run_sink_analysis(args.model, args.output, overwrite=args.overwrite, **settings, **execution(args))
     summary = json.loads((out / "sink.json").read_text())
     for e in summary["entries"]:
         print(f"{e['label']:>12}: {e['positive_heads']}/{e['total_heads']} heads with positive sink divergence")

@@ -8,7 +8,7 @@ given, so that a ``--preset`` value stands) and the options of every method of t
 from __future__ import annotations
 
 from ..errors import ClinicError
-from .options import ConfigParser, values
+from .options import ConfigParser, add_execution, execution, values
 
 # the DataConfig fields each stage takes, in the order of the help
 DATA_FIELDS = {
@@ -47,6 +47,7 @@ def parser(stage: str) -> ConfigParser:
     method_options = p.add_method_options(stage)
     if stage == "finetune":
         p.add_argument("--sink-every", type=int, default=0, help="record the positive-sink-head count every N steps")
+    add_execution(p, dtype=False)  # training loads fp32; its precision is the hashed --bf16
     p.deprecate(RENAMED[stage])
     p.set_defaults(method_options=method_options)
     return p
@@ -87,6 +88,7 @@ def run(args) -> None:
 
         callbacks.append(SinkCountCallback(every=sink_every))
     out = run_train(stage, model=args.model, method=spec.name, train=train, data=DataConfig(**data), output=args.output,
-                    method_options=method_values(args, spec), overwrite=args.overwrite, callbacks=callbacks)
+                    method_options=method_values(args, spec), overwrite=args.overwrite, callbacks=callbacks,
+                    **execution(args))
     if rank() == 0:  # under accelerate launch every process returns here
         print(f"{stage} run written to {out}")

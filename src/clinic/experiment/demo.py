@@ -191,7 +191,8 @@ def demo_experiment(cfg: DemoConfig, judges: list[str], trains: dict) -> dict:
                          "max_new_tokens": cfg.max_new_tokens, "batch_size": 32, "base": cfg.base}}
 
 
-def run_demo(cfg: DemoConfig, output: str | Path, overwrite: bool = False) -> tuple[Path, list[str], bool]:
+def run_demo(cfg: DemoConfig, output: str | Path, overwrite: bool = False,
+             execution: dict | None = None) -> tuple[Path, list[str], bool]:
     """Run the demo experiment into ``output``; returns ``(the demo directory, the judges, whether
     the shipped alignment was loaded)``, what :func:`clinic.report.demo.write_demo_table` renders."""
     from ..stages import get_stage_kind
@@ -204,6 +205,8 @@ def run_demo(cfg: DemoConfig, output: str | Path, overwrite: bool = False) -> tu
     judges, trains, _align_data = _check(cfg)
     check_chain(chain)
     content = demo_experiment(cfg, judges, trains)
+    if execution:  # where it computes (--device, --dtype): the experiment's execution block, never hashed
+        content["execution"] = {k: v for k, v in execution.items() if k in ("device", "dtype")}
     exp = Experiment.from_dict(content, default_name="demo")
     exp.source_text, exp.parsed = yaml.safe_dump(content, sort_keys=False), content
     if out.exists() and overwrite:

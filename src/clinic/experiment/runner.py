@@ -47,7 +47,8 @@ def run_stage(store: Path, exp: Experiment, stage: Stage, judges: dict) -> Path:
     kind = get_stage_kind(stage.kind)
     parent = stage_path(store, stage.parent) if stage.parent is not None else None
     settings, model = kind.from_plan(stage, parent, exp.model)
-    return execute(kind, settings, output=stage_path(store, stage), model=model, judges=judges)
+    return execute(kind, settings, output=stage_path(store, stage), model=model, judges=judges,
+                   device=exp.execution.device, dtype=exp.execution.dtype)
 
 
 def write_plan(root: Path, store: Path, exp: Experiment, stages: list[Stage]) -> None:
@@ -62,7 +63,7 @@ def write_plan(root: Path, store: Path, exp: Experiment, stages: list[Stage]) ->
 
 
 def run_experiment(path: str | Path | Experiment, output: str | Path | None = None, store: str | Path | None = None,
-                   dry_run: bool = False, pace: tuple = (), only: tuple = ()) -> Path:
+                   dry_run: bool = False, pace: tuple = (), only: tuple = (), execution: dict | None = None) -> Path:
     """Run (or resume) every stage of an experiment file (or of an :class:`~.spec.Experiment`
     built in code: the demo); returns the experiment directory. A dry run costs the stages still
     to run at the pace of finished stages in the store and under the folders ``pace``. ``only``
@@ -70,6 +71,10 @@ def run_experiment(path: str | Path | Experiment, output: str | Path | None = No
     the report still cover all of it. The report is :func:`clinic.report.tables.write_report`'s
     (``clinic run`` writes it when the stages are done)."""
     exp = path if isinstance(path, Experiment) else Experiment.from_file(path)
+    if execution:  # the command line's --device / --dtype beat the file's execution block
+        import dataclasses
+
+        exp.execution = dataclasses.replace(exp.execution, **execution)
     stages = exp.plan()
     chosen = select(stages, list(only)) if only else stages
     root = Path(output or Path("runs") / exp.name).expanduser().resolve()
@@ -111,13 +116,14 @@ def run_experiment(path: str | Path | Experiment, output: str | Path | None = No
     check_writable(store_dir, store_dir)
     if store_dir.exists() and not store_dir.is_dir():
         raise ClinicError(f"stage store {store_dir} is a file; choose another --store")
-    from ..evaluation.judges import get_judge
-
+    from ..modeling.device import resolve_device
     from ..stages import role_of
+    from ..stages.evaluate import build_judges
 
+    device = resolve_device(exp.execution.device)  # a device this machine lacks: one line, before any stage
     measures = any(role_of(s.kind) == "measurement" and not is_done(store_dir, s) for s in chosen)
     # loaded once for every evaluation of the run (a judge model loads in seconds to minutes)
-    judges = {name: get_judge(name) for name in exp.evaluate.get("judges", ["keyword", "harm-ce"])} if measures else {}
+    judges = build_judges(exp.evaluate.get("judges", ["keyword", "harm-ce"]), device) if measures else {}
     root.mkdir(parents=True, exist_ok=True)
     if not (root / MARKER).exists():
         write_marker(root, "experiment")

@@ -98,10 +98,36 @@ def check_chain(chain: ModelChain) -> None:
         check_adapter_dir(Path(adapter))
 
 
-def load_chain(chain: ModelChain, dtype: str = "float32", attn_implementation: str | None = None):
-    model, tok = load_model(chain.base, dtype=dtype, attn_implementation=attn_implementation)
+def load_chain(chain: ModelChain, dtype="float32", attn_implementation: str | None = None,
+               device: str | None = None):
+    """The chain's model: the base in ``dtype``, every adapter merged in order (in that dtype: a
+    bf16 chain rounds each merged weight once), on ``device`` (a CUDA model larger than the GPU's
+    free memory is spread over the visible GPUs instead, ``device_map="auto"``)."""
+    device_map = "auto" if device and device.startswith("cuda") and not _fits(chain.base, dtype, device) else None
+    model, tok = load_model(chain.base, dtype=dtype, attn_implementation=attn_implementation, device_map=device_map)
     for adapter in chain.adapters:
         model = merge_adapter(model, adapter)
+    if device and device_map is None:
+        model.to(device)
     return model, tok
 
 
+def _fits(base: str, dtype, device: str) -> bool:
+    """Whether the base model's weights (their files' size, rescaled to ``dtype``) fit in 90 % of the
+    GPU's free memory; True when unknown (a tiny model, a hub id not cached)."""
+    import torch
+
+    from .models import resolve_model_path
+
+    try:
+        folder = Path(resolve_model_path(base))
+    except ClinicError:
+        return True
+    files = list(folder.glob("*.safetensors")) if folder.is_dir() else []
+    if not files:
+        return True
+    stored = sum(f.stat().st_size for f in files)
+    width = torch.finfo(getattr(torch, dtype) if isinstance(dtype, str) else dtype).bits // 8
+    needed = stored * width / 2  # checkpoints are mostly bf16/fp16 on disk
+    free, _total = torch.cuda.mem_get_info(torch.device(device))
+    return needed < 0.9 * free

@@ -25,13 +25,12 @@ def encoder_path() -> Path:
     return folder
 
 
-_ENCODER = None
+_ENCODERS: dict = {}
 
 
-def load_encoder():
-    """The sentence encoder (loaded once per process, CPU)."""
-    global _ENCODER
-    if _ENCODER is None:
+def load_encoder(device: str = "cpu"):
+    """The sentence encoder (loaded once per process and device)."""
+    if device not in _ENCODERS:
         path = encoder_path()
         try:
             from sentence_transformers import SentenceTransformer
@@ -39,16 +38,16 @@ def load_encoder():
             raise ClinicError(
                 "clinic needs sentence-transformers: pip install sentence-transformers"
             ) from None
-        _ENCODER = SentenceTransformer(str(path), device="cpu")
-    return _ENCODER
+        _ENCODERS[device] = SentenceTransformer(str(path), device=device)
+    return _ENCODERS[device]
 
 
-def embed(texts: list[str], batch_size: int = 64):
+def embed(texts: list[str], batch_size: int = 64, device: str = "cpu"):
     """Unit-norm sentence embeddings (numpy, float32)."""
     import numpy as np
 
     if not texts:
         return np.zeros((0, 384), dtype=np.float32)
-    return load_encoder().encode(
+    return load_encoder(device).encode(
         list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
     ).astype(np.float32)

@@ -277,16 +277,21 @@ def load_model(
     attn_implementation: str | None = None,
     device: str | None = None,
     trust_remote_code: bool = False,
+    device_map: str | None = None,
 ):
-    """Load ``(model, tokenizer)`` by alias, local directory or hub id."""
+    """Load ``(model, tokenizer)`` by alias, local directory or hub id; ``device_map="auto"``
+    spreads a model that fits no single device over the visible ones (accelerate)."""
+    torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     if name.startswith("tiny-random-"):
         model, tok = tiny_random_model(name.removeprefix("tiny-random-"))
+        model.to(torch_dtype)
         if attn_implementation:
             model.set_attn_implementation(attn_implementation)
     else:
         source = resolve_model_path(name)
-        torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         kwargs = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+        if device_map:
+            kwargs["device_map"] = device_map
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
         gguf = source.lower().endswith(".gguf") and Path(source).is_file()
@@ -306,7 +311,7 @@ def load_model(
             raise ClinicError(f"cannot load {kind} {name!r} from {source}: {type(exc).__name__}: "
                               f"{(str(exc).splitlines() or [''])[0]}") from None
     prepare_tokenizer(tok, model)
-    if device:
+    if device and not device_map:
         model.to(device)
     return model, tok
 

@@ -100,13 +100,14 @@ class RepairContext:
     chains SafeLoRA compares."""
 
     def __init__(self, chain, fmt, settings: RepairConfig, run_config: dict | None = None,
-                 references: dict | None = None, progress: bool = True):
+                 references: dict | None = None, progress: bool = True, placement: tuple = (None, "float32")):
         self.chain = chain
         self.fmt = fmt
         self.settings = settings
         self.run_config = run_config or {}
         self.references = references or {}
         self.progress = progress
+        self.device, self.dtype = placement  # where models load (an execution setting: clinic.modeling.device)
         self._model = None
         self._tok = None
         self._workspace = None
@@ -117,7 +118,7 @@ class RepairContext:
         from ..modeling.chain import ModelChain, load_chain
 
         below, adapter = ModelChain(self.chain.base, self.chain.adapters[:-1]), self.chain.adapters[-1]
-        model, tok = load_chain(below)
+        model, tok = load_chain(below, dtype=self.dtype, device=self.device)
         self._model = PeftModel.from_pretrained(model, adapter, is_trainable=True)
         self._model.eval()  # no dropout: scores and gradients are deterministic
         self._tok = tok
@@ -158,7 +159,7 @@ class RepairContext:
         if (ref.base, list(ref.adapters)) == (self.chain.base, list(self.chain.adapters[:-1])):
             # the model under the fine-tuning adapter: already loaded (and the memory of one copy saved)
             return {name: layer.base_layer.weight.detach().clone() for name, layer in lora_layers(self.model)}
-        model, _tok = load_chain(ref)
+        model, _tok = load_chain(ref, dtype=self.dtype, device=self.device)
         weights = {name: module.weight.detach().clone() for name, module in model.named_modules()
                    if isinstance(module, torch.nn.Linear)}
         del model

@@ -226,11 +226,14 @@ def _prepare(ctx: StageContext) -> None:
     n = len(data.candidates)
     k = cfg.subset_size(n, spec.keeps_all)
     reused = reused_scores(cfg, data.candidate_index) if cfg.scores_from else None
+    from ..modeling.device import placement
+
+    device, dtype = placement(ctx.options)  # checked even when the selector loads no model
     model_loader, chain = ctx.options.get("model_loader"), None
     if spec.needs_model and model_loader is None and reused is None:
         chain = resolve_ref(cfg.model)
         check_chain(chain)
-        model_loader = lambda: load_chain(chain)  # noqa: E731
+        model_loader = lambda: load_chain(chain, dtype=dtype, device=device)  # noqa: E731
     ctx.chain = chain
     ctx.state.update(spec=spec, data=data, n=n, k=k, reused=reused, model_loader=model_loader)
 
@@ -286,7 +289,7 @@ def _run(ctx: StageContext) -> None:
 
 
 def run_curate(cfg: CurateConfig, output: str | Path, overwrite: bool = False, *, model_loader=None,
-               embed_fn=None, progress: bool = True) -> Path:
+               embed_fn=None, progress: bool = True, **execution) -> Path:
     """Run a selector on the alignment data and write the curation run directory.
 
     Everything the user gave is validated before anything is written. ``model_loader`` (a
@@ -294,7 +297,7 @@ def run_curate(cfg: CurateConfig, output: str | Path, overwrite: bool = False, *
     the model named in ``cfg`` and the packaged sentence encoder (tests).
     """
     return execute("curate", cfg, output=output, overwrite=overwrite, model_loader=model_loader, embed_fn=embed_fn,
-                   progress=progress)
+                   progress=progress, **execution)
 
 
 def curate_config(block: dict) -> CurateConfig:

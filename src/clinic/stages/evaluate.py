@@ -68,8 +68,10 @@ def _prompt_set(name: str, n: int) -> list[str]:
     return [r["prompt"] for r in rows[:n]]
 
 
-def evaluate_model(model, tok, cfg: EvalConfig, fmt: PromptFormat, judges: dict | None = None) -> tuple[dict, list[dict]]:
-    """Generate and score; returns (metrics, generation records). Nothing is written."""
+def evaluate_model(model, tok, cfg: EvalConfig, fmt: PromptFormat, judges: dict | None = None,
+                   batch_size: int | None = None) -> tuple[dict, list[dict]]:
+    """Generate and score; returns (metrics, generation records). Nothing is written.
+    ``batch_size``: prompts per generation batch (default the config's; an execution setting)."""
     from ..evaluation.judges import get_judge
     from ..evaluation.scoring import harmful_score, task_accuracy
     from ..evaluation.vllm_backend import generate_with
@@ -80,7 +82,7 @@ def evaluate_model(model, tok, cfg: EvalConfig, fmt: PromptFormat, judges: dict 
     for set_name in cfg.harmful_sets:
         prompts = _prompt_set(set_name, cfg.n_prompts)
         texts = [format_prompt(tok, fmt, p) for p in prompts]
-        responses = generate_with(cfg.backend, model, tok, encode_prompts(tok, fmt, texts), batch_size=cfg.batch_size,
+        responses = generate_with(cfg.backend, model, tok, encode_prompts(tok, fmt, texts), batch_size=batch_size or cfg.batch_size,
                                   max_new_tokens=cfg.max_new_tokens, desc=f"generate {set_name}")
         set_metrics = {}
         per_judge = {}
@@ -102,7 +104,7 @@ def evaluate_model(model, tok, cfg: EvalConfig, fmt: PromptFormat, judges: dict 
         rows = rows[: cfg.n_task]
         samples = [task.sample(r) for r in rows]
         texts = [format_prompt(tok, fmt, s.instruction, s.input) for s in samples]
-        outputs = generate_with(cfg.backend, model, tok, encode_prompts(tok, fmt, texts), batch_size=cfg.batch_size,
+        outputs = generate_with(cfg.backend, model, tok, encode_prompts(tok, fmt, texts), batch_size=batch_size or cfg.batch_size,
                                 max_new_tokens=task.max_new_tokens, desc=f"generate {task_name}")
         result = task_accuracy(task, rows, outputs, cfg.task_rule)
         metrics["tasks"][task_name] = {"accuracy": result["accuracy"], "n": result["n"], "ci95": result["ci95"],
@@ -121,34 +123,62 @@ def eval_format(chain: ModelChain, tok, cfg: EvalConfig) -> PromptFormat:
     return PromptFormat(default_prompt_style(tok), cfg.system_prompt)
 
 
+def _judge_options(name: str, device: str, paths: dict) -> dict:
+    """A judge's options from the execution: its local weights (``--judge-model``) and the device,
+    for the judges that take one."""
+    import inspect
+
+    from ..evaluation.judges import JUDGES
+
+    accepted = inspect.signature(JUDGES[name].__init__).parameters
+    options = {"model_path": paths[name]} if name in paths else {}
+    if "device" in accepted:
+        options["device"] = device
+    return options
+
+
 def _prepare(ctx: StageContext) -> None:
-    from ..evaluation.judges import get_judge
+    from ..modeling.device import generation_batch, placement
 
     cfg = ctx.config
     for name in cfg.harmful_sets:
         _prompt_set(name, cfg.n_prompts)  # validate before any work
+    device, dtype = placement(ctx.options)
+    ctx.state.update(device=device, dtype=dtype,
+                     batch=generation_batch(device, cfg.batch_size, ctx.options.get("generation_batch")))
     paths = ctx.options.get("judge_models") or {}  # local weights of model judges (clinic evaluate --judge-model)
-    ctx.state["judges"] = ctx.options.get("judges") or {
-        name: get_judge(name, **({"model_path": paths[name]} if name in paths else {})) for name in cfg.judges}
+    ctx.state["judges"] = ctx.options.get("judges") or build_judges(cfg.judges, device, paths)
+
+
+def build_judges(names, device: str = "cpu", paths: dict | None = None) -> dict:
+    """The judges ``names``, each on ``device`` where it takes one, with local weights from
+    ``paths`` (``--judge-model``); built once and shared by every evaluation of a run."""
+    from ..evaluation.judges import get_judge
+
+    return {name: get_judge(name, **_judge_options(name, device, paths or {})) for name in names}
 
 
 def _run(ctx: StageContext) -> None:
-    cfg, chain, run = ctx.config, ctx.chain, ctx.run
-    model_obj, tok = load_chain(chain)
+    cfg, chain, run, st = ctx.config, ctx.chain, ctx.run, ctx.state
+    model_obj, tok = load_chain(chain, dtype=st["dtype"], device=st["device"])
     fmt = eval_format(chain, tok, cfg)
     run.write_yaml("config.yaml", {"stage": "evaluate", "model": asdict(chain), "eval": asdict(cfg),
-                                   "prompt_format": asdict(fmt), "versions": package_versions()})
+                                   "prompt_format": asdict(fmt), "versions": package_versions(),
+                                   "execution": {"device": st["device"], "dtype": str(st["dtype"]).removeprefix("torch."),
+                                                 "generation_batch": st["batch"]}})
     start = time.perf_counter()
-    metrics, records = evaluate_model(model_obj, tok, cfg, fmt, ctx.state["judges"])
+    metrics, records = evaluate_model(model_obj, tok, cfg, fmt, st["judges"], batch_size=st["batch"])
     metrics["eval_seconds"] = round(time.perf_counter() - start, 2)
     run.write_jsonl("generations.jsonl", records)
     run.write_json("metrics.json", metrics)
     run.write_json("run.json", {"stage": "evaluate", "model_chain": asdict(chain), "prompt_format": asdict(fmt)})
 
 
-def run_evaluate(model: str, cfg: EvalConfig, output: str | Path, overwrite: bool = False, judges: dict | None = None) -> Path:
-    """Harmful score on each prompt set with each judge, and fine-tune accuracy per task."""
-    return execute("evaluate", cfg, output=output, model=model, overwrite=overwrite, judges=judges)
+def run_evaluate(model: str, cfg: EvalConfig, output: str | Path, overwrite: bool = False, judges: dict | None = None,
+                 **execution) -> Path:
+    """Harmful score on each prompt set with each judge, and fine-tune accuracy per task;
+    ``execution``: device, dtype, generation_batch (never part of the stage's hash)."""
+    return execute("evaluate", cfg, output=output, model=model, overwrite=overwrite, judges=judges, **execution)
 
 
 def _from_plan(stage, parent_dir: Path | None, model: str):

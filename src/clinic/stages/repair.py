@@ -141,7 +141,10 @@ def _run(ctx: StageContext) -> None:
 
     st, chain, run = ctx.state, ctx.chain, ctx.run
     spec, cfg, settings, fmt, refs = st["spec"], st["cfg"], st["settings"], st["fmt"], st["refs"]
-    rep = RepairContext(chain, fmt, settings, st["run_config"], refs, ctx.options.get("progress", True))
+    from ..modeling.device import placement
+
+    rep = RepairContext(chain, fmt, settings, st["run_config"], refs, ctx.options.get("progress", True),
+                        placement=placement(ctx.options))
     torch.manual_seed(settings.seed)
     start = time.perf_counter()
     try:
@@ -164,11 +167,12 @@ def _run(ctx: StageContext) -> None:
 
 
 def run_repair(model: str, method: str, output: str | Path, options: dict | None = None,
-               settings: RepairConfig | None = None, overwrite: bool = False, progress: bool = True) -> Path:
+               settings: RepairConfig | None = None, overwrite: bool = False, progress: bool = True,
+               **execution) -> Path:
     """Repair the fine-tuned run ``model`` with ``method``; returns the finished run directory.
     Everything the user gave is checked before anything is written."""
     stage = RepairStageConfig(method, dict(options or {}), settings or RepairConfig())
-    return execute("repair", stage, output=output, model=model, overwrite=overwrite, progress=progress)
+    return execute("repair", stage, output=output, model=model, overwrite=overwrite, progress=progress, **execution)
 
 
 def summary_line(metrics: dict) -> str:

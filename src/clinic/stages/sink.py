@@ -84,15 +84,15 @@ def _run_models(ref: str) -> list[tuple[str, int | None, object]]:
     return out
 
 
-def _load_chain(chain):
+def _load_chain(chain, dtype="float32", device: str | None = None):
     from ..modeling.models import load_model
     from ..modeling.chain import load_chain
 
     if not chain.adapters and Path(chain.base).is_dir() and not (Path(chain.base) / "tokenizer_config.json").exists():
         # a full fine-tuning checkpoint without a tokenizer: the run's final model has one
-        model, _ = load_model(chain.base)
+        model, _ = load_model(chain.base, dtype=dtype, device=device)
         return model, None
-    return load_chain(chain)
+    return load_chain(chain, dtype=dtype, device=device)
 
 
 def _read_scores(path: str | Path | None, final_step: int | None) -> dict[int, float]:
@@ -129,7 +129,10 @@ def _read_scores(path: str | Path | None, final_step: int | None) -> dict[int, f
 def _prepare(ctx: StageContext) -> None:
     from ..data.mixture import take_qa
 
+    from ..modeling.device import placement
+
     cfg = ctx.config  # checked by SinkConfig itself
+    ctx.state["placement"] = placement(ctx.options)
     models = _run_models(ctx.model)
     ctx.state.update(models=models, step_scores=_read_scores(cfg.scores, models[-1][1]),
                      harmful=take_qa(cfg.harmful_source, cfg.n, cfg.seed, cfg.selection)[0],
@@ -146,8 +149,9 @@ def _run(ctx: StageContext) -> None:
     model_ref = ctx.model
     entries: list[_Entry] = []
     tokenizer = None
+    device, dtype = st["placement"]
     for label, step, chain in models:
-        model, tok = _load_chain(chain)
+        model, tok = _load_chain(chain, dtype, device)
         tokenizer = tok or tokenizer
         if tokenizer is None:
             _, tokenizer = _load_chain(models[-1][2])
@@ -217,7 +221,7 @@ def _run(ctx: StageContext) -> None:
 def run_sink_analysis(model_ref: str, out_dir: str | Path, n: int = 100, batch_size: int = 8, sink_index: int = 0,
                       harmful_source: str = DEFAULT_HARMFUL, harmless_source: str = DEFAULT_HARMLESS,
                       max_length: int = 512, mode: str = "fixed", scores: str | Path | None = None,
-                      overwrite: bool = False, seed: int = 0, selection: str = "first") -> Path:
+                      overwrite: bool = False, seed: int = 0, selection: str = "first", **execution) -> Path:
     """Sink divergence of a model, or of every checkpoint of a training run directory.
 
     Writes into ``out_dir``: ``divergence.csv`` (one row per model × layer × head),
@@ -230,7 +234,7 @@ def run_sink_analysis(model_ref: str, out_dir: str | Path, n: int = 100, batch_s
     cfg = SinkConfig(n=n, batch_size=batch_size, sink_index=sink_index, mode=mode, max_length=max_length,
                      harmful_source=harmful_source, harmless_source=harmless_source,
                      scores=None if scores is None else str(scores), seed=seed, selection=selection)
-    return execute("sink", cfg, output=out_dir, model=str(model_ref), overwrite=overwrite)
+    return execute("sink", cfg, output=out_dir, model=str(model_ref), overwrite=overwrite, **execution)
 
 
 def _from_plan(stage, parent_dir, model: str):

@@ -155,8 +155,13 @@ def _prepare(ctx: StageContext) -> None:
     samples, indices = _training_samples(stage, s.data, s.train.seed)
     streams, stream_manifest = _extra_streams(spec, cfg, s.train.seed)
     minutes = checkpoint_minutes()
+    from ..modeling.device import resolve_device
+
+    device = resolve_device(ctx.options.get("device"))  # Trainer places the model; "cpu" keeps it off a GPU
+    on_cpu = {"use_cpu": True} if device == "cpu" and torch.cuda.is_available() else {}
     # a resumable checkpoint needs the optimizer, scheduler and RNG states besides the weights
-    args = s.train.sft_config(str(ctx.output / "checkpoints"), save_only_model=minutes == 0)  # starts the process group, if any
+    args = s.train.sft_config(str(ctx.output / "checkpoints"), save_only_model=minutes == 0,  # starts the process group
+                              **on_cpu)
     check_process_group()
     destroy_process_group_at_exit()
     record = {"stage": stage, "method": s.method, "model": asdict(ctx.chain), "train": asdict(s.train),
@@ -229,12 +234,13 @@ def _run(ctx: StageContext) -> None:
 
 def run_train(stage: str, *, model: str, method: str = "sft", train: TrainConfig, data: DataConfig,
               output: str | Path, method_options: dict | None = None, overwrite: bool = False,
-              callbacks: list | None = None) -> Path:
+              callbacks: list | None = None, **execution) -> Path:
     """Align or fine-tune ``model`` with ``method``; returns the finished run directory.
+    ``execution``: ``device`` (never part of the stage's hash).
 
     Under ``accelerate launch`` / torchrun every process calls this; the main process writes."""
     settings = TrainStageConfig(method, train, data, dict(method_options or {}))
-    return execute(stage, settings, output=output, model=model, overwrite=overwrite, callbacks=callbacks)
+    return execute(stage, settings, output=output, model=model, overwrite=overwrite, callbacks=callbacks, **execution)
 
 
 def _save_weights(trainer, run: RunDir, name: str) -> None:

@@ -307,11 +307,13 @@ class HarmCEJudge(Judge):
     name = "harm-ce"
 
     def __init__(self, weights_dir: str | None = None, batch_size: int = 32, threshold: float = 0.5,
-                 max_length: int | None = None):
+                 max_length: int | None = None, device: str | None = None):
         import torch
 
         self.weights_dir = Path(weights_dir) if weights_dir else WEIGHTS_DIR
         self.model, self.tokenizer, self.meta = load_harm_ce(self.weights_dir)
+        if device:  # scores in float32 wherever it runs: the threshold was set in float32
+            self.model.to(device)
         self.batch_size, self.threshold = batch_size, threshold
         self.max_length = max_length or int(self.meta["max_length"])
         self._torch = torch
@@ -326,6 +328,7 @@ class HarmCEJudge(Judge):
             for start in range(0, len(order), self.batch_size):
                 idx = order[start:start + self.batch_size]
                 batch = self.tokenizer.pad({k: [enc[k][i] for i in idx] for k in enc}, return_tensors="pt")
+                batch = batch.to(next(self.model.parameters()).device)
                 probs = torch.softmax(self.model(**batch).logits.float(), dim=-1)[:, 1]
                 for i, p in zip(idx, probs.tolist()):
                     scores[i] = p
