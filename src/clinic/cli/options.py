@@ -129,8 +129,16 @@ def add_execution(parser, dtype: bool = True, generation: bool = False) -> None:
     if generation:
         group.add_argument("--generation-batch", type=int, default=None,
                            help="prompts per generation batch (default: --batch-size on the CPU, at least 64 on a GPU)")
+        group.add_argument("--vllm-mode", choices=("auto", "merged", "lora"), default=None,
+                           help="with --backend vllm: the chain merged, or its one adapter as a LoRA request (auto: lora "
+                           "where possible)")
+        group.add_argument("--tensor-parallel", type=int, default=None,
+                           help="with --backend vllm: GPUs to split the model over (default: every visible one)")
+        group.add_argument("--enforce-eager", action="store_true", default=None,
+                           help="with --backend vllm: no CUDA graphs (slower; for debugging)")
 
 
 def execution(args) -> dict:
     """The execution options a command was given, for :func:`clinic.stages.execute`."""
-    return {k: getattr(args, k) for k in ("device", "dtype", "generation_batch") if getattr(args, k, None) is not None}
+    keys = ("device", "dtype", "generation_batch", "vllm_mode", "tensor_parallel", "enforce_eager")
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}

@@ -95,6 +95,23 @@ def generate(
     share_prefix: bool = True,
 ) -> list[str]:
     """Greedy answers (new tokens only, special tokens skipped, stripped), in prompt order."""
+    tokens = generate_ids(model, tokenizer, prompt_ids, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                          progress=progress, desc=desc, share_prefix=share_prefix)
+    return [tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
+
+
+def generate_ids(
+    model,
+    tokenizer,
+    prompt_ids: list[list[int]],
+    *,
+    batch_size: int = 16,
+    max_new_tokens: int = 64,
+    progress: bool = False,
+    desc: str = "generate",
+    share_prefix: bool = True,
+) -> list[list[int]]:
+    """Greedy new token ids of each prompt, cut at the first stop token, in prompt order."""
     if batch_size < 1:
         raise ClinicError(f"batch_size must be at least 1, got {batch_size}")
     if max_new_tokens < 1:
@@ -122,7 +139,7 @@ def generate(
     # share a batch. The sort is stable, so equal lengths keep their order.
     order = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    outputs: list[str | None] = [None] * len(prompt_ids)
+    outputs: list[list[int] | None] = [None] * len(prompt_ids)
     device = next(model.parameters()).device
     stop_set = set(stops)
 
@@ -155,8 +172,7 @@ def generate(
                 out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=gen_config, **extra)
                 new = out[:, input_ids.shape[1]:].tolist()
                 for row, index in enumerate(batch):
-                    tokens = _cut_at_stop(new[row], stop_set)
-                    outputs[index] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+                    outputs[index] = _cut_at_stop(new[row], stop_set)
                 if bar is not None:
                     bar.update(len(batch))
     finally:
@@ -164,4 +180,4 @@ def generate(
             bar.close()
         if was_training:
             model.train()
-    return [o if o is not None else "" for o in outputs]
+    return [o if o is not None else [] for o in outputs]

@@ -69,7 +69,7 @@ def _prompt_set(name: str, n: int) -> list[str]:
 
 
 def evaluate_model(model, tok, cfg: EvalConfig, fmt: PromptFormat, judges: dict | None = None,
-                   batch_size: int | None = None) -> tuple[dict, list[dict]]:
+                   batch_size: int | None = None, vllm=None) -> tuple[dict, list[dict]]:
     """Generate and score; returns (metrics, generation records). Nothing is written.
     ``batch_size``: prompts per generation batch (default the config's; an execution setting)."""
     from ..evaluation.judges import get_judge
@@ -83,7 +83,7 @@ def evaluate_model(model, tok, cfg: EvalConfig, fmt: PromptFormat, judges: dict 
         prompts = _prompt_set(set_name, cfg.n_prompts)
         texts = [format_prompt(tok, fmt, p) for p in prompts]
         responses = generate_with(cfg.backend, model, tok, encode_prompts(tok, fmt, texts), batch_size=batch_size or cfg.batch_size,
-                                  max_new_tokens=cfg.max_new_tokens, desc=f"generate {set_name}")
+                                  max_new_tokens=cfg.max_new_tokens, desc=f"generate {set_name}", vllm=vllm)
         set_metrics = {}
         per_judge = {}
         for name, judge in judges.items():
@@ -105,7 +105,7 @@ def evaluate_model(model, tok, cfg: EvalConfig, fmt: PromptFormat, judges: dict 
         samples = [task.sample(r) for r in rows]
         texts = [format_prompt(tok, fmt, s.instruction, s.input) for s in samples]
         outputs = generate_with(cfg.backend, model, tok, encode_prompts(tok, fmt, texts), batch_size=batch_size or cfg.batch_size,
-                                max_new_tokens=task.max_new_tokens, desc=f"generate {task_name}")
+                                max_new_tokens=task.max_new_tokens, desc=f"generate {task_name}", vllm=vllm)
         result = task_accuracy(task, rows, outputs, cfg.task_rule)
         metrics["tasks"][task_name] = {"accuracy": result["accuracy"], "n": result["n"], "ci95": result["ci95"],
                                        "rule": cfg.task_rule}
@@ -143,9 +143,14 @@ def _prepare(ctx: StageContext) -> None:
     cfg = ctx.config
     for name in cfg.harmful_sets:
         _prompt_set(name, cfg.n_prompts)  # validate before any work
+    from ..evaluation.vllm_backend import VllmOptions
+
     device, dtype = placement(ctx.options)
     ctx.state.update(device=device, dtype=dtype,
-                     batch=generation_batch(device, cfg.batch_size, ctx.options.get("generation_batch")))
+                     batch=generation_batch(device, cfg.batch_size, ctx.options.get("generation_batch")),
+                     vllm=VllmOptions(chain=ctx.chain, mode=ctx.options.get("vllm_mode") or "auto",
+                                      tensor_parallel=ctx.options.get("tensor_parallel"),
+                                      enforce_eager=bool(ctx.options.get("enforce_eager"))))
     paths = ctx.options.get("judge_models") or {}  # local weights of model judges (clinic evaluate --judge-model)
     ctx.state["judges"] = ctx.options.get("judges") or build_judges(cfg.judges, device, paths)
 
@@ -167,7 +172,7 @@ def _run(ctx: StageContext) -> None:
                                    "execution": {"device": st["device"], "dtype": str(st["dtype"]).removeprefix("torch."),
                                                  "generation_batch": st["batch"]}})
     start = time.perf_counter()
-    metrics, records = evaluate_model(model_obj, tok, cfg, fmt, st["judges"], batch_size=st["batch"])
+    metrics, records = evaluate_model(model_obj, tok, cfg, fmt, st["judges"], batch_size=st["batch"], vllm=st["vllm"])
     metrics["eval_seconds"] = round(time.perf_counter() - start, 2)
     run.write_jsonl("generations.jsonl", records)
     run.write_json("metrics.json", metrics)
