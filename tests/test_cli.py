@@ -313,6 +313,13 @@ def _settings_classes():
             "repair": [RepairConfig, *{spec.config for spec in repair_methods().values()}]}
 
 
+# the execution settings each command takes (fields of clinic.experiment.blocks.ExecutionConfig)
+_EXECUTION = {"align": ["device"], "finetune": ["device"],
+              "evaluate": ["device", "dtype", "generation_batch", "vllm_mode", "tensor_parallel", "enforce_eager"],
+              "curate": ["device", "dtype"], "sink": ["device", "dtype"], "demo": ["device", "dtype"],
+              "repair": ["device", "dtype"]}
+
+
 @pytest.mark.parametrize("command", ["align", "finetune", "evaluate", "curate", "sink", "demo", "repair"])
 def test_every_setting_has_exactly_one_option_of_its_own_name(command):
     import dataclasses
@@ -327,7 +334,7 @@ def test_every_setting_has_exactly_one_option_of_its_own_name(command):
             name = option.lstrip("-").replace("-", "_")
             assert name in (action.dest, f"no_{action.dest}") or option == "-h", (option, action.dest)
     fields = {f.name for cls in _settings_classes()[command] for f in dataclasses.fields(cls) if f.init}
-    fields |= set(DATA_FIELDS.get(command, ()))
+    fields |= set(DATA_FIELDS.get(command, ())) | set(_EXECUTION[command])
     for name in fields:
         flag = "--" + name.replace("_", "-")
         owners = [a for a in actions if flag in a.option_strings]

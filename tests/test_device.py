@@ -68,10 +68,10 @@ def test_evaluate_loads_the_model_and_the_judge_where_asked(tmp_path, forced, mo
     seen = {}
     real = ev.evaluate_model
 
-    def spy(model, tok, cfg, fmt, judges=None, batch_size=None):
+    def spy(model, tok, cfg, fmt, judges=None, batch_size=None, vllm=None):
         seen["model"], seen["batch"] = _param(model), batch_size
         seen["judge"] = _param(judges["harm-ce"].model)
-        return real(model, tok, cfg, fmt, judges, batch_size)
+        return real(model, tok, cfg, fmt, judges, batch_size, vllm)
 
     monkeypatch.setattr(ev, "evaluate_model", spy)
     out = ev.run_evaluate("tiny-random-llama", ev.EvalConfig(n_prompts=2, judges=["harm-ce"], tasks=[], batch_size=2),

@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("report", "Tables, figures and a self-contained HTML report for an experiment directory"),
     "curate": ("curate", "Select a core subset of the alignment data (Pharmacist-like selector and baselines)"),
     "repair": ("repair", "Repair a LoRA fine-tuned model after fine-tuning (SafeLoRA, Antidote, Panacea)"),
+    "export": ("export", "Merge a run's model chain into one transformers folder for vLLM, lm-eval-harness, the hub"),
 }
 
 

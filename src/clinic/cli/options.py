@@ -116,26 +116,15 @@ def values(args: argparse.Namespace, names) -> dict:
 
 
 def add_execution(parser, dtype: bool = True, generation: bool = False) -> None:
-    """The execution options (where and how a stage computes; never part of its hash):
-    ``--device``, the loading ``--dtype`` and, for generation, ``--generation-batch``."""
-    from ..modeling.device import DEVICES, DTYPES
+    """The execution options (where and how a stage computes; never part of its hash): the
+    fields of :class:`clinic.experiment.blocks.ExecutionConfig`, the experiment file's
+    ``execution`` keys: ``--device``, the loading ``--dtype`` and, for generation,
+    ``--generation-batch`` and the vLLM options."""
+    from ..experiment.blocks import ExecutionConfig
 
-    group = parser.add_argument_group("execution (never part of a stage's hash)")
-    group.add_argument("--device", default="auto", help=f"where to compute: {', '.join(DEVICES)} or cuda:N (auto: "
-                       "CUDA, else MPS, else the CPU)")
-    if dtype:
-        group.add_argument("--dtype", default="auto", choices=DTYPES, help="dtype models are loaded in (auto: bf16 on a "
-                           "GPU that computes it, else float32); training precision is the training setting --bf16")
-    if generation:
-        group.add_argument("--generation-batch", type=int, default=None,
-                           help="prompts per generation batch (default: --batch-size on the CPU, at least 64 on a GPU)")
-        group.add_argument("--vllm-mode", choices=("auto", "merged", "lora"), default=None,
-                           help="with --backend vllm: the chain merged, or its one adapter as a LoRA request (auto: lora "
-                           "where possible)")
-        group.add_argument("--tensor-parallel", type=int, default=None,
-                           help="with --backend vllm: GPUs to split the model over (default: every visible one)")
-        group.add_argument("--enforce-eager", action="store_true", default=None,
-                           help="with --backend vllm: no CUDA graphs (slower; for debugging)")
+    names = ["device", *(["dtype"] if dtype else []),
+             *(["generation_batch", "vllm_mode", "tensor_parallel", "enforce_eager"] if generation else [])]
+    parser.add_dataclass(ExecutionConfig, "execution (never part of a stage's hash)", only=names, unset=True)
 
 
 def execution(args) -> dict:

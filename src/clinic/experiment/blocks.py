@@ -3,7 +3,7 @@ dataclass whose fields are its keys, with their defaults and help. The checker
 (:mod:`.spec`, ``settings_keys``) derives the allowed keys from these fields and the plan (:mod:`.plan`,
 :mod:`clinic.experiment.attacks`) takes its defaults from them, so a key is added in one place.
 
-:class:`ExecutionBlock` is the one block that says how and where the experiment runs, not what it
+:class:`ExecutionConfig` is the one block that says how and where the experiment runs, not what it
 computes: it never enters a stage's hash, and a resume accepts a file whose only change is there.
 
 These blocks are no command's options (the blocks that are, ``train``, ``evaluate``, ``sink`` and
@@ -16,6 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from typing import Any
+
+from ..evaluation.vllm_backend import MODES as VLLM_MODES
+from ..modeling.device import DTYPES
 
 
 @dataclass
@@ -59,17 +62,30 @@ class FinetuneBlock(_TrainingBlock):
 
 
 EXECUTORS = ("inprocess", "local", "submitit")
-DEVICES = ("auto", "cpu", "cuda", "mps")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass
-class ExecutionBlock:
+class ExecutionConfig:
+    """How and where stages run, never what they compute: the experiment file's ``execution``
+    block and the commands' execution options (``--device``, ...) under the same names; no field
+    here ever enters a stage's hash."""
+
     store: str | None = field(default=None, metadata={
         "help": "stage store shared between experiments (as --store; relative to the current folder)"})
-    device: str = field(default="auto", metadata={"help": "where stages compute (as --device)", "choices": DEVICES})
+    device: str = field(default="auto", metadata={
+        "help": "where stages compute: auto (CUDA, else MPS, else the CPU), cpu, cuda, cuda:N or mps"})
     dtype: str = field(default="auto", metadata={
-        "help": "dtype models are loaded in for evaluation, sink, curation and repair (as --dtype)", "choices": DTYPES})
+        "help": "dtype models are loaded in for evaluation, sink, curation and repair (auto: bf16 on a GPU that "
+                "computes it, else float32; training precision is the training setting bf16)", "choices": DTYPES})
+    generation_batch: int | None = field(default=None, metadata={
+        "help": "prompts per generation batch (default: the evaluation's batch_size on the CPU, at least 64 on a GPU)",
+        "range": (1, None)})
+    vllm_mode: str = field(default="auto", metadata={
+        "help": "with backend vllm: merged (the chain saved merged) or lora (its one adapter as a LoRA request); auto: "
+                "lora where possible", "choices": VLLM_MODES})
+    tensor_parallel: int | None = field(default=None, metadata={
+        "help": "with backend vllm: GPUs to split the model over (default: every visible one)", "range": (1, None)})
+    enforce_eager: bool = field(default=False, metadata={"help": "with backend vllm: no CUDA graphs (slower)"})
     executor: str = field(default="inprocess", metadata={
         "help": "how stages run: in this process, as local subprocesses, or as SLURM jobs through submitit",
         "choices": EXECUTORS})
@@ -80,6 +96,11 @@ class ExecutionBlock:
         from ..values import check_fields
 
         check_fields(self, "execution setting ")
+
+    def stage_options(self) -> dict:
+        """What :func:`clinic.stages.execute` takes of it."""
+        keys = ("device", "dtype", "generation_batch", "vllm_mode", "tensor_parallel", "enforce_eager")
+        return {k: getattr(self, k) for k in keys}
 
 
 def default(cls, key: str) -> Any:
@@ -93,7 +114,7 @@ def keys_markdown() -> str:
     checks that the page matches)."""
     lines = ["| block | key | default | meaning |", "|---|---|---|---|"]
     for name, cls in (("curate", CurateBlock), ("align", AlignBlock), ("finetune", FinetuneBlock),
-                      ("execution", ExecutionBlock)):
+                      ("execution", ExecutionConfig)):
         for f in fields(cls):
             value = default(cls, f.name)
             shown = "—" if value is None else f"`{value}`"

@@ -48,7 +48,7 @@ def run_stage(store: Path, exp: Experiment, stage: Stage, judges: dict) -> Path:
     parent = stage_path(store, stage.parent) if stage.parent is not None else None
     settings, model = kind.from_plan(stage, parent, exp.model)
     return execute(kind, settings, output=stage_path(store, stage), model=model, judges=judges,
-                   device=exp.execution.device, dtype=exp.execution.dtype)
+                   **exp.execution.stage_options())
 
 
 def write_plan(root: Path, store: Path, exp: Experiment, stages: list[Stage]) -> None:

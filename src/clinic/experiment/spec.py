@@ -10,7 +10,7 @@ import yaml
 
 from ..errors import ClinicError
 from ..values import INT_MAX, check_range, nearest_hint, parse_settings
-from .blocks import AlignBlock, CurateBlock, ExecutionBlock, FinetuneBlock, default
+from .blocks import AlignBlock, CurateBlock, ExecutionConfig, FinetuneBlock, default
 from .entries import as_list, check_name, integer
 from .plan import EVAL_EXTRA_KEYS, Stage, expand
 
@@ -136,7 +136,7 @@ class Experiment:
     parsed: dict = field(default_factory=dict)  # the file's content: what a resume compares
     searches: list = field(default_factory=list)  # budgeted attack searches (clinic.experiment.attacks), filled by plan()
     repair: dict | None = None
-    execution: ExecutionBlock = field(default_factory=ExecutionBlock)
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
 
     @classmethod
     def from_file(cls, path: str | Path) -> Experiment:
@@ -192,7 +192,7 @@ class Experiment:
         repair = _block(raw, "repair", keys["repair"], "repair")
         if repair is not None:  # seeds: the file's
             parse_settings(RepairConfig, repair, "repair", extra=REPAIR_EXTRA_KEYS, drop={"seed"})
-        execution = parse_settings(ExecutionBlock, raw.get("execution") or {}, "execution")
+        execution = parse_settings(ExecutionConfig, raw.get("execution") or {}, "execution")
         for key in ("name", "model"):
             if key in raw and not isinstance(raw[key], str):
                 raise ClinicError(f"{key} must be text, got {raw[key]!r}")

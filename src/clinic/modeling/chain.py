@@ -37,6 +37,8 @@ def resolve_ref(ref: str, train: bool = False) -> ModelChain:
         raise ClinicError(f"{path} is an incomplete clinic run (its stage did not finish; no DONE marker): "
                           f"run that stage again")
     if not is_run_dir(path):
+        if (path / "adapter_config.json").is_file() and not (path / "config.json").exists():
+            return _peft_adapter(path)
         # a local model path is recorded absolute: later stages may run from another folder
         return ModelChain(str(path.resolve()) if path.exists() else ref)
     record = read_run(path)
@@ -52,6 +54,26 @@ def resolve_ref(ref: str, train: bool = False) -> ModelChain:
     if not Path(base).is_absolute() and local_base.exists():
         base = str(local_base.resolve())
     return ModelChain(base, follow_adapters(path, adapters, path / RUN_RECORD), record.get("prompt_format"))
+
+
+def _peft_adapter(path: Path) -> ModelChain:
+    """A PEFT LoRA adapter folder that clinic did not write, given as the model: its base (the
+    adapter config's ``base_model_name_or_path``: an alias, a local folder or a hub id) plus it.
+    Only a folder named directly is taken; adapters listed in a run's record must still be
+    clinic's own (:func:`follow_adapters`)."""
+    import json
+
+    try:
+        config = json.loads((path / "adapter_config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ClinicError(f"{path / 'adapter_config.json'} cannot be read: {exc}") from None
+    base = config.get("base_model_name_or_path")
+    if config.get("peft_type") != "LORA" or not base:
+        hint = (f"pass the run directory {path.parent}" if is_run_dir(path.parent) else
+                "its adapter_config.json must name peft_type LORA and its base_model_name_or_path")
+        raise ClinicError(f"{path} is a LoRA adapter, not a model, and names no base to load it on: {hint}")
+    local = (path / base) if not Path(base).is_absolute() and (path / base).exists() else Path(base).expanduser()
+    return ModelChain(str(local.resolve()) if local.exists() else str(base), [str(path.resolve())])
 
 
 def follow_adapters(run_dir: Path, adapters: list[str], record: Path) -> list[str]:

@@ -17,7 +17,8 @@ A kind declares (:class:`StageKind`):
   finished stage and of one still to run (``clinic run --dry-run``);
 - ``rows(plan_stage, store)``: for a ``subset`` stage, how many rows it keeps (a training
   stage after it is costed by them);
-- ``role``: what the stage leaves behind (``model``, ``measurement``, ``analysis``, ``subset``),
+- ``role``: what the stage leaves behind (``model``, ``measurement``, ``analysis``, ``subset``,
+  ``export``: a model folder for other tools),
   which is how the report and the runner tell stages apart without naming kinds.
 
 :func:`execute` resolves the model once, checks the output once and opens the run directory
@@ -34,7 +35,7 @@ from typing import Any
 from ..errors import ClinicError
 from ..registry import Registry
 
-ROLES = ("model", "measurement", "analysis", "subset")
+ROLES = ("model", "measurement", "analysis", "subset", "export")
 MODEL_INPUTS = ("model", "trained", "none")
 
 
