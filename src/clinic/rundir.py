@@ -86,11 +86,12 @@ def is_staging_dir(path: str | Path) -> bool:
     return bool(_STAGING.match(Path(path).name))
 
 
-def stale_partials(final: Path) -> list[Path]:
+def stale_partials(final: Path, any_host: bool = False) -> list[Path]:
     """The staging folders of ``final`` left by a stopped process (SIGTERM, kill -9): those whose
     marker names a process of this host that no longer runs, or that an interrupted run marked as
     stopped (``keep_on_interrupt``). A staging folder of a live process, of another host or without
-    a marker is not stale. Newest first."""
+    a marker is not stale, unless ``any_host``: the caller holds the stage's lock, so no process
+    anywhere writes a staging folder of it (a requeued cluster job lands on another node). Newest first."""
     stale = []
     for path in final.parent.glob(f".{glob.escape(final.name)}.partial-*"):
         if not is_staging_dir(path) or not path.is_dir():
@@ -101,15 +102,17 @@ def stale_partials(final: Path) -> list[Path]:
         except (OSError, ValueError, KeyError, TypeError):
             continue
         if host != socket.gethostname():
+            if any_host:
+                stale.append(path)
             continue
         if owner.get("stopped") or (pid != os.getpid() and not pid_alive(pid)):
             stale.append(path)
     return sorted(stale, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
-def clear_stale_partials(final: Path) -> list[Path]:
+def clear_stale_partials(final: Path, any_host: bool = False) -> list[Path]:
     """Remove the stale staging folders of ``final`` (:func:`stale_partials`); returns them."""
-    removed = stale_partials(final)
+    removed = stale_partials(final, any_host)
     for stale in removed:
         shutil.rmtree(stale, ignore_errors=True)
     return removed
@@ -177,12 +180,13 @@ class RunDir:
     folder is kept, marked as stopped, for a later run to adopt (any other error removes it)."""
 
     def __init__(self, path: str | Path, overwrite: bool = False, inputs: tuple = (), adopt=None,
-                 keep_on_interrupt=None, checked: bool = False):
+                 keep_on_interrupt=None, checked: bool = False, lock_held: bool = False):
         # checked: the caller (clinic.stages.execute) checked the output already, before its own checks
         self.final = Path(path).expanduser().resolve() if checked else check_output_dir(path, overwrite, inputs)
         self.overwrite = overwrite
         self.adopt = adopt
         self.keep_on_interrupt = keep_on_interrupt
+        self.lock_held = lock_held  # the stage's lock is ours: any host's staging folder of it is stale
         self.adopted: Path | None = None
         self.group = _process_group()
         self.is_main = self.group is None or self.group.get_rank() == 0
@@ -200,7 +204,7 @@ class RunDir:
     def __enter__(self) -> RunDir:
         error = None
         if self.is_main and self.adopt is not None and self.group is None:
-            for stale in stale_partials(self.final):
+            for stale in stale_partials(self.final, self.lock_held):
                 if not self.adopt(stale):
                     continue
                 try:
@@ -211,7 +215,7 @@ class RunDir:
                 write_marker(self.path, "run")  # now this process's
                 break
         if self.is_main:
-            for stale in clear_stale_partials(self.final):
+            for stale in clear_stale_partials(self.final, self.lock_held):
                 print(f"clinic: removed {stale}, the staging folder of a stopped run of {self.final.name}",
                       file=sys.stderr)
             try:
@@ -229,7 +233,9 @@ class RunDir:
         if exc_type is not None:
             if not self.is_main:
                 return
-            if (issubclass(exc_type, KeyboardInterrupt) and self.group is None and self.keep_on_interrupt is not None
+            # Ctrl-C, or a scheduler's signal turned into SystemExit (a preempted cluster job)
+            if (issubclass(exc_type, (KeyboardInterrupt, SystemExit)) and self.group is None
+                    and self.keep_on_interrupt is not None
                     and self.keep_on_interrupt(self.path)):
                 marker = json.loads((self.path / MARKER).read_text())
                 (self.path / MARKER).write_text(json.dumps({**marker, "stopped": True}) + "\n")

@@ -148,6 +148,9 @@ def torch_threads(cores: int | None = None, busy: float | None = None) -> tuple[
         return int(explicit), f"CLINIC_THREADS={explicit}"
     if os.environ.get("OMP_NUM_THREADS", "").strip():
         return None, "OMP_NUM_THREADS is set"
+    allocated = cpu_allocation()
+    if allocated is not None:  # a scheduler's allocation, not the node's load (other users' jobs share it)
+        return allocated
     cores = cores if cores is not None else len(os.sched_getaffinity(0))
     if busy is None:
         busy = busy_cores(cores)
@@ -159,6 +162,37 @@ def torch_threads(cores: int | None = None, busy: float | None = None) -> tuple[
     threads = max(1, cores - taken)
     return threads, (f"{busy:.1f} of {cores} cores busy with other processes: using {threads} torch thread(s) so "
                      f"that they do not wait on them (set CLINIC_THREADS to choose)")
+
+
+def cpu_allocation(environ=None, cgroup_root: str = "/sys/fs/cgroup") -> tuple[int, str] | None:
+    """The CPUs this process was given, when a scheduler or a container says: ``SLURM_CPUS_PER_TASK``
+    (a SLURM job step), else the cgroup's CPU quota (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us`` /
+    ``cpu.cfs_period_us``), rounded down, at least 1. None when nothing limits it: then clinic
+    reads the machine's load (:func:`torch_threads`)."""
+    import math
+
+    env = os.environ if environ is None else environ
+    slurm = env.get("SLURM_CPUS_PER_TASK", "").strip()
+    if slurm.isdigit() and int(slurm) > 0:
+        return int(slurm), f"SLURM_CPUS_PER_TASK={slurm}: using {slurm} torch thread(s)"
+    root = Path(cgroup_root)
+    quota = period = None
+    try:
+        text = (root / "cpu.max").read_text().split()
+        if text and text[0] != "max":
+            quota, period = float(text[0]), float(text[1]) if len(text) > 1 else 100000.0
+    except (OSError, ValueError, IndexError):
+        try:
+            quota = float((root / "cpu" / "cpu.cfs_quota_us").read_text())
+            period = float((root / "cpu" / "cpu.cfs_period_us").read_text())
+            if quota <= 0:
+                quota = None
+        except (OSError, ValueError):
+            pass
+    if quota is None or not period:
+        return None
+    cpus = max(1, math.floor(quota / period))
+    return cpus, f"the cgroup's CPU quota is {quota / period:g} CPU(s): using {cpus} torch thread(s)"
 
 
 def package_versions() -> dict[str, str]:

@@ -25,6 +25,16 @@ def parser(name: str) -> ArgParser:
                    "keep the file's hashes and the report covers the whole plan. Keys: seed, align, finetune, "
                    "task, p, stage, model, repair, attack")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    p.add_argument("--executor", choices=("inprocess", "local", "submitit"), default=None,
+                   help="how stages run: inprocess (default), local (one subprocess per stage, through submitit) or "
+                   "submitit (SLURM jobs); each stage whose parents are done is a job (docs/cluster.md)")
+    p.add_argument("--resources", metavar="FILE", default=None,
+                   help="executor file: resources per stage kind (GPUs, CPUs, memory, time, partition), YAML")
+    p.add_argument("--status", action="store_true", help="list done / running / failed / blocked / pending stages; run "
+                   "nothing")
+    p.add_argument("--retry-failed", action="store_true", help="run the stages a previous run recorded as failed again")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="with --dry-run: estimate the wall time with N stages at once (N GPUs or jobs)")
     p.add_argument("--device", default=None, help="where stages compute (default: the file's execution block, else "
                    "auto: CUDA, else MPS, else the CPU); never part of a stage's hash")
     p.add_argument("--dtype", default=None, help="dtype models are loaded in for evaluation, sink, curation and repair "
@@ -36,6 +46,10 @@ def parser(name: str) -> ArgParser:
 def _pace_check(args) -> str | None:
     if args.pace and not args.dry_run:
         return "--pace only costs a dry run; add --dry-run"
+    if args.workers is not None and (not args.dry_run or args.workers < 1):
+        return "--workers N (N >= 1) estimates a dry run's wall time; add --dry-run"
+    if args.resources and not os.path.isfile(args.resources):
+        return f"--resources {args.resources}: no such file"
     missing = [d for d in args.pace if not os.path.isdir(d)]
     return f"--pace {missing[0]}: no such folder" if missing else None
 
@@ -43,10 +57,11 @@ def _pace_check(args) -> str | None:
 def run(args) -> None:
     from ..experiment import run_experiment
 
-    given = {k: getattr(args, k) for k in ("device", "dtype") if getattr(args, k) is not None}
+    given = {k: getattr(args, k) for k in ("device", "dtype", "executor", "resources") if getattr(args, k) is not None}
     root = run_experiment(args.experiment, args.output, args.store, dry_run=args.dry_run, pace=args.pace,
-                          only=args.only, execution=given)
-    if not args.dry_run and not args.no_report:
+                          only=args.only, execution=given, show_status=args.status, retry=args.retry_failed,
+                          workers=args.workers or 1)
+    if not args.dry_run and not args.status and not args.no_report:
         from ..report.tables import write_report
 
         write_report(root, root / "report", overwrite=True)

@@ -47,7 +47,8 @@ def run_stage(store: Path, exp: Experiment, stage: Stage, judges: dict) -> Path:
     kind = get_stage_kind(stage.kind)
     parent = stage_path(store, stage.parent) if stage.parent is not None else None
     settings, model = kind.from_plan(stage, parent, exp.model)
-    return execute(kind, settings, output=stage_path(store, stage), model=model, judges=judges,
+    # called under the stage's lock (the runner's or a cluster job's): a partial any host left is stale
+    return execute(kind, settings, output=stage_path(store, stage), model=model, judges=judges, lock_held=True,
                    **exp.execution.stage_options())
 
 
@@ -63,13 +64,16 @@ def write_plan(root: Path, store: Path, exp: Experiment, stages: list[Stage]) ->
 
 
 def run_experiment(path: str | Path | Experiment, output: str | Path | None = None, store: str | Path | None = None,
-                   dry_run: bool = False, pace: tuple = (), only: tuple = (), execution: dict | None = None) -> Path:
+                   dry_run: bool = False, pace: tuple = (), only: tuple = (), execution: dict | None = None,
+                   show_status: bool = False, retry: bool = False, workers: int = 1) -> Path:
     """Run (or resume) every stage of an experiment file (or of an :class:`~.spec.Experiment`
     built in code: the demo); returns the experiment directory. A dry run costs the stages still
     to run at the pace of finished stages in the store and under the folders ``pace``. ``only``
     (``KEY=VALUE`` label filters, :func:`~.plan.select`) runs a part of the plan; the plan file and
     the report still cover all of it. The report is :func:`clinic.report.tables.write_report`'s
-    (``clinic run`` writes it when the stages are done)."""
+    (``clinic run`` writes it when the stages are done). ``show_status``: print what is done,
+    running, failed, blocked and pending, and run nothing; ``retry``: run failed stages again
+    (:mod:`.executors`); ``execution``: command-line execution settings over the file's."""
     exp = path if isinstance(path, Experiment) else Experiment.from_file(path)
     if execution:  # the command line's --device / --dtype beat the file's execution block
         import dataclasses
@@ -100,6 +104,11 @@ def run_experiment(path: str | Path | Experiment, output: str | Path | None = No
               f"({sum(s.dirname in finished for s in chosen)} already done)")
     chosen_names = {s.dirname for s in chosen}
     searches = [g for g in exp.searches if g.fixed.dirname in chosen_names]
+    if show_status:
+        from .executors import status, status_lines
+
+        print("\n".join(status_lines(status(store_dir, chosen), store_dir)))
+        return root
     if dry_run:
         from .estimate import duration, plan_estimate
 
@@ -131,6 +140,21 @@ def run_experiment(path: str | Path | Experiment, output: str | Path | None = No
     if not recorded.exists():
         recorded.write_text(exp.source_text)
     write_plan(root, store_dir, exp, stages)
+    if retry:
+        from .executors import retry_failed
+
+        print(f"--retry-failed: {retry_failed(store_dir, chosen)} failed stage(s) will run again")
+    if exp.execution.executor != "inprocess":
+        from .executors import drive, read_resources, status_lines
+
+        if searches:
+            raise ClinicError("a budgeted attack search asks for its trials one by one: run it with the inprocess "
+                              "executor (the default)")
+        groups = drive(store_dir, exp, chosen, exp.execution.executor, root / "jobs",
+                       read_resources(exp.execution.resources))
+        print("\n".join(status_lines(groups, store_dir)))
+        _raise_failures(groups["failed"] + groups["blocked"], store_dir)
+        return root
     _run_pending(store_dir, exp, chosen, judges)
     for group in searches:  # budgeted attack searches: each trial's stages are added as it is asked
         def run_point(new: list[Stage]) -> dict:
@@ -167,12 +191,19 @@ def _run_pending(store: Path, exp: Experiment, stages: list[Stage], judges: dict
     two workers on one file): each takes the next stage whose parent is done and whose lock is
     free, and waits when every remaining stage is held by another runner. The OS releases the
     lock of a killed runner, so there is no stale lock to detect; the empty lock files stay."""
-    pending = [s for s in stages if not is_done(store, s)]
+    from .executors import failed_marker
+
+    pending = [s for s in stages if not is_done(store, s) and not failed_marker(store, s).exists()]
+    # stages an earlier run left failed: skipped (until --retry-failed), and said at the end
     total, finished, waiting_said = len(pending), 0, False
+    failed = [s for s in stages if not is_done(store, s) and failed_marker(store, s).exists()]
     while pending:
         ran = False
         for stage in list(pending):
             if is_done(store, stage):  # another runner finished it
+                pending.remove(stage)
+                continue
+            if _blocked(store, stage):  # an ancestor failed: it waits for --retry-failed
                 pending.remove(stage)
                 continue
             if stage.parent is not None and not is_done(store, stage.parent):
@@ -190,9 +221,17 @@ def _run_pending(store: Path, exp: Experiment, stages: list[Stage], judges: dict
                     start = time.perf_counter()
                     run_stage(store, exp, stage, judges)
                     print(f"[{finished}/{total}] done in {time.perf_counter() - start:.0f} s", flush=True)
-            except ClinicError:
+            except Exception as exc:  # noqa: BLE001  recorded; the other branches go on
                 if not is_done(store, stage):  # not "someone else finished it first"
-                    raise
+                    from .executors import _record_failure
+
+                    message = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+                    _record_failure(store, stage, message if isinstance(exc, ClinicError) else
+                                    f"{type(exc).__name__}: {message}", None)
+                    print(f"[{finished}/{total}] failed: {message}", flush=True)
+                    failed.append(stage)
+                    if not isinstance(exc, ClinicError):
+                        raise
             finally:
                 lock.release()
             pending.remove(stage)
@@ -203,6 +242,32 @@ def _run_pending(store: Path, exp: Experiment, stages: list[Stage], judges: dict
                 print(f"waiting for {len(pending)} stage(s) held by another runner", flush=True)
                 waiting_said = True
             _wait(poll_s)
+    _raise_failures(failed, store)
+
+
+def _blocked(store: Path, stage: Stage) -> bool:
+    from .executors import failed_marker
+
+    node = stage.parent
+    while node is not None:
+        if failed_marker(store, node).exists():
+            return True
+        node = node.parent
+    return False
+
+
+def _raise_failures(failed: list[Stage], store: Path) -> None:
+    """One line for every stage that failed (its own error) or waits on one that did."""
+    if not failed:
+        return
+    import json
+
+    from .executors import failed_marker
+
+    own = [s for s in failed if failed_marker(store, s).exists()]
+    first = json.loads(failed_marker(store, own[0]).read_text())["error"] if own else ""
+    raise ClinicError(f"{len(own)} stage(s) failed ({', '.join(s.dirname for s in own)}; first: {first}); the "
+                      f"other branches ran; `clinic run FILE --status` lists them, --retry-failed runs them again")
 
 
 def _wait(seconds: float) -> None:

@@ -127,7 +127,8 @@ def execute(kind: str | StageKind, config, *, output: str | Path, model: str | N
     if ctx.chain is not None:
         check_chain(ctx.chain)
     spec.prepare(ctx)
-    with RunDir(ctx.output, overwrite, ctx.inputs, checked=True, **ctx.run_dir_options) as run:
+    lock_held = bool(options.get("lock_held"))  # the runner holds the stage's lock: adopt any host's partial
+    with RunDir(ctx.output, overwrite, ctx.inputs, checked=True, lock_held=lock_held, **ctx.run_dir_options) as run:
         ctx.run = run
         spec.run(ctx)
     return run.final
