@@ -34,7 +34,7 @@ CHILD = textwrap.dedent("""
 
     run_train("align", model="tiny-random-llama", method="sft",
               train=train_config("cpu-align", max_steps={steps}, batch_size=2, lr={lr}, logging_steps=1),
-              data=DataConfig(source="refusals", n=16), output=sys.argv[1], callbacks=[Kill()])
+              data=DataConfig(source="refusals", n={n}), output=sys.argv[1], callbacks=[Kill()])
 """)
 
 
@@ -53,7 +53,7 @@ class _Steps:
         return Count()
 
 
-def _train(output, lr=5e-4, steps=None, **env):
+def _train(output, lr=5e-4, steps=None, n=16, **env):
     from clinic.modeling.training import train_config
     from clinic.stages.train import DataConfig, run_train
 
@@ -62,17 +62,17 @@ def _train(output, lr=5e-4, steps=None, **env):
     try:
         return run_train("align", model="tiny-random-llama", method="sft",
                          train=train_config("cpu-align", max_steps=STEPS, batch_size=2, lr=lr, logging_steps=1),
-                         data=DataConfig(source="refusals", n=16), output=output,
+                         data=DataConfig(source="refusals", n=n), output=output,
                          callbacks=[steps] if steps is not None else None)
     finally:
         for k, v in old.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
 
 
-def _killed_run(output, lr=5e-4):
+def _killed_run(output, lr=5e-4, n=16):
     """A child that checkpoints every step and is killed after step KILL_AT's checkpoint."""
     env = {**os.environ, "CLINIC_CHECKPOINT_MINUTES": "1e-9", "CLINIC_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", CHILD.format(kill=KILL_AT, steps=STEPS, lr=lr), str(output)],
+    done = subprocess.run([sys.executable, "-c", CHILD.format(kill=KILL_AT, steps=STEPS, lr=lr, n=n), str(output)],
                           env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == -9, done.stderr[-2000:]
     staged = list(output.parent.glob(f".{output.name}.partial-*"))
@@ -111,6 +111,21 @@ def test_a_killed_stage_resumes_to_the_uninterrupted_weights(tmp_path, data_dir,
     # and training did move them: the comparison is not between two untouched initialisations
     first = [e["loss"] for e in log if "loss" in e]
     assert first[0] != first[-1]
+
+
+def test_a_stage_killed_in_a_later_epoch_resumes_on_that_epochs_batches(tmp_path, data_dir, monkeypatch):
+    """4 rows, batch 2: two steps an epoch, so the kill after step 3 lands in epoch 2. The resumed
+    run must train on epoch 2's length-grouped batches, not draw epoch 1's again (the sampler's
+    generator is fresh in a new process: it replays the earlier epochs' draws)."""
+    monkeypatch.setenv("CLINIC_THREADS", "1")
+    _killed_run(tmp_path / "resumed", n=4)
+    resumed = _train(tmp_path / "resumed", n=4)
+    assert json.loads((resumed / "metrics.json").read_text())["resumed_from_step"] == KILL_AT
+    straight = _train(tmp_path / "straight", n=4, CLINIC_CHECKPOINT_MINUTES="0")
+    a = load_file(resumed / "adapter" / "adapter_model.safetensors")
+    b = load_file(straight / "adapter" / "adapter_model.safetensors")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
 
 
 def test_ctrl_c_keeps_the_checkpoint_and_the_next_run_resumes(tmp_path, data_dir, capfd):

@@ -66,13 +66,13 @@ def test_bad_clinic_threads(no_thread_env, monkeypatch, value):
 def test_cli_applies_and_says_so(no_thread_env, monkeypatch, capsys):
     import torch
 
-    from clinic import cli
+    from clinic import settings
 
-    monkeypatch.setattr(cli, "torch_threads", lambda: (1, "load average 1.0 on 2 cores: using 1 torch thread(s)"))
+    monkeypatch.setattr(settings, "torch_threads", lambda: (1, "load average 1.0 on 2 cores: using 1 torch thread(s)"))
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        cli._set_threads()
+        settings.apply_cpu_math(say=True)
         assert torch.get_num_threads() == 1
         assert "using 1 torch thread" in capsys.readouterr().err
     finally:

@@ -164,6 +164,24 @@ def torch_threads(cores: int | None = None, busy: float | None = None) -> tuple[
                      f"that they do not wait on them (set CLINIC_THREADS to choose)")
 
 
+def apply_cpu_math(say: bool = False) -> None:
+    """Flush subnormal floats to zero (:func:`flush_denormal`), then set torch's thread count
+    (:func:`torch_threads`). In this order and before any computation: the flag lives in each
+    thread's floating-point control register, and OpenMP's worker threads copy the main thread's
+    when they are created (at the first parallel operation), so a flag set later reaches the main
+    thread only. Every process that computes calls it: a command, a cluster job. ``say``: one
+    line on stderr when clinic chose fewer threads than torch would."""
+    import torch
+
+    if flush_denormal():
+        torch.set_flush_denormal(True)  # False where the CPU cannot (no SSE3): nothing to do then
+    threads, reason = torch_threads()
+    if threads is not None and threads != torch.get_num_threads():
+        if say and not os.environ.get("CLINIC_THREADS"):
+            print(f"clinic: {reason}", file=sys.stderr)
+        torch.set_num_threads(threads)
+
+
 def cpu_allocation(environ=None, cgroup_root: str = "/sys/fs/cgroup") -> tuple[int, str] | None:
     """The CPUs this process was given, when a scheduler or a container says: ``SLURM_CPUS_PER_TASK``
     (a SLURM job step), else the cgroup's CPU quota (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us`` /

@@ -17,7 +17,7 @@ import os
 import sys
 
 from ..errors import ClinicError
-from ..settings import COMPUTE_COMMANDS, flush_denormal, torch_threads
+from ..settings import COMPUTE_COMMANDS, apply_cpu_math
 from .parser import ArgParser
 
 # command -> (module under clinic.cli, its line in `clinic --help`). The modules' parsers import
@@ -64,31 +64,6 @@ def command_parser(name: str):
     return parser
 
 
-def _set_cpu_math() -> None:
-    """Flush subnormal floats to zero (:func:`clinic.settings.flush_denormal`), then set the thread
-    count. In this order and before any computation: the flag lives in each thread's floating-point
-    control register, and OpenMP's worker threads copy the main thread's when they are created (at
-    the first parallel operation), so a flag set later reaches the main thread only."""
-    if flush_denormal():
-        import torch
-
-        torch.set_flush_denormal(True)  # False where the CPU cannot (no SSE3): nothing to do then
-    _set_threads()
-
-
-def _set_threads() -> None:
-    """Apply :func:`clinic.settings.torch_threads`; say so when clinic chose fewer threads than torch would."""
-    threads, reason = torch_threads()
-    if threads is None:
-        return
-    import torch
-
-    if threads != torch.get_num_threads():
-        if not os.environ.get("CLINIC_THREADS"):
-            print(f"clinic: {reason}", file=sys.stderr)
-        torch.set_num_threads(threads)
-
-
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -99,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.command in COMPUTE_COMMANDS and not getattr(args, "dry_run", False):  # a dry run computes nothing
-            _set_cpu_math()
+            apply_cpu_math(say=True)
         args.func(args)
     except ClinicError as exc:
         print(f"clinic: error: {exc}", file=sys.stderr)

@@ -93,13 +93,9 @@ class StageJob:
         self.store, self.stage, self.exp_model, self.execution = Path(store), stage, exp_model, dict(execution)
 
     def __call__(self) -> str:
-        from ..settings import cpu_allocation
+        from ..settings import apply_cpu_math
 
-        allocated = cpu_allocation()
-        if allocated is not None:  # the job's allocation, not the node's load
-            import torch
-
-            torch.set_num_threads(allocated[0])
+        apply_cpu_math()  # as a command does: CLINIC_THREADS, else the job's allocation, not the node's load
         distributed = self._distributed()
         done = self.store / self.stage.dirname / "DONE"
         if done.exists():
@@ -216,6 +212,10 @@ def make_executor(kind: str, folder: Path):
         import submitit
     except ImportError:
         raise ClinicError(f"--executor {kind} needs submitit: pip install submitit (or clinic[cluster])") from None
+    import logging
+
+    # without slurmdbd (sacct) submitit warns on every poll; clinic reads its own stage markers
+    logging.getLogger("submitit").setLevel(logging.ERROR)
     cluster = "local" if kind == "local" else "slurm"
     if cluster == "slurm":
         import shutil

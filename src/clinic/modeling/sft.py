@@ -54,12 +54,10 @@ class SFTData(SFTTrainer):
         the same batches."""
         if self.args.train_sampling_strategy != "group_by_length" or world_size() > 1:
             return super()._get_train_sampler(train_dataset)
-        from transformers.trainer_pt_utils import LengthGroupedSampler
-
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         generator = torch.Generator().manual_seed(self.args.data_seed if self.args.data_seed is not None else self.args.seed)
-        return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                    dataset=dataset, model_input_name="input_ids", generator=generator)
+        return _ReplayingLengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                              dataset=dataset, model_input_name="input_ids", generator=generator)
 
     def prepare_samples(self, samples: list[Sample], name: str) -> Dataset:
         """Tokenize samples exactly as the main training data is tokenized."""
@@ -103,6 +101,37 @@ class SFTData(SFTTrainer):
             except StopIteration:
                 del self._extra_iters[key]
         raise RuntimeError("unreachable")
+
+def _replaying_sampler():
+    from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+
+    class ReplayingLengthGroupedSampler(LengthGroupedSampler):
+        """Length-grouped batches whose order survives a resume in a later epoch. The generator
+        draws one permutation per epoch; a resumed run builds a fresh sampler, and the Trainer then
+        says which epoch it is in (``set_epoch``): the draws of the epochs before it are replayed and
+        discarded, so the epoch's batches are the ones the uninterrupted run trained on (without
+        this, a run resumed in epoch 2 trained on epoch 1's order). An uninterrupted run never
+        replays: its order is what it always was."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._drawn = 0  # permutations drawn so far (one per epoch)
+
+        def set_epoch(self, epoch: int) -> None:
+            while self._drawn < epoch:
+                get_length_grouped_indices(self.lengths, self.batch_size, generator=self.generator)
+                self._drawn += 1
+
+        def __iter__(self):
+            self._drawn += 1
+            return super().__iter__()
+
+    return ReplayingLengthGroupedSampler
+
+
+def _ReplayingLengthGroupedSampler(*args, **kwargs):  # noqa: N802  the class is built on first use (transformers)
+    return _replaying_sampler()(*args, **kwargs)
+
 
 class _SliceCollator:
     """Collate process ``part``'s slice of a global batch drawn for ``parts`` processes (a short
