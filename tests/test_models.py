@@ -60,3 +60,32 @@ def test_bad_model_references(tmp_path):
         load_model("tiny-random-gpt9")
     with pytest.raises(ClinicError, match="holds no LoRA adapter"):
         merge_adapter(tiny_random_model("llama")[0], tmp_path / "empty")
+
+
+def test_two_runners_on_a_fresh_cache_convert_a_gguf_once(tmp_path, monkeypatch):
+    """The GGUF-to-safetensors cache is locked: two runners that start on an empty cache convert
+    once, and both load the one folder."""
+    import threading
+    import time
+
+    import clinic.modeling.models as models
+
+    monkeypatch.setenv("CLINIC_CACHE_DIR", str(tmp_path / "cache"))
+    entry = models.PackagedGGUF("fake", "fake_pkg", "fake/hub", "chat")
+    conversions = []
+
+    def convert(entry, target):
+        conversions.append(threading.get_ident())
+        time.sleep(0.5)  # a real conversion takes seconds: the other runner arrives meanwhile
+        target.mkdir(parents=True)
+        (target / "config.json").write_text("{}")
+        return target
+
+    monkeypatch.setattr(models, "_convert_locked", convert)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(models._convert_gguf(entry))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(conversions) == 1 and len(results) == 2 and results[0] == results[1]

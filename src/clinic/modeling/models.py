@@ -148,10 +148,22 @@ def tiny_random_model(arch: str, seed: int = 0, **overrides):
 
 
 def _convert_gguf(entry: PackagedGGUF) -> Path:
-    """De-quantize a packaged GGUF once and cache it as a safetensors model directory."""
+    """De-quantize a packaged GGUF once and cache it as a safetensors model directory. Several
+    runners (or cluster jobs) on one fresh cache convert it once: the first takes the cache's lock,
+    the others wait for it and then read its folder."""
+    from filelock import FileLock
+
     target = cache_dir() / "models" / entry.alias
     if (target / "config.json").exists():
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target.parent / f".{entry.alias}.lock")):
+        if (target / "config.json").exists():  # another process converted it while we waited
+            return target
+        return _convert_locked(entry, target)
+
+
+def _convert_locked(entry: PackagedGGUF, target: Path) -> Path:
     gguf = entry.gguf_path()
     if gguf is None:
         raise FileNotFoundError(entry.package)
