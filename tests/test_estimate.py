@@ -136,7 +136,7 @@ def test_pace_from_committed_results_when_the_store_is_empty(tmp_path, capsys):
     estimates, summary = plan_estimate(stages, store, lambda s: is_done(store, s), (results,))
     # median of 1 and 5 s/step (the duplicate counted once, else the median would be 1) x 9 steps
     assert estimates[finetune.dirname] == {"seconds": pytest.approx(27.0), "basis": "9 steps × 3.0 s/step, 2 finished peers"}
-    assert f"in the store and {results} (one runner" in summary
+    assert f"in the store and {results} on the CPU (one runner" in summary
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(_experiment()))
     assert main(["run", str(path), "--output", str(tmp_path / "exp"), "--store", str(store), "--dry-run",
@@ -162,3 +162,29 @@ def test_pace_refuses_in_one_line(tmp_path, capsys, extra, message):
     assert exc.value.code == 2 and err.count("\n") == 1
     assert err == f"clinic: error: {message.replace('RESULTS', str(tmp_path / 'RESULTS')).replace('MISSING', str(tmp_path / 'MISSING'))}\n"
     assert not (tmp_path / "exp").exists()
+
+
+def test_a_fresh_clone_dry_run_paces_from_the_committed_results(tmp_path, capsys, data_dir, monkeypatch):
+    """Without --pace, a dry run takes the repository's committed results as its pace: the
+    protocol's alignment grid gets an estimate for every stage kind it holds, and one for 4 at once."""
+    from clinic.cli import main
+
+    monkeypatch.chdir(tmp_path)  # no results/ here: the repository's are found
+    config = Path(__file__).resolve().parents[1] / "configs" / "protocol-align-defences-smollm2.yaml"
+    assert main(["run", str(config), "--output", str(tmp_path / "exp"), "--store", str(tmp_path / "store"),
+                 "--dry-run", "--workers", "4"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("estimate: ") and "for 49 of 49 stages" in line and "without a finished peer" not in line
+    assert "; 4 at once: " in line
+
+
+def test_the_schedule_waits_for_parents_and_fills_the_workers():
+    from clinic.experiment.estimate import schedule
+    from clinic.experiment.plan import Stage
+
+    a = Stage("align", "a", {"x": 1})
+    kids = [Stage("finetune", f"f{i}", {"i": i}, a) for i in range(3)]
+    found = {a.dirname: {"seconds": 10.0}, **{k.dirname: {"seconds": 5.0} for k in kids}}
+    assert schedule([a, *kids], found, 1) == 25.0
+    assert schedule([a, *kids], found, 3) == 15.0  # the three fine-tunes at once, after the alignment
+    assert schedule([a, *kids], found, 2) == 20.0

@@ -34,9 +34,21 @@ from .plan import Stage
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: a store holds hundreds of stages
 
 
-def _peer(folder: Path) -> tuple[tuple, float] | None:
-    """(peer key, seconds per unit) of a finished stage folder in the store, None when unknown:
-    the stage's kind (its config.yaml's ``stage``) says what its peers are."""
+def committed_results() -> tuple[Path, ...]:
+    """The folders whose finished stages pace a dry run by default: ``results/`` of the current
+    folder and of the repository clinic runs from (a fresh clone's committed results, so that a
+    newcomer's first ``--dry-run`` estimates from measured stages rather than saying 0 s)."""
+    found = []
+    for candidate in (Path.cwd() / "results", Path(__file__).resolve().parents[3] / "results"):
+        if candidate.is_dir() and candidate.resolve() not in [f.resolve() for f in found]:
+            found.append(candidate)
+    return tuple(found)
+
+
+def _peer(folder: Path) -> tuple[tuple, float, str] | None:
+    """(peer key, seconds per unit, device) of a finished stage folder in the store, None when
+    unknown: the stage's kind (its config.yaml's ``stage``) says what its peers are; the device is
+    the one its record names (``execution.device``), the CPU for records older than that."""
     from ..stages import STAGE_KINDS
 
     try:
@@ -45,13 +57,18 @@ def _peer(folder: Path) -> tuple[tuple, float] | None:
     except (OSError, ValueError, yaml.YAMLError):
         return None
     kind = STAGE_KINDS.get(config.get("stage"), None) if isinstance(config.get("stage"), str) else None
-    return kind.peer(config, metrics) if kind is not None else None
+    found = kind.peer(config, metrics) if kind is not None else None
+    if found is None:
+        return None
+    device = str(((config.get("execution") or {}).get("device")) or "cpu").split(":")[0]
+    return found[0], found[1], device
 
 
-def store_pace(store: Path, elsewhere: tuple = ()) -> dict:
+def store_pace(store: Path, elsewhere: tuple = (), device: str = "cpu") -> dict:
     """``{peer key: [seconds per unit of each finished peer]}`` over a store's finished stages and
     those at any depth under the folders ``elsewhere`` (a committed results folder keeps each
-    stage's config and metrics). A stage found twice (the same folder name) counts once."""
+    stage's config and metrics), measured on ``device`` (cpu, cuda, mps). A stage found twice (the
+    same folder name) counts once."""
     pace: dict = {}
     folders = {done.parent.name: done.parent for done in sorted(Path(store).glob("*/DONE"))}
     for root in elsewhere:
@@ -59,7 +76,7 @@ def store_pace(store: Path, elsewhere: tuple = ()) -> dict:
             folders.setdefault(done.parent.name, done.parent)
     for folder in folders.values():
         found = _peer(folder)
-        if found is not None:
+        if found is not None and found[2] == device:
             pace.setdefault(found[0], []).append(found[1])
     return pace
 
@@ -81,10 +98,13 @@ def duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def plan_estimate(stages: list[Stage], store: Path, done, elsewhere: tuple = ()) -> tuple[dict, str]:
-    """``({stage dirname: estimate or None}, summary line)`` for the stages not ``done``; the pace
-    from the store's finished stages and those under the folders ``elsewhere``."""
-    pace = store_pace(store, elsewhere)  # a store not made yet has no finished stage
+def plan_estimate(stages: list[Stage], store: Path, done, elsewhere: tuple = (), workers: int = 1,
+                  device: str = "cpu") -> tuple[dict, str]:
+    """``({stage dirname: estimate or None}, summary)`` for the stages not ``done``; the pace
+    from the finished stages (on ``device``) in the store and under the folders ``elsewhere``;
+    with ``workers`` > 1 also the wall time of that many stages at once (each starts when its parent
+    has finished: a list schedule in plan order)."""
+    pace = store_pace(store, elsewhere, device)  # a store not made yet has no finished stage
     todo = [s for s in stages if not done(s)]
     found = {s.dirname: stage_estimate(s, Path(store), pace) for s in todo}
     known = [e["seconds"] for e in found.values() if e]
@@ -93,7 +113,29 @@ def plan_estimate(stages: list[Stage], store: Path, done, elsewhere: tuple = ())
                       for s in todo if found[s.dirname] is None})
     where = "the store" + "".join(f" and {Path(e)}" for e in elsewhere)
     summary = (f"estimate: {duration(sum(known))} for {len(known)} of {len(todo)} stages still to run, at the pace of "
-               f"the finished stages in {where} (one runner; several runners overlap)")
+               f"the finished stages in {where} on the {device.upper() if device != 'cpu' else 'CPU'} (one runner")
+    summary += f"; {workers} at once: {duration(schedule(todo, found, workers))})" if workers > 1 else ")"
     if unknown:
         summary += f"; without a finished peer: {len(todo) - len(known)} ({', '.join(unknown)})"
+    if device != "cpu":
+        cpu = store_pace(store, elsewhere, "cpu")
+        kinds = sorted({s.kind for s in todo if found[s.dirname] is None and stage_estimate(s, Path(store), cpu)})
+        if kinds:
+            summary += f"; no {device.upper()} timing yet for {', '.join(kinds)} (only CPU ones)"
     return found, summary
+
+
+def schedule(stages: list[Stage], found: dict, workers: int) -> float:
+    """The wall time of ``stages`` on ``workers`` at once: each stage, in plan order, starts on the
+    first free worker once its parent has finished (an unknown cost counts 0)."""
+    import heapq
+
+    free = [0.0] * max(1, workers)
+    ends: dict[str, float] = {}
+    for stage in stages:
+        start = heapq.heappop(free)
+        if stage.parent is not None:
+            start = max(start, ends.get(stage.parent.dirname, 0.0))
+        ends[stage.dirname] = start + ((found.get(stage.dirname) or {}).get("seconds") or 0.0)
+        heapq.heappush(free, ends[stage.dirname])
+    return max(ends.values(), default=0.0)

@@ -112,7 +112,12 @@ def run_experiment(path: str | Path | Experiment, output: str | Path | None = No
     if dry_run:
         from .estimate import duration, plan_estimate
 
-        estimates, summary = plan_estimate(chosen, store_dir, lambda s: s.dirname in finished, tuple(pace))
+        from .estimate import committed_results
+
+        device = exp.execution.device if exp.execution.device not in ("auto", None) else "cpu"
+        elsewhere = tuple(pace) or committed_results()  # a fresh clone paces from the committed results
+        estimates, summary = plan_estimate(chosen, store_dir, lambda s: s.dirname in finished, elsewhere,
+                                           workers=workers, device=device.split(":")[0])
         for s in chosen:
             e = estimates.get(s.dirname)
             cost = f"  ~{duration(e['seconds'])} ({e['basis']})" if e else ""

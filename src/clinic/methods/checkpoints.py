@@ -95,6 +95,8 @@ def is_same_stage(stale: Path, record: dict, manifest: dict) -> bool:
         indices = json.loads((stale / "data_indices.json").read_text())
     except (OSError, ValueError, yaml.YAMLError):
         return False
+    if isinstance(recorded, dict):
+        recorded.pop("execution", None)  # where it ran is no part of what it computes
     # compared as the run directory's writers store them
     same = (recorded == yaml.safe_load(yaml.safe_dump(plain(record), sort_keys=False))
             and indices == json.loads(json.dumps(plain(manifest))))

@@ -167,12 +167,14 @@ def _prepare(ctx: StageContext) -> None:
     record = {"stage": stage, "method": s.method, "model": asdict(ctx.chain), "train": asdict(s.train),
               "method_options": asdict(cfg), "data": asdict(s.data), "seed": s.train.seed,
               "versions": package_versions()}
+    # where it ran: never hashed, and left out of the resume check (a requeued job may land on another device)
+    execution = {"device": "cuda" if torch.cuda.is_available() and device != "cpu" else device}
     manifest = {"train": indices, "streams": stream_manifest}
     if minutes > 0:
         ctx.run_dir_options = {"adopt": lambda stale: is_same_stage(stale, record, manifest),
                                "keep_on_interrupt": lambda path: resumable_checkpoint(path / "checkpoints") is not None}
     ctx.state.update(spec=spec, cfg=cfg, samples=samples, streams=streams, args=args, record=record,
-                     manifest=manifest, minutes=minutes)
+                     manifest=manifest, minutes=minutes, execution=execution)
 
 
 def _run(ctx: StageContext) -> None:
@@ -193,7 +195,7 @@ def _run(ctx: StageContext) -> None:
         torch.manual_seed(train.seed)
         model_obj = attach_lora(model_obj, train.lora())
     rows = [training_row(tok, fmt, x.instruction, x.input, x.output) for x in st["samples"]]
-    run.write_yaml("config.yaml", st["record"])
+    run.write_yaml("config.yaml", {**st["record"], "execution": st["execution"]})
     run.write_json("data_indices.json", st["manifest"])
     callbacks = list(ctx.options.get("callbacks") or [])
     if st["minutes"] > 0:
