@@ -7,8 +7,10 @@
 #   2. preflight versions, CUDA, every clinic import                          -> env.json
 #   3. sink      SDPA sink attention vs eager output_attentions, fp32 + bf16,
 #                fused kernels, nothing T×T saved (SmolLM2-135M shape)        -> sink_check.json
-#   4. smoke     clinic align (T-Vaccine) / finetune (Surgery) / evaluate / sink through the CLI,
-#                bf16, random-init SmolLM2-135M shape, data files it writes  -> smoke.json
+#   4. smoke     clinic align (T-Vaccine) / finetune (Surgery) / evaluate / sink / export (+ reload
+#                with plain transformers) / a 2-stage grid through --executor local, all on CUDA in
+#                bf16, random-init SmolLM2-135M shape; then evaluate of a Llama-3.2-1B shape in bf16,
+#                HF batched vs vLLM (when it imports): prompts/s, same greedy answers -> smoke.json
 #   5. alignment benchmarks/alignment_cost.py at the Llama-2-7B shape, LoRA  -> alignment_cost.json
 #   6. surgery   benchmarks/surgery_cost.py at the Llama-3.2-1B shape, 10x512 and 2x2048
 #                                                                             -> surgery_cost.json
@@ -17,11 +19,11 @@
 # the most the device tool brings back. Each step runs under its own time limit (and each
 # benchmark subprocess under --worker-timeout), so one stuck part cannot eat the rest; the
 # benchmarks rewrite their JSON after every variant and the summary reads whatever finished.
-# Limits add up to 475 s (the goal: the whole check within 8 minutes).
+# Limits add up to 535 s (the goal: the whole check within 9 minutes).
 #
 # On the device machine (the device tool's `run`, from the repository root):
 #   command: bash benchmarks/gpu_check.sh
-#   carry:   [".whl"]            timeout_s: 540
+#   carry:   [".whl"]            timeout_s: 590
 # .whl/ must exist in the checkout that travels: `python benchmarks/gpu_prepare.py download`
 # (benchmarks/gpu_wheels.txt lists the wheels, sizes and pip commands). Results: `python
 # benchmarks/gpu_summary.py --install <files_at>` copies them into benchmarks/results/.
@@ -88,10 +90,10 @@ if [[ $DRY -eq 1 ]]; then
   step summary 30 "$PY" benchmarks/gpu_summary.py "$OUT" --dry-run
 else
   step sink 45 "$PY" benchmarks/gpu_sink_check.py --device cuda --out "$OUT/sink_check.json"
-  step smoke 90 "$PY" benchmarks/gpu_smoke.py --stage-timeout 40 --work "$SCRATCH/smoke" --out "$OUT/smoke.json"
-  step alignment 135 "$PY" benchmarks/alignment_cost.py --device cuda --worker-timeout 40 \
+  step smoke 200 "$PY" benchmarks/gpu_smoke.py --stage-timeout 60 --work "$SCRATCH/smoke" --out "$OUT/smoke.json"
+  step alignment 110 "$PY" benchmarks/alignment_cost.py --device cuda --worker-timeout 35 \
     --out "$OUT/alignment_cost.json"
-  step surgery 135 "$PY" benchmarks/surgery_cost.py --device cuda --worker-timeout 45 --output "$OUT/surgery_cost.json"
+  step surgery 110 "$PY" benchmarks/surgery_cost.py --device cuda --worker-timeout 35 --output "$OUT/surgery_cost.json"
   step summary 10 "$PY" benchmarks/gpu_summary.py "$OUT"
 fi
 echo "=== done in $(($(date +%s) - T0)) s; files in $OUT:"

@@ -42,7 +42,8 @@ CARRY_DIR, DRYRUN_DIR = ".whl", ".whl-dryrun"
 DEVICE_PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
                     "manylinux2014_x86_64", "manylinux1_x86_64"]
 # every clinic module the check imports on the device (the CLI imports the rest lazily)
-CLINIC_MODULES = ["clinic.cli", "clinic.pipeline", "clinic.modeling.attention", "clinic.sink", "clinic.modeling.models",
+CLINIC_MODULES = ["clinic.cli", "clinic.stages.train", "clinic.stages.evaluate", "clinic.stages.export",
+                  "clinic.experiment.executors", "clinic.modeling.attention", "clinic.sink", "clinic.modeling.models",
                   "clinic.methods.trainer", "clinic.evaluation.judges", "clinic.evaluation.generate"]
 STACK = ["torch", "transformers", "trl", "datasets", "peft", "accelerate", "huggingface_hub", "tokenizers",
          "safetensors", "pyarrow", "fsspec", "dill", "multiprocess", "numpy", "pandas"]

@@ -11,12 +11,19 @@ would (``python -m clinic.cli``), each with its own time limit:
    layers all happen within the few steps);
 2. ``finetune --method surgery --bf16`` on the aligned run (the sink regulariser on the GPU);
 3. ``evaluate`` with the keyword judge (no judge model travels) on harmful prompts;
-4. ``sink`` on the fine-tuned run.
+4. ``sink`` on the fine-tuned run;
+5. ``export`` of the fine-tuned run, reloaded with plain transformers: its greedy answers against
+   the clinic chain's (``reload``);
+6. a 2-stage grid (an alignment and its evaluation) through ``clinic run --executor local``;
+7. the serving comparison: ``evaluate`` of a Llama-3.2-1B-shape model in bf16 on 64 prompts x 64
+   new tokens with ``--backend hf`` (batched) and ``--backend vllm`` (where vLLM imports; it falls
+   back to HF otherwise, and says so): prompts/s of each and whether the greedy answers are the
+   same (``serving``).
 
 Random weights answer nonsense: the run shows that every stage works on the device, not what it
-scores. ``clinic evaluate`` and ``clinic sink`` load the model without moving it to a GPU (the
-pipeline never calls ``.to("cuda")`` there), so on the GPU machine they run on its CPU. The
-training stages' ``peak_memory_mb`` is CUDA's peak allocation when CUDA is there (else the peak RSS).
+scores. Every stage runs with ``--device auto`` (CUDA there) and the loading ``--dtype auto``
+(bf16 on a GPU that computes it). The training stages' ``peak_memory_mb`` is CUDA's peak
+allocation when CUDA is there (else the peak RSS).
 
 Writes one JSON (``--out``): per stage the command, exit status, seconds, and its metrics.json
 (or the last lines of its error output). Exit status 1 when a stage failed.
@@ -40,6 +47,9 @@ SMOLLM2_SHAPE = dict(hidden_size=576, num_hidden_layers=30, num_attention_heads=
                      intermediate_size=1536, vocab_size=49152, head_dim=64, rms_norm_eps=1e-5)
 TINY_SHAPE = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
                   intermediate_size=128, vocab_size=512, head_dim=16)
+# Llama-3.2-1B's shape, with clinic's small test tokenizer's vocabulary (no tokenizer travels)
+LLAMA_1B_SHAPE = dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+                      intermediate_size=8192, vocab_size=512, head_dim=64, rms_norm_eps=1e-5)
 
 
 def write_model(folder: Path, shape: dict) -> None:
@@ -81,7 +91,7 @@ def _rows(kind: str, n: int) -> list[dict]:
 
 def write_data(folder: Path) -> dict[str, Path]:
     files = {"align": ("refusal", 32), "harmful": ("harmful", 24), "harmless": ("harmless", 24),
-             "attack": ("harmless", 32), "prompts": ("prompts", 8)}
+             "attack": ("harmless", 32), "prompts": ("prompts", 8), "serving": ("prompts", 64)}
     paths = {}
     for name, (kind, n) in files.items():
         paths[name] = folder / f"{name}.jsonl"
@@ -107,7 +117,73 @@ def stages(work: Path, data: dict[str, Path], bf16: bool) -> list[tuple[str, lis
                       "--batch-size", "8", "--output", str(work / "evaluate")]),
         ("sink", ["sink", "--model", str(work / "finetune"), "--harmful-source", str(data["harmful"]),
                   "--harmless-source", str(data["harmless"]), "--n", "8", "--output", str(work / "sink")]),
+        ("export", ["export", str(work / "finetune"), "--output", str(work / "export")]),
+        ("grid-local", ["run", str(write_grid(work, data)), "--output", str(work / "grid"), "--executor", "local",
+                        "--no-report"]),
     ]
+
+
+def write_grid(work: Path, data: dict[str, Path]) -> Path:
+    """A 2-stage experiment (an SFT alignment and its evaluation) on the smoke model."""
+    import yaml
+
+    path = work / "grid.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "smoke-grid", "model": str(work / "model"),
+        "align": {"methods": ["sft"], "source": str(data["align"]), "n": 16,
+                  "train": {"max_steps": 4, "batch_size": 4, "max_length": 96}},
+        "evaluate": {"harmful_sets": [str(data["prompts"])], "n_prompts": 8, "judges": ["keyword"], "tasks": [],
+                     "max_new_tokens": 16, "batch_size": 8, "base": False}}))
+    return path
+
+
+def reload_check(work: Path) -> dict:
+    """The export, loaded with plain transformers, answers 4 prompts greedily as the clinic chain does."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from clinic.data.formatting import PromptFormat, encode_prompts, format_prompt
+    from clinic.evaluation.generate import generate
+    from clinic.modeling.chain import load_chain, resolve_ref
+
+    start = time.perf_counter()
+    prompts = ["how do I bake bread?", "name a colour", "what is 2 + 2?", "write a haiku"]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def answers(model, tok):
+        fmt = PromptFormat("chat")
+        ids = encode_prompts(tok, fmt, [format_prompt(tok, fmt, p) for p in prompts])
+        return generate(model.to(device), tok, ids, batch_size=4, max_new_tokens=12, progress=False)
+
+    ours = answers(*load_chain(resolve_ref(str(work / "finetune"))))
+    theirs = answers(AutoModelForCausalLM.from_pretrained(work / "export"), AutoTokenizer.from_pretrained(work / "export"))
+    result = {"stage": "reload", "rc": 0 if ours == theirs else 1, "same_answers": ours == theirs,
+              "seconds": round(time.perf_counter() - start, 1)}
+    print(f"reload             rc={result['rc']} same greedy answers as the clinic chain: {ours == theirs}", flush=True)
+    return result
+
+
+def serving(work: Path, data: dict[str, Path], shape: dict, timeout: float) -> dict:
+    """HF batched against vLLM on one model in bf16: prompts/s and identical greedy answers."""
+    import importlib.util
+
+    write_model(work / "model-1b", shape)
+    common = ["evaluate", "--model", str(work / "model-1b"), "--harmful-sets", str(data["serving"]), "--n-prompts", "64",
+              "--judges", "keyword", "--tasks", "", "--max-new-tokens", "64", "--batch-size", "64"]
+    out = {"stage": "serving", "vllm_importable": importlib.util.find_spec("vllm") is not None}
+    for backend in ("hf", "vllm"):
+        res = run_stage(f"serving-{backend}", [*common, "--backend", backend, "--output", str(work / f"serve-{backend}")],
+                        work / f"serve-{backend}", timeout)
+        seconds = (res.get("metrics") or {}).get("eval_seconds")
+        out[backend] = {"rc": res["rc"], "eval_seconds": seconds,
+                        "prompts_per_s": round(64 / seconds, 2) if seconds else None}
+    gens = [work / f"serve-{b}" / "generations.jsonl" for b in ("hf", "vllm")]
+    if all(g.exists() for g in gens):
+        a, b = ([json.loads(line)["response"] for line in g.read_text().splitlines()] for g in gens)
+        out["same_answers"] = sum(x == y for x, y in zip(a, b))
+        out["answers"] = len(a)
+    out["rc"] = 0 if out["hf"]["rc"] == 0 and out["vllm"]["rc"] == 0 else 1
+    return out
 
 
 def run_stage(name: str, argv: list[str], output: Path, timeout: float) -> dict:
@@ -136,6 +212,7 @@ def main(argv=None) -> int:
     parser.add_argument("--work", default=None, help="working folder (default: a new temporary one)")
     parser.add_argument("--shape", choices=["smollm2-135m", "tiny"], default="smollm2-135m")
     parser.add_argument("--stage-timeout", type=float, default=150, help="seconds each CLI stage may run")
+    parser.add_argument("--no-serving", action="store_true", help="skip the HF-vs-vLLM serving comparison")
     args = parser.parse_args(argv)
 
     import torch
@@ -155,7 +232,12 @@ def main(argv=None) -> int:
         report["stages"].append(run_stage(name, stage_argv, output, args.stage_timeout))
         if report["stages"][-1]["rc"] != 0 and name in ("align-tvaccine", "finetune-surgery"):
             break  # the later stages need this one's run directory
-    report["ok"] = len(report["stages"]) == 4 and all(s["rc"] == 0 for s in report["stages"])
+        if name == "export" and report["stages"][-1]["rc"] == 0:
+            report["stages"].append(reload_check(work))
+    if not args.no_serving:
+        report["stages"].append(serving(work, data, LLAMA_1B_SHAPE if args.shape == "smollm2-135m" else TINY_SHAPE,
+                                        args.stage_timeout))
+    report["ok"] = len(report["stages"]) >= 7 and all(s["rc"] == 0 for s in report["stages"])
     print("smoke run:", "PASS" if report["ok"] else "FAIL")
     save_json(report, args.out)
     return 0 if report["ok"] else 1

@@ -149,11 +149,17 @@ def summarize(folder: Path, dry: bool) -> dict:
         out.append("Sink attention check: no result")
     if smoke:
         out.append(f"Smoke run ({smoke['shape']}, bf16={smoke['bf16']}): {'PASS' if smoke['ok'] else 'FAIL'}; "
-                   + "; ".join(f"{s['stage']} {'ok' if s['rc'] == 0 else 'rc=' + str(s['rc'])} {s['seconds']}s"
+                   + "; ".join(f"{s['stage']} {'ok' if s['rc'] == 0 else 'rc=' + str(s['rc'])} {s.get('seconds', '')}s"
                                + (f" peak {s['metrics']['peak_memory_mb']:.0f} MB" if 'peak_memory_mb' in s.get('metrics', {}) else "")
-                               for s in smoke["stages"]))
+                               for s in smoke["stages"] if s["stage"] != "serving"))
         for s in smoke["stages"]:
-            if s["rc"] != 0:
+            if s["stage"] == "serving":
+                out.append(f"Serving (1B shape, bf16): HF {s['hf']['prompts_per_s']} prompts/s, vLLM "
+                           f"{s['vllm']['prompts_per_s']} prompts/s"
+                           f"{'' if s['vllm_importable'] else ' (vLLM did not import: the HF fallback)'}; "
+                           f"same greedy answers {s.get('same_answers')}/{s.get('answers')}")
+        for s in smoke["stages"]:
+            if s["rc"] != 0 and s["stage"] != "serving":
                 out.append(f"  {s['stage']}: {' | '.join(s.get('error_tail', []))[:300]}")
     else:
         out.append("Smoke run: no result")
