@@ -36,10 +36,10 @@ def test_wheel_list_parses_and_every_rule_is_known():
 
 
 def test_device_installs_missing_packages_and_only_failing_ifneed_ones(monkeypatch):
-    # the device image: new enough pyarrow and fsspec, an old peft, no trl/datasets/dill/multiprocess
+    # the device image: new enough pyarrow and fsspec, an old peft, no trl/datasets/dill/multiprocess/submitit
     _installed(monkeypatch, {"pyarrow": "25.0.0", "fsspec": "2025.3.0", "peft": "0.17.1", "transformers": "5.17.0"})
     chosen, notes = gpu_prepare.choose(gpu_prepare.read_wheels(), dry_run=False, own_tags=PY312)
-    assert _names(chosen) == ["datasets", "dill", "multiprocess", "peft", "trl"]
+    assert _names(chosen) == ["datasets", "dill", "multiprocess", "peft", "submitit", "trl"]
     assert all(p.parent.name == ".whl" for p in chosen)
     assert any("keeping the installed 25.0.0" in n for n in notes)
 
