@@ -126,16 +126,30 @@ def plan_estimate(stages: list[Stage], store: Path, done, elsewhere: tuple = (),
 
 
 def schedule(stages: list[Stage], found: dict, workers: int) -> float:
-    """The wall time of ``stages`` on ``workers`` at once: each stage, in plan order, starts on the
-    first free worker once its parent has finished (an unknown cost counts 0)."""
+    """The wall time of ``stages`` on ``workers`` at once, as the executors run them: whenever a
+    worker is free, it takes the first stage in plan order whose parent has finished (a parent
+    outside ``stages`` is done already; an unknown cost counts 0)."""
     import heapq
 
-    free = [0.0] * max(1, workers)
+    todo = {s.dirname for s in stages}
     ends: dict[str, float] = {}
-    for stage in stages:
-        start = heapq.heappop(free)
-        if stage.parent is not None:
-            start = max(start, ends.get(stage.parent.dirname, 0.0))
-        ends[stage.dirname] = start + ((found.get(stage.dirname) or {}).get("seconds") or 0.0)
-        heapq.heappush(free, ends[stage.dirname])
+    running: list[tuple[float, str]] = []
+    pending = list(stages)
+    now = 0.0
+    while pending or running:
+        started = True
+        while started and len(running) < max(1, workers):
+            started = False
+            for stage in pending:
+                parent = stage.parent.dirname if stage.parent is not None else None
+                if parent is None or parent not in todo or ends.get(parent, float("inf")) <= now:
+                    seconds = (found.get(stage.dirname) or {}).get("seconds") or 0.0
+                    heapq.heappush(running, (now + seconds, stage.dirname))
+                    pending.remove(stage)
+                    started = True
+                    break
+        if not running:
+            break  # nothing can start: a parent that never runs
+        now, dirname = heapq.heappop(running)
+        ends[dirname] = now
     return max(ends.values(), default=0.0)
