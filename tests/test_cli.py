@@ -296,7 +296,7 @@ def test_demo_verdict_reads_the_intervals():
 
 # options that are no setting of a stage's dataclass: what to read or write, and how
 _RUN_OPTIONS = {"help", "model", "method", "output", "overwrite", "preset", "judge_model", "sink_every", "command",
-                "func", "method_options"}
+                "func", "method_options", "verbose", "quiet"}
 
 
 def _settings_classes():
@@ -314,7 +314,7 @@ def _settings_classes():
 
 
 # the execution settings each command takes (fields of clinic.experiment.blocks.ExecutionConfig)
-_EXECUTION = {"align": ["device"], "finetune": ["device"],
+_EXECUTION = {"align": ["device", "report_to"], "finetune": ["device", "report_to"],
               "evaluate": ["device", "dtype", "generation_batch", "vllm_mode", "tensor_parallel", "enforce_eager"],
               "curate": ["device", "dtype"], "sink": ["device", "dtype"], "demo": ["device", "dtype"],
               "repair": ["device", "dtype"]}
@@ -332,7 +332,7 @@ def test_every_setting_has_exactly_one_option_of_its_own_name(command):
     for action in actions:  # every spelling of an option is its setting's name (or --no-NAME for a bool)
         for option in action.option_strings:
             name = option.lstrip("-").replace("-", "_")
-            assert name in (action.dest, f"no_{action.dest}") or option == "-h", (option, action.dest)
+            assert name in (action.dest, f"no_{action.dest}") or option in ("-h", "-v", "-q"), (option, action.dest)
     fields = {f.name for cls in _settings_classes()[command] for f in dataclasses.fields(cls) if f.init}
     fields |= set(DATA_FIELDS.get(command, ())) | set(_EXECUTION[command])
     for name in fields:
@@ -456,3 +456,19 @@ def test_without_the_shipped_weights_the_demo_trains_that_alignment(tmp_path, ca
     assert "are not in" in out and "training it instead" in out
     assert (_demo_stages(tmp_path / "demo")[("align", "aligned")] / "train_log.jsonl").exists()  # trained, not copied
     assert "| aligned (sft) |" in (tmp_path / "demo" / "demo_table.md").read_text()
+
+
+def test_quiet_keeps_only_warnings_and_verbose_adds_debug(tmp_path, capsys, data_dir):
+    """clinic's messages go through logging (progress and results on stdout, warnings on stderr):
+    --quiet leaves the warnings, the default prints the results too."""
+    argv = ["evaluate", "--model", "tiny-random-llama", "--judges", "keyword", "--n-prompts", "2", "--n-task", "0",
+            "--max-new-tokens", "2", "--harmful-prompts", "beavertails-test"]  # an old spelling: one warning
+    assert main([*argv, "--quiet", "--output", str(tmp_path / "q")]) == 0
+    quiet = capsys.readouterr()
+    assert "evaluation written to" not in quiet.out and "is deprecated" in quiet.err
+    assert main([*argv, "--output", str(tmp_path / "n")]) == 0
+    assert "evaluation written to" in capsys.readouterr().out
+    import logging
+
+    logging.getLogger("clinic").debug("not shown")
+    assert "not shown" not in capsys.readouterr().out

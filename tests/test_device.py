@@ -131,3 +131,22 @@ def test_device_and_dtype_never_enter_a_stage_hash(tmp_path, data_dir):
     text = json.dumps([s.config for s in placed])
     assert "bfloat16" not in text and "cuda" not in text
     del yaml
+
+
+def test_report_to_is_an_execution_setting_from_the_flag_or_the_environment(tmp_path, capsys, monkeypatch):
+    from transformers import integrations
+
+    from clinic.modeling.training import report_to
+
+    monkeypatch.delenv("CLINIC_REPORT_TO", raising=False)
+    assert report_to(None) == "none"
+    monkeypatch.setenv("CLINIC_REPORT_TO", "tensorboard")
+    monkeypatch.setattr(integrations, "is_tensorboard_available", lambda: True)
+    monkeypatch.setattr(integrations, "is_wandb_available", lambda: True)
+    assert report_to(None) == "tensorboard" and report_to("wandb,tensorboard") == "wandb,tensorboard"
+    with pytest.raises(ClinicError, match="unknown tracker 'tensorbord'"):
+        report_to("tensorbord")
+    monkeypatch.setattr(integrations, "is_mlflow_available", lambda: False)
+    code = main(["align", *TINY, "--n", "4", "--max-steps", "1", "--report-to", "mlflow", "--output", str(tmp_path / "a")])
+    err = capsys.readouterr().err
+    assert code == 2 and "the mlflow package is not installed" in err and not (tmp_path / "a").exists()

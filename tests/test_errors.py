@@ -711,7 +711,7 @@ def test_stale_staging_folders_of_a_stopped_run_are_removed(tmp_path, capsys):
     with RunDir(tmp_path / "run") as run:
         (run.path / "x").write_text("")
     assert not stale.exists(), "the staging folder of a stopped process stays"
-    assert f"clinic: removed {stale}" in capsys.readouterr().err  # and says so
+    assert f"clinic: warning: removed {stale}" in capsys.readouterr().err  # and says so
     assert live.exists() and unknown.exists(), "a live or unknown staging folder was removed"
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import gzip
 import json
+import logging
 import os
 import re
 import shutil
@@ -216,8 +217,8 @@ class RunDir:
                 break
         if self.is_main:
             for stale in clear_stale_partials(self.final, self.lock_held):
-                print(f"clinic: removed {stale}, the staging folder of a stopped run of {self.final.name}",
-                      file=sys.stderr)
+                logging.getLogger("clinic").warning(f"removed {stale}, the staging folder of a stopped run of "
+                                                    f"{self.final.name}")
             try:
                 if self.adopted is None:
                     self.path.mkdir(parents=True)
@@ -239,8 +240,8 @@ class RunDir:
                     and self.keep_on_interrupt(self.path)):
                 marker = json.loads((self.path / MARKER).read_text())
                 (self.path / MARKER).write_text(json.dumps({**marker, "stopped": True}) + "\n")
-                print(f"clinic: interrupted; {self.path.name} is kept, and the next run of {self.final.name} "
-                      f"resumes from its checkpoint", file=sys.stderr)
+                logging.getLogger("clinic").warning(f"interrupted; {self.path.name} is kept, and the next run of "
+                                                    f"{self.final.name} resumes from its checkpoint")
                 return
             shutil.rmtree(self.path, ignore_errors=True)
             return

@@ -18,6 +18,7 @@ Also the defaults that every layer shares and that must be readable without impo
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import sys
@@ -164,6 +165,39 @@ def torch_threads(cores: int | None = None, busy: float | None = None) -> tuple[
                      f"that they do not wait on them (set CLINIC_THREADS to choose)")
 
 
+# -- messages --------------------------------------------------------------------------------
+
+LOGGER = logging.getLogger("clinic")
+
+
+class _Console(logging.Handler):
+    """clinic's messages on the console: progress and results (INFO, DEBUG) on stdout as they
+    are, warnings on stderr as ``clinic: warning: ...``; the streams are looked up when a record
+    is written, so a redirected ``sys.stdout`` (a test's capture, a notebook) receives them."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            if record.levelno >= logging.WARNING:
+                sys.stderr.write(f"clinic: warning: {record.getMessage()}\n")
+                sys.stderr.flush()
+            else:
+                sys.stdout.write(record.getMessage() + "\n")
+                sys.stdout.flush()
+        except Exception:  # noqa: BLE001  logging must never break a run
+            self.handleError(record)
+
+
+if not any(isinstance(h, _Console) for h in LOGGER.handlers):
+    LOGGER.addHandler(_Console())
+    LOGGER.setLevel(logging.INFO)
+    LOGGER.propagate = False  # one line per message, whatever the application configures at the root
+
+
+def set_verbosity(verbose: bool = False, quiet: bool = False) -> None:
+    """``--verbose``: debug messages too; ``--quiet``: warnings and errors only."""
+    LOGGER.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+
+
 def apply_cpu_math(say: bool = False) -> None:
     """Flush subnormal floats to zero (:func:`flush_denormal`), then set torch's thread count
     (:func:`torch_threads`). In this order and before any computation: the flag lives in each
@@ -178,7 +212,7 @@ def apply_cpu_math(say: bool = False) -> None:
     threads, reason = torch_threads()
     if threads is not None and threads != torch.get_num_threads():
         if say and not os.environ.get("CLINIC_THREADS"):
-            print(f"clinic: {reason}", file=sys.stderr)
+            LOGGER.warning(reason)
         torch.set_num_threads(threads)
 
 

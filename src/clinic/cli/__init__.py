@@ -17,7 +17,7 @@ import os
 import sys
 
 from ..errors import ClinicError
-from ..settings import COMPUTE_COMMANDS, apply_cpu_math
+from ..settings import COMPUTE_COMMANDS, apply_cpu_math, set_verbosity
 from .parser import ArgParser
 
 # command -> (module under clinic.cli, its line in `clinic --help`). The modules' parsers import
@@ -57,9 +57,13 @@ def top_parser() -> ArgParser:
 
 
 def command_parser(name: str):
-    """The full parser of command ``name`` (its ``func`` default runs it)."""
+    """The full parser of command ``name`` (its ``func`` default runs it), with ``--verbose`` and
+    ``--quiet`` (clinic's messages: progress and results on stdout, warnings on stderr)."""
     module = importlib.import_module(f"{__name__}.{COMMANDS[name][0]}")
     parser = module.parser(name)
+    messages = parser.add_mutually_exclusive_group()
+    messages.add_argument("-v", "--verbose", action="store_true", help="debug messages too")
+    messages.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     parser.set_defaults(command=name, func=module.run)
     return parser
 
@@ -72,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     else:  # help, no command or an unknown one: the top-level parser says so (and exits)
         top_parser().parse_args(argv)
         return 2
+    set_verbosity(getattr(args, "verbose", False), getattr(args, "quiet", False))
     try:
         if args.command in COMPUTE_COMMANDS and not getattr(args, "dry_run", False):  # a dry run computes nothing
             apply_cpu_math(say=True)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from ..settings import LOGGER
+
 import dataclasses
 import json
 
@@ -32,5 +34,5 @@ def run(args) -> None:
 
     cfg = CurateConfig(**values(args, [f.name for f in dataclasses.fields(CurateConfig)]))
     out = run_curate(cfg, args.output, overwrite=args.overwrite, **execution(args))
-    print("\n".join(summary_lines(json.loads((out / "metrics.json").read_text()))))
-    print(f"curation written to {out}; align on the subset with: clinic align --source {out / 'subset.jsonl'} ...")
+    LOGGER.info("\n".join(summary_lines(json.loads((out / "metrics.json").read_text()))))
+    LOGGER.info(f"curation written to {out}; align on the subset with: clinic align --source {out / 'subset.jsonl'} ...")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..settings import LOGGER
+
 import dataclasses
 
 from ..errors import ClinicError
@@ -48,5 +50,5 @@ def run(args) -> None:
     cfg = EvalConfig(**values(args, [f.name for f in dataclasses.fields(EvalConfig)]))
     out = execute("evaluate", cfg, output=args.output, model=args.model, overwrite=args.overwrite,
                   judge_models=_judge_models(cfg.judges, args.judge_model), **execution(args))
-    print("\n".join(metrics_lines(read_metrics(out))))
-    print(f"evaluation written to {out}")
+    LOGGER.info("\n".join(metrics_lines(read_metrics(out))))
+    LOGGER.info(f"evaluation written to {out}")

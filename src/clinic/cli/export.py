@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from ..settings import LOGGER
+
 import dataclasses
 
 from .options import ConfigParser, values
@@ -27,4 +29,4 @@ def run(args) -> None:
 
     cfg = ExportConfig(**values(args, [f.name for f in dataclasses.fields(ExportConfig)]))
     out = run_export(args.model, args.output, cfg, overwrite=args.overwrite)
-    print(f"exported to {out}: AutoModelForCausalLM.from_pretrained({str(out)!r}) loads it; README.md has its provenance")
+    LOGGER.info(f"exported to {out}: AutoModelForCausalLM.from_pretrained({str(out)!r}) loads it; README.md has its provenance")

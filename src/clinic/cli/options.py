@@ -115,19 +115,19 @@ def values(args: argparse.Namespace, names) -> dict:
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
-def add_execution(parser, dtype: bool = True, generation: bool = False) -> None:
+def add_execution(parser, dtype: bool = True, generation: bool = False, training: bool = False) -> None:
     """The execution options (where and how a stage computes; never part of its hash): the
     fields of :class:`clinic.experiment.blocks.ExecutionConfig`, the experiment file's
     ``execution`` keys: ``--device``, the loading ``--dtype`` and, for generation,
     ``--generation-batch`` and the vLLM options."""
     from ..experiment.blocks import ExecutionConfig
 
-    names = ["device", *(["dtype"] if dtype else []),
+    names = ["device", *(["dtype"] if dtype else []), *(["report_to"] if training else []),
              *(["generation_batch", "vllm_mode", "tensor_parallel", "enforce_eager"] if generation else [])]
     parser.add_dataclass(ExecutionConfig, "execution (never part of a stage's hash)", only=names, unset=True)
 
 
 def execution(args) -> dict:
     """The execution options a command was given, for :func:`clinic.stages.execute`."""
-    keys = ("device", "dtype", "generation_batch", "vllm_mode", "tensor_parallel", "enforce_eager")
+    keys = ("device", "dtype", "generation_batch", "vllm_mode", "tensor_parallel", "enforce_eager", "report_to")
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}

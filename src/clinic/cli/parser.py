@@ -68,7 +68,9 @@ class ArgParser(argparse.ArgumentParser):
                 break
             old, sep, value = arg.partition("=")
             if old in renamed:
-                print(f"clinic: warning: {old} is deprecated, use {renamed[old]}", file=sys.stderr)
+                import logging
+
+                logging.getLogger("clinic").warning(f"{old} is deprecated, use {renamed[old]}")
                 args[i] = renamed[old] + sep + value
         namespace, extras = super().parse_known_args(args, namespace)
         for check in self.checks:  # before any work starts, so a bad combination costs nothing

@@ -6,6 +6,8 @@ Options: the run's own (model, method, output), the repair settings
 
 from __future__ import annotations
 
+from ..settings import LOGGER
+
 from .options import ConfigParser, add_execution, execution, values
 
 
@@ -42,5 +44,5 @@ def run(args) -> None:
     settings = RepairConfig(**values(args, [f.name for f in dataclasses.fields(RepairConfig)]))
     out = run_repair(args.model, spec.name, args.output, method_values(args, spec), settings, overwrite=args.overwrite,
                      **execution(args))
-    print(summary_line(json.loads((out / "metrics.json").read_text())))
-    print(f"repair run written to {out}; measure it with: clinic evaluate --model {out} ...")
+    LOGGER.info(summary_line(json.loads((out / "metrics.json").read_text())))
+    LOGGER.info(f"repair run written to {out}; measure it with: clinic evaluate --model {out} ...")

@@ -37,6 +37,8 @@ def parser(name: str) -> ArgParser:
                    help="with --dry-run: estimate the wall time with N stages at once (N GPUs or jobs)")
     p.add_argument("--device", default=None, help="where stages compute (default: the file's execution block, else "
                    "auto: CUDA, else MPS, else the CPU); never part of a stage's hash")
+    p.add_argument("--report-to", default=None, help="where training stages log their losses: tensorboard, wandb, "
+                   "mlflow, trackio (default $CLINIC_REPORT_TO, else none); never part of a stage's hash")
     p.add_argument("--dtype", default=None, help="dtype models are loaded in for evaluation, sink, curation and repair "
                    "(default: the file's, else auto); never part of a stage's hash")
     p.checks.append(_pace_check)
@@ -57,7 +59,8 @@ def _pace_check(args) -> str | None:
 def run(args) -> None:
     from ..experiment import run_experiment
 
-    given = {k: getattr(args, k) for k in ("device", "dtype", "executor", "resources") if getattr(args, k) is not None}
+    given = {k: getattr(args, k) for k in ("device", "dtype", "executor", "resources", "report_to")
+             if getattr(args, k) is not None}
     root = run_experiment(args.experiment, args.output, args.store, dry_run=args.dry_run, pace=args.pace,
                           only=args.only, execution=given, show_status=args.status, retry=args.retry_failed,
                           workers=args.workers or 1)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from ..settings import LOGGER
+
 import dataclasses
 import json
 
@@ -32,5 +34,5 @@ def run(args) -> None:
     out = run_sink_analysis(args.model, args.output, overwrite=args.overwrite, **settings, **execution(args))
     summary = json.loads((out / "sink.json").read_text())
     for e in summary["entries"]:
-        print(f"{e['label']:>12}: {e['positive_heads']}/{e['total_heads']} heads with positive sink divergence")
-    print(f"wrote {out}")
+        LOGGER.info(f"{e['label']:>12}: {e['positive_heads']}/{e['total_heads']} heads with positive sink divergence")
+    LOGGER.info(f"wrote {out}")

@@ -7,6 +7,8 @@ given, so that a ``--preset`` value stands) and the options of every method of t
 
 from __future__ import annotations
 
+from ..settings import LOGGER
+
 from ..errors import ClinicError
 from .options import ConfigParser, add_execution, execution, values
 
@@ -47,7 +49,7 @@ def parser(stage: str) -> ConfigParser:
     method_options = p.add_method_options(stage)
     if stage == "finetune":
         p.add_argument("--sink-every", type=int, default=0, help="record the positive-sink-head count every N steps")
-    add_execution(p, dtype=False)  # training loads fp32; its precision is the hashed --bf16
+    add_execution(p, dtype=False, training=True)  # training loads fp32; its precision is the hashed --bf16
     p.deprecate(RENAMED[stage])
     p.set_defaults(method_options=method_options)
     return p
@@ -91,4 +93,4 @@ def run(args) -> None:
                     method_options=method_values(args, spec), overwrite=args.overwrite, callbacks=callbacks,
                     **execution(args))
     if rank() == 0:  # under accelerate launch every process returns here
-        print(f"{stage} run written to {out}")
+        LOGGER.info(f"{stage} run written to {out}")

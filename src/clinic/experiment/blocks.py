@@ -86,6 +86,9 @@ class ExecutionConfig:
     tensor_parallel: int | None = field(default=None, metadata={
         "help": "with backend vllm: GPUs to split the model over (default: every visible one)", "range": (1, None)})
     enforce_eager: bool = field(default=False, metadata={"help": "with backend vllm: no CUDA graphs (slower)"})
+    report_to: str | None = field(default=None, metadata={
+        "help": "where training logs its losses: none, tensorboard, wandb, mlflow or trackio (comma-separated for "
+                "several; default: $CLINIC_REPORT_TO, else none)"})
     executor: str = field(default="inprocess", metadata={
         "help": "how stages run: in this process, as local subprocesses, or as SLURM jobs through submitit",
         "choices": EXECUTORS})
@@ -99,7 +102,7 @@ class ExecutionConfig:
 
     def stage_options(self) -> dict:
         """What :func:`clinic.stages.execute` takes of it."""
-        keys = ("device", "dtype", "generation_batch", "vllm_mode", "tensor_parallel", "enforce_eager")
+        keys = ("device", "dtype", "generation_batch", "vllm_mode", "tensor_parallel", "enforce_eager", "report_to")
         return {k: getattr(self, k) for k in keys}
 
 

@@ -32,6 +32,8 @@ renders its table, printed and written to ``demo_table.md`` and ``demo.json``.
 
 from __future__ import annotations
 
+import logging
+
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,6 +47,8 @@ from ..methods.registry import get_method, method_config
 from ..modeling.chain import chain_inputs, check_chain, resolve_ref
 from ..stages.train import DataConfig, check_data_spec
 from ..rundir import RunDir, check_output_dir
+
+logger = logging.getLogger(__name__)
 
 # the two settings' values of every field a setting decides (docs/protocol.md has the measurements)
 SETTINGS = {
@@ -212,7 +216,7 @@ def run_demo(cfg: DemoConfig, output: str | Path, overwrite: bool = False,
     if out.exists() and overwrite:
         shutil.rmtree(out)
     p = cfg.poison_ratio
-    print(f"clinic demo ({cfg.setting}): {cfg.model}; {'the shipped alignment on' if cfg.alignment == 'shipped' else 'align on'}"
+    logger.info(f"clinic demo ({cfg.setting}): {cfg.model}; {'the shipped alignment on' if cfg.alignment == 'shipped' else 'align on'}"
           f" {cfg.n_align} refusals{f' + {cfg.helpful_n} {cfg.helpful} rows' if cfg.helpful else ''}, fine-tune on {cfg.n_finetune} "
           f"{cfg.task} samples at p=0 and p={p:g}{f', then p={p:g} under {cfg.defence}' if cfg.defence else ''}; "
           f"{cfg.n_prompts} harmful prompts and {cfg.n_task} {cfg.task} rows per evaluation; writing to {out}")
@@ -226,6 +230,6 @@ def run_demo(cfg: DemoConfig, output: str | Path, overwrite: bool = False,
                 materialise_shipped_alignment(target)
             shipped = True
         else:  # the settings are the shipped ones (checked): training gives that stage
-            print(f"the shipped alignment's weights ({SHIPPED_ADAPTER}) are not in {SHIPPED_ALIGNMENT} "
+            logger.info(f"the shipped alignment's weights ({SHIPPED_ADAPTER}) are not in {SHIPPED_ALIGNMENT} "
                   f"(benchmarks/ship_alignment.py makes them): training it instead (~25 min on 2 cores)")
     return run_experiment(exp, out), judges, shipped

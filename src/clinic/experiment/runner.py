@@ -3,6 +3,8 @@ runners (one lock per stage), the plan written as ``plan.json`` for the report."
 
 from __future__ import annotations
 
+import logging
+
 import json
 import os
 import shutil
@@ -15,6 +17,8 @@ from ..errors import ClinicError
 from ..rundir import MARKER, check_writable, read_json, write_marker
 from .plan import Stage, select
 from .spec import Experiment, parse_yaml
+
+logger = logging.getLogger(__name__)
 
 
 def stage_path(store: Path, stage: Stage) -> Path:
@@ -96,18 +100,18 @@ def run_experiment(path: str | Path | Experiment, output: str | Path | None = No
     counts = {}
     for s in stages:
         counts[s.kind] = counts.get(s.kind, 0) + 1
-    print(f"clinic run {exp.name}: {len(stages)} stages ({', '.join(f'{v} {k}' for k, v in counts.items())}); "
+    logger.info(f"clinic run {exp.name}: {len(stages)} stages ({', '.join(f'{v} {k}' for k, v in counts.items())}); "
           f"{len(done)} already done; store {store_dir}")
     finished = {s.dirname for s in done}
     if only:
-        print(f"--only {' '.join(only)}: {len(chosen)} of the {len(stages)} stages "
+        logger.info(f"--only {' '.join(only)}: {len(chosen)} of the {len(stages)} stages "
               f"({sum(s.dirname in finished for s in chosen)} already done)")
     chosen_names = {s.dirname for s in chosen}
     searches = [g for g in exp.searches if g.fixed.dirname in chosen_names]
     if show_status:
         from .executors import status, status_lines
 
-        print("\n".join(status_lines(status(store_dir, chosen), store_dir)))
+        logger.info("\n".join(status_lines(status(store_dir, chosen), store_dir)))
         return root
     if dry_run:
         from .estimate import duration, plan_estimate
@@ -121,10 +125,10 @@ def run_experiment(path: str | Path | Experiment, output: str | Path | None = No
         for s in chosen:
             e = estimates.get(s.dirname)
             cost = f"  ~{duration(e['seconds'])} ({e['basis']})" if e else ""
-            print(f"  [{'done' if s.dirname in finished else 'todo'}] {s.dirname}{cost}")
+            logger.info(f"  [{'done' if s.dirname in finished else 'todo'}] {s.dirname}{cost}")
         for group in searches:
-            print(f"  [search] up to {group.search['budget']} more attacks on {group.fixed.dirname}")
-        print(summary)
+            logger.info(f"  [search] up to {group.search['budget']} more attacks on {group.fixed.dirname}")
+        logger.info(summary)
         return root
     check_writable(root, root)
     check_writable(store_dir, store_dir)
@@ -148,7 +152,7 @@ def run_experiment(path: str | Path | Experiment, output: str | Path | None = No
     if retry:
         from .executors import retry_failed
 
-        print(f"--retry-failed: {retry_failed(store_dir, chosen)} failed stage(s) will run again")
+        logger.info(f"--retry-failed: {retry_failed(store_dir, chosen)} failed stage(s) will run again")
     if exp.execution.executor != "inprocess":
         from .executors import drive, read_resources, status_lines
 
@@ -157,7 +161,7 @@ def run_experiment(path: str | Path | Experiment, output: str | Path | None = No
                               "executor (the default)")
         groups = drive(store_dir, exp, chosen, exp.execution.executor, root / "jobs",
                        read_resources(exp.execution.resources))
-        print("\n".join(status_lines(groups, store_dir)))
+        logger.info("\n".join(status_lines(groups, store_dir)))
         _raise_failures(groups["failed"] + groups["blocked"], store_dir)
         return root
     _run_pending(store_dir, exp, chosen, judges)
@@ -222,10 +226,10 @@ def _run_pending(store: Path, exp: Experiment, stages: list[Stage], judges: dict
                 if not is_done(store, stage):
                     _clear_partials(store, stage)
                     finished += 1
-                    print(f"[{finished}/{total}] {stage.kind} {stage.dirname}", flush=True)
+                    logger.info(f"[{finished}/{total}] {stage.kind} {stage.dirname}")
                     start = time.perf_counter()
                     run_stage(store, exp, stage, judges)
-                    print(f"[{finished}/{total}] done in {time.perf_counter() - start:.0f} s", flush=True)
+                    logger.info(f"[{finished}/{total}] done in {time.perf_counter() - start:.0f} s")
             except Exception as exc:  # noqa: BLE001  recorded; the other branches go on
                 if not is_done(store, stage):  # not "someone else finished it first"
                     from .executors import _record_failure
@@ -233,7 +237,7 @@ def _run_pending(store: Path, exp: Experiment, stages: list[Stage], judges: dict
                     message = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
                     _record_failure(store, stage, message if isinstance(exc, ClinicError) else
                                     f"{type(exc).__name__}: {message}", None)
-                    print(f"[{finished}/{total}] failed: {message}", flush=True)
+                    logger.info(f"[{finished}/{total}] failed: {message}")
                     failed.append(stage)
                     if not isinstance(exc, ClinicError):
                         raise
@@ -244,7 +248,7 @@ def _run_pending(store: Path, exp: Experiment, stages: list[Stage], judges: dict
             break  # rescan from the top: plan order first
         if pending and not ran:
             if not waiting_said:
-                print(f"waiting for {len(pending)} stage(s) held by another runner", flush=True)
+                logger.info(f"waiting for {len(pending)} stage(s) held by another runner")
                 waiting_said = True
             _wait(poll_s)
     _raise_failures(failed, store)

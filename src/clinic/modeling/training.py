@@ -151,6 +151,30 @@ for _name, _values in {
     PRESETS.register(_name, _values)
 
 
+TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio")
+
+
+def report_to(asked: str | None = None) -> str:
+    """Where training logs go (an execution setting, never hashed): ``asked`` (``--report-to``),
+    else ``$CLINIC_REPORT_TO``, else ``none``; a tracker whose package is missing is a one-line
+    error before anything trains. Credentials (``WANDB_API_KEY``, ``MLFLOW_TRACKING_URI``, ...) come
+    from the environment, as each tracker reads them."""
+    import os
+
+    from transformers import integrations
+
+    value = (asked or os.environ.get("CLINIC_REPORT_TO") or "none").strip()
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    if names in ([], ["none"]):
+        return "none"
+    for name in names:
+        if name not in TRACKERS:
+            raise ClinicError(f"unknown tracker {name!r} for --report-to; choose among none, {', '.join(TRACKERS)}")
+        if not getattr(integrations, f"is_{name}_available")():
+            raise ClinicError(f"--report-to {name}: the {name} package is not installed (pip install {name})")
+    return ",".join(names)
+
+
 def train_config(preset: str | None = None, **overrides) -> TrainConfig:
     """A :class:`TrainConfig` from a preset plus overrides (unknown keys are errors)."""
     values: dict[str, Any] = {}

@@ -4,6 +4,8 @@ one with the undefended one on the same prompts, and a verdict line."""
 
 from __future__ import annotations
 
+import logging
+
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -12,6 +14,8 @@ from ..evaluation.stats import paired_difference
 from ..rundir import load_plan, read_metrics
 from .results import hs_column, outcomes
 from .tables import format_delta, format_interval, markdown_table
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -74,13 +78,8 @@ def write_demo_table(root: Path, cfg, judges: list[str], shipped: bool) -> Path:
                                         f"total {total:.0f} s\n")
     (root / "demo.json").write_text(json.dumps({"config": asdict(cfg), "models": summary, "verdict": verdict,
                                                 "timings_s": timings, "total_s": total}, indent=2))
-    print()
-    print(table)
-    print()
-    print(verdict)
-    print()
-    print(settings)
-    print(f"total {total:.0f} s of stages; everything is in {root} (the stages in {root / 'stages'}, the report in "
+    logger.info(f"\n{table}\n\n{verdict}\n\n{settings}")
+    logger.info(f"total {total:.0f} s of stages; everything is in {root} (the stages in {root / 'stages'}, the report in "
           f"{root / 'report'})")
     return root
 

@@ -7,7 +7,11 @@ difference from its SFT baseline (the rule: :func:`clinic.report.results.baselin
 
 from __future__ import annotations
 
+import logging
+
 from ..evaluation.stats import wilson_interval
+
+logger = logging.getLogger(__name__)
 
 
 def format_interval(value: float, ci, n: int | None = None) -> str:
@@ -314,5 +318,5 @@ def write_report(root, out_dir=None, overwrite: bool = False, guard=None):
         done = sum((store / s["dir"] / "DONE").exists() for s in plan["stages"])
         (out / "report.html").write_text(report_html(plan, rows, adaptive, prov, figures, out, done, (header, body)))
     shutil.copyfile(out_dir / "results.md", root / "results.md")
-    print(f"report: {out_dir / 'report.html'} ({len(rows)} evaluated models)")
+    logger.info(f"report: {out_dir / 'report.html'} ({len(rows)} evaluated models)")
     return out_dir

@@ -11,9 +11,10 @@ the whole model, which becomes the next chain's base.
 
 from __future__ import annotations
 
+import logging
+
 import math
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,6 +39,8 @@ from ..rundir import RunDir
 from ..settings import package_versions
 from ..settings import checkpoint_minutes
 from .base import StageContext, StageKind, execute, get_stage_kind, register_stage
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -160,8 +163,11 @@ def _prepare(ctx: StageContext) -> None:
     device = resolve_device(ctx.options.get("device"))  # Trainer places the model; "cpu" keeps it off a GPU
     on_cpu = {"use_cpu": True} if device == "cpu" and torch.cuda.is_available() else {}
     # a resumable checkpoint needs the optimizer, scheduler and RNG states besides the weights
+    from ..modeling.training import report_to
+
+    trackers = report_to(ctx.options.get("report_to"))  # where the losses are logged too: never hashed
     args = s.train.sft_config(str(ctx.output / "checkpoints"), save_only_model=minutes == 0,  # starts the process group
-                              **on_cpu)
+                              report_to=trackers, run_name=ctx.output.name, **on_cpu)
     check_process_group()
     destroy_process_group_at_exit()
     record = {"stage": stage, "method": s.method, "model": asdict(ctx.chain), "train": asdict(s.train),
@@ -183,8 +189,8 @@ def _run(ctx: StageContext) -> None:
     args.output_dir = str(run.path / "checkpoints")
     resume_from = resumable_checkpoint(run.path / "checkpoints") if run.adopted else None
     if resume_from is not None:
-        print(f"clinic: resuming {ctx.output.name} from step {checkpoint_step(resume_from)} "
-              f"(the checkpoint of a stopped run, {run.adopted.name})", file=sys.stderr)
+        logger.warning(f"resuming {ctx.output.name} from step {checkpoint_step(resume_from)} "
+              f"(the checkpoint of a stopped run, {run.adopted.name})")
     model_obj, tok = load_chain(chain)
     if train.prompt_style == "chat" and not getattr(tok, "chat_template", None):
         raise ClinicError(f"model {chain.base!r} has no chat template; use --prompt-style alpaca")
