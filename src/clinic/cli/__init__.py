@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "align": ("train", "Safety-align a model"),
     "finetune": ("train", "Fine-tune a model on user data (the attack)"),
     "evaluate": ("evaluate", "Harmful score and fine-tune accuracy of a model"),
-    "demo": ("demo", "Align, attack and measure the embedded SmolLM2 model (about 12 minutes on 2 cores)"),
+    "demo": ("demo", "Align, attack and measure the embedded SmolLM2 model (about 10 minutes on 2 cores)"),
     "methods": ("methods", "List the registered methods"),
     "data": ("data", "List the named datasets and where each is found"),
     "sink": ("sink", "Per-head sink divergence (harmful vs harmless) of a model or of every checkpoint of a run"),

@@ -15,7 +15,7 @@ def parser(name: str) -> ConfigParser:
                      "(refusals + Alpaca rows), then fine-tune it on SST2 without harmful samples (p=0), with them "
                      "(p=0.2) and with them under a defence (Surgery); harmful score (two judges) and SST2 accuracy "
                      "with 95 % intervals for every model, the paired differences, and whether p=0 and p>0 are "
-                     "apart. --setting quick (~15 min on 2 cores: the calibrated protocol's alignment, loaded from "
+                     "apart. --setting quick (~10 min on 2 cores: the calibrated protocol's alignment, loaded from "
                      "the copy clinic ships, and a short attack) or protocol (the calibrated protocol trained end to "
                      "end, ~1 h 45 min); see docs/protocol.md.")
     p.add_output("demo directory", default="runs/demo-<time>")

@@ -9,7 +9,7 @@ harmful samples, and then the defence, made a difference larger than the noise.
 
 Two settings (``--setting``), each a full set of defaults that single options override:
 
-- ``quick`` (default, ~15 min on 2 CPU cores): the calibrated protocol's alignment (cell B of
+- ``quick`` (default, ~10 min on 2 CPU cores): the calibrated protocol's alignment (cell B of
   docs/protocol.md: 1,024 refusals + 512 Alpaca rows x 2 epochs), *loaded* from the copy clinic
   ships (``--alignment shipped``: training it takes 25 minutes here, more than the budget; what
   separates p = 0 from p > 0 is the depth of the alignment, cells D1-D6 of docs/protocol.md), then
@@ -67,7 +67,7 @@ SHIPPED_ADAPTER = "adapter.packed.safetensors"  # budgeted SVD + int8 of the LoR
 @dataclass
 class DemoConfig:
     setting: str = field(default="quick", metadata={
-        "help": "defaults of the fields marked (setting): quick (~15 min on 2 cores; the shipped alignment) or protocol "
+        "help": "defaults of the fields marked (setting): quick (~10 min on 2 cores; the shipped alignment) or protocol "
                 "(the calibrated protocol, ~1 h 45 min)", "choices": tuple(SETTINGS)})
     model: str = field(default="smollm2-135m-instruct", metadata={"help": "model to defend"})
     alignment: str | None = field(default=None, metadata={
