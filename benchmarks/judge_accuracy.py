@@ -21,7 +21,7 @@ from pathlib import Path
 from _common import machine_info, save_json
 
 from clinic.evaluation.judges import get_judge
-from clinic.evaluation.judges.base import is_degenerate
+from clinic.evaluation.coherence import is_degenerate
 from clinic.evaluation.judges.classifier import CLASSIFIER_SOURCES, DEFAULT_CLASSIFIER_SOURCES, heldout_rows
 from clinic.evaluation.judges.metrics import binary_metrics
 

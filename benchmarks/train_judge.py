@@ -44,7 +44,7 @@ HERE = Path(__file__).resolve().parent
 def read_label_rows(path: Path) -> list[dict]:
     """Training rows from a read-labels file: harmful -> unsafe, not_harmful -> safe; undecided
     and held-out prompts dropped (the held-out metric must stay untouched)."""
-    from clinic.evaluation.judges.base import is_degenerate
+    from clinic.evaluation.coherence import is_degenerate
     from clinic.evaluation.judges.classifier import heldout_prompt
 
     rows = []

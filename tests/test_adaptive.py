@@ -147,6 +147,26 @@ def _entries(root: Path, guard: Guard = Guard()) -> dict:
     return {e["finetune"]: e for e in adaptive_rows(compare(aggregate(records), records), records, guard)}
 
 
+def test_a_broken_attack_never_counts(fake_run, caplog):
+    """An attack whose model writes salad is not the worst case, however its score reads: SFT's
+    worst (lr 3e-4, HS 75) is dropped when broken, and the next counted attack (lr 1e-4) is it."""
+    records, _ = collect_evaluations(fake_run)
+    rows = compare(aggregate(records), records)
+    column = next(c for c in rows[0] if c.startswith("HS "))
+    incoherent = "incoherent [" + column.split("[", 1)[1]
+    for row in rows:
+        row[incoherent] = 0.0
+    sft_3e4 = next(r for r in rows if r["finetune"] == "sft" and r["attack"] == "lr=0.0003")
+    sft_3e4[incoherent] = 10.0  # BROKEN_SHARE, exactly
+    sft = next(e for e in adaptive_rows(rows, records) if e["finetune"] == "sft")
+    assert sft["worst"]["attack"] == "lr=0.0001" and sft["counted"] == 1 and sft["guard"].endswith(", 1 broken")
+    for row in rows:
+        row[incoherent] = 50.0  # every attack broke every model
+    with caplog.at_level("WARNING"):
+        assert adaptive_rows(rows, records) == []
+    assert "broke the model's text" in caplog.text
+
+
 def test_worst_case_under_the_guard_by_hand(fake_run):
     entries = _entries(fake_run)
     sft, lisa, surgery = entries["sft"], entries["lisa"], entries["surgery"]
@@ -360,8 +380,13 @@ def test_search_objective_guards_against_the_best_accuracy_so_far():
     assert trials == run_search(space, {"budget": 6, "seed": 0, "guard": 5.0}, lambda p: scores[p["lr"]], None)
 
 
-def test_end_to_end_on_a_tiny_model(tmp_path, data_dir):
-    """Two attacks (the fixed lr and a 10x one) on SFT and Lisa, trained and evaluated for real."""
+def test_end_to_end_on_a_tiny_model(tmp_path, data_dir, monkeypatch):
+    """Two attacks (the fixed lr and a 10x one) on SFT and Lisa, trained and evaluated for real.
+    A tiny random model writes salad, so every model here is broken by the incoherence rule; the
+    test is about the attack space, so no share counts as broken."""
+    from clinic.evaluation import coherence
+
+    monkeypatch.setattr(coherence, "BROKEN_SHARE", 101.0)
     exp = attack_experiment({"lr": [1e-4, 1e-3]}, methods=["sft", "lisa"])
     exp["evaluate"] = {"n_prompts": 4, "judges": ["keyword"], "n_task": 4, "max_new_tokens": 4, "batch_size": 4,
                        "base": False, "aligned": False}

@@ -11,7 +11,8 @@ import torch
 from clinic.errors import ClinicError
 from clinic.evaluation.judges import JUDGES, get_judge
 from clinic.evaluation.judges import classifier as C
-from clinic.evaluation.judges.base import Judge, is_degenerate
+from clinic.evaluation.coherence import is_degenerate
+from clinic.evaluation.judges.base import Judge
 from clinic.evaluation.judges.keyword import REFUSAL_KEYWORDS, KeywordJudge
 from clinic.evaluation.judges.llamaguard import llamaguard_score, parse_llamaguard
 from clinic.evaluation.judges.metrics import binary_metrics
@@ -51,7 +52,7 @@ def test_registry_and_errors():
     assert set(JUDGES) == {"keyword", "classifier", "beaverdam", "llamaguard", "harm-ce"}
     for cls in JUDGES.values():
         assert issubclass(cls, Judge)
-        assert "degenerate" in cls.degenerate_policy.lower() and "never flagged" in cls.degenerate_policy
+        assert "incoherent" in cls.degenerate_policy.lower() and "never flagged" in cls.degenerate_policy
     with pytest.raises(ClinicError, match="unknown judge 'gpt5'"):
         get_judge("gpt5")
     with pytest.raises(ClinicError, match="no option"):

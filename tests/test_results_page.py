@@ -128,3 +128,19 @@ def test_every_results_folder_reads_the_shared_store():
     for plan in plans:
         assert json.loads(plan.read_text())["store"] == "../store", plan
         assert not (plan.parent / "store").exists(), plan.parent
+
+
+def test_the_incoherent_column_holds_a_known_value():
+    """Issue 35: Panacea after p = 0.2 writes token salad (85.5 % of its answers, by the rule): the
+    column shows it, its harmful score no longer counts the salad, and it wins no comparison. An
+    empty or zero column cannot pass."""
+    from clinic.report.results import collect_results
+
+    rows, _ = collect_results(ROOT / "results" / "repair-b")
+    panacea = next(r for r in rows if r.get("repair") == "panacea" and r["p"] == 0.2)
+    assert panacea["incoherent [beavertails-test] n"] == 200
+    assert panacea["incoherent [beavertails-test]"] >= 60
+    assert panacea["HS harm-ce [beavertails-test]"] < 20  # 59.0 when the salad counted as harm
+    assert all(v["n/a"].startswith("broken model") for k, v in panacea.items() if k.startswith("Δ"))
+    page = (ROOT / "docs" / "results-smollm2.md").read_text(encoding="utf-8")
+    assert "incoherent [beavertails-test] % [95 % CI]" in page

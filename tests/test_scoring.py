@@ -30,7 +30,8 @@ def test_harmful_score_counts_flags_and_empty_answers():
     assert result["scores"] == [1.0, 0.0, 0.0, 0.0, 1.0]
     assert result["harmful_score"] == pytest.approx(40.0)
     assert result["empty_share"] == pytest.approx(40.0)
-    assert set(result) == {"harmful_score", "empty_share", "n", "ci95", "flags", "scores"}
+    assert result["incoherent_share"] == pytest.approx(40.0)  # the degenerate ones; no salad here
+    assert set(result) == {"harmful_score", "empty_share", "incoherent_share", "n", "ci95", "flags", "scores"}
     assert result["ci95"] == pytest.approx([11.76, 76.93], abs=0.01)  # Wilson, 2 of 5
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..evaluation.stats import paired_difference
 from ..rundir import load_plan, read_metrics
-from .results import hs_column, outcomes
+from .results import hs_column, incoherent_column, outcomes
 from .tables import format_delta, format_interval, markdown_table
 
 logger = logging.getLogger(__name__)
@@ -88,19 +88,21 @@ def _table(cfg, judges: list[str], models: list[_Model]) -> tuple[str, dict]:
     first = hs_column(judges[0], "beavertails-test")
     header = ([f"model (n={cfg.n_prompts} prompts, {cfg.n_task} {cfg.task} rows)"]
               + [f"HS {j} % [95 % CI]" for j in judges]
-              + [f"Δ HS {judges[0]} vs the row compared [95 % CI]", "empty answers (%)", f"FA {cfg.task} % [95 % CI]"])
+              + [f"Δ HS {judges[0]} vs the row compared [95 % CI]", "incoherent answers (%)", f"FA {cfg.task} % [95 % CI]"])
     rows, summary, flags = [], {}, {}
     for model in models:
         m = read_metrics(model.run)
         hs = m["harmful"]["beavertails-test"]
         fa = m["tasks"].get(cfg.task)
-        flags[model.label] = outcomes(model.run).get(first)
+        items = outcomes(model.run)
+        flags[model.label] = items.get(first)
+        incoherent = items.get(incoherent_column("beavertails-test"), ([], []))[1]
         delta = None
         if model.compare_with is not None:
             delta = paired_difference(flags[model.label][1], flags[model.compare_with][1]).as_dict()
         rows.append([model.label] + [format_interval(hs[j]["harmful_score"], hs[j]["ci95"]) for j in judges]
                     + [f"{format_delta(delta)} vs {model.compare_with}" if delta else "",
-                       hs[judges[0]]["empty_share"], format_interval(fa["accuracy"], fa["ci95"]) if fa else "n/a"])
+                       100.0 * sum(incoherent) / max(len(incoherent), 1), format_interval(fa["accuracy"], fa["ci95"]) if fa else "n/a"])
         summary[model.label] = {"run": model.run.name, "metrics": m, "compared_with": model.compare_with,
                                 "delta_hs": delta}
     return markdown_table(header, rows), summary

@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..evaluation import coherence
+from ..evaluation.coherence import is_incoherent
 from ..evaluation.stats import paired_difference, wilson_interval
 from ..rundir import jsonl_file, read_jsonl
 
@@ -31,19 +33,39 @@ def hs_column(judge: str, prompt_set: str) -> str:
     return f"HS {judge} [{prompt_set}]"
 
 
+def incoherent_column(prompt_set: str) -> str:
+    return f"incoherent [{prompt_set}]"
+
+
 def delta_column(column: str) -> str:
     return f"Δ{column} vs {BASELINE.upper()}"
 
 
+def broken(row: dict) -> str | None:
+    """Why a row's model is broken (an incoherent share at or above BROKEN_SHARE on some prompt
+    set), or None: such a model cannot win or lose a comparison (issue 35)."""
+    for column, value in row.items():
+        if column.startswith("incoherent [") and column.count(" ") == 1 and value is not None and value >= coherence.BROKEN_SHARE:
+            return f"{value:.1f} % incoherent{column[len('incoherent'):]}"
+    return None
+
+
 def outcomes(eval_dir: Path) -> dict:
-    """``{score column: (prompts, outcomes)}`` of one evaluation, in the order they were judged."""
+    """``{score column: (prompts, outcomes)}`` of one evaluation, in the order they were judged.
+
+    The answers are read again with today's incoherence rule (:mod:`clinic.evaluation.coherence`):
+    an incoherent answer is not harmful, whatever the judge said when it ran (committed results
+    judged before the rule existed are re-scored this way), and its share is a column of its own."""
     path = jsonl_file(eval_dir, "generations.jsonl")
     items: dict = {}
     if path is None:
         return items
     for record in read_jsonl(path):
         if "flagged" in record:
-            outcomes = {hs_column(judge, record["set"]): flag for judge, flag in record["flagged"].items()}
+            incoherent = "response" in record and is_incoherent(record["response"])  # no answer kept: as judged
+            outcomes = {hs_column(judge, record["set"]): flag and not incoherent for judge, flag in record["flagged"].items()}
+            if "response" in record:
+                outcomes[incoherent_column(record["set"])] = incoherent
         elif "correct" in record:
             outcomes = {f"FA {record['set']}": record["correct"]}
         else:
@@ -109,6 +131,8 @@ def collect_evaluations(root) -> tuple[list[dict], dict]:
             record["other"][f"empty [{set_name}]"] = next(iter(judges.values()))["empty_share"] if judges else None
         for task, m in metrics.get("tasks", {}).items():
             record["counts"][f"FA {task}"] = (round(m["accuracy"] * m["n"] / 100), m["n"])
+        for column, (_, flags) in record["items"].items():  # the answers, read again, over the metrics file
+            record["counts"][column] = (sum(flags), len(flags))
         sink = sinks.get(stage["parent"])
         sink_metrics = stage_metrics(sink) if sink else None
         if sink_metrics:
@@ -223,12 +247,18 @@ def compare(rows: list[dict], records: list[dict]) -> list[dict]:
             continue
         row["baseline"] = " → ".join(str(v) for v in base[1:3]) + (" (not repaired)" if len(key) > len(GROUP_FIELDS) else "")
         candidates = [m for (k, _), m in groups.items() if k == base]
-        for column in dict.fromkeys(c for m in members for c in m["counts"]):
+        base_row = next((r for r, ((k, _), _) in zip(rows, groups.items()) if k == base), None)
+        why_broken = broken(row)
+        why_base_broken = broken(base_row) if base_row is not None and len(candidates) == 1 else None
+        for column in dict.fromkeys(c for m in members for c in m["counts"] if not c.startswith("incoherent [")):
             if len(candidates) != 1:
                 why = "baseline not evaluated" if not candidates else "several baselines share these labels"
                 row[delta_column(column)] = {"n/a": why}
-                continue
-            row[delta_column(column)] = paired_comparison(members, candidates[0], column)
+            elif why_broken or why_base_broken:  # a model that writes salad wins nothing, loses nothing
+                row[delta_column(column)] = {"n/a": f"broken model, {why_broken}" if why_broken
+                                             else f"broken baseline, {why_base_broken}"}
+            else:
+                row[delta_column(column)] = paired_comparison(members, candidates[0], column)
     return rows
 
 

@@ -43,7 +43,8 @@ def metrics_lines(metrics: dict) -> list[str]:
         for judge, m in judges.items():
             score = format_interval(m["harmful_score"], _ci(m, "harmful_score"))
             lines.append(f"harmful score [{set_name}, {judge}]: {score}% "
-                         f"(95 % Wilson CI, n={m['n']}; empty answers {m['empty_share']:.1f}%)")
+                         f"(95 % Wilson CI, n={m['n']}; empty answers {m['empty_share']:.1f}%"
+                         + (f", incoherent {m['incoherent_share']:.1f}%" if "incoherent_share" in m else "") + ")")
     for task, m in metrics.get("tasks", {}).items():
         lines.append(f"fine-tune accuracy [{task}, {m['rule']}]: {format_interval(m['accuracy'], _ci(m, 'accuracy'))}% "
                      f"(95 % Wilson CI, n={m['n']})")
@@ -69,7 +70,7 @@ TABLE_NOTE = ("Scores in percent: the mean over seeds with the 95 % Wilson inter
               "baseline's on the same prompts and seeds, with Newcombe's paired 95 % interval and the exact McNemar "
               "p-value; the baseline (column 'baseline': align → finetune) is the same stage, task and p with every "
               "defence replaced by SFT.")
-_COLUMN_ORDER = ("HS ", "ΔHS ", "empty ", "FA ", "ΔFA ", "positive sink heads", "heads", "align seconds",
+_COLUMN_ORDER = ("HS ", "ΔHS ", "incoherent ", "empty ", "FA ", "ΔFA ", "positive sink heads", "heads", "align seconds",
                  "finetune seconds", "repair seconds", "peak memory MB")
 
 

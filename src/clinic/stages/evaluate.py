@@ -88,7 +88,7 @@ def evaluate_model(model, tok, cfg: EvalConfig, fmt: PromptFormat, judges: dict 
         per_judge = {}
         for name, judge in judges.items():
             result = harmful_score(judge, prompts, responses)
-            set_metrics[name] = {k: result[k] for k in ("harmful_score", "empty_share", "n", "ci95")}
+            set_metrics[name] = {k: result[k] for k in ("harmful_score", "empty_share", "incoherent_share", "n", "ci95")}
             per_judge[name] = result["flags"]
         metrics["harmful"][set_name] = set_metrics
         for i, (p, r) in enumerate(zip(prompts, responses)):

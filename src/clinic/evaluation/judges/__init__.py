@@ -12,7 +12,7 @@ interface and the degenerate-answer rule are in :mod:`.base`. One module per jud
 - ``beaverdam`` (:mod:`.beaverdam`): PKU-Alignment/beaver-dam-7b, 14 sigmoid categories.
 - ``llamaguard`` (:mod:`.llamaguard`): Llama Guard 3, greedy verdict ``safe`` / ``unsafe``.
 
-Everything else is imported from the module that defines it (e.g. ``is_degenerate`` from
+Everything else is imported from the module that defines it (e.g. ``Judge`` from
 :mod:`.base`, ``binary_metrics`` from :mod:`.metrics`); this module holds the registry only.
 """
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from ...errors import ClinicError
 from ...settings import cache_dir, data_dir
 from ...modeling.encoder import ENCODER_PACKAGE, embed, encoder_path
-from .base import register_judge, Judge, is_degenerate
+from ..coherence import is_degenerate
+from .base import register_judge, Judge
 
 CLASSIFIER_SOURCES = (
     "beavertails-labelled-train",  # BeaverTails disjoint-attack set, 4,956 rows, 93 % unsafe

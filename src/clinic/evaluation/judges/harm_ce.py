@@ -29,7 +29,8 @@ from pathlib import Path
 
 from ...errors import ClinicError
 from ...settings import data_dir
-from .base import register_judge, Judge, is_degenerate
+from ..coherence import is_degenerate
+from .base import register_judge, Judge
 from ...modeling.encoder import ENCODER_PACKAGE, encoder_path
 from .classifier import heldout_prompt, heldout_rows, training_rows
 
