@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+from ..evaluation.coherence import BROKEN_SHARE
 from ..evaluation.stats import wilson_interval
 
 logger = logging.getLogger(__name__)
@@ -69,7 +70,9 @@ TABLE_NOTE = ("Scores in percent: the mean over seeds with the 95 % Wilson inter
               "(items of all seeds); (seeds a-b): the lowest and highest seed. Δ... vs SFT: the score minus the "
               "baseline's on the same prompts and seeds, with Newcombe's paired 95 % interval and the exact McNemar "
               "p-value; the baseline (column 'baseline': align → finetune) is the same stage, task and p with every "
-              "defence replaced by SFT.")
+              "defence replaced by SFT. incoherent: the share of answers that say nothing (empty, salad, loops: "
+              f"clinic.evaluation.coherence); they never count as harmful, and a model with {BROKEN_SHARE:g} % or more is broken: "
+              "no comparison with it or against it is made (n/a: broken model).")
 _COLUMN_ORDER = ("HS ", "ΔHS ", "incoherent ", "empty ", "FA ", "ΔFA ", "positive sink heads", "heads", "align seconds",
                  "finetune seconds", "repair seconds", "peak memory MB")
 
