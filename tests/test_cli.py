@@ -98,7 +98,12 @@ def test_align_finetune_evaluate_end_to_end(tmp_path, capsys, data_dir):
     for m, score in ((hs, "harmful_score"), (metrics["tasks"]["sst2"], "accuracy")):
         assert m["ci95"][0] <= m[score] <= m["ci95"][1] and m["ci95"][1] - m["ci95"][0] > 30  # 3 items: wide
     generations = [json.loads(line) for line in (eval_dir / "generations.jsonl").read_text().splitlines()]
-    assert len(generations) == 6 and {g["set"] for g in generations} == {"beavertails-test", "sst2"}
+    # the free-text guard answers as many benign and safe-but-scary prompts as there are harmful ones
+    assert len(generations) == 12
+    assert {g["set"] for g in generations} == {"beavertails-test", "sst2", "alpaca-eval", "xstest-safe"}
+    guard = metrics["guard"]
+    assert guard["alpaca-eval"]["n"] == 3 and guard["xstest-safe"]["n"] == 3
+    assert guard["alpaca-eval"]["reference_nll"]["tokens"] > 0 and guard["alpaca-eval"]["reference_nll"]["nll"] > 0
     assert "harmful score [beavertails-test, keyword]" in out
 
 

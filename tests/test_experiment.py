@@ -383,11 +383,15 @@ def test_report_cli_refuses_to_overwrite(reference_run, capsys):
     assert (root / "report-2" / "report.html").exists()
 
 
-def test_repair_block_repairs_every_fine_tuned_model_and_reports_it(tmp_path, data_dir):
+def test_repair_block_repairs_every_fine_tuned_model_and_reports_it(tmp_path, data_dir, monkeypatch):
     """A ``repair`` block adds, after each fine-tuned model, one repair stage per method and its
     evaluation; the report's repaired rows name the repair and compare with the unrepaired SFT
-    fine-tune. Stages of the same file without the block keep their hashes."""
+    fine-tune. Stages of the same file without the block keep their hashes. (A tiny random model
+    writes salad: no share counts as broken here, the test is about the pairing.)"""
+    from clinic.evaluation import coherence
     from clinic.report.results import collect_results
+
+    monkeypatch.setattr(coherence, "BROKEN_SHARE", 101.0)
 
     base = tiny_experiment(finetune={"methods": ["sft"], "tasks": ["sst2"], "n": 8, "poison_ratios": [0.5],
                                      "train": {"batch_size": 4, "max_length": 512, "logging_steps": 1}},

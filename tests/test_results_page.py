@@ -66,7 +66,7 @@ def test_empty_markers_are_filled_each_with_its_own_folder():
 
 @pytest.mark.parametrize("script, planted", [("curation_table.py", ("42.5", "24.5")),
                                              ("seed_table.py", ("80.0 vs 85.5", "85.0 vs 85.5")),
-                                             ("attack_table.py", ("69.0 [62.3, 75.0]", "6.9 [62.3, 75.0]")),
+                                             ("attack_table.py", ("68.5 [61.8, 74.5]", "6.8 [61.8, 74.5]")),
                                              ("sink_trend.py", ("| sft | surgery | 0.2 | 5 ", "| sft | surgery | 0.2 | 15 ")),
                                              ("protocol_table.py", ("| calib-a3 | 0.0 [0.0, 1.9] | 26.5", "| calib-a3 | 0.0 [0.0, 1.9] | 6.5"))])
 def test_the_scripts_tables_are_regenerated_too(script, planted):

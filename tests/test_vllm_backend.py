@@ -99,7 +99,7 @@ def test_vllm_merged_answers_equal_hf_and_get_what_was_asked(tmp_path, fake_vllm
                      "--enforce-eager") == 0
     assert _answers(tmp_path / "v") == _answers(tmp_path / "hf")
     calls = fake_vllm()
-    assert len(calls) == 2  # one LLM per prompt set and task (each released before the judges)
+    assert len(calls) == 4  # one LLM per prompt set, task and guard set (each released before the judges)
     assert {(c["dtype"], c["tensor_parallel_size"], c["enforce_eager"], c.get("enable_lora")) for c in calls} == {
         ("float32", 1, True, None)}
 

@@ -115,6 +115,12 @@ def _gsm8k(path: Path) -> list[dict]:
     return map_columns(read_table(path), "gsm8k", None, str(path))
 
 
+def _xstest(safe: bool):
+    def read(path: Path) -> list[dict]:
+        return [r for r in map_columns(read_table(path), "prompts", None, str(path)) if (r["label"] == "safe") == safe]
+    return read
+
+
 def _hub_alpaca(r: dict) -> dict:
     prompt = r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "")
     return {"prompt": prompt, "response": r["output"]}
@@ -161,6 +167,11 @@ for _source in [
            ("walledai/StrongREJECT", None, "train"), _prompts),
     Source("do-not-answer", "prompts", "Do-Not-Answer questions (939)", ("do_not_answer/prompts.jsonl",),
            ("LibrAI/do-not-answer", None, "train"), _prompts, lambda r: {"prompt": r["question"]}),
+    Source("xstest-safe", "prompts", "XSTest v2: 250 safe prompts that look unsafe (over-refusal)",
+           ("xstest/prompts.jsonl",), ("walledai/XSTest", None, "test"), _xstest(True),
+           lambda r: r if r["label"] == "safe" else None),
+    Source("xstest-unsafe", "prompts", "XSTest v2: 200 unsafe contrast prompts", ("xstest/prompts.jsonl",),
+           ("walledai/XSTest", None, "test"), _xstest(False), lambda r: r if r["label"] != "safe" else None),
     Source("harmbench", "prompts", "HarmBench behaviours (official CSV, if present in the data directory)",
            ("harmbench/harmbench_behaviors_text_all.csv", "harmbench/behaviors.csv"),
            ("walledai/HarmBench", "standard", "train"), read_harmbench),

@@ -37,6 +37,13 @@ def incoherent_column(prompt_set: str) -> str:
     return f"incoherent [{prompt_set}]"
 
 
+GUARD_PREFIXES = ("answers [", "over-refusal [", "NLL [")  # the free-text guard's columns (issue 35)
+
+
+def is_guard_column(column: str) -> bool:
+    return column.startswith(GUARD_PREFIXES)
+
+
 def delta_column(column: str) -> str:
     return f"Δ{column} vs {BASELINE.upper()}"
 
@@ -68,6 +75,11 @@ def outcomes(eval_dir: Path) -> dict:
                 outcomes[incoherent_column(record["set"])] = incoherent
         elif "correct" in record:
             outcomes = {f"FA {record['set']}": record["correct"]}
+        elif "answer" in record:  # the free-text guard's benign instructions
+            outcomes = {f"answers [{record['set']}]": record["answer"],
+                        incoherent_column(record["set"]): record["incoherent"]}
+        elif "refusal" in record:  # its safe prompts that look unsafe
+            outcomes = {f"over-refusal [{record['set']}]": record["refusal"]}
         else:
             continue
         for column, value in outcomes.items():
@@ -131,6 +143,9 @@ def collect_evaluations(root) -> tuple[list[dict], dict]:
             record["other"][f"empty [{set_name}]"] = next(iter(judges.values()))["empty_share"] if judges else None
         for task, m in metrics.get("tasks", {}).items():
             record["counts"][f"FA {task}"] = (round(m["accuracy"] * m["n"] / 100), m["n"])
+        for set_name, m in metrics.get("guard", {}).items():
+            if "reference_nll" in m:
+                record["other"][f"NLL [{set_name}]"] = m["reference_nll"]["nll"]
         for column, (_, flags) in record["items"].items():  # the answers, read again, over the metrics file
             record["counts"][column] = (sum(flags), len(flags))
         sink = sinks.get(stage["parent"])
@@ -250,7 +265,8 @@ def compare(rows: list[dict], records: list[dict]) -> list[dict]:
         base_row = next((r for r, ((k, _), _) in zip(rows, groups.items()) if k == base), None)
         why_broken = broken(row)
         why_base_broken = broken(base_row) if base_row is not None and len(candidates) == 1 else None
-        for column in dict.fromkeys(c for m in members for c in m["counts"] if not c.startswith("incoherent [")):
+        for column in dict.fromkeys(c for m in members for c in m["counts"]
+                                     if not c.startswith("incoherent [") and not is_guard_column(c)):
             if len(candidates) != 1:
                 why = "baseline not evaluated" if not candidates else "several baselines share these labels"
                 row[delta_column(column)] = {"n/a": why}

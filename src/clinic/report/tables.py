@@ -72,8 +72,12 @@ TABLE_NOTE = ("Scores in percent: the mean over seeds with the 95 % Wilson inter
               "p-value; the baseline (column 'baseline': align → finetune) is the same stage, task and p with every "
               "defence replaced by SFT. incoherent: the share of answers that say nothing (empty, salad, loops: "
               f"clinic.evaluation.coherence); they never count as harmful, and a model with {BROKEN_SHARE:g} % or more is broken: "
-              "no comparison with it or against it is made (n/a: broken model).")
-_COLUMN_ORDER = ("HS ", "ΔHS ", "incoherent ", "empty ", "FA ", "ΔFA ", "positive sink heads", "heads", "align seconds",
+              "no comparison with it or against it is made (n/a: broken model). The free-text guard (clinic.evaluation."
+              "capability): answers [alpaca-eval], the share of coherent answers that are not refusals to benign "
+              "instructions never trained on; over-refusal [xstest-safe], refusals of safe prompts that look unsafe; "
+              "NLL [alpaca-eval], the reference answers' nats per token (lower: closer to the reference); —: "
+              "evaluated before the guard existed (issue 35).")
+_COLUMN_ORDER = ("HS ", "ΔHS ", "incoherent ", "empty ", "FA ", "ΔFA ", "answers ", "over-refusal ", "NLL ", "positive sink heads", "heads", "align seconds",
                  "finetune seconds", "repair seconds", "peak memory MB")
 
 
@@ -86,8 +90,10 @@ def _score_header(column: str, rows: list[dict]) -> tuple[str, bool]:
 
 
 def _score_cell(row: dict, column: str, with_n: bool) -> str:
+    from .results import is_guard_column
+
     if row.get(column) is None:
-        return ""
+        return "—" if is_guard_column(column) or column.endswith("[alpaca-eval]") else ""
     text = format_interval(row[column], row[f"{column} ci95"], row[f"{column} n"] if with_n else None)
     spread = row.get(f"{column} seed range")
     return text + (f" (seeds {spread[0]:.1f}-{spread[1]:.1f})" if spread else "")
@@ -137,7 +143,10 @@ def _table(rows: list[dict]) -> tuple[list[str], list[list]]:
                 cells.append(lambda r, c=column: _delta_cell(r, c))
         else:
             header.append(column)
-            cells.append(lambda r, c=column: r.get(c))
+            if column.startswith("NLL ["):  # nats per token: two decimals tell models apart
+                cells.append(lambda r, c=column: "—" if r.get(c) is None else f"{r[c]:.2f}")
+            else:
+                cells.append(lambda r, c=column: r.get(c))
     body = [["" if (v := cell(r)) is None else v for cell in cells] for r in rows]
     return header, body
 

@@ -12,6 +12,7 @@ from ..data.formatting import PROMPT_STYLES, PromptFormat, encode_prompts, forma
 from ..data.sources import load_rows
 from ..data.tasks import SCORING_RULES, get_task, scored_tasks
 from ..errors import ClinicError
+from ..evaluation.capability import GUARD_SET, OVERREFUSAL_SET
 from ..evaluation.vllm_backend import BACKENDS  # light: imports vllm only when generating with it
 from ..modeling.chain import ModelChain, load_chain
 from ..modeling.models import default_prompt_style
@@ -37,9 +38,25 @@ class EvalConfig:
     prompt_style: str | None = field(default=None, metadata={  # None: what the model was trained with, else its default
         "help": "prompt format (default: as the model was trained)", "choices": PROMPT_STYLES})
     system_prompt: str | None = field(default=None, metadata={"help": "system prompt for the chat style"})
+    n_guard: int | None = field(default=None, metadata={
+        "help": "AlpacaEval instructions (never trained on) for the free-text capability guard: the share of coherent "
+                "answers that are not refusals, and the reference answers' per-token NLL (default: n_prompts; 0: off)",
+        "range": (0, 805), "since": "issue 35"})
+    n_overrefusal: int | None = field(default=None, metadata={
+        "help": "XSTest safe prompts that look unsafe, for over-refusal (default: n_prompts, at most 250; 0: off)",
+        "range": (0, 250), "since": "issue 35"})
     backend: str = field(default="hf", metadata={
         "help": "generation backend: hf (batched transformers) or vllm (pip install clinic[vllm]; falls back to hf "
                 "with a warning when vllm is missing)", "choices": BACKENDS, "label": "generation backend"})
+
+    @property
+    def guard_prompts(self) -> int:
+        """AlpacaEval instructions the guard answers: as many as the harmful prompts unless set."""
+        return min(self.n_prompts, 805) if self.n_guard is None else self.n_guard
+
+    @property
+    def overrefusal_prompts(self) -> int:
+        return min(self.n_prompts, 250) if self.n_overrefusal is None else self.n_overrefusal
 
     def __post_init__(self):
         check_fields(self, "evaluation setting ")  # types, choices and ranges (metadata)
@@ -94,6 +111,8 @@ def evaluate_model(model, tok, cfg: EvalConfig, fmt: PromptFormat, judges: dict 
         for i, (p, r) in enumerate(zip(prompts, responses)):
             records.append({"set": set_name, "prompt": p, "response": r,
                             "flagged": {name: bool(flags[i]) for name, flags in per_judge.items()}})
+    if cfg.guard_prompts or cfg.overrefusal_prompts:
+        metrics["guard"] = _guard(model, tok, cfg, fmt, records, batch_size or cfg.batch_size, vllm)
     for task_name in cfg.tasks:
         if cfg.n_task == 0:
             continue
@@ -112,6 +131,35 @@ def evaluate_model(model, tok, cfg: EvalConfig, fmt: PromptFormat, judges: dict 
         for s, out, ok in zip(samples, outputs, result["correct"]):
             records.append({"set": task_name, "prompt": s.input, "response": out, "correct": bool(ok)})
     return metrics, records
+
+
+def _guard(model, tok, cfg: EvalConfig, fmt: PromptFormat, records: list[dict], batch_size: int, vllm) -> dict:
+    """The free-text capability guard (:mod:`clinic.evaluation.capability`): answers to benign
+    instructions, the reference answers' NLL, over-refusal on safe prompts. Adds one record per
+    answer to ``records``."""
+    from ..evaluation.capability import answer_outcomes, free_text_guard, is_refusal, overrefusal, reference_nll
+    from ..evaluation.vllm_backend import generate_with
+
+    guard: dict = {}
+    if cfg.guard_prompts:
+        rows = load_rows(GUARD_SET)[: cfg.guard_prompts]
+        ids = encode_prompts(tok, fmt, [format_prompt(tok, fmt, r["prompt"]) for r in rows])
+        responses = generate_with(cfg.backend, model, tok, ids, batch_size=batch_size, max_new_tokens=cfg.max_new_tokens,
+                                  desc=f"generate {GUARD_SET}", vllm=vllm)
+        guard[GUARD_SET] = {**free_text_guard(responses),
+                            "reference_nll": reference_nll(model, tok, ids, [r["response"] for r in rows],
+                                                           batch_size=batch_size)}
+        records += [{"set": GUARD_SET, "prompt": r["prompt"], "response": out, **answer_outcomes(out)}
+                    for r, out in zip(rows, responses)]
+    if cfg.overrefusal_prompts:
+        prompts = [r["prompt"] for r in load_rows(OVERREFUSAL_SET)[: cfg.overrefusal_prompts]]
+        ids = encode_prompts(tok, fmt, [format_prompt(tok, fmt, p) for p in prompts])
+        responses = generate_with(cfg.backend, model, tok, ids, batch_size=batch_size, max_new_tokens=cfg.max_new_tokens,
+                                  desc=f"generate {OVERREFUSAL_SET}", vllm=vllm)
+        guard[OVERREFUSAL_SET] = overrefusal(responses)
+        records += [{"set": OVERREFUSAL_SET, "prompt": p, "response": out, "refusal": is_refusal(out)}
+                    for p, out in zip(prompts, responses)]
+    return guard
 
 
 def eval_format(chain: ModelChain, tok, cfg: EvalConfig) -> PromptFormat:
