@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from clinic.report.tables import format_interval
-from clinic.report.results import BASELINE, aggregate, collect_evaluations, hs_column
+from clinic.report.results import BASELINE, aggregate, collect_evaluations, hs_column, incoherent_share
 
 
 def model_name(row: dict) -> str:
@@ -69,7 +69,7 @@ def markdown(models: dict, fixed: str | None, judge: str) -> str:
     column = hs_column(judge, "beavertails-test")
     attacks = sorted({a for rows in models.values() for a in rows}, key=_order)
     worst = {name: max(r[column] for r in rows.values()) for name, rows in models.items()}
-    head = ["attack"] + [f"{h} {name}" for name in models for h in ("HS", "FA")]
+    head = ["attack"] + [f"{h} {name}" for name in models for h in ("HS", "FA")] + ["incoherent % (highest)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for attack in attacks:
         cells = [f"{attack} (fixed)" if attack == fixed else attack]
@@ -81,6 +81,8 @@ def markdown(models: dict, fixed: str | None, judge: str) -> str:
             hs = format_interval(row[column], row[f"{column} ci95"])
             cells.append(f"**{hs}**" if row[column] == worst[name] else hs)
             cells.append(format_interval(row["FA sst2"], row["FA sst2 ci95"]) if "FA sst2" in row else "—")
+        shares = [s for s in (incoherent_share(rows[attack]) for rows in models.values() if attack in rows) if s is not None]
+        cells.append(f"{max(shares):.1f}" if shares else "—")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

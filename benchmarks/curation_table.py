@@ -27,7 +27,7 @@ import json
 from fnmatch import fnmatch
 from pathlib import Path
 
-from protocol_table import fa_of, hs_of, models_of, paired_text
+from protocol_table import fa_of, hs_of, incoherent_text, models_of, paired_text
 
 from clinic.report.results import hs_column
 from clinic.rundir import load_plan
@@ -78,7 +78,8 @@ def rows(full: Path, curated: list[Path], judge: str, align: str | None = None) 
         models = models_of(folder, align=align)
         info = curation_of(folder, align)
         row = {"data": info.get("selector", "full data") if folder != full else "full data", "folder": str(folder),
-               **{k: v for k, v in info.items() if k != "selector"}, "seeds": _seeds(models)}
+               **{k: v for k, v in info.items() if k != "selector"}, "seeds": _seeds(models),
+               "incoherent": incoherent_text(m for k, m in models.items() if k != "base")}
         for key in ["aligned", *sorted(k for k in models if isinstance(k, float))]:
             if key not in base:
                 continue
@@ -96,12 +97,14 @@ def markdown(table: list[dict]) -> str:
     head = ["alignment data", "seeds", "rows (steps)", "selector s"]
     for k in keys:
         head += [f"HS {k}", f"Δ {k} vs full", f"FA {k}"]
+    head.append("incoherent % (highest)")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table:
         cells = [r["data"], r["seeds"], f"{r.get('align_rows', '—')} ({r.get('align_steps', '—')})",
                  f"{r['selector_seconds']:.0f}" if "selector_seconds" in r else "—"]
         for k in keys:
             cells += [r.get(k, "—"), r.get(f"{k} - full", "—"), r.get(f"FA {k}", "—")]
+        cells.append(r["incoherent"])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from clinic.report.tables import format_interval
-from clinic.report.results import BASELINE, aggregate, collect_evaluations, hs_column, paired_comparison
+from clinic.report.results import BASELINE, aggregate, collect_evaluations, hs_column, incoherent_share, paired_comparison
 
 
 def models_of(folder: Path, finetune: str = BASELINE, align: str | None = None) -> dict:
@@ -53,6 +53,12 @@ def fa_of(model):
     return format_interval(row["FA sst2"], row["FA sst2 ci95"]), row["FA sst2"]
 
 
+def incoherent_text(models) -> str:
+    """The highest incoherent share (percent) among some models (issue 35), "—" without answers."""
+    shares = [s for s in (incoherent_share(m[1]) for m in models) if s is not None]
+    return f"{max(shares):.1f}" if shares else "—"
+
+
 def paired_text(a, b, column: str) -> str:
     r = paired_comparison(a[0], b[0], column)
     if "n/a" in r:  # e.g. a seed the other folder lacks, or prompts that differ
@@ -64,7 +70,8 @@ def cell(folder: Path, judge: str) -> dict:
     models = models_of(folder)
     column = hs_column(judge, "beavertails-test")
     ps = sorted(k for k in models if isinstance(k, float))
-    row = {"cell": folder.name, "aligned": hs_of(models["aligned"], column)[0]}
+    row = {"cell": folder.name, "aligned": hs_of(models["aligned"], column)[0],
+           "incoherent": incoherent_text(m for k, m in models.items() if k != "base")}
     for p in ps:
         row[f"p={p:g}"] = hs_of(models[p], column)[0]
         row[f"FA p={p:g}"] = fa_of(models[p])[0]
@@ -87,12 +94,12 @@ def cell(folder: Path, judge: str) -> dict:
 
 def markdown(rows: list[dict]) -> str:
     lines = ["| cell | aligned HS | p = 0 | p = 0.05 | p = 0.1 | p = 0.2 | p = 0 − aligned | p = 0.2 − p = 0 | "
-             "FA p = 0 / p = 0.2 | (a) (b) (c) (d) |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "FA p = 0 / p = 0.2 | incoherent % (highest) | (a) (b) (c) (d) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     yes = {True: "yes", False: "no"}
     for r in rows:
         c = yes[r["(c)"]] + ("" if r["(c) middle p run"] else "*")
         lines.append(f"| {r['cell']} | {r['aligned']} | {r.get('p=0', '—')} | {r.get('p=0.05', '—')} | {r.get('p=0.1', '—')} | "
-                     f"{r.get('p=0.2', '—')} | {r['p=0 - aligned']} | {r['p=0.2 - p=0']} | {r['FA p=0']} / {r['FA p=0.2']} | "
+                     f"{r.get('p=0.2', '—')} | {r['p=0 - aligned']} | {r['p=0.2 - p=0']} | {r['FA p=0']} / {r['FA p=0.2']} | {r['incoherent']} | "
                      f"{yes[r['(a)']]}, {yes[r['(b)']]}, {c}, {yes[r['(d)']]} |")
     return "\n".join(lines)
 

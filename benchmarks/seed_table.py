@@ -33,7 +33,7 @@ from pathlib import Path
 
 from protocol_table import models_of
 
-from clinic.report.results import BASELINE, hs_column, paired_comparison
+from clinic.report.results import BASELINE, hs_column, incoherent_column, paired_comparison
 
 
 def _score(record: dict, column: str) -> float | None:
@@ -47,6 +47,7 @@ def rows(baseline: Path, method: Path, finetune: str, judge: str, align: str | N
     base = models_of(baseline, BASELINE, align=None if align is None else BASELINE)
     mine = models_of(method, finetune, align=align)
     columns = {"HS": hs_column(judge, "beavertails-test"), "FA": "FA sst2"}
+    incoherent = incoherent_column("beavertails-test")
     out = []
     for key in [k for k in ("aligned", *sorted(k for k in mine if isinstance(k, float))) if k in mine and k in base]:
         if mine[key][1]["eval dirs"] == base[key][1]["eval dirs"] and method == baseline:
@@ -56,7 +57,8 @@ def rows(baseline: Path, method: Path, finetune: str, judge: str, align: str | N
             other = theirs.get(record["seed"])
             if other is None:
                 raise SystemExit(f"{baseline}: no seed {record['seed']} of the {key!r} model to pair with {method}")
-            row = {"model": key, "seed": record["seed"]}
+            row = {"model": key, "seed": record["seed"],
+                   "incoherent": (_score(record, incoherent), _score(other, incoherent))}
             for name, column in columns.items():
                 if column not in record["counts"] or column not in other["counts"]:
                     continue
@@ -79,7 +81,7 @@ def _diff(d: dict, bold: bool = False) -> str:
 
 def markdown(table: list[dict], label: str, baseline_label: str) -> str:
     head = ["model", "seed", f"HS {label} vs {baseline_label} %", "Δ HS [95 % CI], McNemar p",
-            f"FA {label} vs {baseline_label} %", "Δ FA [95 % CI], McNemar p"]
+            f"FA {label} vs {baseline_label} %", "Δ FA [95 % CI], McNemar p", f"incoherent {label} vs {baseline_label} %"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table:
         cells = ["aligned" if r["model"] == "aligned" else f"p = {r['model']:g}", str(r["seed"])]
@@ -88,6 +90,8 @@ def markdown(table: list[dict], label: str, baseline_label: str) -> str:
                 cells += [f"{r[name][0]:.1f} vs {r[name][1]:.1f}", _diff(r[f"Δ {name}"], bold=name == "FA")]
             else:
                 cells += ["—", "—"]
+        mine, theirs = r["incoherent"]
+        cells.append("—" if mine is None or theirs is None else f"{mine:.1f} vs {theirs:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

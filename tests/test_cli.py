@@ -120,6 +120,8 @@ def test_full_finetuning_saves_a_model(tmp_path, capsys, data_dir):
 
 
 def test_demo_on_a_tiny_model(tmp_path, capsys, data_dir):
+    from clinic.report.tables import format_delta, format_interval
+
     out_dir = tmp_path / "demo"
     code, out, err = run_cli(capsys, "demo", "--model", "tiny-random-llama", "--alignment", "train", "--n-align", "8",
                              "--helpful-n", "4", "--n-finetune", "10", "--finetune-epochs", "1", "--batch-size", "4", "--max-length", "256",
@@ -138,11 +140,14 @@ def test_demo_on_a_tiny_model(tmp_path, capsys, data_dir):
     assert all((folder / "DONE").exists() for folder in folders.values())
     assert (out_dir / "experiment.yaml").exists() and (out_dir / "report" / "results.md").exists()
     assert "HS keyword % [95 % CI]" in out and "(n=3 prompts, 3 sst2 rows)" in out
+    assert "coherent answers to alpaca-eval % [95 % CI]" in table  # the free-text guard (issue 35)
+    guard = json.loads((folders[("evaluate", "sft-p0.2")] / "metrics.json").read_text())["guard"]
+    answers = guard["alpaca-eval"]
+    assert answers["n"] == 3 and f"| {format_interval(answers['answer_share'], answers['ci95'])} |" in table
     run = json.loads((folders[("finetune", "surgery-p0.2")] / "run.json").read_text())
     assert run["method"] == "surgery"
     metrics = json.loads((folders[("evaluate", "sft-p0.2")] / "metrics.json").read_text())
     hs = metrics["harmful"]["beavertails-test"]["keyword"]
-    from clinic.report.tables import format_delta, format_interval
 
     assert hs["n"] == 3 and f"| {format_interval(hs['harmful_score'], hs['ci95'])} |" in table
     from clinic.evaluation.stats import paired_difference, wilson_interval

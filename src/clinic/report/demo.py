@@ -10,6 +10,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..evaluation.capability import GUARD_SET, OVERREFUSAL_SET
 from ..evaluation.stats import paired_difference
 from ..rundir import load_plan, read_metrics
 from .results import hs_column, incoherent_column, outcomes
@@ -88,7 +89,8 @@ def _table(cfg, judges: list[str], models: list[_Model]) -> tuple[str, dict]:
     first = hs_column(judges[0], "beavertails-test")
     header = ([f"model (n={cfg.n_prompts} prompts, {cfg.n_task} {cfg.task} rows)"]
               + [f"HS {j} % [95 % CI]" for j in judges]
-              + [f"Δ HS {judges[0]} vs the row compared [95 % CI]", "incoherent answers (%)", f"FA {cfg.task} % [95 % CI]"])
+              + [f"Δ HS {judges[0]} vs the row compared [95 % CI]", "incoherent answers (%)", f"FA {cfg.task} % [95 % CI]",
+                 f"coherent answers to {GUARD_SET} % [95 % CI]", f"over-refusal on {OVERREFUSAL_SET} %"])
     rows, summary, flags = [], {}, {}
     for model in models:
         m = read_metrics(model.run)
@@ -102,10 +104,18 @@ def _table(cfg, judges: list[str], models: list[_Model]) -> tuple[str, dict]:
             delta = paired_difference(flags[model.label][1], flags[model.compare_with][1]).as_dict()
         rows.append([model.label] + [format_interval(hs[j]["harmful_score"], hs[j]["ci95"]) for j in judges]
                     + [f"{format_delta(delta)} vs {model.compare_with}" if delta else "",
-                       100.0 * sum(incoherent) / max(len(incoherent), 1), format_interval(fa["accuracy"], fa["ci95"]) if fa else "n/a"])
+                       100.0 * sum(incoherent) / max(len(incoherent), 1), format_interval(fa["accuracy"], fa["ci95"]) if fa else "n/a",
+                       *_guard_cells(m.get("guard", {}))])
         summary[model.label] = {"run": model.run.name, "metrics": m, "compared_with": model.compare_with,
                                 "delta_hs": delta}
     return markdown_table(header, rows), summary
+
+
+def _guard_cells(guard: dict) -> list[str]:
+    """The free-text guard's two cells ("—" for a run made before it existed, issue 35)."""
+    answers, refusals = guard.get(GUARD_SET), guard.get(OVERREFUSAL_SET)
+    return [format_interval(answers["answer_share"], answers["ci95"]) if answers else "—",
+            f"{refusals['refusal_share']:.1f}" if refusals else "—"]
 
 
 def _verdict(summary: dict, judge: str, harmful: str, benign: str, p: float, aligned: str | None = None) -> str:

@@ -48,6 +48,13 @@ def delta_column(column: str) -> str:
     return f"Δ{column} vs {BASELINE.upper()}"
 
 
+def incoherent_share(row: dict) -> float | None:
+    """The highest incoherent share (percent) of an aggregated row over its prompt sets; None
+    when its answers were not kept (no generations)."""
+    values = [v for k, v in row.items() if k.startswith("incoherent [") and k.count(" ") == 1 and v is not None]
+    return max(values) if values else None
+
+
 def broken(row: dict) -> str | None:
     """Why a row's model is broken (an incoherent share at or above BROKEN_SHARE on some prompt
     set), or None: such a model cannot win or lose a comparison (issue 35)."""
