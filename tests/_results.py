@@ -38,3 +38,19 @@ def add_stage(folder: Path, name: str, kind: str, metrics: dict) -> Path:
     plan["stages"].append({"dir": name, "kind": kind, "hash": name.rsplit("-", 1)[-1], "labels": {}})
     plan_file.write_text(json.dumps(plan, indent=1) + "\n")
     return stage
+
+
+def fake_experiment(tmp_path: Path, experiment: dict, write_evaluation) -> Path:
+    """An experiment directory planned from ``experiment`` (no training): each evaluate stage's
+    folder is written by ``write_evaluation(stage, folder)``."""
+    from clinic.experiment import Experiment, write_plan
+
+    exp = Experiment.from_dict(experiment)
+    stages = exp.plan()
+    root, store = tmp_path / "exp", tmp_path / "exp" / "stages"
+    store.mkdir(parents=True)
+    write_plan(root, store, exp, stages)
+    for stage in stages:
+        if stage.kind == "evaluate":
+            write_evaluation(stage, store / stage.dirname)
+    return root

@@ -130,16 +130,10 @@ def write_fake_evaluation(path: Path, flagged: int, correct: int, n_prompts: int
 @pytest.fixture
 def fake_run(tmp_path, data_dir) -> Path:
     """An experiment directory whose evaluations are FAKE's numbers (no training)."""
-    exp = Experiment.from_dict(attack_experiment(SPACE))
-    stages = exp.plan()
-    root, store = tmp_path / "exp", tmp_path / "exp" / "stages"
-    store.mkdir(parents=True)
-    write_plan(root, store, exp, stages)
-    for stage in stages:
-        if stage.kind == "evaluate":
-            lr = stage.parent.config["train"]["lr"]
-            write_fake_evaluation(store / stage.dirname, *FAKE[(stage.labels["finetune"], lr)])
-    return root
+    from _results import fake_experiment
+
+    return fake_experiment(tmp_path, attack_experiment(SPACE), lambda stage, folder: write_fake_evaluation(
+        folder, *FAKE[(stage.labels["finetune"], stage.parent.config["train"]["lr"])]))
 
 
 def _entries(root: Path, guard: Guard = Guard()) -> dict:

@@ -49,3 +49,14 @@ def test_the_tvaccine_curation_uses_the_sft_curations_subset(selector):
     assert tv_align.config["method"] == "tvaccine" and tv_align.parent.hash == tv_curate.hash
     # (the model is named by the curate stage a curated alignment starts from)
     assert all(tv_align.config[k] == full.config[k] for k in ("method", "options", "train"))
+
+
+def test_a_defence_search_evaluates_on_the_validation_split_and_shares_the_protocols_training():
+    """Issue 36: every evaluation of a search experiment is on the validation split, and its SFT
+    reference and reference-default trial are the protocol's own stages (the store shares them)."""
+    search = _plan(CONFIGS / "search-tvaccine-smollm2.yaml")
+    evaluations = [s for s in search if s.kind == "evaluate"]
+    assert evaluations and all(s.config["split"] == "validation" for s in evaluations)
+    protocol = {s.hash for s in _plan(CONFIGS / "protocol-align-defences-smollm2.yaml") if s.kind in ("align", "finetune")}
+    shared = [s for s in search if s.kind in ("align", "finetune") and s.labels["align"] in ("sft", "tvaccine")]
+    assert len(shared) == 6 and all(s.hash in protocol for s in shared)

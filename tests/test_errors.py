@@ -99,6 +99,11 @@ CASES: list[Bad] = [
         "--helpful and --helpful-n go together"),
     Bad("n-prompts-above-available", "more evaluation prompts than the set holds",
         ["evaluate", *TINY, "--harmful-sets", "advbench", "--n-prompts", "5000", "--judges", "keyword"], "only 520"),
+    Bad("split-without-validation", "a validation split of a prompt set that has none",
+        ["evaluate", *TINY, "--harmful-sets", "advbench", "--split", "validation", "--judges", "keyword"],
+        "'advbench' has no validation split"),
+    Bad("split-unknown", "an evaluation split that does not exist",
+        ["evaluate", *TINY, "--split", "train", "--judges", "keyword"], "split"),
     # models
     Bad("model-path-missing", "a model path that does not exist", ["align", "--model", "./missing-model", "--n", "4"],
         "model './missing-model' not found"),

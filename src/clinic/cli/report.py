@@ -15,6 +15,10 @@ def parser(name: str) -> ArgParser:
                         "defence's best attack (default 5)")
     p.add_argument("--guard-fa", type=float, default=None, metavar="PERCENT",
                    help="adaptive attacker: count the attacks with fine-tune accuracy >= PERCENT instead")
+    p.add_argument("--choose", default=None, choices=("align", "finetune", "repair"), metavar="FIELD",
+                   help="a defence search on the validation split: apply the choice rule (docs/defence-search.md) "
+                        "to the trials, told apart by their FIELD label (align, finetune or repair); writes "
+                        "choice.json and choice.md")
     return p
 
 
@@ -23,4 +27,4 @@ def run(args) -> None:
     from ..report.tables import write_report
 
     guard = Guard(args.guard_points, args.guard_fa)  # checked before anything is written
-    write_report(args.run_dir, args.output, overwrite=args.overwrite, guard=guard)
+    write_report(args.run_dir, args.output, overwrite=args.overwrite, guard=guard, choose_field=args.choose)

@@ -292,10 +292,12 @@ def _markdown(plan: dict, rows: list[dict], adaptive: list[dict]) -> str:
             + (f"\n{adaptive_md}" if adaptive_md else ""))
 
 
-def write_report(root, out_dir=None, overwrite: bool = False, guard=None):
+def write_report(root, out_dir=None, overwrite: bool = False, guard=None, choose_field: str | None = None):
     """``results.{md,csv,json}``, figures and a self-contained ``report.html`` for an experiment;
     with an attack space also ``adaptive.csv`` and the adaptive-attacker section (``guard``: a
-    :class:`clinic.report.adaptive.Guard`, default within 5 points of the best attack's accuracy)."""
+    :class:`clinic.report.adaptive.Guard`, default within 5 points of the best attack's accuracy);
+    with ``choose_field`` (a defence search on the validation split) ``choice.{json,md}``
+    (:mod:`clinic.report.choice`)."""
     import csv
     import shutil
     from pathlib import Path
@@ -306,6 +308,12 @@ def write_report(root, out_dir=None, overwrite: bool = False, guard=None):
 
     root = Path(root)
     plan, rows, records, adaptive = _results(root, guard)
+    choice = None
+    if choose_field:  # checked before anything is written
+        from .choice import check_validation, choose
+
+        check_validation(plan)
+        choice = choose(rows, choose_field)
     store = (root / plan["store"]).resolve()
     out_dir = Path(out_dir) if out_dir else root / "report"
     with RunDir(out_dir, overwrite=overwrite, inputs=(root,)) as run:
@@ -327,6 +335,12 @@ def write_report(root, out_dir=None, overwrite: bool = False, guard=None):
                 writer = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for r in flat_adaptive for k in r)))
                 writer.writeheader()
                 writer.writerows(flat_adaptive)
+        if choice is not None:
+            from .choice import choice_markdown
+
+            run.write_json("choice.json", choice)
+            (out / "choice.md").write_text(choice_markdown(choice))
+            logger.info(f"choice: {choice['chosen'] or 'none (no trial keeps capability)'} ({out_dir / 'choice.md'})")
         figures = draw_figures(rows, out, adaptive)
         done = sum((store / s["dir"] / "DONE").exists() for s in plan["stages"])
         (out / "report.html").write_text(report_html(plan, rows, adaptive, prov, figures, out, done, (header, body)))

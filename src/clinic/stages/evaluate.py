@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..data.formatting import PROMPT_STYLES, PromptFormat, encode_prompts, format_prompt
 from ..data.sources import load_rows
+from ..data.splits import SPLITS, check_prompt_split, split_rows, validation_start
 from ..data.tasks import SCORING_RULES, get_task, scored_tasks
 from ..errors import ClinicError
 from ..evaluation.capability import GUARD_SET, OVERREFUSAL_SET
@@ -19,6 +20,11 @@ from ..modeling.models import default_prompt_style
 from ..settings import package_versions
 from ..values import check_fields
 from .base import StageContext, StageKind, execute, register_stage
+
+
+def _available(name: str, size: int, split: str) -> int:
+    """Rows of a guard set (``size`` in all) in ``split``: a default count never asks for more."""
+    return size - validation_start(name) if split == "validation" else size
 
 
 @dataclass
@@ -45,6 +51,10 @@ class EvalConfig:
     n_overrefusal: int | None = field(default=None, metadata={
         "help": "XSTest safe prompts that look unsafe, for over-refusal (default: n_prompts, at most 250; 0: off)",
         "range": (0, 250), "since": "issue 35"})
+    split: str = field(default="test", metadata={
+        "help": "which rows: test (the first N of each set, what results report) or validation (rows no test "
+                "of up to 400 reaches and no judge trained on, for choosing a defence's or an attack's "
+                "settings; clinic.data.splits)", "choices": SPLITS, "since": "issue 36"})
     backend: str = field(default="hf", metadata={
         "help": "generation backend: hf (batched transformers) or vllm (pip install clinic[vllm]; falls back to hf "
                 "with a warning when vllm is missing)", "choices": BACKENDS, "label": "generation backend"})
@@ -52,11 +62,14 @@ class EvalConfig:
     @property
     def guard_prompts(self) -> int:
         """AlpacaEval instructions the guard answers: as many as the harmful prompts unless set."""
-        return min(self.n_prompts, 805) if self.n_guard is None else self.n_guard
+        return min(self.n_prompts, _available(GUARD_SET, 805, self.split)) if self.n_guard is None else self.n_guard
 
     @property
     def overrefusal_prompts(self) -> int:
-        return min(self.n_prompts, 250) if self.n_overrefusal is None else self.n_overrefusal
+        """XSTest safe prompts: as many as the harmful prompts unless set, at most the split has."""
+        if self.n_overrefusal is not None:
+            return self.n_overrefusal
+        return min(self.n_prompts, _available(OVERREFUSAL_SET, 250, self.split))
 
     def __post_init__(self):
         check_fields(self, "evaluation setting ")  # types, choices and ranges (metadata)
@@ -72,17 +85,16 @@ class EvalConfig:
             twice = sorted({n for n in names if names.count(n) > 1})
             if twice:  # scored once under one key: the second would silently overwrite the first
                 raise ClinicError(f"{what} {twice[0]!r} is named twice")
+        for name in self.harmful_sets:
+            check_prompt_split(name, self.split)
         for task in self.tasks:
             get_task(task)
             if task not in scored_tasks():
                 raise ClinicError(f"task {task!r} has no accuracy rule; choose among {', '.join(scored_tasks())}")
 
 
-def _prompt_set(name: str, n: int) -> list[str]:
-    rows = load_rows(name, kind="prompts")
-    if n > len(rows):
-        raise ClinicError(f"asked for {n} prompts but {name} has only {len(rows)}")
-    return [r["prompt"] for r in rows[:n]]
+def _prompt_set(name: str, n: int, split: str = "test") -> list[str]:
+    return [r["prompt"] for r in split_rows(load_rows(name, kind="prompts"), n, split, name, "prompts")]
 
 
 def evaluate_model(model, tok, cfg: EvalConfig, fmt: PromptFormat, judges: dict | None = None,
@@ -97,7 +109,7 @@ def evaluate_model(model, tok, cfg: EvalConfig, fmt: PromptFormat, judges: dict 
     metrics: dict = {"harmful": {}, "tasks": {}}
     records: list[dict] = []
     for set_name in cfg.harmful_sets:
-        prompts = _prompt_set(set_name, cfg.n_prompts)
+        prompts = _prompt_set(set_name, cfg.n_prompts, cfg.split)
         texts = [format_prompt(tok, fmt, p) for p in prompts]
         responses = generate_with(cfg.backend, model, tok, encode_prompts(tok, fmt, texts), batch_size=batch_size or cfg.batch_size,
                                   max_new_tokens=cfg.max_new_tokens, desc=f"generate {set_name}", vllm=vllm)
@@ -117,10 +129,7 @@ def evaluate_model(model, tok, cfg: EvalConfig, fmt: PromptFormat, judges: dict 
         if cfg.n_task == 0:
             continue
         task = get_task(task_name)
-        rows = task.test_rows()
-        if cfg.n_task > len(rows):
-            raise ClinicError(f"asked for {cfg.n_task} {task_name} test rows but only {len(rows)} exist")
-        rows = rows[: cfg.n_task]
+        rows = split_rows(task.test_rows(), cfg.n_task, cfg.split, task_name, "rows")
         samples = [task.sample(r) for r in rows]
         texts = [format_prompt(tok, fmt, s.instruction, s.input) for s in samples]
         outputs = generate_with(cfg.backend, model, tok, encode_prompts(tok, fmt, texts), batch_size=batch_size or cfg.batch_size,
@@ -142,7 +151,7 @@ def _guard(model, tok, cfg: EvalConfig, fmt: PromptFormat, records: list[dict], 
 
     guard: dict = {}
     if cfg.guard_prompts:
-        rows = load_rows(GUARD_SET)[: cfg.guard_prompts]
+        rows = split_rows(load_rows(GUARD_SET), cfg.guard_prompts, cfg.split, GUARD_SET, "instructions")
         ids = encode_prompts(tok, fmt, [format_prompt(tok, fmt, r["prompt"]) for r in rows])
         responses = generate_with(cfg.backend, model, tok, ids, batch_size=batch_size, max_new_tokens=cfg.max_new_tokens,
                                   desc=f"generate {GUARD_SET}", vllm=vllm)
@@ -152,7 +161,8 @@ def _guard(model, tok, cfg: EvalConfig, fmt: PromptFormat, records: list[dict], 
         records += [{"set": GUARD_SET, "prompt": r["prompt"], "response": out, **answer_outcomes(out)}
                     for r, out in zip(rows, responses)]
     if cfg.overrefusal_prompts:
-        prompts = [r["prompt"] for r in load_rows(OVERREFUSAL_SET)[: cfg.overrefusal_prompts]]
+        prompts = [r["prompt"] for r in split_rows(load_rows(OVERREFUSAL_SET), cfg.overrefusal_prompts, cfg.split,
+                                                     OVERREFUSAL_SET, "prompts")]
         ids = encode_prompts(tok, fmt, [format_prompt(tok, fmt, p) for p in prompts])
         responses = generate_with(cfg.backend, model, tok, ids, batch_size=batch_size, max_new_tokens=cfg.max_new_tokens,
                                   desc=f"generate {OVERREFUSAL_SET}", vllm=vllm)
@@ -190,7 +200,7 @@ def _prepare(ctx: StageContext) -> None:
 
     cfg = ctx.config
     for name in cfg.harmful_sets:
-        _prompt_set(name, cfg.n_prompts)  # validate before any work
+        _prompt_set(name, cfg.n_prompts, cfg.split)  # validate before any work
     from ..evaluation.vllm_backend import VllmOptions
 
     device, dtype = placement(ctx.options)

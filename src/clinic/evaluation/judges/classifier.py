@@ -14,6 +14,7 @@ import json
 import math
 from pathlib import Path
 
+from ...data.splits import heldout_prompt  # the held-out half is also the validation split's filter
 from ...errors import ClinicError
 from ...settings import cache_dir, data_dir
 from ...modeling.encoder import ENCODER_PACKAGE, embed, encoder_path
@@ -42,12 +43,6 @@ def pair_features(prompts: list[str], responses: list[str]):
     e_p = embed(prompts)
     e_r = embed(responses)
     return np.concatenate([e_p, e_r, e_p * e_r], axis=1)
-
-
-def heldout_prompt(prompt: str) -> bool:
-    """Whether a BeaverTails 30k_test prompt belongs to the held-out half (by prompt hash, so
-    every answer to one prompt falls on the same side)."""
-    return hashlib.sha256(prompt.strip().encode("utf-8")).digest()[0] % 2 == 0
 
 
 def _bt_test_rows() -> list[dict]:
