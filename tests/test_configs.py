@@ -51,12 +51,29 @@ def test_the_tvaccine_curation_uses_the_sft_curations_subset(selector):
     assert all(tv_align.config[k] == full.config[k] for k in ("method", "options", "train"))
 
 
-def test_a_defence_search_evaluates_on_the_validation_split_and_shares_the_protocols_training():
+SEARCHES = {"search-tvaccine-smollm2.yaml": ("align", "tvaccine", "protocol-align-defences-smollm2.yaml"),
+            "search-booster-smollm2.yaml": ("align", "booster", "protocol-align-defences-smollm2.yaml"),
+            "search-panacea-smollm2.yaml": ("repair", "panacea", "protocol-repair-smollm2.yaml")}
+
+
+@pytest.mark.parametrize("name", sorted(SEARCHES))
+def test_a_defence_search_evaluates_on_the_validation_split_and_shares_the_protocols_training(name):
     """Issue 36: every evaluation of a search experiment is on the validation split, and its SFT
     reference and reference-default trial are the protocol's own stages (the store shares them)."""
-    search = _plan(CONFIGS / "search-tvaccine-smollm2.yaml")
+    field, reference, protocol_file = SEARCHES[name]
+    search = _plan(CONFIGS / name)
     evaluations = [s for s in search if s.kind == "evaluate"]
     assert evaluations and all(s.config["split"] == "validation" for s in evaluations)
-    protocol = {s.hash for s in _plan(CONFIGS / "protocol-align-defences-smollm2.yaml") if s.kind in ("align", "finetune")}
-    shared = [s for s in search if s.kind in ("align", "finetune") and s.labels["align"] in ("sft", "tvaccine")]
-    assert len(shared) == 6 and all(s.hash in protocol for s in shared)
+    protocol = {s.hash for s in _plan(CONFIGS / protocol_file)} | {
+        s.hash for s in _plan(CONFIGS / "protocol-align-defences-smollm2.yaml")}  # SFT's p = 0.1 attack
+    def reference_stage(stage) -> bool:  # SFT's training, and the reference defaults' own stage
+        if field == "align":
+            return stage.labels["align"] in ("sft", reference)
+        return stage.kind != "repair" or stage.labels["repair"] == reference
+
+    # (the protocol repaired only at p = 0 and 0.2)
+    shared = [s for s in search if s.kind != "evaluate" and reference_stage(s)
+              and not (s.kind == "repair" and s.labels["p"] == 0.1)]
+    assert len(shared) >= 4 and all(s.hash in protocol for s in shared)
+    trials = {s.labels[field] for s in search if s.kind == "evaluate" and s.labels.get(field) not in (None, "sft", "none")}
+    assert reference in trials and len(trials) >= 4  # the reference defaults are a trial, the budget's others too
