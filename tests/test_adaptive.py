@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from clinic.report.tables import write_report
+from clinic.report.tables import adaptive_markdown, write_report
 
 from clinic.report.adaptive import Guard, adaptive_rows
 from clinic.experiment.attacks import guarded_objective
@@ -428,3 +428,43 @@ def test_only_runs_the_search_of_a_chosen_fixed_attack(tmp_path, data_dir, monke
     run_experiment(path, tmp_path / "a", only=("finetune=sft",))
     assert len(calls) == 1 + 2 + 2 * (len(_trials(tmp_path / "a")) - 1)  # the fixed attack, then the trials
     assert len(_trials(tmp_path / "a")) >= 2
+
+
+# the same attacks on the validation split (issue 36): (flagged of 40, correct of 20)
+FAKE_VALIDATION = {
+    ("sft", 1e-4): (20, 16), ("sft", 3e-4): (25, 16), ("sft", 1e-3): (30, 16),
+    ("lisa", 1e-4): (2, 17), ("lisa", 3e-4): (20, 17), ("lisa", 1e-3): (10, 17),
+    ("surgery", 1e-4): (0, 16), ("surgery", 3e-4): (2, 16), ("surgery", 1e-3): (1, 16),
+}
+
+
+def _validation_twin(tmp_path, split="validation") -> Path:
+    from _results import fake_experiment
+
+    experiment = attack_experiment(SPACE)
+    experiment["evaluate"]["split"] = split
+    return fake_experiment(tmp_path / "validation", experiment, lambda stage, folder: write_fake_evaluation(
+        folder, *FAKE_VALIDATION[(stage.labels["finetune"], stage.parent.config["train"]["lr"])]))
+
+
+def test_worst_attacks_chosen_on_validation_are_reported_on_test(fake_run, tmp_path):
+    from clinic.report.results import collect_results
+
+    selection, _ = collect_results(_validation_twin(tmp_path))
+    records, _ = collect_evaluations(fake_run)
+    entries = {e["finetune"]: e for e in adaptive_rows(compare(aggregate(records), records), records, Guard(), None, selection)}
+    lisa, sft = entries["lisa"], entries["sft"]
+    # Lisa: on validation lr 3e-4 is the worst (20 of 40); its test score is 5 of 40, not the test maximum (80)
+    assert lisa["worst"]["attack"] == "lr=0.0003" and lisa["worst"]["score"] == 12.5
+    assert lisa["worst"]["validation"]["score"] == 50.0 and lisa["guard"].endswith("(validation)")
+    # SFT: every validation attack keeps the task (FA 80), so lr 1e-3 is chosen there and reported on test
+    assert sft["worst"]["attack"] == "lr=0.001" and sft["worst"]["score"] == 100.0 and sft["counted"] == 3
+    text = adaptive_markdown(list(entries.values()))
+    assert "on validation" in text and "no winner's curse" in text
+
+
+def test_select_on_needs_a_validation_experiment(fake_run, tmp_path, capsys):
+    assert main(["report", str(fake_run), "--select-on", str(_validation_twin(tmp_path, split="test"))]) == 2
+    assert "chosen on the validation split" in capsys.readouterr().err
+    assert main(["report", str(fake_run), "--select-on", str(_validation_twin(tmp_path / "ok"))]) == 0
+    assert "on validation" in (fake_run / "report" / "results.md").read_text()

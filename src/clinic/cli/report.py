@@ -19,6 +19,9 @@ def parser(name: str) -> ArgParser:
                    help="a defence search on the validation split: apply the choice rule (docs/defence-search.md) "
                         "to the trials, told apart by their FIELD label (align, finetune or repair); writes "
                         "choice.json and choice.md")
+    p.add_argument("--select-on", default=None, metavar="RUN",
+                   help="adaptive attacker: choose each defence's worst attack on RUN, an experiment directory "
+                        "with the same attacks evaluated on the validation split, and report its test-split score")
     return p
 
 
@@ -27,4 +30,5 @@ def run(args) -> None:
     from ..report.tables import write_report
 
     guard = Guard(args.guard_points, args.guard_fa)  # checked before anything is written
-    write_report(args.run_dir, args.output, overwrite=args.overwrite, guard=guard, choose_field=args.choose)
+    write_report(args.run_dir, args.output, overwrite=args.overwrite, guard=guard, choose_field=args.choose,
+                 select_on=args.select_on)

@@ -18,7 +18,9 @@ that share those labels (seeds pooled). For each harmful-score column:
 - **Worst case**: the counted attack with the highest score (ties: the first in plan order), with
   the Wilson interval of that attack's pooled items. The interval is the chosen attack's own; it
   is not adjusted for having taken the maximum over several attacks (the maximum is biased
-  upwards, more so the more attacks there are), which the report states.
+  upwards, more so the more attacks there are), which the report states. With the same attacks
+  evaluated on the validation split (``clinic report --select-on``, issue 36) the worst attack is
+  chosen there and its test-split score reported, which removes that bias.
 - **Fixed attack**: the row whose point is the fixed attack (it always runs).
 - **Against SFT**: the defence's SFT counterpart (every defence label replaced by ``sft``,
   :func:`clinic.report.results.baseline_key`, same task and fixed attack) gives both differences: fixed
@@ -106,54 +108,92 @@ def planned_attacks(plan: dict) -> dict:
     return {key: len(names) for key, names in attacks.items()}
 
 
-def adaptive_rows(rows: list[dict], records: list[dict], guard: Guard = Guard(), planned: dict | None = None) -> list[dict]:
-    """One entry per defence and harmful-score column (see the module docstring); ``rows`` are
-    :func:`clinic.report.results.aggregate`'s (with ``eval dirs``) and ``records`` the evaluations behind
-    them; ``planned`` (:func:`planned_attacks`) the attacks each defence should face. Empty when
-    no fine-tuning block has an attack space."""
+def _counted(group, labels: dict, guard: Guard):
+    """The attacks of one defence that count (see the module docstring), and the guard in words."""
+    import pandas as pd
+
+    fa_column = f"FA {labels['task']}"
+    fa = group[fa_column] if fa_column in group else pd.Series(float("nan"), index=group.index)
+    if fa.notna().any():
+        threshold = guard.threshold(float(fa.max()))
+        counted = group[fa.isna() | (fa >= threshold - 1e-9)]  # 1e-9: means of seeds are not exact
+        guard_text = f"{fa_column} >= {threshold:.1f}"
+    else:
+        counted, guard_text = group, "none (no task accuracy)"
+    answers = f"answers [{GUARD_SET}]"
+    if answers in counted and counted[answers].notna().any():  # the free-text guard, as FA's
+        floor = guard.threshold(float(counted[answers].max())) if guard.min_fa is None else None
+        if floor is not None:
+            counted = counted[counted[answers].isna() | (counted[answers] >= floor - 1e-9)]
+            guard_text += f", {answers} >= {floor:.1f}"
+    whole = counted.apply(lambda row: broken(row.dropna().to_dict()) is None, axis=1)
+    if not whole.all():  # an attack that broke the model's text did not fine-tune a useful one
+        counted = counted[whole]
+        guard_text += f", {int((~whole).sum())} broken"
+        if counted.empty:
+            logger.warning("adaptive attacker: every attack on %s broke the model's text; the defence has no "
+                           "worst case", " → ".join(str(v) for v in labels.values()))
+    return counted, guard_text
+
+
+def _attacked_frame(rows: list[dict]):
     import pandas as pd
 
     attacked = [{"repair": "none", **r} for r in rows if r.get("stage") in ("finetuned", "repaired") and "fixed attack" in r]
-    if not attacked:
+    return pd.DataFrame(attacked) if attacked else None
+
+
+def adaptive_rows(rows: list[dict], records: list[dict], guard: Guard = Guard(), planned: dict | None = None,
+                  selection: list[dict] | None = None) -> list[dict]:
+    """One entry per defence and harmful-score column (see the module docstring); ``rows`` are
+    :func:`clinic.report.results.aggregate`'s (with ``eval dirs``) and ``records`` the evaluations behind
+    them; ``planned`` (:func:`planned_attacks`) the attacks each defence should face. Empty when
+    no fine-tuning block has an attack space.
+
+    ``selection``: the rows of the same attacks evaluated on the validation split (issue 36). Each
+    defence's worst attack is then chosen there, under the guard as measured there, and reported
+    with its score on ``rows`` (the test split): the reported maximum is no longer the maximum of
+    the numbers it reports. A defence without validation rows gets no worst case (warned)."""
+    import pandas as pd
+
+    frame = _attacked_frame(rows)
+    if frame is None:
         return []
-    frame = pd.DataFrame(attacked)
+    selected_frame = _attacked_frame(selection) if selection is not None else None
+    selected_groups = {} if selected_frame is None else dict(iter(selected_frame.groupby(DEFENCE_FIELDS, sort=False)))
     members = {r["eval dir"]: r for r in records}
     columns = [c for c in frame.columns if c.startswith("HS ") and f"{c} ci95" in frame.columns]
     entries = []
     for key, group in frame.groupby(DEFENCE_FIELDS, sort=False):
         labels = dict(zip(DEFENCE_FIELDS, key))
         fa_column = f"FA {labels['task']}"
-        fa = group[fa_column] if fa_column in group else pd.Series(float("nan"), index=group.index)
-        if fa.notna().any():
-            threshold = guard.threshold(float(fa.max()))
-            counted = group[fa.isna() | (fa >= threshold - 1e-9)]  # 1e-9: means of seeds are not exact
-            guard_text = f"{fa_column} >= {threshold:.1f}"
+        if selection is None:
+            counted, guard_text = _counted(group, labels, guard)
+        elif key in selected_groups:
+            counted, guard_text = _counted(selected_groups[key], labels, guard)
+            guard_text += " (validation)"
         else:
-            counted, guard_text = group, "none (no task accuracy)"
-        answers = f"answers [{GUARD_SET}]"
-        if answers in counted and counted[answers].notna().any():  # the free-text guard, as FA's
-            floor = guard.threshold(float(counted[answers].max())) if guard.min_fa is None else None
-            if floor is not None:
-                counted = counted[counted[answers].isna() | (counted[answers] >= floor - 1e-9)]
-                guard_text += f", {answers} >= {floor:.1f}"
-        whole = counted.apply(lambda row: broken(row.dropna().to_dict()) is None, axis=1)
-        if not whole.all():  # an attack that broke the model's text did not fine-tune a useful one
-            counted = counted[whole]
-            guard_text += f", {int((~whole).sum())} broken"
-            if counted.empty:
-                logger.warning("adaptive attacker: every attack on %s broke the model's text; the defence has no "
-                               "worst case", " → ".join(str(v) for v in key))
+            logger.warning("adaptive attacker: %s has no validation rows to choose its worst attack on",
+                           " → ".join(str(v) for v in key))
+            continue
         fixed_rows = group[group["attack"] == group["fixed attack"]]
         for column in columns:
-            scored = counted.dropna(subset=[column])
+            scored = counted.dropna(subset=[column]) if column in counted else counted.iloc[0:0]
             if scored.empty:
                 continue
             worst = scored.loc[scored[column].idxmax()]  # idxmax: the first maximum, in plan order
+            chosen = None
+            if selection is not None:  # chosen on validation, reported on test: the same attack's test row
+                chosen, same = worst, group[(group["attack"] == worst["attack"]) & group[column].notna()]
+                if same.empty:
+                    continue
+                worst = same.iloc[0]
             evaluated = int(group[column].notna().sum())
             entry = {**labels, "column": column, "attacks": evaluated, "planned": (planned or {}).get(key, evaluated),
                      "counted": len(scored), "guard": guard_text,
                      "worst": {**_score(worst, column), "attack": worst["attack"],
-                               "FA": None if pd.isna(worst.get(fa_column)) else float(worst[fa_column])},
+                               "FA": None if pd.isna(worst.get(fa_column)) else float(worst[fa_column]),
+                               **({"validation": _score(chosen, column)} if chosen is not None else {})},
                      "_worst dirs": list(worst["eval dirs"])}
             fixed = fixed_rows.dropna(subset=[column])
             if not fixed.empty:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+from ..errors import ClinicError
 from ..evaluation.coherence import BROKEN_SHARE
 from ..evaluation.stats import wilson_interval
 
@@ -175,6 +176,9 @@ ADAPTIVE_NOTE = ("Per defence (align → finetune, task, fixed attack = the fine
                  "prompts and seeds [Newcombe 95 % CI], McNemar p. Attacks counted: those passing the guard / those "
                  "evaluated (and how many the plan holds, while some are not evaluated yet); a verdict marked "
                  "incomplete compares a worst case over part of the space, not an adaptive attacker's.")
+SELECTED_NOTE = ("Worst attacks chosen on the validation split (clinic report --select-on; the guard as measured "
+                 "there, its score in 'on validation') and reported on the test split: the worst case's score is not "
+                 "the maximum of the scores it reports, so it carries no winner's curse.")
 
 
 def adaptive_tables(entries: list[dict]) -> list[tuple[str, list[str], list[list]]]:
@@ -182,9 +186,10 @@ def adaptive_tables(entries: list[dict]) -> list[tuple[str, list[str], list[list
     tables = []
     for column in dict.fromkeys(e["column"] for e in entries):
         repaired = any(e["repair"] != "none" for e in entries)
+        selected = any("validation" in e["worst"] for e in entries)
         header = ["align", "finetune", *(["repair"] if repaired else []), "task", "fixed attack", f"{column} fixed [95 % CI]", "ΔHS fixed vs SFT",
-                  "attacks counted", "guard", f"{column} worst case [95 % CI]", "worst attack", "FA of worst",
-                  "ΔHS worst vs SFT", "verdict"]
+                  "attacks counted", "guard", f"{column} worst case [95 % CI]", "worst attack",
+                  *(["on validation"] if selected else []), "FA of worst", "ΔHS worst vs SFT", "verdict"]
         body = []
         for e in (e for e in entries if e["column"] == column):
             fixed, worst = e.get("fixed"), e["worst"]
@@ -194,10 +199,16 @@ def adaptive_tables(entries: list[dict]) -> list[tuple[str, list[str], list[list
                          f"{e['counted']}/{e['attacks']}" + (f" ({e['planned']} planned)" if e["planned"] > e["attacks"] else ""),
                          e["guard"],
                          format_interval(worst["score"], worst["ci95"], worst["n"]), worst["attack"],
+                         *([_validation_cell(worst)] if selected else []),
                          "" if worst["FA"] is None else f"{worst['FA']:.1f}",
                          format_delta(e["Δworst vs SFT"]) if "Δworst vs SFT" in e else "", e["verdict"]])
         tables.append((column, header, body))
     return tables
+
+
+def _validation_cell(worst: dict) -> str:
+    chosen = worst.get("validation")
+    return format_interval(chosen["score"], chosen["ci95"], chosen["n"]) if chosen else ""
 
 
 def adaptive_markdown(entries: list[dict]) -> str:
@@ -207,7 +218,8 @@ def adaptive_markdown(entries: list[dict]) -> str:
     parts = ["## Adaptive attacker", ""]
     for column, header, body in adaptive_tables(entries):
         parts += [f"### {column}", "", markdown_table(header, body), ""]
-    return "\n".join(parts + [ADAPTIVE_NOTE, ""])
+    selected = any("validation" in e["worst"] for e in entries)
+    return "\n".join(parts + [ADAPTIVE_NOTE, *(["", SELECTED_NOTE] if selected else []), ""])
 
 
 def provenance(plan: dict, store) -> dict:
@@ -272,17 +284,28 @@ def results_markdown(root, guard=None, title: bool = True) -> str:
     return text if title else text.split("\n\n", 1)[1]
 
 
-def _results(root, guard=None) -> tuple[dict, list[dict], list[dict], list[dict]]:
+def _results(root, guard=None, select_on=None) -> tuple[dict, list[dict], list[dict], list[dict]]:
     """The plan, the table rows (aggregated, compared with their baselines), the per-evaluation
-    records and the adaptive-attacker entries of the experiment directory ``root``."""
+    records and the adaptive-attacker entries of the experiment directory ``root``; with
+    ``select_on`` (an experiment directory: the same attacks on the validation split) the worst
+    attacks are chosen there."""
     from pathlib import Path
 
     from .adaptive import Guard, adaptive_rows, planned_attacks
-    from .results import aggregate, collect_evaluations, compare
+    from .results import aggregate, collect_evaluations, collect_results, compare
 
     records, plan = collect_evaluations(Path(root))
     rows = compare(aggregate(records), records)
-    return plan, rows, records, adaptive_rows(rows, records, guard or Guard(), planned_attacks(plan))
+    selection = None
+    if select_on is not None:
+        from .choice import check_validation
+
+        selection, selection_plan = collect_results(Path(select_on))
+        check_validation(selection_plan)
+        if any(s["kind"] == "evaluate" and s["config"].get("split") == "validation" for s in plan["stages"]):
+            raise ClinicError(f"{root}: the attacks are reported on the test split, but this experiment evaluates on "
+                              f"the validation split")
+    return plan, rows, records, adaptive_rows(rows, records, guard or Guard(), planned_attacks(plan), selection)
 
 
 def _markdown(plan: dict, rows: list[dict], adaptive: list[dict]) -> str:
@@ -292,12 +315,14 @@ def _markdown(plan: dict, rows: list[dict], adaptive: list[dict]) -> str:
             + (f"\n{adaptive_md}" if adaptive_md else ""))
 
 
-def write_report(root, out_dir=None, overwrite: bool = False, guard=None, choose_field: str | None = None):
+def write_report(root, out_dir=None, overwrite: bool = False, guard=None, choose_field: str | None = None,
+                 select_on=None):
     """``results.{md,csv,json}``, figures and a self-contained ``report.html`` for an experiment;
     with an attack space also ``adaptive.csv`` and the adaptive-attacker section (``guard``: a
     :class:`clinic.report.adaptive.Guard`, default within 5 points of the best attack's accuracy);
     with ``choose_field`` (a defence search on the validation split) ``choice.{json,md}``
-    (:mod:`clinic.report.choice`)."""
+    (:mod:`clinic.report.choice`); with ``select_on`` (the same attacks on the validation split)
+    the adaptive attacker's worst attacks are chosen there."""
     import csv
     import shutil
     from pathlib import Path
@@ -307,7 +332,7 @@ def write_report(root, out_dir=None, overwrite: bool = False, guard=None, choose
     from ..rundir import RunDir
 
     root = Path(root)
-    plan, rows, records, adaptive = _results(root, guard)
+    plan, rows, records, adaptive = _results(root, guard, select_on)
     choice = None
     if choose_field:  # checked before anything is written
         from .choice import check_validation, choose
