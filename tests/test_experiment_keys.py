@@ -164,3 +164,41 @@ def test_a_renamed_setting_keeps_its_old_key_and_its_hash(data_dir):
     assert plans[0] == plans[1] == plans[2]
     align = next(s for s in Experiment.from_dict(new).plan() if s.kind == "align")
     assert align.config["options"]["harmful_data"] == "beavertails-harmful" and "harmful_source" not in align.config["options"]
+
+
+@pytest.mark.parametrize("block", ["align", "finetune"])
+def test_a_method_entry_trains_with_its_own_overrides_and_nothing_else_moves(data_dir, block):
+    """Issue 36: a search trial may train longer (``train:`` in one method entry, over the block's);
+    the other entries' stages keep their hashes."""
+    def plan(methods):
+        raw = tiny()
+        raw[block] = {**raw[block], "methods": methods, "train": {"lr": 1e-4}}
+        return {s.labels["slug"]: s for s in Experiment.from_dict(raw).plan() if s.kind == block}
+
+    before = plan(["sft"])
+    after = plan(["sft", {"name": "sft", "label": "sft-long", "train": {"epochs": 4}}])
+    (plain,) = [s for slug, s in before.items()]
+    assert after[plain.labels["slug"]].hash == plain.hash
+    (long,) = [s for s in after.values() if "sft-long" in s.labels["slug"]]
+    assert long.config["train"]["epochs"] == 4 and long.config["train"]["lr"] == 1e-4
+    assert {k: v for k, v in long.config["train"].items() if k != "epochs"} == \
+        {k: v for k, v in plain.config["train"].items() if k != "epochs"}
+
+
+@pytest.mark.parametrize(("train", "message"), [({"epochz": 4}, "epochz"), ([4], "must map training settings")])
+def test_a_bad_entry_train_is_a_one_line_error(data_dir, train, message):
+    raw = tiny()
+    raw["align"] = {**raw["align"], "methods": [{"name": "sft", "label": "x", "train": train}]}
+    with pytest.raises(ClinicError, match=message):
+        Experiment.from_dict(raw).plan()
+
+
+def test_the_experiment_file_example_in_the_docs_plans(data_dir):
+    """docs/experiments.md's annotated example is a file `clinic run` accepts (it once named a
+    T-Vaccine option that does not exist)."""
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "experiments.md").read_text(encoding="utf-8")
+    example = re.search(r"```yaml\n(.*?)```", page[page.index("## The experiment file"):], re.S).group(1)
+    assert Experiment.from_dict(yaml.safe_load(example)).plan()

@@ -34,17 +34,22 @@ class MethodEntry:
     name: str
     options: tuple = ()  # sorted (key, value) pairs, hashable
     label: str = ""
+    train: tuple = ()  # this entry's training overrides over the block's ``train:`` (sorted pairs)
 
     @classmethod
     def parse(cls, entry, where: str) -> MethodEntry:
         if isinstance(entry, str):
             return cls(entry, (), check_name(entry, f"{where}: method"))
         if isinstance(entry, dict) and "name" in entry:
-            options = {k: v for k, v in entry.items() if k not in ("name", "label")}
+            options = {k: v for k, v in entry.items() if k not in ("name", "label", "train")}
             if any(isinstance(v, (dict, list)) for v in options.values()):
                 raise ClinicError(f"{where}: options of method {entry['name']!r} must be single values")
+            train = entry.get("train") or {}
+            if not isinstance(train, dict) or any(isinstance(v, (dict, list)) for v in train.values()):
+                raise ClinicError(f"{where}: train of method {entry['name']!r} must map training settings to single "
+                                  f"values, got {train!r}")
             label = check_name(entry.get("label", entry["name"]), f"{where}: label")
-            return cls(str(entry["name"]), tuple(sorted(options.items())), label)
+            return cls(str(entry["name"]), tuple(sorted(options.items())), label, tuple(sorted(train.items())))
         raise ClinicError(f"{where}: a method is a name or a mapping with 'name' (and options), got {entry!r}")
 
 

@@ -49,6 +49,14 @@ def _train_config(block: dict, seed: int, default_preset: str) -> dict:
     return hashed(train_config(block.get("preset", default_preset), **overrides))
 
 
+def _with_entry_train(block: dict, entry: MethodEntry) -> dict:
+    """The block as one method entry sees it: its ``train:`` overrides over the block's (issue 36:
+    a search trial may train longer); the block itself when the entry has none."""
+    if not entry.train:
+        return block
+    return {**block, "train": {**(block.get("train") or {}), **dict(entry.train)}}
+
+
 def _method_options(entry: MethodEntry, stage: str) -> dict:
     from ..methods.registry import get_method, method_config
 
@@ -148,7 +156,8 @@ def expand(exp) -> list[Stage]:
                 data["helpful_n"] = integer(exp.align["helpful_n"], "align helpful_n")
                 check_mixture_args(data["helpful_n"], 0.0)
             config = {"method": entry.name, "options": _method_options(entry, "align"),
-                      "train": _train_config(exp.align, seed, default(AlignBlock, "preset")), "data": data}
+                      "train": _train_config(_with_entry_train(exp.align, entry), seed, default(AlignBlock, "preset")),
+                      "data": data}
             if curated is None:
                 config["model"] = exp.model
             labels = {**base_labels, "align": entry.label, "slug": entry.label, "stage": "aligned"}
@@ -166,12 +175,13 @@ def expand(exp) -> list[Stage]:
                 for raw_method in as_list(block.get("methods", default(FinetuneBlock, "methods")), "finetune methods"):
                     entry = MethodEntry.parse(raw_method, "finetune methods")
                     options = _method_options(entry, "finetune")
-                    for task in as_list(block.get("tasks", default(FinetuneBlock, "tasks")), "tasks"):
-                        for p in as_list(block.get("poison_ratios", default(FinetuneBlock, "poison_ratios")), "poison_ratios"):
+                    entry_block = _with_entry_train(block, entry)
+                    for task in as_list(entry_block.get("tasks", default(FinetuneBlock, "tasks")), "tasks"):
+                        for p in as_list(entry_block.get("poison_ratios", default(FinetuneBlock, "poison_ratios")), "poison_ratios"):
                             p = float(coerce(p, float, "poison_ratios item"))  # 0 as 0.0: the hash as before
-                            n = integer(block.get("n", default(FinetuneBlock, "n")), "finetune n")
-                            base_train = _train_config(block, seed, default(FinetuneBlock, "preset"))
-                            make = functools.partial(attacked, block, seed, align, entry_a, entry, options, task, n)
+                            n = integer(entry_block.get("n", default(FinetuneBlock, "n")), "finetune n")
+                            base_train = _train_config(entry_block, seed, default(FinetuneBlock, "preset"))
+                            make = functools.partial(attacked, entry_block, seed, align, entry_a, entry, options, task, n)
                             for attack in attacks(space, base_train, p, search is not None):
                                 made = make(attack)
                                 stages.extend(made)
