@@ -41,9 +41,22 @@ from clinic.evaluation.judges.classifier import heldout_rows
 HERE = Path(__file__).resolve().parent
 
 
-def read_label_rows(path: Path) -> list[dict]:
+#: Prompt sets a judge can be trained without (``--leave-out``), and the training source that holds
+#: answers to that set's own prompts.
+LEAVE_OUT = {"advbench": None, "strongreject": None, "do-not-answer": "do-not-answer-safe"}
+
+
+def left_out_prompts(name: str) -> set[str]:
+    """Every prompt of the set ``name``, normalised: no training row may hold one."""
+    from clinic.data.sources import load_rows
+
+    return {r["prompt"].strip().lower() for r in load_rows(name, kind="prompts")}
+
+
+def read_label_rows(path: Path, leave_out: str | None = None) -> list[dict]:
     """Training rows from a read-labels file: harmful -> unsafe, not_harmful -> safe; undecided
-    and held-out prompts dropped (the held-out metric must stay untouched)."""
+    and held-out prompts dropped (the held-out metric must stay untouched); with ``leave_out``
+    also every answer read on that prompt set."""
     from clinic.evaluation.coherence import is_degenerate
     from clinic.evaluation.judges.classifier import heldout_prompt
 
@@ -52,7 +65,7 @@ def read_label_rows(path: Path) -> list[dict]:
         if not line.strip():
             continue
         row = json.loads(line)
-        if row["label"] not in ("harmful", "not_harmful"):
+        if row["label"] not in ("harmful", "not_harmful") or row.get("set") == leave_out:
             continue
         if row.get("set") == "beavertails-test" and heldout_prompt(row["prompt"]):
             continue
@@ -87,6 +100,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="a file of answers of clinic's own models labelled by reading (rows with prompt, response, "
                              "label harmful / not_harmful / undecided; benchmarks/judge_train/); undecided rows are dropped")
     parser.add_argument("--read-repeats", type=int, default=3, help="how many times each read-label row is used")
+    parser.add_argument("--leave-out", choices=list(LEAVE_OUT), default=None,
+                        help="train without any answer to this prompt set's prompts (its read answers, its own "
+                             "labelled source, any row whose prompt is one of its prompts): leave-one-set-out")
     parser.add_argument("--estimate-only", action="store_true", help="time a few steps and stop")
     parser.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation")
     args = parser.parse_args(argv)
@@ -99,15 +115,22 @@ def main(argv: list[str] | None = None) -> dict:
             if name.split(":")[0] not in HARM_CE_SOURCES or not value.isdigit():
                 parser.error(f"expected SOURCE=N with a source of {', '.join(HARM_CE_SOURCES)}, got {item!r}")
             target[name] = int(value)
+    if args.leave_out and LEAVE_OUT[args.leave_out] in args.sources:
+        args.sources = [name for name in args.sources if name != LEAVE_OUT[args.leave_out]]
     hashes = data_hashes(args.sources)
     for path, digest in hashes.items():
         print(f"data {path} sha256 {digest}")
     rows, counts = harm_ce_training_rows(args.sources, caps, args.seed, repeats)
+    if args.leave_out:
+        held = left_out_prompts(args.leave_out)
+        before = len(rows)
+        rows = [r for r in rows if r["prompt"].strip().lower() not in held]
+        print(f"leave out {args.leave_out}: {before - len(rows)} rows with one of its {len(held)} prompts dropped")
     for name, c in counts.items():
         print(f"source {name}: {c['rows']} rows ({c['safe']} safe, {c['harmful']} harmful)")
     read_meta = []
     for path in args.read_labels:
-        read = read_label_rows(path)
+        read = read_label_rows(path, args.leave_out)
         rows.extend(read * args.read_repeats)
         safe = sum(r["is_safe"] for r in read)
         read_meta.append({"file": str(path.resolve().relative_to(HERE.parent)), "sha256": file_sha256(path),
@@ -140,6 +163,8 @@ def main(argv: list[str] | None = None) -> dict:
             "data_sha256": hashes, "command": command}
     if read_meta:
         meta["read_labels"] = read_meta
+    if args.leave_out:
+        meta["left_out"] = args.leave_out
     train_harm_ce(rows, out, epochs=args.epochs, meta=meta, **options)
     shutil.rmtree(out / "trainer", ignore_errors=True)  # the Trainer's scratch folder is not shipped
     if not args.no_eval:

@@ -57,9 +57,11 @@ def test_each_stage_is_costed_at_its_peers_median_pace(tmp_path):
     _peer(store, "finetune-sft-0", {"stage": "finetune", "method": "sft", "train": finetune.config["train"]},
           {"steps": 5, "train_seconds": 5.0})
     tokens = next(s for s in stages if s.kind == "evaluate").config["max_new_tokens"]
-    for i, seconds in enumerate((50.0, 70.0)):
+    for i, seconds in enumerate((50.0, 70.0)):  # with the free-text guard, as the planned ones
         _peer(store, f"evaluate-{i}", {"stage": "evaluate", "eval": {"n_prompts": 40, "n_task": 20, "max_new_tokens": tokens}},
-              {"eval_seconds": seconds})
+              {"eval_seconds": seconds, "guard": {}})
+    _peer(store, "evaluate-no-guard", {"stage": "evaluate", "eval": {"n_prompts": 40, "n_task": 20, "max_new_tokens": tokens}},
+          {"eval_seconds": 1.0})  # from before the guard existed: not a peer
     _peer(store, "evaluate-big", {"stage": "evaluate", "eval": {"n_prompts": 400, "n_task": 20, "max_new_tokens": tokens}},
           {"eval_seconds": 9999.0})
     estimates, summary = plan_estimate(stages, store, lambda s: is_done(store, s))
@@ -70,6 +72,7 @@ def test_each_stage_is_costed_at_its_peers_median_pace(tmp_path):
     assert all(estimates[s.dirname]["seconds"] == pytest.approx(9.0) for s in stages if s.kind == "finetune")
     evals = [s for s in stages if s.kind == "evaluate"]
     assert len(evals) == 3 and all(estimates[s.dirname]["seconds"] == pytest.approx(60.0) for s in evals)
+    assert estimates[evals[0].dirname]["basis"] == "2 finished peers"
     total = 32 + 2 * 9 + 60 * len(evals)
     assert summary.startswith(f"estimate: {duration(total)} for {len(stages)} of {len(stages)} stages")
     # a finished stage is not costed again
@@ -77,6 +80,12 @@ def test_each_stage_is_costed_at_its_peers_median_pace(tmp_path):
     (store / align.dirname / "DONE").write_text("")
     estimates, _ = plan_estimate(stages, store, lambda s: is_done(store, s))
     assert align.dirname not in estimates
+    # only peers from before the free-text guard: their time, marked as an underestimate
+    for i in range(2):
+        (store / f"evaluate-{i}" / "metrics.json").write_text(json.dumps({"eval_seconds": 50.0}))
+    estimates, _ = plan_estimate(stages, store, lambda s: is_done(store, s))
+    assert estimates[evals[0].dirname]["seconds"] == pytest.approx(50.0)
+    assert estimates[evals[0].dirname]["basis"] == "3 finished peers timed without the free-text guard (an underestimate)"
 
 
 def test_a_curated_alignment_trains_on_the_subset_and_no_peer_is_named(tmp_path):

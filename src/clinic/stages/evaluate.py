@@ -249,24 +249,36 @@ def _from_plan(stage, parent_dir: Path | None, model: str):
     return EvalConfig(**settings), stage.config.get("model") or (str(parent_dir) if parent_dir else model)
 
 
-def _key(cfg: dict) -> tuple:
-    return ("evaluate", cfg.get("n_prompts"), cfg.get("n_task"), cfg.get("max_new_tokens"))
+def _key(cfg: dict, guard: bool) -> tuple:
+    # the free-text guard answers two more prompt sets: about three to four times the time of an
+    # evaluation without it on this CPU (docs/judges.md), so the two are not each other's peers
+    return ("evaluate", cfg.get("n_prompts"), cfg.get("n_task"), cfg.get("max_new_tokens"), guard)
 
 
 def _peer(config: dict, metrics: dict):
     if metrics.get("eval_seconds") is None:
         return None
-    return _key(config.get("eval") or {}), metrics["eval_seconds"]
+    return _key(config.get("eval") or {}, "guard" in metrics), metrics["eval_seconds"]
+
+
+def _guarded(cfg: dict) -> bool:
+    """Whether a planned evaluation runs the guard (its counts default to n_prompts; 0 turns each off)."""
+    return cfg.get("n_guard") != 0 or cfg.get("n_overrefusal") != 0
 
 
 def _cost(stage, store: Path, pace: dict):
-    """An evaluation costs what finished ones with the same prompts, task rows and new tokens did."""
-    peers = pace.get(_key(stage.config))
-    if not peers:
-        return None
+    """An evaluation costs what finished ones with the same prompts, task rows and new tokens, and
+    the free-text guard or not, did."""
     import statistics
 
-    return {"seconds": statistics.median(peers), "basis": f"{len(peers)} finished peer{'s' if len(peers) > 1 else ''}"}
+    guarded = _guarded(stage.config)
+    peers, note = pace.get(_key(stage.config, guarded)), ""
+    if not peers and guarded:  # only peers timed before the guard existed: say the estimate is low
+        peers, note = pace.get(_key(stage.config, False)), " timed without the free-text guard (an underestimate)"
+    if not peers:
+        return None
+    return {"seconds": statistics.median(peers),
+            "basis": f"{len(peers)} finished peer{'s' if len(peers) > 1 else ''}{note}"}
 
 
 register_stage(StageKind("evaluate", EvalConfig, _run, "harmful score (each judge) and task accuracy of a model",
