@@ -869,3 +869,18 @@ def errors_markdown() -> str:
 if __name__ == "__main__":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.stdout.write(errors_markdown())
+
+
+def test_the_errors_page_shows_each_cases_current_message():
+    """docs/errors.md is generated (``python tests/test_errors.py > docs/errors.md``) and went stale
+    once (a third of its rows quoted old messages): every case has its row, and the row quotes
+    the part of the message the case checks."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "errors.md").read_text(encoding="utf-8")
+    rows = {}
+    for line in page.splitlines():
+        cells = line.split(" | ")
+        if line.startswith("| ") and len(cells) >= 3 and "clinic: error" in line:
+            rows.setdefault(cells[0][2:], []).append(line)
+    stale = [case.what for case in CASES + EXPERIMENT_CASES
+             if case.root_ok and not any(case.message.replace("|", "\\|") in row for row in rows.get(case.what, []))]
+    assert not stale, f"regenerate docs/errors.md (python tests/test_errors.py > docs/errors.md): {stale[:5]}"
