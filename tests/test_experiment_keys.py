@@ -202,3 +202,16 @@ def test_the_experiment_file_example_in_the_docs_plans(data_dir):
     page = (Path(__file__).resolve().parents[1] / "docs" / "experiments.md").read_text(encoding="utf-8")
     example = re.search(r"```yaml\n(.*?)```", page[page.index("## The experiment file"):], re.S).group(1)
     assert Experiment.from_dict(yaml.safe_load(example)).plan()
+
+
+def test_a_finetune_block_can_stay_unrepaired(data_dir):
+    """``repaired: false``: the repair block skips that block's fine-tunes (a search's benign
+    reference needs no repair); other blocks' repairs keep their hashes."""
+    def plan(second: dict):
+        raw = tiny(repair={"methods": ["antidote"]})
+        raw["finetune"] = [raw["finetune"], {**raw["finetune"], "poison_ratios": [0], **second}]
+        return [s for s in Experiment.from_dict(raw).plan() if s.kind == "repair"]
+
+    both, first_only = plan({}), plan({"repaired": False})
+    assert [s.labels["p"] for s in both] == [0.1, 0.0] and [s.labels["p"] for s in first_only] == [0.1]
+    assert first_only[0].hash == both[0].hash

@@ -58,6 +58,7 @@ class FinetuneBlock(_TrainingBlock):
     selection: str = field(default="random", metadata={"help": "which task rows: random or first"})
     aligned_with: tuple | None = field(default=None, metadata={"help": "only these aligned models (labels)"})
     attack_space: dict | None = field(default=None, metadata={"help": "adaptive attacker: lists of lr, epochs, ..."})
+    repaired: bool = field(default=True, metadata={"help": "whether the repair block repairs this block's fine-tunes"})
     search: dict | None = field(default=None, metadata={"help": "budgeted Optuna search over the attack space"})
 
 

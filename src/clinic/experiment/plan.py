@@ -117,7 +117,8 @@ def expand(exp) -> list[Stage]:
                   "p": attack.p, "slug": slug, "stage": "finetuned", **attack.labels}
         ft = Stage("finetune", slug, config, align, labels)
         out = [ft, evaluation(ft, [task] if task in scored_tasks() else [], labels)]
-        for rep in _repair_stages(exp.repair, ft, seed):
+        repaired = coerce(block.get("repaired", default(FinetuneBlock, "repaired")), bool, "finetune repaired")
+        for rep in _repair_stages(exp.repair if repaired else None, ft, seed):
             out += [rep, evaluation(rep, [task] if task in scored_tasks() else [], rep.labels)]
         return out + ([sink_stage(ft, labels)] if exp.sink is not None else [])
 
