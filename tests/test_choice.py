@@ -145,3 +145,27 @@ def test_a_choice_on_the_test_split_is_refused(tmp_path, data_dir, capsys):
     assert main(["report", str(root), "--choose", "align"]) == 2
     assert "chosen on the validation split" in capsys.readouterr().err
     assert not (root / "report").exists()  # nothing half-written
+
+
+def test_trials_that_are_whole_experiments_are_chosen_by_name(tmp_path, data_dir):
+    """Pharmacist's trials differ in their experiment's curate block: --choose experiment --trials."""
+    import json
+
+    from _results import fake_experiment
+    from clinic.cli import main
+
+    reference = _fake_search(tmp_path / "reference")
+    numbers = {"pharm-r0.2": {0.1: (20, 150, 170), 0.2: (30, 150, 170)},   # FA 75: 10 points below SFT
+               "pharm-r0.4": {0.1: (30, 170, 170), 0.2: (50, 168, 170)}}   # worst 25 %: chosen
+    runs = []
+    for name, by_p in numbers.items():
+        experiment = {**_search_experiment(), "name": name, "curate": {"selector": "random", "ratio": 0.5}}
+        experiment["align"] = {"methods": ["sft"], "n": 8, "train": {"batch_size": 4}}
+        experiment["finetune"] = experiment["finetune"][0]
+        runs.append(fake_experiment(tmp_path / name, experiment,
+                                    lambda stage, folder, by_p=by_p: _write_evaluation(folder, *by_p[stage.labels["p"]])))
+    assert main(["report", str(reference), "--choose", "experiment", "--trials", *map(str, runs)]) == 0
+    choice = json.loads((reference / "report" / "choice.json").read_text())
+    assert choice["chosen"] == "pharm-r0.4" and [t["label"] for t in choice["trials"]] == ["pharm-r0.2", "pharm-r0.4"]
+    assert choice["sft benign answers"] == 60.0  # the reference experiment's SFT at p = 0
+    assert main(["report", str(reference), "--output", str(tmp_path / "r2"), "--trials", str(runs[0])]) == 2

@@ -77,3 +77,15 @@ def test_a_defence_search_evaluates_on_the_validation_split_and_shares_the_proto
     assert len(shared) >= 4 and all(s.hash in protocol for s in shared)
     trials = {s.labels[field] for s in search if s.kind == "evaluate" and s.labels.get(field) not in (None, "sft", "none")}
     assert reference in trials and len(trials) >= 4  # the reference defaults are a trial, the budget's others too
+
+
+def test_pharmacists_search_trials_are_experiments_on_the_validation_split():
+    """Pharmacist's trials are whole experiments (one curate block each): every evaluation on the
+    validation split, the reference trial's curation, alignment and attacks the protocol's."""
+    trials = sorted(CONFIGS.glob("search-pharmacist-*.yaml"))
+    assert len(trials) == 6
+    for path in trials:
+        assert all(s.config["split"] == "validation" for s in _plan(path) if s.kind == "evaluate"), path.name
+    protocol = {s.hash for s in _plan(CONFIGS / "protocol-curation-pharmacist-smollm2.yaml")}
+    reference = [s for s in _plan(CONFIGS / "search-pharmacist-r0.4-g1-smollm2.yaml") if s.kind != "evaluate"]
+    assert len(reference) == 4 and all(s.hash in protocol for s in reference)

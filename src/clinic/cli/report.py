@@ -15,10 +15,12 @@ def parser(name: str) -> ArgParser:
                         "defence's best attack (default 5)")
     p.add_argument("--guard-fa", type=float, default=None, metavar="PERCENT",
                    help="adaptive attacker: count the attacks with fine-tune accuracy >= PERCENT instead")
-    p.add_argument("--choose", default=None, choices=("align", "finetune", "repair"), metavar="FIELD",
+    p.add_argument("--choose", default=None, choices=("align", "finetune", "repair", "experiment"), metavar="FIELD",
                    help="a defence search on the validation split: apply the choice rule (docs/defence-search.md) "
-                        "to the trials, told apart by their FIELD label (align, finetune or repair); writes "
-                        "choice.json and choice.md")
+                        "to the trials, told apart by their FIELD label (align, finetune or repair), or by experiment "
+                        "(--trials); writes choice.json and choice.md")
+    p.add_argument("--trials", nargs="+", default=(), metavar="RUN",
+                   help="with --choose experiment: the trial experiments' directories (RUN_DIR holds SFT's reference)")
     p.add_argument("--select-on", default=None, metavar="RUN",
                    help="adaptive attacker: choose each defence's worst attack on RUN, an experiment directory "
                         "with the same attacks evaluated on the validation split, and report its test-split score")
@@ -31,4 +33,4 @@ def run(args) -> None:
 
     guard = Guard(args.guard_points, args.guard_fa)  # checked before anything is written
     write_report(args.run_dir, args.output, overwrite=args.overwrite, guard=guard, choose_field=args.choose,
-                 select_on=args.select_on)
+                 select_on=args.select_on, trials=args.trials)

@@ -24,7 +24,10 @@ The rule (:class:`Rule`, docs/defence-search.md):
 
 SFT's rows are the reference, never a candidate. Trials are told apart by their label in one
 field: ``align`` for an alignment defence, ``finetune`` for a fine-tuning one, ``repair`` for a
-repair (its reference is then SFT's unrepaired fine-tune).
+repair (its reference is then SFT's unrepaired fine-tune), ``experiment`` for trials that are
+whole experiments (a curation's subset share is one experiment's curate block):
+:func:`experiment_rows` labels each experiment's rows with its name and the reference
+experiment's SFT rows with ``sft``.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ from ..errors import ClinicError
 from ..evaluation.capability import GUARD_SET
 from .results import BASELINE, REPAIR_FIELD, broken, hs_column
 
-TRIAL_FIELDS = ("align", "finetune", "repair")
+TRIAL_FIELDS = ("align", "finetune", "repair", "experiment")
+EXPERIMENT_FIELD = "experiment"  # trials that are whole experiments (one curate block each: Pharmacist's)
 
 
 @dataclass(frozen=True)
@@ -178,3 +182,16 @@ def choice_markdown(result: dict) -> str:
         lines.append(f"| {t['label']} | " + " | ".join(hs) + f" | {worst} | " + " | ".join(fa) + f" | {mark} |")
     lines += ["", f"Chosen: {result['chosen']}" if result["chosen"] else "No trial keeps capability: no choice."]
     return "\n".join(lines) + "\n"
+
+
+def experiment_rows(reference: list[dict], trials: dict[str, list[dict]]) -> list[dict]:
+    """Rows for an ``experiment`` choice: the reference experiment's SFT models (SFT alignment and
+    fine-tuning) labelled ``sft``, and every fine-tuned model of each trial experiment labelled
+    with the experiment's name."""
+    rows = [{**r, EXPERIMENT_FIELD: BASELINE} for r in reference
+            if r.get("align") == BASELINE and r.get("finetune") == BASELINE and REPAIR_FIELD not in r]
+    for name, trial_rows in trials.items():
+        if name == BASELINE:
+            raise ClinicError(f"a trial experiment cannot be named {BASELINE!r}: that label is the reference's")
+        rows += [{**r, EXPERIMENT_FIELD: name} for r in trial_rows if REPAIR_FIELD not in r]
+    return rows

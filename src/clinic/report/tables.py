@@ -316,12 +316,13 @@ def _markdown(plan: dict, rows: list[dict], adaptive: list[dict]) -> str:
 
 
 def write_report(root, out_dir=None, overwrite: bool = False, guard=None, choose_field: str | None = None,
-                 select_on=None):
+                 select_on=None, trials=()):
     """``results.{md,csv,json}``, figures and a self-contained ``report.html`` for an experiment;
     with an attack space also ``adaptive.csv`` and the adaptive-attacker section (``guard``: a
     :class:`clinic.report.adaptive.Guard`, default within 5 points of the best attack's accuracy);
     with ``choose_field`` (a defence search on the validation split) ``choice.{json,md}``
-    (:mod:`clinic.report.choice`); with ``select_on`` (the same attacks on the validation split)
+    (:mod:`clinic.report.choice`; ``trials``: the experiment directories of an ``experiment``
+    choice, ``root`` holding SFT's reference); with ``select_on`` (the same attacks on the validation split)
     the adaptive attacker's worst attacks are chosen there."""
     import csv
     import shutil
@@ -334,11 +335,22 @@ def write_report(root, out_dir=None, overwrite: bool = False, guard=None, choose
     root = Path(root)
     plan, rows, records, adaptive = _results(root, guard, select_on)
     choice = None
-    if choose_field:  # checked before anything is written
-        from .choice import check_validation, choose
+    if (choose_field == "experiment") != bool(trials):  # checked before anything is written
+        raise ClinicError("--trials names the trial experiments of --choose experiment, and only of it")
+    if choose_field:
+        from .choice import check_validation, choose, experiment_rows
+        from .results import collect_results
 
         check_validation(plan)
-        choice = choose(rows, choose_field)
+        choice_rows = rows
+        if trials:
+            by_name = {}
+            for trial in trials:
+                trial_rows, trial_plan = collect_results(Path(trial))
+                check_validation(trial_plan)
+                by_name[trial_plan["name"]] = trial_rows
+            choice_rows = experiment_rows(rows, by_name)
+        choice = choose(choice_rows, choose_field)
     store = (root / plan["store"]).resolve()
     out_dir = Path(out_dir) if out_dir else root / "report"
     with RunDir(out_dir, overwrite=overwrite, inputs=(root,)) as run:
