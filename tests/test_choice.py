@@ -152,6 +152,7 @@ def test_trials_that_are_whole_experiments_are_chosen_by_name(tmp_path, data_dir
     import json
 
     from _results import fake_experiment
+
     from clinic.cli import main
 
     reference = _fake_search(tmp_path / "reference")
@@ -168,4 +169,54 @@ def test_trials_that_are_whole_experiments_are_chosen_by_name(tmp_path, data_dir
     choice = json.loads((reference / "report" / "choice.json").read_text())
     assert choice["chosen"] == "pharm-r0.4" and [t["label"] for t in choice["trials"]] == ["pharm-r0.2", "pharm-r0.4"]
     assert choice["sft benign answers"] == 60.0  # the reference experiment's SFT at p = 0
+    assert choice["settings"]["kind"] == "curate" and choice["settings"]["config"]["ratio"] == 0.5
     assert main(["report", str(reference), "--output", str(tmp_path / "r2"), "--trials", str(runs[0])]) == 2
+
+
+def test_the_choice_records_the_chosen_setting_and_a_final_plan_must_use_it(tmp_path, data_dir):
+    """Issue 36: the committed choice holds the chosen trial's settings; the test-split stages of
+    the final measurement (any seed) must carry exactly those."""
+    import json
+
+    from clinic.cli import main
+    from clinic.experiment import Experiment
+    from clinic.report.choice import setting_mismatches
+
+    root = _fake_search(tmp_path)
+    assert main(["report", str(root), "--choose", "align"]) == 0
+    choice = json.loads((root / "report" / "choice.json").read_text())
+    assert choice["settings"]["kind"] == "align" and choice["settings"]["config"]["options"]["rho"] == 1.0
+    assert "seed" not in choice["settings"]["config"]["train"]
+
+    def final(rho: float) -> list[dict]:  # the test-split measurement, three seeds
+        experiment = _search_experiment(split="test")
+        experiment["seeds"] = [0, 1, 2]
+        experiment["align"]["methods"] = ["sft", {"name": "vaccine", "rho": rho, "label": "vac-r1"}]
+        return [{"kind": s.kind, "config": s.config, "labels": s.labels, "dir": s.dirname}
+                for s in Experiment.from_dict(experiment).plan()]
+
+    assert setting_mismatches(choice, final(1.0)) == []
+    wrong = setting_mismatches(choice, final(3.0))
+    assert len(wrong) == 3 and all("settings differ from the choice" in w for w in wrong)
+    assert setting_mismatches({**choice, "chosen": "vac-r9"}, final(1.0)) == ["no align stage labelled 'vac-r9' in this plan"]
+
+
+def test_every_committed_choice_is_what_its_final_measurement_runs():
+    """For each committed choice (results/search-*/choice.json) whose final experiment exists
+    (configs/tuned-<search>.yaml), the final experiment's stages carry the chosen setting."""
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    from clinic.experiment import Experiment
+    from clinic.report.choice import setting_mismatches
+
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted((root / "results").glob("search-*/choice.json")):
+        final = root / "configs" / f"tuned-{path.parent.name.removeprefix('search-')}.yaml"
+        if not final.exists():
+            continue  # chosen, not measured yet
+        stages = [{"kind": s.kind, "config": s.config, "labels": s.labels, "dir": s.dirname}
+                  for s in Experiment.from_dict(yaml.safe_load(final.read_text())).plan()]
+        assert setting_mismatches(json.loads(path.read_text()), stages) == [], final.name

@@ -195,3 +195,42 @@ def experiment_rows(reference: list[dict], trials: dict[str, list[dict]]) -> lis
             raise ClinicError(f"a trial experiment cannot be named {BASELINE!r}: that label is the reference's")
         rows += [{**r, EXPERIMENT_FIELD: name} for r in trial_rows if REPAIR_FIELD not in r]
     return rows
+
+
+#: The stage that carries a trial's setting, by the field its trials differ in.
+_SETTING_KIND = {"align": "align", "finetune": "finetune", "repair": "repair", EXPERIMENT_FIELD: "curate"}
+
+
+def _normalised(config: dict) -> dict:
+    """A stage config without what differs between a search and its final measurement: the seed
+    (one seed searches, three measure) and the model or parent the stage starts from."""
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k not in ("seed", "model")}
+        return value
+    return strip(config)
+
+
+def trial_settings(stages: list[dict], field: str, label: str | None) -> dict | None:
+    """The setting of the trial ``label``: the config of its first stage of the kind that carries
+    it (:data:`_SETTING_KIND`), normalised; ``stages`` are plan.json's (for an ``experiment``
+    choice, the trial experiment's own plan, whose curate stage carries it)."""
+    kind = _SETTING_KIND[field]
+    for stage in stages:
+        if stage["kind"] == kind and (field == EXPERIMENT_FIELD or stage["labels"].get(field) == label):
+            return {"kind": kind, "config": _normalised(stage["config"])}
+    return None
+
+
+def setting_mismatches(choice: dict, stages: list[dict]) -> list[str]:
+    """Why the stages of a (test-split) plan do not measure the committed choice: every stage of
+    the chosen trial's kind and label must have the chosen setting; empty when they all do."""
+    chosen, setting, field = choice.get("chosen"), choice.get("settings"), choice["field"]
+    if chosen is None or setting is None:
+        return ["the choice holds no chosen setting"]
+    kind = setting["kind"]
+    mine = [s for s in stages if s["kind"] == kind and (field == EXPERIMENT_FIELD or s["labels"].get(field) == chosen)]
+    if not mine:
+        return [f"no {kind} stage labelled {chosen!r} in this plan"]
+    return [f"{s['dir'] if 'dir' in s else s['labels'].get('slug')}: {kind} settings differ from the choice"
+            for s in mine if _normalised(s["config"]) != setting["config"]]
