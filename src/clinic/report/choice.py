@@ -150,9 +150,16 @@ def choose(rows: list[dict], field: str, rule: Rule = Rule()) -> dict:
             "trials": trials, "chosen": chosen["label"] if chosen else None}
 
 
+def evaluations(plan: dict) -> list[dict]:
+    """The plan's stages that measure a model (evaluations: the ones a split applies to)."""
+    from ..stages import role_of
+
+    return [s for s in plan["stages"] if role_of(s["kind"]) == "measurement"]
+
+
 def check_validation(plan: dict) -> None:
     """A choice is made on the validation split only: every evaluation of the plan must be one."""
-    test = [s["dir"] for s in plan["stages"] if s["kind"] == "evaluate" and s["config"].get("split", "test") != "validation"]
+    test = [s["dir"] for s in evaluations(plan) if s["config"].get("split", "test") != "validation"]
     if test:
         raise ClinicError(f"a defence's setting is chosen on the validation split, but {len(test)} evaluation(s) of "
                           f"{plan.get('name', 'this experiment')} are on the test split (first: {test[0]}); "

@@ -298,11 +298,11 @@ def _results(root, guard=None, select_on=None) -> tuple[dict, list[dict], list[d
     rows = compare(aggregate(records), records)
     selection = None
     if select_on is not None:
-        from .choice import check_validation
+        from .choice import check_validation, evaluations
 
         selection, selection_plan = collect_results(Path(select_on))
         check_validation(selection_plan)
-        if any(s["kind"] == "evaluate" and s["config"].get("split") == "validation" for s in plan["stages"]):
+        if any(s["config"].get("split") == "validation" for s in evaluations(plan)):
             raise ClinicError(f"{root}: the attacks are reported on the test split, but this experiment evaluates on "
                               f"the validation split")
     return plan, rows, records, adaptive_rows(rows, records, guard or Guard(), planned_attacks(plan), selection)
