@@ -218,15 +218,19 @@ def _normalised(config: dict) -> dict:
     return strip(config)
 
 
+def _trial_stages(stages: list[dict], field: str, label: str | None) -> list[dict]:
+    """The stages that carry trial ``label``'s setting: those of its kind (:data:`_SETTING_KIND`)
+    with that label (every one of the kind, for an ``experiment`` trial: a plan is one trial)."""
+    kind = _SETTING_KIND[field]
+    return [s for s in stages if s["kind"] == kind and (field == EXPERIMENT_FIELD or s["labels"].get(field) == label)]
+
+
 def trial_settings(stages: list[dict], field: str, label: str | None) -> dict | None:
     """The setting of the trial ``label``: the config of its first stage of the kind that carries
-    it (:data:`_SETTING_KIND`), normalised; ``stages`` are plan.json's (for an ``experiment``
-    choice, the trial experiment's own plan, whose curate stage carries it)."""
-    kind = _SETTING_KIND[field]
-    for stage in stages:
-        if stage["kind"] == kind and (field == EXPERIMENT_FIELD or stage["labels"].get(field) == label):
-            return {"kind": kind, "config": _normalised(stage["config"])}
-    return None
+    it, normalised; ``stages`` are plan.json's (for an ``experiment`` choice, the trial
+    experiment's own plan, whose curate stage carries it)."""
+    mine = _trial_stages(stages, field, label)
+    return {"kind": _SETTING_KIND[field], "config": _normalised(mine[0]["config"])} if mine else None
 
 
 def setting_mismatches(choice: dict, stages: list[dict]) -> list[str]:
@@ -236,8 +240,32 @@ def setting_mismatches(choice: dict, stages: list[dict]) -> list[str]:
     if chosen is None or setting is None:
         return ["the choice holds no chosen setting"]
     kind = setting["kind"]
-    mine = [s for s in stages if s["kind"] == kind and (field == EXPERIMENT_FIELD or s["labels"].get(field) == chosen)]
+    mine = _trial_stages(stages, field, chosen)
     if not mine:
         return [f"no {kind} stage labelled {chosen!r} in this plan"]
     return [f"{s['dir'] if 'dir' in s else s['labels'].get('slug')}: {kind} settings differ from the choice"
             for s in mine if _normalised(s["config"]) != setting["config"]]
+
+
+def search_choice(plan: dict, rows: list[dict], field: str, trial_dirs=()) -> dict:
+    """The choice of a search whose report rows are ``rows`` (of ``plan``), every trial with the
+    settings it set and the chosen one's (:func:`setting_mismatches` holds a final measurement to
+    them); ``trial_dirs``: the experiment directories of an ``experiment`` choice, ``plan``
+    holding SFT's reference. Every plan must evaluate on the validation split only."""
+    from pathlib import Path
+
+    from .results import collect_results
+
+    if (field == EXPERIMENT_FIELD) != bool(trial_dirs):
+        raise ClinicError("--trials names the trial experiments of --choose experiment, and only of it")
+    check_validation(plan)
+    plans, by_name = {}, {}
+    for trial in trial_dirs:
+        trial_rows, trial_plan = collect_results(Path(trial))
+        check_validation(trial_plan)
+        by_name[trial_plan["name"]], plans[trial_plan["name"]] = trial_rows, trial_plan["stages"]
+    choice = choose(experiment_rows(rows, by_name) if trial_dirs else rows, field)
+    for trial in choice["trials"]:  # what each trial set: the final measurement must use the chosen one's
+        trial["settings"] = trial_settings(plans.get(trial["label"], plan["stages"]), field, trial["label"])
+    choice["settings"] = next((t["settings"] for t in choice["trials"] if t["label"] == choice["chosen"]), None)
+    return choice

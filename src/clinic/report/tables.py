@@ -335,25 +335,10 @@ def write_report(root, out_dir=None, overwrite: bool = False, guard=None, choose
     root = Path(root)
     plan, rows, records, adaptive = _results(root, guard, select_on)
     choice = None
-    if (choose_field == "experiment") != bool(trials):  # checked before anything is written
-        raise ClinicError("--trials names the trial experiments of --choose experiment, and only of it")
-    if choose_field:
-        from .choice import check_validation, choose, experiment_rows, trial_settings
-        from .results import collect_results
+    if choose_field or trials:  # made (and checked) before anything is written
+        from .choice import search_choice
 
-        check_validation(plan)
-        choice_rows, plans = rows, {}
-        if trials:
-            by_name = {}
-            for trial in trials:
-                trial_rows, trial_plan = collect_results(Path(trial))
-                check_validation(trial_plan)
-                by_name[trial_plan["name"]], plans[trial_plan["name"]] = trial_rows, trial_plan["stages"]
-            choice_rows = experiment_rows(rows, by_name)
-        choice = choose(choice_rows, choose_field)
-        for trial in choice["trials"]:  # what each trial set: the final measurement must use the chosen one's
-            trial["settings"] = trial_settings(plans.get(trial["label"], plan["stages"]), choose_field, trial["label"])
-        choice["settings"] = next((t["settings"] for t in choice["trials"] if t["label"] == choice["chosen"]), None)
+        choice = search_choice(plan, rows, choose_field, trials)
     store = (root / plan["store"]).resolve()
     out_dir = Path(out_dir) if out_dir else root / "report"
     with RunDir(out_dir, overwrite=overwrite, inputs=(root,)) as run:
