@@ -37,10 +37,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TABLES = ("protocol_table", "curation_table", "seed_table", "attack_table", "sink_trend")  # the scripts a table marker may name
+TABLES = ("protocol_table", "curation_table", "seed_table", "attack_table", "sink_trend", "tuned_table")  # the scripts a table marker may name
 # a marker's body never runs into the next marker (an empty one, as a new page has, included)
 MARKED = re.compile(r"(<!-- report: (?P<folder>\S+) -->\n)(?P<body>(?:(?!<!-- /?report).)*?)\n?<!-- /report -->", re.S)
-TABLE = re.compile(r"(<!-- table: (?P<script>\S+) (?P<args>[^>]*?) -->\n)(?P<body>(?:(?!<!-- /?table).)*?)\n?"
+TABLE = re.compile(r"(<!-- table: (?P<script>\S+?)(?: (?P<args>[^>]*?))? -->\n)(?P<body>(?:(?!<!-- /?table).)*?)\n?"
                    r"<!-- /table -->", re.S)
 
 
@@ -71,7 +71,7 @@ def fill(page: str) -> str:
         return f"{match.group(1)}{body}\n<!-- /report -->"
 
     def table(match: re.Match) -> str:
-        return f"{match.group(1)}{_table(match['script'], match['args'])}\n<!-- /table -->"
+        return f"{match.group(1)}{_table(match['script'], match['args'] or '')}\n<!-- /table -->"
 
     with contextlib.chdir(ROOT):  # a marker's paths are relative to the repository's root
         return TABLE.sub(table, MARKED.sub(report, page))

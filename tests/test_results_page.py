@@ -68,7 +68,8 @@ def test_empty_markers_are_filled_each_with_its_own_folder():
                                              ("seed_table.py", ("80.0 vs 85.5", "85.0 vs 85.5")),
                                              ("attack_table.py", ("68.5 [61.8, 74.5]", "6.8 [61.8, 74.5]")),
                                              ("sink_trend.py", ("| sft | surgery | 0.2 | 5 ", "| sft | surgery | 0.2 | 15 ")),
-                                             ("protocol_table.py", ("| calib-a3 | 0.0 [0.0, 1.9] | 26.5", "| calib-a3 | 0.0 [0.0, 1.9] | 6.5"))])
+                                             ("protocol_table.py", ("| calib-a3 | 0.0 [0.0, 1.9] | 26.5", "| calib-a3 | 0.0 [0.0, 1.9] | 6.5")),
+                                             ("tuned_table.py", ("| lam 5, alpha 0.1 |", "| lam 1, alpha 0.1 |"))])
 def test_the_scripts_tables_are_regenerated_too(script, planted):
     """The C5 table, the per-seed tables, the per-attack table and the sink-head table are filled
     like the report tables: a planted number in each is put back."""
