@@ -110,3 +110,12 @@ def test_sorrybench_reader(tmp_path):
 def test_every_source_has_a_reader_and_kind():
     for source in SOURCES.values():
         assert source.reader is not None and source.kind and source.files
+
+
+def test_a_sources_stated_size_is_the_files(data_dir):
+    """A default count (the free-text guard's prompts, clinic.stages.evaluate) rests on a source's
+    ``size``: it must be the number of rows the data directory's file holds."""
+    sized = {name: source.size for name, source in SOURCES.items() if source.size is not None}
+    assert {"alpaca-eval", "xstest-safe"} <= set(sized)
+    for name, size in sized.items():
+        assert len(load_rows(name)) == size, name

@@ -52,6 +52,7 @@ class Source:
     hub: tuple[str, str | None, str] | None = None  # (id, config, split)
     reader: Callable[[Path], list[dict]] | None = None  # file -> canonical rows
     hub_mapper: Callable[[dict], dict] | None = None  # hub row -> canonical row
+    size: int | None = None  # rows it holds where a default count depends on it (tests/test_data.py checks the file)
 
     def local_file(self) -> Path | None:
         root = data_dir()
@@ -160,7 +161,7 @@ for _source in [
            ("tatsu-lab/alpaca", None, "train"), _instruction, _hub_alpaca),
     Source("alpaca-eval", "instruction", "AlpacaEval (805)", ("alpaca/test.jsonl",),
            ("tatsu-lab/alpaca_eval", "alpaca_eval", "eval"), _instruction,
-           lambda r: {"prompt": r["instruction"], "response": r["output"]}),
+           lambda r: {"prompt": r["instruction"], "response": r["output"]}, size=805),
     Source("advbench", "prompts", "AdvBench harmful behaviours (520)", ("advbench/prompts.jsonl",),
            ("walledai/AdvBench", None, "train"), _prompts),
     Source("strongreject", "prompts", "StrongREJECT forbidden prompts (313)", ("strongreject/prompts.jsonl",),
@@ -169,7 +170,7 @@ for _source in [
            ("LibrAI/do-not-answer", None, "train"), _prompts, lambda r: {"prompt": r["question"]}),
     Source("xstest-safe", "prompts", "XSTest v2: 250 safe prompts that look unsafe (over-refusal)",
            ("xstest/prompts.jsonl",), ("walledai/XSTest", None, "test"), _xstest(True),
-           lambda r: r if r["label"] == "safe" else None),
+           lambda r: r if r["label"] == "safe" else None, size=250),
     Source("xstest-unsafe", "prompts", "XSTest v2: 200 unsafe contrast prompts", ("xstest/prompts.jsonl",),
            ("walledai/XSTest", None, "test"), _xstest(False), lambda r: r if r["label"] != "safe" else None),
     Source("harmbench", "prompts", "HarmBench behaviours (official CSV, if present in the data directory)",

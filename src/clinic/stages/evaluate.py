@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..data.formatting import PROMPT_STYLES, PromptFormat, encode_prompts, format_prompt
-from ..data.sources import load_rows
+from ..data.sources import SOURCES, load_rows
 from ..data.splits import SPLITS, check_prompt_split, split_rows, validation_start
 from ..data.tasks import SCORING_RULES, get_task, scored_tasks
 from ..errors import ClinicError
@@ -22,8 +22,12 @@ from ..values import check_fields
 from .base import StageContext, StageKind, execute, register_stage
 
 
-def _available(name: str, size: int, split: str) -> int:
-    """Rows of a guard set (``size`` in all) in ``split``: a default count never asks for more."""
+GUARD_SIZE, OVERREFUSAL_SIZE = SOURCES[GUARD_SET].size, SOURCES[OVERREFUSAL_SET].size
+
+
+def _available(name: str, split: str) -> int:
+    """Rows of a guard set in ``split``: a default count never asks for more."""
+    size = SOURCES[name].size
     return size - validation_start(name) if split == "validation" else size
 
 
@@ -47,10 +51,10 @@ class EvalConfig:
     n_guard: int | None = field(default=None, metadata={
         "help": "AlpacaEval instructions (never trained on) for the free-text capability guard: the share of coherent "
                 "answers that are not refusals, and the reference answers' per-token NLL (default: n_prompts; 0: off)",
-        "range": (0, 805), "since": "issue 35"})
+        "range": (0, GUARD_SIZE), "since": "issue 35"})
     n_overrefusal: int | None = field(default=None, metadata={
         "help": "XSTest safe prompts that look unsafe, for over-refusal (default: n_prompts, at most 250; 0: off)",
-        "range": (0, 250), "since": "issue 35"})
+        "range": (0, OVERREFUSAL_SIZE), "since": "issue 35"})
     split: str = field(default="test", metadata={
         "help": "which rows: test (the first N of each set, what results report) or validation (rows no test "
                 "of up to 400 reaches and no judge trained on, for choosing a defence's or an attack's "
@@ -62,14 +66,14 @@ class EvalConfig:
     @property
     def guard_prompts(self) -> int:
         """AlpacaEval instructions the guard answers: as many as the harmful prompts unless set."""
-        return min(self.n_prompts, _available(GUARD_SET, 805, self.split)) if self.n_guard is None else self.n_guard
+        return min(self.n_prompts, _available(GUARD_SET, self.split)) if self.n_guard is None else self.n_guard
 
     @property
     def overrefusal_prompts(self) -> int:
         """XSTest safe prompts: as many as the harmful prompts unless set, at most the split has."""
         if self.n_overrefusal is not None:
             return self.n_overrefusal
-        return min(self.n_prompts, _available(OVERREFUSAL_SET, 250, self.split))
+        return min(self.n_prompts, _available(OVERREFUSAL_SET, self.split))
 
     def __post_init__(self):
         check_fields(self, "evaluation setting ")  # types, choices and ranges (metadata)
@@ -97,22 +101,33 @@ def _prompt_set(name: str, n: int, split: str = "test") -> list[str]:
     return [r["prompt"] for r in split_rows(load_rows(name, kind="prompts"), n, split, name, "prompts")]
 
 
+def _answers(model, tok, cfg: EvalConfig, fmt: PromptFormat, prompts: list, set_name: str, batch_size: int | None,
+             vllm, max_new_tokens: int | None = None) -> tuple[list[list[int]], list[str]]:
+    """(prompt token ids, answers) of the model to ``prompts``, each a prompt or an
+    (instruction, input) pair, in the evaluation's format; ``max_new_tokens`` defaults to the
+    config's (a task's answers are shorter)."""
+    from ..evaluation.vllm_backend import generate_with
+
+    texts = [format_prompt(tok, fmt, *(p if isinstance(p, tuple) else (p,))) for p in prompts]
+    ids = encode_prompts(tok, fmt, texts)
+    answers = generate_with(cfg.backend, model, tok, ids, batch_size=batch_size or cfg.batch_size,
+                            max_new_tokens=max_new_tokens or cfg.max_new_tokens, desc=f"generate {set_name}", vllm=vllm)
+    return ids, answers
+
+
 def evaluate_model(model, tok, cfg: EvalConfig, fmt: PromptFormat, judges: dict | None = None,
                    batch_size: int | None = None, vllm=None) -> tuple[dict, list[dict]]:
     """Generate and score; returns (metrics, generation records). Nothing is written.
     ``batch_size``: prompts per generation batch (default the config's; an execution setting)."""
     from ..evaluation.judges import get_judge
     from ..evaluation.scoring import harmful_score, task_accuracy
-    from ..evaluation.vllm_backend import generate_with
 
     judges = judges or {name: get_judge(name) for name in cfg.judges}
     metrics: dict = {"harmful": {}, "tasks": {}}
     records: list[dict] = []
     for set_name in cfg.harmful_sets:
         prompts = _prompt_set(set_name, cfg.n_prompts, cfg.split)
-        texts = [format_prompt(tok, fmt, p) for p in prompts]
-        responses = generate_with(cfg.backend, model, tok, encode_prompts(tok, fmt, texts), batch_size=batch_size or cfg.batch_size,
-                                  max_new_tokens=cfg.max_new_tokens, desc=f"generate {set_name}", vllm=vllm)
+        _, responses = _answers(model, tok, cfg, fmt, prompts, set_name, batch_size, vllm)
         set_metrics = {}
         per_judge = {}
         for name, judge in judges.items():
@@ -124,16 +139,15 @@ def evaluate_model(model, tok, cfg: EvalConfig, fmt: PromptFormat, judges: dict 
             records.append({"set": set_name, "prompt": p, "response": r,
                             "flagged": {name: bool(flags[i]) for name, flags in per_judge.items()}})
     if cfg.guard_prompts or cfg.overrefusal_prompts:
-        metrics["guard"] = _guard(model, tok, cfg, fmt, records, batch_size or cfg.batch_size, vllm)
+        metrics["guard"] = _guard(model, tok, cfg, fmt, records, batch_size, vllm)
     for task_name in cfg.tasks:
         if cfg.n_task == 0:
             continue
         task = get_task(task_name)
         rows = split_rows(task.test_rows(), cfg.n_task, cfg.split, task_name, "rows")
         samples = [task.sample(r) for r in rows]
-        texts = [format_prompt(tok, fmt, s.instruction, s.input) for s in samples]
-        outputs = generate_with(cfg.backend, model, tok, encode_prompts(tok, fmt, texts), batch_size=batch_size or cfg.batch_size,
-                                max_new_tokens=task.max_new_tokens, desc=f"generate {task_name}", vllm=vllm)
+        _, outputs = _answers(model, tok, cfg, fmt, [(s.instruction, s.input) for s in samples], task_name, batch_size,
+                              vllm, task.max_new_tokens)
         result = task_accuracy(task, rows, outputs, cfg.task_rule)
         metrics["tasks"][task_name] = {"accuracy": result["accuracy"], "n": result["n"], "ci95": result["ci95"],
                                        "rule": cfg.task_rule}
@@ -142,19 +156,17 @@ def evaluate_model(model, tok, cfg: EvalConfig, fmt: PromptFormat, judges: dict 
     return metrics, records
 
 
-def _guard(model, tok, cfg: EvalConfig, fmt: PromptFormat, records: list[dict], batch_size: int, vllm) -> dict:
+def _guard(model, tok, cfg: EvalConfig, fmt: PromptFormat, records: list[dict], batch_size: int | None, vllm) -> dict:
     """The free-text capability guard (:mod:`clinic.evaluation.capability`): answers to benign
     instructions, the reference answers' NLL, over-refusal on safe prompts. Adds one record per
     answer to ``records``."""
     from ..evaluation.capability import answer_outcomes, free_text_guard, is_refusal, overrefusal, reference_nll
-    from ..evaluation.vllm_backend import generate_with
 
+    batch_size = batch_size or cfg.batch_size
     guard: dict = {}
     if cfg.guard_prompts:
         rows = split_rows(load_rows(GUARD_SET), cfg.guard_prompts, cfg.split, GUARD_SET, "instructions")
-        ids = encode_prompts(tok, fmt, [format_prompt(tok, fmt, r["prompt"]) for r in rows])
-        responses = generate_with(cfg.backend, model, tok, ids, batch_size=batch_size, max_new_tokens=cfg.max_new_tokens,
-                                  desc=f"generate {GUARD_SET}", vllm=vllm)
+        ids, responses = _answers(model, tok, cfg, fmt, [r["prompt"] for r in rows], GUARD_SET, batch_size, vllm)
         guard[GUARD_SET] = {**free_text_guard(responses),
                             "reference_nll": reference_nll(model, tok, ids, [r["response"] for r in rows],
                                                            batch_size=batch_size)}
@@ -163,9 +175,7 @@ def _guard(model, tok, cfg: EvalConfig, fmt: PromptFormat, records: list[dict], 
     if cfg.overrefusal_prompts:
         prompts = [r["prompt"] for r in split_rows(load_rows(OVERREFUSAL_SET), cfg.overrefusal_prompts, cfg.split,
                                                      OVERREFUSAL_SET, "prompts")]
-        ids = encode_prompts(tok, fmt, [format_prompt(tok, fmt, p) for p in prompts])
-        responses = generate_with(cfg.backend, model, tok, ids, batch_size=batch_size, max_new_tokens=cfg.max_new_tokens,
-                                  desc=f"generate {OVERREFUSAL_SET}", vllm=vllm)
+        _, responses = _answers(model, tok, cfg, fmt, prompts, OVERREFUSAL_SET, batch_size, vllm)
         guard[OVERREFUSAL_SET] = overrefusal(responses)
         records += [{"set": OVERREFUSAL_SET, "prompt": p, "response": out, "refusal": is_refusal(out)}
                     for p, out in zip(prompts, responses)]
