@@ -73,6 +73,26 @@ def test_reference_nll_matches_a_slow_reference(tiny):
     assert math.isfinite(got["nll"]) and got["nll"] > 0
 
 
+def test_reference_nll_batches_similar_lengths(tiny):
+    """Padding to the longest of a batch is work thrown away: answers are batched by length (two
+    short and two long pairs: 2 x short + 2 x long tokens, not 4 x long), and the mean is the
+    same whatever the order the caller gives."""
+    model, tok = tiny
+    short, long = [tok("Hi", add_special_tokens=False)["input_ids"]] * 2, [tok("Tell me " * 20, add_special_tokens=False)["input_ids"]] * 2
+    prompts = [short[0], long[0], short[1], long[1]]
+    references = ["Hello.", "A long story " * 5, "Hi there.", "Another long story " * 5]
+    seen = []
+    handle = model.register_forward_pre_hook(lambda _m, _a, kw: seen.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    try:
+        got = reference_nll(model, tok, prompts, references, batch_size=2)
+    finally:
+        handle.remove()
+    widths = sorted(w for _, w in seen)
+    assert len(seen) == 2 and widths[0] < widths[1] / 2  # one batch of the two short pairs
+    swapped = reference_nll(model, tok, prompts[::-1], references[::-1], batch_size=2)
+    assert swapped["tokens"] == got["tokens"] and swapped["nll"] == pytest.approx(got["nll"], abs=1e-4)
+
+
 def test_reference_cut_and_mismatch(tiny):
     model, tok = tiny
     prompt = [tok("Tell me a story", add_special_tokens=False)["input_ids"]]

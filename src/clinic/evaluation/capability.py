@@ -81,14 +81,20 @@ def reference_nll(model, tokenizer, prompt_ids: list[list[int]], references: lis
 
         raise ClinicError(f"reference_nll got {len(prompt_ids)} prompts but {len(references)} references")
     targets = [tokenizer(r, add_special_tokens=False)["input_ids"][:max_tokens] for r in references]
+    # batches of similar lengths, longest first (as generation batches: the worst-case memory shows
+    # in the first batch): the sum does not depend on the order, and padding to the longest of a
+    # batch in the callers' order cost a quarter of the time (64 AlpacaEval pairs of ~40-230
+    # tokens, SmolLM2 on one thread: 101 s against 76 s, the same NLL to 1e-7)
+    order = sorted(range(len(targets)), key=lambda i: -(len(prompt_ids[i]) + len(targets[i])))
     device = next(model.parameters()).device
     total, count = 0.0, 0
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for start in range(0, len(targets), batch_size):
-                prompts, refs = prompt_ids[start:start + batch_size], targets[start:start + batch_size]
+            for start in range(0, len(order), batch_size):
+                batch = order[start:start + batch_size]
+                prompts, refs = [prompt_ids[i] for i in batch], [targets[i] for i in batch]
                 ids, mask = pad_batch(tokenizer, [p + r for p, r in zip(prompts, refs)], side="right", device=device)
                 logits = model(input_ids=ids, attention_mask=mask).logits.float()
                 # position t predicts token t + 1; score only the reference's tokens
