@@ -56,6 +56,18 @@ def test_a_trial_without_the_guard_or_an_attack_is_not_eligible():
     assert result["chosen"] is None
 
 
+def test_no_choice_until_every_planned_trial_is_measured():
+    """Trials finish one by one over days: a choice among those that happen to be done is not the
+    rule's. A planned trial with no rows, or with one attack missing, holds the choice back."""
+    rows = sft() + [row("a", 0.1, 10.0), row("a", 0.2, 20.0), row("b", 0.1, 5.0)]
+    waiting = choose(rows, "align", planned=["a", "b", "c"])
+    assert waiting["chosen"] is None and waiting["incomplete"] == ["b", "c"]
+    assert [t["label"] for t in waiting["trials"]] == ["a", "b", "c"]
+    assert {t["label"]: t["why not"] for t in waiting["trials"]}["c"] == ["not measured yet"]
+    done = choose(rows + [row("b", 0.2, 30.0), row("c", 0.1, 40.0), row("c", 0.2, 50.0)], "align", planned=["a", "b", "c"])
+    assert done["chosen"] == "a" and done["incomplete"] == []
+
+
 def test_an_incoherent_share_rising_more_than_the_margin_disqualifies():
     rows = sft() + [row("a", 0.1, 1.0, incoherent=5.6), row("a", 0.2, 1.0), row("b", 0.1, 2.0, incoherent=5.5), row("b", 0.2, 2.0)]
     by = {t["label"]: t for t in choose(rows, "align")["trials"]}
@@ -136,6 +148,26 @@ def test_report_choose_writes_the_choice_of_a_validation_search(tmp_path, data_d
     by = {t["label"]: t for t in choice["trials"]}
     assert by["vac-r1"]["worst"] == 30.0 and by["vac-r3"]["why not"][0].startswith("p = 0.1: FA 75.0 vs SFT 85.0")
     assert "| vac-r1 | 15.0 | 30.0 | 30.0 | 84.0 | 83.0 | **chosen** |" in (root / "report" / "choice.md").read_text()
+
+
+def test_report_choose_waits_for_a_planned_trial(tmp_path, data_dir):
+    """The plan names the trials: with vac-r3's evaluations not yet run, no choice is written
+    although vac-r1 is eligible."""
+    import json
+
+    from _results import fake_experiment
+
+    from clinic.cli import main
+
+    def write(stage, folder):
+        if stage.labels["align"] != "vac-r3":
+            _write_evaluation(folder, *FAKE[stage.labels["align"]][stage.labels["p"]])
+
+    root = fake_experiment(tmp_path, _search_experiment(), write)
+    assert main(["report", str(root), "--choose", "align"]) == 0
+    choice = json.loads((root / "report" / "choice.json").read_text())
+    assert choice["chosen"] is None and choice["incomplete"] == ["vac-r3"]
+    assert "No choice yet: 1 of 2 trials not fully measured (vac-r3)" in (root / "report" / "choice.md").read_text()
 
 
 def test_a_choice_on_the_test_split_is_refused(tmp_path, data_dir, capsys):

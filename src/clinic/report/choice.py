@@ -20,7 +20,8 @@ The rule (:class:`Rule`, docs/defence-search.md):
   trial without the guard's answers cannot show it keeps them, so it is not eligible.
 - The **choice** is the eligible trial with the lowest worst case; a tie goes to the trial listed
   first (the reference defaults are listed first). No eligible trial: no choice, and every
-  trial says why.
+  trial says why. No choice either while a trial the search plans is not fully measured
+  (``incomplete``).
 
 SFT's rows are the reference, never a candidate. Trials are told apart by their label in one
 field: ``align`` for an alignment defence, ``finetune`` for a fine-tuning one, ``repair`` for a
@@ -109,10 +110,13 @@ def _why_not(row: dict, ref: dict, guard_ref: dict, rule: Rule) -> list[str]:
     return why
 
 
-def choose(rows: list[dict], field: str, rule: Rule = Rule()) -> dict:
+def choose(rows: list[dict], field: str, rule: Rule = Rule(), planned: list | None = None) -> dict:
     """Apply ``rule`` to the report rows of a search (:func:`clinic.report.results.collect_results`
     of its experiment folders, on the validation split): every trial with its worst case and
-    eligibility, and the chosen label (None when no trial keeps capability)."""
+    eligibility, and the chosen label (None when no trial keeps capability). ``planned``: every
+    trial label of the search, measured or not; while one is not fully measured there is no
+    choice (``incomplete`` lists them): a choice among the trials that happen to be finished would
+    not be the rule's."""
     if field not in TRIAL_FIELDS:
         raise ClinicError(f"a search's trials differ in one of {', '.join(TRIAL_FIELDS)}, got {field!r}")
     hs = hs_column(rule.judge, rule.prompt_set)
@@ -142,12 +146,16 @@ def choose(rows: list[dict], field: str, rule: Rule = Rule()) -> dict:
         trial["worst"] = max(hs_values) if len(hs_values) == len(rule.attack_ps) else None
         trial["eligible"] = not trial["why not"]
         trials.append(trial)
+    seen = {t["label"] for t in trials}
+    trials += [{"label": label, "attacks": {}, "why not": ["not measured yet"], "worst": None, "eligible": False}
+               for label in planned or () if label not in seen]
+    incomplete = [t["label"] for t in trials if len(t["attacks"]) < len(rule.attack_ps)]
     eligible = [t for t in trials if t["eligible"]]
-    chosen = min(eligible, key=lambda t: t["worst"]) if eligible else None  # min keeps the first of a tie
+    chosen = min(eligible, key=lambda t: t["worst"]) if eligible and not incomplete else None  # min keeps the first of a tie
     return {"field": field, "rule": {**asdict(rule), "attack_ps": list(rule.attack_ps)},
             "sft benign answers": guard_ref.get(f"answers [{GUARD_SET}]"),
             "sft worst": max(reference[p][hs] for p in rule.attack_ps),
-            "trials": trials, "chosen": chosen["label"] if chosen else None}
+            "trials": trials, "incomplete": incomplete, "chosen": chosen["label"] if chosen else None}
 
 
 def evaluations(plan: dict) -> list[dict]:
@@ -155,6 +163,19 @@ def evaluations(plan: dict) -> list[dict]:
     from ..stages import role_of
 
     return [s for s in plan["stages"] if role_of(s["kind"]) == "measurement"]
+
+
+def planned_trials(plan: dict, field: str) -> list:
+    """The trial labels a search's plan evaluates, in plan order (SFT's reference rows are not
+    trials, except for a repair search, whose trials are its repairs)."""
+    labels = []
+    for stage in evaluations(plan):
+        label = stage["labels"].get(field)
+        if field == REPAIR_FIELD and label is None or field != REPAIR_FIELD and label == BASELINE:
+            continue
+        if label not in labels:
+            labels.append(label)
+    return labels
 
 
 def check_validation(plan: dict) -> None:
@@ -187,8 +208,19 @@ def choice_markdown(result: dict) -> str:
         worst = "—" if t["worst"] is None else f"{t['worst']:.1f}"
         mark = "**chosen**" if t["label"] == result["chosen"] else ("yes" if t["eligible"] else "no: " + "; ".join(t["why not"]))
         lines.append(f"| {t['label']} | " + " | ".join(hs) + f" | {worst} | " + " | ".join(fa) + f" | {mark} |")
-    lines += ["", f"Chosen: {result['chosen']}" if result["chosen"] else "No trial keeps capability: no choice."]
+    lines += ["", choice_line(result)]
     return "\n".join(lines) + "\n"
+
+
+def choice_line(result: dict) -> str:
+    """The choice in one sentence: chosen, not yet (trials unmeasured), or none eligible."""
+    if result["chosen"]:
+        return f"Chosen: {result['chosen']}"
+    if result.get("incomplete"):
+        n, total = len(result["incomplete"]), len(result["trials"])
+        return (f"No choice yet: {n} of {total} trials not fully measured ({', '.join(map(str, result['incomplete']))}); "
+                f"the rule chooses once every trial of the budget is in.")
+    return "No trial keeps capability: no choice."
 
 
 def experiment_rows(reference: list[dict], trials: dict[str, list[dict]]) -> list[dict]:
@@ -264,7 +296,8 @@ def search_choice(plan: dict, rows: list[dict], field: str, trial_dirs=()) -> di
         trial_rows, trial_plan = collect_results(Path(trial))
         check_validation(trial_plan)
         by_name[trial_plan["name"]], plans[trial_plan["name"]] = trial_rows, trial_plan["stages"]
-    choice = choose(experiment_rows(rows, by_name) if trial_dirs else rows, field)
+    planned = list(by_name) if trial_dirs else planned_trials(plan, field)
+    choice = choose(experiment_rows(rows, by_name) if trial_dirs else rows, field, planned=planned)
     for trial in choice["trials"]:  # what each trial set: the final measurement must use the chosen one's
         trial["settings"] = trial_settings(plans.get(trial["label"], plan["stages"]), field, trial["label"])
     choice["settings"] = next((t["settings"] for t in choice["trials"] if t["label"] == choice["chosen"]), None)

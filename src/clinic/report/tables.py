@@ -361,11 +361,11 @@ def write_report(root, out_dir=None, overwrite: bool = False, guard=None, choose
                 writer.writeheader()
                 writer.writerows(flat_adaptive)
         if choice is not None:
-            from .choice import choice_markdown
+            from .choice import choice_line, choice_markdown
 
             run.write_json("choice.json", choice)
             (out / "choice.md").write_text(choice_markdown(choice))
-            logger.info(f"choice: {choice['chosen'] or 'none (no trial keeps capability)'} ({out_dir / 'choice.md'})")
+            logger.info(f"choice: {choice_line(choice)} ({out_dir / 'choice.md'})")
         figures = draw_figures(rows, out, adaptive)
         done = sum((store / s["dir"] / "DONE").exists() for s in plan["stages"])
         (out / "report.html").write_text(report_html(plan, rows, adaptive, prov, figures, out, done, (header, body)))
