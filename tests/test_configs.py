@@ -89,3 +89,15 @@ def test_pharmacists_search_trials_are_experiments_on_the_validation_split():
     protocol = {s.hash for s in _plan(CONFIGS / "protocol-curation-pharmacist-smollm2.yaml")}
     reference = [s for s in _plan(CONFIGS / "search-pharmacist-r0.4-g1-smollm2.yaml") if s.kind != "evaluate"]
     assert len(reference) == 4 and all(s.hash in protocol for s in reference)
+
+
+def test_the_adaptive_attackers_validation_twin_shares_every_attack():
+    """Issue 36, part 3: the attacker chooses its worst attack on the validation split. The twin
+    of configs/adaptive-smollm2.yaml trains exactly its stages (the store shares them) and only
+    evaluates on validation rows, so `clinic report --select-on` compares the same models."""
+    test = _plan(CONFIGS / "adaptive-smollm2.yaml")
+    twin = _plan(CONFIGS / "adaptive-validation-smollm2.yaml")
+    trained = lambda plan: {s.hash for s in plan if s.kind != "evaluate"}  # noqa: E731
+    assert trained(twin) == trained(test) and len(trained(test)) >= 34
+    evaluations = [s for s in twin if s.kind == "evaluate"]
+    assert len(evaluations) == 32 and all(s.config["split"] == "validation" for s in evaluations)
