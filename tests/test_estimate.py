@@ -197,3 +197,35 @@ def test_the_schedule_waits_for_parents_and_fills_the_workers():
     assert schedule([a, *kids], found, 1) == 25.0
     assert schedule([a, *kids], found, 3) == 15.0  # the three fine-tunes at once, after the alignment
     assert schedule([a, *kids], found, 2) == 20.0
+
+
+def test_another_models_peers_are_scaled_by_parameters(tmp_path):
+    """Gemma 3 270M paced by SmolLM2's finished stages ran twice too fast on paper: a peer of
+    another model is scaled by the ratio of parameters (read from the models' safetensors
+    headers), and the summary says so; a model whose size is unknown here stays unscaled, named."""
+    import torch
+    from safetensors.torch import save_file
+
+    def model_dir(name: str, numel: int) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        save_file({"w": torch.zeros(numel)}, str(folder / "model.safetensors"))
+        return folder
+
+    small, big = model_dir("small", 100), model_dir("big", 300)
+    raw = _experiment()
+    raw["model"] = str(big)
+    stages = Experiment.from_dict(raw).plan()
+    finetune = next(s for s in stages if s.kind == "finetune")
+    store = tmp_path / "store"
+    _peer(store, "finetune-sft-small", {"stage": "finetune", "method": "sft", "model": {"base": str(small)},
+                                        "train": finetune.config["train"]}, {"steps": 9, "train_seconds": 9.0})
+    estimates, summary = plan_estimate(stages, store, lambda s: is_done(store, s))
+    assert estimates[finetune.dirname]["seconds"] == pytest.approx(9 * 1.0 * 3)  # 9 steps x 1 s x 300/100
+    assert f"{small}'s stages among the peers, times × 3.00 (parameters)" in summary
+    # a peer of the same model is not scaled; one of a model not on this machine is, by nothing
+    (store / "finetune-sft-small" / "config.yaml").write_text(yaml.safe_dump(
+        {"stage": "finetune", "method": "sft", "model": {"base": "org/not-here"}, "train": finetune.config["train"]}))
+    estimates, summary = plan_estimate(stages, store, lambda s: is_done(store, s))
+    assert estimates[finetune.dirname]["seconds"] == pytest.approx(9.0)
+    assert "org/not-here's stages among the peers, unscaled" in summary

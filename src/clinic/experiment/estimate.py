@@ -16,8 +16,10 @@ give the seconds, their median:
 A new machine's store is empty: ``--pace DIR`` adds the finished stages under DIR (the committed
 ``results/`` keeps each published stage's config and metrics).
 
-A stage without a finished peer (a sink analysis, or the first of its kind) is left out of the
-total and named. Peers ran under whatever else shared the machine (one thread beside another
+A peer of another model (a first Gemma run paced by SmolLM2's stages) is scaled by the ratio of
+the two models' parameters, read from their safetensors headers when both are on this machine
+(:func:`cost_ratio`; the summary names the factor, or says a peer went unscaled). A stage without
+a finished peer (a sink analysis, or the first of its kind) is left out of the total and named. Peers ran under whatever else shared the machine (one thread beside another
 job, or alone): the estimate repeats that pace, it does not correct for it, so read it as the
 order of magnitude it is; several runners sharing a store overlap their stages.
 """
@@ -45,10 +47,28 @@ def committed_results() -> tuple[Path, ...]:
     return tuple(found)
 
 
-def _peer(folder: Path) -> tuple[tuple, float, str] | None:
-    """(peer key, seconds per unit, device) of a finished stage folder in the store, None when
-    unknown: the stage's kind (its config.yaml's ``stage``) says what its peers are; the device is
-    the one its record names (``execution.device``), the CPU for records older than that."""
+def model_of(config: dict) -> str | None:
+    """The base model a stage config names (a planned stage's ``model``, a finished one's
+    ``model.base``)."""
+    model = config.get("model")
+    if isinstance(model, dict):
+        model = model.get("base")
+    return model if isinstance(model, str) else None
+
+
+class Pace(dict):
+    """``{peer key: [seconds per unit]}``; ``scaled``: for each other model whose stages pace this
+    one, the factor its times were multiplied by (None: not scaled, its size unknown here)."""
+
+    def __init__(self):
+        super().__init__()
+        self.scaled: dict[str, float | None] = {}
+
+
+def _peer(folder: Path) -> tuple[tuple, float, str, str | None] | None:
+    """(peer key, seconds per unit, device, model) of a finished stage folder in the store, None
+    when unknown: the stage's kind (its config.yaml's ``stage``) says what its peers are; the
+    device is the one its record names (``execution.device``), the CPU for records older than that."""
     from ..stages import STAGE_KINDS
 
     try:
@@ -61,23 +81,40 @@ def _peer(folder: Path) -> tuple[tuple, float, str] | None:
     if found is None:
         return None
     device = str(((config.get("execution") or {}).get("device")) or "cpu").split(":")[0]
-    return found[0], found[1], device
+    return found[0], found[1], device, model_of(config)
 
 
-def store_pace(store: Path, elsewhere: tuple = (), device: str = "cpu") -> dict:
+def cost_ratio(model: str, peer_model: str) -> float | None:
+    """How much slower a stage of ``model`` runs than the same stage of ``peer_model``: the ratio
+    of their parameters (tied embeddings once: the forward's multiply-adds per token, output
+    projection included, are about the parameter count), None when either size is unknown here."""
+    from ..modeling.models import parameter_count
+
+    mine, theirs = parameter_count(model), parameter_count(peer_model)
+    return mine / theirs if mine and theirs else None
+
+
+def store_pace(store: Path, elsewhere: tuple = (), device: str = "cpu", model: str | None = None) -> Pace:
     """``{peer key: [seconds per unit of each finished peer]}`` over a store's finished stages and
     those at any depth under the folders ``elsewhere`` (a committed results folder keeps each
     stage's config and metrics), measured on ``device`` (cpu, cuda, mps). A stage found twice (the
-    same folder name) counts once."""
-    pace: dict = {}
+    same folder name) counts once. With ``model``, a peer of another model is scaled by
+    :func:`cost_ratio` (``pace.scaled`` says by how much; unscaled when a size is unknown)."""
+    pace = Pace()
     folders = {done.parent.name: done.parent for done in sorted(Path(store).glob("*/DONE"))}
     for root in elsewhere:
         for done in sorted(Path(root).glob("**/DONE")):
             folders.setdefault(done.parent.name, done.parent)
     for folder in folders.values():
         found = _peer(folder)
-        if found is not None and found[2] == device:
-            pace.setdefault(found[0], []).append(found[1])
+        if found is None or found[2] != device:
+            continue
+        seconds, peer_model = found[1], found[3]
+        if model and peer_model and peer_model != model:
+            if peer_model not in pace.scaled:
+                pace.scaled[peer_model] = cost_ratio(model, peer_model)
+            seconds *= pace.scaled[peer_model] or 1.0
+        pace.setdefault(found[0], []).append(seconds)
     return pace
 
 
@@ -104,8 +141,10 @@ def plan_estimate(stages: list[Stage], store: Path, done, elsewhere: tuple = (),
     from the finished stages (on ``device``) in the store and under the folders ``elsewhere``;
     with ``workers`` > 1 also the wall time of that many stages at once (each starts when its parent
     has finished: a list schedule in plan order)."""
-    pace = store_pace(store, elsewhere, device)  # a store not made yet has no finished stage
     todo = [s for s in stages if not done(s)]
+    models = {model_of(s.config) for s in todo} - {None}
+    # a store not made yet has no finished stage; one model to run: other models' peers are scaled to it
+    pace = store_pace(store, elsewhere, device, next(iter(models)) if len(models) == 1 else None)
     found = {s.dirname: stage_estimate(s, Path(store), pace) for s in todo}
     known = [e["seconds"] for e in found.values() if e]
     # a training stage is named with its method: which method lacks a peer is what one needs to know
@@ -117,6 +156,11 @@ def plan_estimate(stages: list[Stage], store: Path, done, elsewhere: tuple = (),
     summary += f"; {workers} at once: {duration(schedule(todo, found, workers))})" if workers > 1 else ")"
     if unknown:
         summary += f"; without a finished peer: {len(todo) - len(known)} ({', '.join(unknown)})"
+    if pace.scaled:
+        summary += "; " + "; ".join(
+            f"{peer}'s stages among the peers, times × {ratio:.2f} (parameters)" if ratio else
+            f"{peer}'s stages among the peers, unscaled (a model's size is unknown until it is on this machine)"
+            for peer, ratio in sorted(pace.scaled.items()))
     if device != "cpu":
         cpu = store_pace(store, elsewhere, "cpu")
         kinds = sorted({s.kind for s in todo if found[s.dirname] is None and stage_estimate(s, Path(store), cpu)})

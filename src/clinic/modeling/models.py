@@ -211,6 +211,24 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
+def parameter_count(name: str) -> int | None:
+    """The parameters of a model already on this machine, from its safetensors headers (no weight
+    is read; a tied embedding is stored, and counted, once): a packaged alias once converted, or a
+    local model directory. None otherwise (a hub id, an alias not converted yet): nothing is
+    downloaded or converted to answer."""
+    import math
+
+    from safetensors import safe_open
+
+    folder = cache_dir() / "models" / name if name in ALIASES else Path(name).expanduser()
+    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    total = 0
+    for file in files:
+        with safe_open(file, "pt") as handle:
+            total += sum(math.prod(handle.get_slice(key).get_shape()) for key in handle.keys())
+    return total or None
+
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
 
