@@ -233,12 +233,12 @@ def table_rows(judge: str = "harm-ce") -> list[list[str]]:
                      f"{d.reference} (test, seed 0)"])
         measured, planned = trials_measured(d)
         choice_path = ROOT / d.choice
-        if not choice_path.is_file():
+        choice = json.loads(choice_path.read_text(encoding="utf-8")) if choice_path.is_file() else None
+        if choice is None or choice.get("incomplete"):  # no choice file, or one written while trials ran
             progress = (f"search: {measured} of {planned} trials measured on validation (budget {d.budget})"
                         if planned else f"search not run (budget {d.budget})")
             body.append([d.name, "tuned", "not chosen yet", *["—"] * 6, progress])
             continue
-        choice = json.loads(choice_path.read_text(encoding="utf-8"))
         if choice.get("chosen") is None:
             body.append([d.name, "tuned", "no trial kept capability", *["—"] * 6,
                          f"{d.choice}: {planned} trials, none eligible"])

@@ -87,3 +87,6 @@ def test_a_chosen_and_measured_search_fills_its_tuned_row(tmp_path, data_dir, mo
     assert tuned[6].startswith("83.0 [") and tuned[7].startswith("75.0 [") and tuned[-1].endswith("(test)")
     choice.write_text(json.dumps({**json.loads(choice.read_text()), "chosen": None}))
     assert module.table_rows()[1][2] == "no trial kept capability"
+    # a choice file written while trials were still running is no choice: the progress shows
+    choice.write_text(json.dumps({**json.loads(choice.read_text()), "incomplete": ["vac-r3"]}))
+    assert module.table_rows()[1][2] == "not chosen yet"
