@@ -81,6 +81,26 @@ DEFENCES = (
             "clinic.methods.booster:BoosterConfig", "results/protocol-align-defences", "results/search-booster-smollm2", 4,
             "results/search-booster-smollm2/choice.json", "results/tuned-booster",
             "configs/search-booster-smollm2.yaml"),
+    Defence("Vaccine", "align", "align", "vaccine", ("rho",),
+            "clinic.methods.vaccine:VaccineConfig", "results/defences-vaccine", "results/search-vaccine-smollm2", 4,
+            "results/search-vaccine-smollm2/choice.json", "results/tuned-vaccine",
+            "configs/search-vaccine-smollm2.yaml"),
+    Defence("RepNoise", "align", "align", "repnoise", ("alpha", "beta"),
+            "clinic.methods.repnoise:RepNoiseConfig", "results/protocol-align-defences", "results/search-repnoise-smollm2",
+            4, "results/search-repnoise-smollm2/choice.json", "results/tuned-repnoise",
+            "configs/search-repnoise-smollm2.yaml"),
+    Defence("Lisa", "finetune", "finetune", "lisa", ("rho", "align_steps", "finetune_steps"),
+            "clinic.methods.lisa:LisaConfig", "results/defences-ft", "results/search-lisa-smollm2", 4,
+            "results/search-lisa-smollm2/choice.json", "results/tuned-lisa", "configs/search-lisa-smollm2.yaml"),
+    Defence("Surgery", "finetune", "finetune", "surgery", ("lam",),
+            "clinic.methods.surgery:SurgeryConfig", "results/defences-ft", "results/search-surgery-smollm2", 4,
+            "results/search-surgery-smollm2/choice.json", "results/tuned-surgery", "configs/search-surgery-smollm2.yaml"),
+    Defence("SafeLoRA", "repair", "repair", "safelora", ("num_layers",),
+            "clinic.repair.safelora:SafeLoRAConfig", "results/repair-b", "results/search-safelora-smollm2", 4,
+            "results/search-safelora-smollm2/choice.json", "results/tuned-safelora", "configs/search-safelora-smollm2.yaml"),
+    Defence("Antidote", "repair", "repair", "antidote", ("fraction",),
+            "clinic.repair.antidote:AntidoteConfig", "results/repair-b", "results/search-antidote-smollm2", 4,
+            "results/search-antidote-smollm2/choice.json", "results/tuned-antidote", "configs/search-antidote-smollm2.yaml"),
 )
 
 
@@ -217,7 +237,9 @@ def trials_measured(defence: Defence) -> tuple[int, int]:
 
 
 def _cost_cell(seconds: float | None) -> str:
-    return "—" if seconds is None else f"{seconds / 60:,.0f} min"
+    from clinic.experiment.estimate import duration
+
+    return "—" if seconds is None else duration(seconds)
 
 
 def table_rows(judge: str = "harm-ce") -> list[list[str]]:

@@ -53,7 +53,13 @@ def test_the_tvaccine_curation_uses_the_sft_curations_subset(selector):
 
 SEARCHES = {"search-tvaccine-smollm2.yaml": ("align", "tvaccine", "protocol-align-defences-smollm2.yaml"),
             "search-booster-smollm2.yaml": ("align", "booster", "protocol-align-defences-smollm2.yaml"),
-            "search-panacea-smollm2.yaml": ("repair", "panacea", "protocol-repair-smollm2.yaml")}
+            "search-panacea-smollm2.yaml": ("repair", "panacea", "protocol-repair-smollm2.yaml"),
+            "search-vaccine-smollm2.yaml": ("align", "vaccine", "protocol-align-defences-smollm2.yaml"),
+            "search-repnoise-smollm2.yaml": ("align", "repnoise", "protocol-align-defences-smollm2.yaml"),
+            "search-lisa-smollm2.yaml": ("finetune", "lisa", "protocol-finetune-defences-smollm2.yaml"),
+            "search-surgery-smollm2.yaml": ("finetune", "surgery", "protocol-finetune-defences-smollm2.yaml"),
+            "search-safelora-smollm2.yaml": ("repair", "safelora", "protocol-repair-smollm2.yaml"),
+            "search-antidote-smollm2.yaml": ("repair", "antidote", "protocol-repair-smollm2.yaml")}
 
 
 @pytest.mark.parametrize("name", sorted(SEARCHES))
@@ -69,6 +75,8 @@ def test_a_defence_search_evaluates_on_the_validation_split_and_shares_the_proto
     def reference_stage(stage) -> bool:  # SFT's training, and the reference defaults' own stage
         if field == "align":
             return stage.labels["align"] in ("sft", reference)
+        if field == "finetune":
+            return stage.kind != "finetune" or stage.labels["finetune"] in ("sft", reference)
         return stage.kind != "repair" or stage.labels["repair"] == reference
 
     # (the protocol repaired only at p = 0 and 0.2)
@@ -77,6 +85,8 @@ def test_a_defence_search_evaluates_on_the_validation_split_and_shares_the_proto
     assert len(shared) >= 4 and all(s.hash in protocol for s in shared)
     trials = {s.labels[field] for s in search if s.kind == "evaluate" and s.labels.get(field) not in (None, "sft", "none")}
     assert reference in trials and len(trials) >= 4  # the reference defaults are a trial, the budget's others too
+    # SFT's benign fine-tune on validation: the free-text guard's reference
+    assert any(s.kind == "evaluate" and s.labels["p"] == 0 and s.labels.get(field) in ("sft", None) for s in search)
 
 
 def test_pharmacists_search_trials_are_experiments_on_the_validation_split():

@@ -24,7 +24,8 @@ def _module():
     return module
 
 
-@pytest.mark.parametrize("name", ["T-Vaccine", "Pharmacist", "Panacea", "Booster"])
+@pytest.mark.parametrize("name", ["T-Vaccine", "Pharmacist", "Panacea", "Booster", "Vaccine", "RepNoise", "Lisa",
+                                  "Surgery", "SafeLoRA", "Antidote"])
 def test_the_search_s_reference_trial_is_the_reference_row_s_model(name):
     """The pair compares like with like: the search's reference trial trains the very stage
     (same hash) the reference row's results folder measured on the test split."""
@@ -90,3 +91,11 @@ def test_a_chosen_and_measured_search_fills_its_tuned_row(tmp_path, data_dir, mo
     # a choice file written while trials were still running is no choice: the progress shows
     choice.write_text(json.dumps({**json.loads(choice.read_text()), "incomplete": ["vac-r3"]}))
     assert module.table_rows()[1][2] == "not chosen yet"
+
+
+def test_every_search_file_has_its_row():
+    """A search written in configs/ is a defence the table must show (Pharmacist's trials are one
+    experiment each: its reference trial's file stands for them)."""
+    searches = {p.name for p in (ROOT / "configs").glob("search-*.yaml") if not p.name.startswith("search-pharmacist-")}
+    listed = {Path(d.search_file).name for d in _module().DEFENCES}
+    assert searches | {"search-pharmacist-r0.4-g1-smollm2.yaml"} == listed
