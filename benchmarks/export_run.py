@@ -26,7 +26,8 @@ finished stage of the plan, the stage directory without weights (``adapter/``, `
 ``checkpoints/``, ``*.safetensors``, ``*.bin``, ``*.pt``; a sink stage's ``per_sample.safetensors``,
 its per-sample values, is kept) and without figures (``*.png``: their data are in ``sink.json`` and
 ``divergence.csv``), its ``generations.jsonl`` gzip-compressed (``generations.jsonl.gz``, ~4x
-smaller; every reader takes either form). Unfinished stages are left out and listed. Re-running
+smaller; every reader takes either form). Unfinished stages are left out and listed; the folder's ``results.md`` (its report) is
+written afresh. Re-running
 adds the stages finished since and keeps those already copied (a stage directory never changes
 once finished, and the copy may hold verdicts benchmarks/rejudge.py added). results/ travels with
 every clone (budget: docs/results-smollm2.md).
@@ -157,6 +158,19 @@ def main(argv: list[str] | None = None) -> None:
                else export_experiment(args.experiment, args.store[0], args.out, more))
     print(f"{args.out}: {summary['copied']} stages copied, {summary['kept']} kept, {summary['bytes'] / 2**20:.2f} MiB"
           + (f"; unfinished, left out: {', '.join(summary['unfinished'])}" if summary["unfinished"] else ""))
+    write_results_md(args.out)
+
+
+def write_results_md(out: Path) -> None:
+    """The folder's results.md, its report as of this export (tests/test_results_page.py holds every
+    committed one to that): a stage exported after the last report would leave it stale."""
+    from clinic.errors import ClinicError
+    from clinic.report.tables import results_markdown
+
+    try:
+        (out / "results.md").write_text(results_markdown(out))
+    except (ClinicError, KeyError, ValueError) as exc:  # no report to write (e.g. a plan of bare stage names)
+        print(f"{out}/results.md not written: {type(exc).__name__}: {exc}")
 
 
 if __name__ == "__main__":

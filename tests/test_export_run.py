@@ -208,3 +208,20 @@ def test_an_export_into_the_runners_own_store_is_refused(tmp_path, capsys):
     main([str(run), str(tmp_path / "results" / "exp"), "--store", str(tmp_path / "results" / "store")])
     assert "1 stages copied" in capsys.readouterr().out
     assert (tmp_path / "results" / "store" / "evaluate-a-1" / "DONE").exists()
+
+
+def test_the_command_writes_the_folders_report(tmp_path, data_dir):
+    """`export_run.py` leaves the folder's results.md as its report now: a results folder exported
+    again (a stage finished since) is never left with a stale one."""
+    from _results import fake_experiment
+    from test_choice import FAKE, _search_experiment, _write_evaluation
+
+    from export_run import main
+
+    from clinic.report.tables import results_markdown
+
+    run = fake_experiment(tmp_path / "run", _search_experiment(),
+                          lambda stage, folder: _write_evaluation(folder, *FAKE[stage.labels["align"]][stage.labels["p"]]))
+    out = tmp_path / "results" / "search"
+    main([str(run), str(out)])
+    assert (out / "results.md").read_text() == results_markdown(out) and "vac-r1" in (out / "results.md").read_text()
