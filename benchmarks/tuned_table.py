@@ -30,6 +30,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from clinic.report.choice import SETTING_KIND, planned_trials, trial_stages
 from clinic.report.results import (
     BASELINE,
     REPAIR_FIELD,
@@ -51,8 +52,7 @@ ANSWERS = "answers [alpaca-eval]"
 @dataclass(frozen=True)
 class Defence:
     name: str
-    field: str  # what its trials differ in: align, repair or experiment (clinic.report.choice)
-    kind: str  # the stage kind that carries its setting
+    field: str  # what its trials differ in: align, finetune, repair or experiment (clinic.report.choice)
     label: str | None  # its label in that field in the reference folder (None: a curation, every row)
     knobs: tuple[str, ...]  # config keys shown as its setting (looked for at any depth of the stage config)
     config_class: str  # module:class whose field defaults fill a knob a stage config leaves out
@@ -63,42 +63,47 @@ class Defence:
     tuned: str  # results folder of the final measurement at the chosen setting
     search_file: str  # the experiment file of the search's reference trial (its stages are the reference's)
 
+    @property
+    def kind(self) -> str:
+        """The stage kind that carries its setting (as the choice reads it)."""
+        return SETTING_KIND[self.field]
+
 
 DEFENCES = (
-    Defence("T-Vaccine", "align", "align", "tvaccine", ("rho", "active_layers", "epochs"),
+    Defence("T-Vaccine", "align", "tvaccine", ("rho", "active_layers", "epochs"),
             "clinic.methods.tvaccine:TVaccineConfig", "results/c2-tvac", "results/search-tvaccine-smollm2", 8,
             "results/search-tvaccine-smollm2/choice.json", "results/tuned-tvaccine-smollm2",
             "configs/search-tvaccine-smollm2.yaml"),
-    Defence("Pharmacist", "experiment", "curate", None, ("ratio", "gamma"),
+    Defence("Pharmacist", "experiment", None, ("ratio", "gamma"),
             "clinic.stages.curate:CurateConfig", "results/c5-pharmacist", "results/search-pharmacist-r*", 6,
             "results/search-pharmacist/choice.json", "results/tuned-pharmacist",
             "configs/search-pharmacist-r0.4-g1-smollm2.yaml"),
-    Defence("Panacea", "repair", "repair", "panacea", ("rho",),
+    Defence("Panacea", "repair", "panacea", ("rho",),
             "clinic.repair.panacea:PanaceaConfig", "results/repair-b", "results/search-panacea-smollm2", 6,
             "results/search-panacea-smollm2/choice.json", "results/tuned-panacea-smollm2",
             "configs/search-panacea-smollm2.yaml"),
-    Defence("Booster", "align", "align", "booster", ("lam", "alpha"),
+    Defence("Booster", "align", "booster", ("lam", "alpha"),
             "clinic.methods.booster:BoosterConfig", "results/protocol-align-defences", "results/search-booster-smollm2", 4,
             "results/search-booster-smollm2/choice.json", "results/tuned-booster-smollm2",
             "configs/search-booster-smollm2.yaml"),
-    Defence("Vaccine", "align", "align", "vaccine", ("rho",),
+    Defence("Vaccine", "align", "vaccine", ("rho",),
             "clinic.methods.vaccine:VaccineConfig", "results/defences-vaccine", "results/search-vaccine-smollm2", 4,
             "results/search-vaccine-smollm2/choice.json", "results/tuned-vaccine-smollm2",
             "configs/search-vaccine-smollm2.yaml"),
-    Defence("RepNoise", "align", "align", "repnoise", ("alpha", "beta"),
+    Defence("RepNoise", "align", "repnoise", ("alpha", "beta"),
             "clinic.methods.repnoise:RepNoiseConfig", "results/protocol-align-defences", "results/search-repnoise-smollm2",
             4, "results/search-repnoise-smollm2/choice.json", "results/tuned-repnoise-smollm2",
             "configs/search-repnoise-smollm2.yaml"),
-    Defence("Lisa", "finetune", "finetune", "lisa", ("rho", "align_steps", "finetune_steps"),
+    Defence("Lisa", "finetune", "lisa", ("rho", "align_steps", "finetune_steps"),
             "clinic.methods.lisa:LisaConfig", "results/defences-ft", "results/search-lisa-smollm2", 4,
             "results/search-lisa-smollm2/choice.json", "results/tuned-lisa-smollm2", "configs/search-lisa-smollm2.yaml"),
-    Defence("Surgery", "finetune", "finetune", "surgery", ("lam",),
+    Defence("Surgery", "finetune", "surgery", ("lam",),
             "clinic.methods.surgery:SurgeryConfig", "results/defences-ft", "results/search-surgery-smollm2", 4,
             "results/search-surgery-smollm2/choice.json", "results/tuned-surgery-smollm2", "configs/search-surgery-smollm2.yaml"),
-    Defence("SafeLoRA", "repair", "repair", "safelora", ("num_layers",),
+    Defence("SafeLoRA", "repair", "safelora", ("num_layers",),
             "clinic.repair.safelora:SafeLoRAConfig", "results/repair-b", "results/search-safelora-smollm2", 4,
             "results/search-safelora-smollm2/choice.json", "results/tuned-safelora-smollm2", "configs/search-safelora-smollm2.yaml"),
-    Defence("Antidote", "repair", "repair", "antidote", ("fraction",),
+    Defence("Antidote", "repair", "antidote", ("fraction",),
             "clinic.repair.antidote:AntidoteConfig", "results/repair-b", "results/search-antidote-smollm2", 4,
             "results/search-antidote-smollm2/choice.json", "results/tuned-antidote-smollm2", "configs/search-antidote-smollm2.yaml"),
 )
@@ -139,22 +144,20 @@ def _plan(folder: Path) -> dict:
     return load_plan(folder)[0]
 
 
-def _done(folder: Path, stage: dict) -> Path | None:
-    """A finished stage's directory in the folder's store, else None."""
-    path = Path(load_plan(folder)[1]) / stage["dir"]
+def _done(store: Path, stage: dict) -> Path | None:
+    """A finished stage's directory in ``store``, else None."""
+    path = Path(store) / stage["dir"]
     return path if (path / "DONE").is_file() else None
 
 
 def _setting_stage(defence: Defence, plan: dict, label: str | None) -> dict | None:
-    for stage in plan["stages"]:
-        if stage["kind"] == defence.kind and (label is None or stage["labels"].get(defence.field) == label):
-            return stage
-    return None
+    """The first stage of the plan that carries the trial ``label``'s setting."""
+    return next(iter(trial_stages(plan["stages"], defence.field, label)), None)
 
 
 def _cost(folder: Path, stage: dict | None) -> float | None:
     """Seconds the stage that made the defence's model took (its kind's metrics key)."""
-    path = _done(folder, stage) if stage else None
+    path = _done(load_plan(folder)[1], stage) if stage else None
     if path is None or not (path / "metrics.json").is_file():
         return None
     # a curation records its selector's time; the curate kind names no seconds key (it makes no model)
@@ -219,21 +222,19 @@ def _cells(rows: dict, column: str, parents: dict, guard: dict) -> list[str]:
 
 
 def trials_measured(defence: Defence) -> tuple[int, int]:
-    """(trials whose every validation evaluation is committed, trials planned)."""
+    """(trials whose every validation evaluation is committed, trials planned): the trials as the
+    choice reads them from each search plan (one per folder for an experiment search)."""
     folders = sorted(Path(p) for p in glob.glob(str(ROOT / defence.search)) if (Path(p) / "plan.json").is_file())
-    trials: dict = {}
+    done: dict = {}
     for folder in folders:
-        for stage in _plan(folder)["stages"]:
-            if stage["kind"] != "evaluate":
-                continue
-            if defence.field == "experiment":
-                key = folder.name
-            else:
-                key = stage["labels"].get(defence.field)
-                if key in (BASELINE, None, "none"):
-                    continue  # SFT's reference rows
-            trials.setdefault(key, []).append(_done(folder, stage) is not None)
-    return sum(all(done) for done in trials.values()), len(trials)
+        plan, store = load_plan(folder)
+        evaluations = [s for s in plan["stages"] if s["kind"] == "evaluate"]
+        if defence.field == "experiment":
+            done[folder.name] = all(_done(store, s) for s in evaluations)
+            continue
+        for label in planned_trials(plan, defence.field):
+            done[label] = all(_done(store, s) for s in evaluations if s["labels"].get(defence.field) == label)
+    return sum(done.values()), len(done)
 
 
 def _cost_cell(seconds: float | None) -> str:

@@ -237,7 +237,7 @@ def experiment_rows(reference: list[dict], trials: dict[str, list[dict]]) -> lis
 
 
 #: The stage that carries a trial's setting, by the field its trials differ in.
-_SETTING_KIND = {"align": "align", "finetune": "finetune", "repair": "repair", EXPERIMENT_FIELD: "curate"}
+SETTING_KIND = {"align": "align", "finetune": "finetune", "repair": "repair", EXPERIMENT_FIELD: "curate"}
 
 
 def _normalised(config: dict) -> dict:
@@ -250,10 +250,10 @@ def _normalised(config: dict) -> dict:
     return strip(config)
 
 
-def _trial_stages(stages: list[dict], field: str, label: str | None) -> list[dict]:
-    """The stages that carry trial ``label``'s setting: those of its kind (:data:`_SETTING_KIND`)
+def trial_stages(stages: list[dict], field: str, label: str | None) -> list[dict]:
+    """The stages that carry trial ``label``'s setting: those of its kind (:data:`SETTING_KIND`)
     with that label (every one of the kind, for an ``experiment`` trial: a plan is one trial)."""
-    kind = _SETTING_KIND[field]
+    kind = SETTING_KIND[field]
     return [s for s in stages if s["kind"] == kind and (field == EXPERIMENT_FIELD or s["labels"].get(field) == label)]
 
 
@@ -261,8 +261,8 @@ def trial_settings(stages: list[dict], field: str, label: str | None) -> dict | 
     """The setting of the trial ``label``: the config of its first stage of the kind that carries
     it, normalised; ``stages`` are plan.json's (for an ``experiment`` choice, the trial
     experiment's own plan, whose curate stage carries it)."""
-    mine = _trial_stages(stages, field, label)
-    return {"kind": _SETTING_KIND[field], "config": _normalised(mine[0]["config"])} if mine else None
+    mine = trial_stages(stages, field, label)
+    return {"kind": SETTING_KIND[field], "config": _normalised(mine[0]["config"])} if mine else None
 
 
 def setting_mismatches(choice: dict, stages: list[dict]) -> list[str]:
@@ -272,7 +272,7 @@ def setting_mismatches(choice: dict, stages: list[dict]) -> list[str]:
     if chosen is None or setting is None:
         return ["the choice holds no chosen setting"]
     kind = setting["kind"]
-    mine = _trial_stages(stages, field, chosen)
+    mine = trial_stages(stages, field, chosen)
     if not mine:
         return [f"no {kind} stage labelled {chosen!r} in this plan"]
     return [f"{s['dir'] if 'dir' in s else s['labels'].get('slug')}: {kind} settings differ from the choice"
