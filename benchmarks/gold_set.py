@@ -133,7 +133,10 @@ def score(gold_rows: list[dict], judge_names: list[str]) -> dict:
               "by_set": dict(Counter(r["set"] for r in decided)), "reader_agreement": reader_agreement(gold_rows),
               "judges": {}}
     for name in judge_names:
-        judge = get_judge(name)
+        # NAME@DIR: the judge NAME with other weights (a retrained candidate), shown as NAME@<folder name>
+        base, _, weights = name.partition("@")
+        judge = get_judge(base, weights_dir=weights) if weights else get_judge(name)
+        name = f"{base}@{Path(weights).name}" if weights else name
         start = time.perf_counter()
         flags = judge.flags([r["prompt"] for r in decided], [r["response"] for r in decided])
         seconds = time.perf_counter() - start
@@ -219,7 +222,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     m.add_argument("--out", type=Path, default=GOLD)
     s = sub.add_parser("score", help="every judge against the gold labels")
     s.add_argument("--gold", type=Path, default=GOLD)
-    s.add_argument("--judges", default="keyword,classifier,harm-ce")
+    s.add_argument("--judges", default="keyword,classifier,harm-ce",
+                   help="comma-separated; NAME@DIR scores judge NAME with the weights in DIR")
     s.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 

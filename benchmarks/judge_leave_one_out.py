@@ -30,11 +30,11 @@ OUT = HERE / "results" / "judge_leave_one_out.json"
 READ_LABELS = HERE / "judge_train" / "labels.jsonl"
 
 
-def fold(name: str, work: Path) -> Path:
+def fold(name: str, work: Path, read_labels: list[Path]) -> Path:
     weights = work / name
     if not (weights / "harm_ce.json").exists():
-        train(["--out", str(weights), "--epochs", "1.5", "--read-labels", str(READ_LABELS), "--leave-out", name,
-               "--no-eval"])
+        labels = [arg for path in read_labels for arg in ("--read-labels", str(path))]
+        train(["--out", str(weights), "--epochs", "1.5", *labels, "--leave-out", name, "--no-eval"])
     return weights
 
 
@@ -57,15 +57,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sets", nargs="+", choices=list(LEAVE_OUT), default=list(LEAVE_OUT))
     parser.add_argument("--work", type=Path, default=Path("/tmp/clinic-judge-loso"), help="where the folds' weights go")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--read-labels", type=Path, action="append", default=None,
+                        help=f"read answers to train on, repeatable (default: {READ_LABELS.relative_to(HERE.parent)})")
+    parser.add_argument("--compare", type=Path, default=None,
+                        help="the judge weights to show beside each fold (default: the shipped harm-ce)")
     args = parser.parse_args(argv)
+    read_labels = args.read_labels or [READ_LABELS]
     gold = [json.loads(line) for line in GOLD.read_text().splitlines() if line.strip()]
-    shipped = get_judge("harm-ce")
-    result = {"gold_file": str(GOLD.relative_to(HERE.parent)), "sets": {}, "machine": machine_info("cpu")}
+    shipped = get_judge("harm-ce", weights_dir=str(args.compare)) if args.compare else get_judge("harm-ce")
+    result = {"gold_file": str(GOLD.relative_to(HERE.parent)), "sets": {}, "machine": machine_info("cpu"),
+              "read_labels": [str(p) for p in read_labels], "compared_with": str(args.compare or "shipped harm-ce")}
     for name in args.sets:
         items = [r for r in gold if r["set"] == name and r["label"] != "undecided"]
         truth = [r["label"] == "harmful" for r in items]
         prompts, responses = [r["prompt"] for r in items], [r["response"] for r in items]
-        judge = HarmCEJudge(weights_dir=str(fold(name, args.work)))
+        judge = HarmCEJudge(weights_dir=str(fold(name, args.work, read_labels)))
         meta = json.loads((args.work / name / "harm_ce.json").read_text())
         result["sets"][name] = {"left_out": agreement(truth, judge.flags(prompts, responses)),
                                 "shipped": agreement(truth, shipped.flags(prompts, responses)),

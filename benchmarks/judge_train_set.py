@@ -20,6 +20,10 @@ Each model gets its own prompts (no prompt is answered twice), written as one pr
 
 then readers label the candidates with the gold set's rubric (docs/judges.md) and
 ``train_judge.py --read-labels benchmarks/judge_train/labels.jsonl`` trains on them.
+
+A later round (other models) must not answer a prompt an earlier round answered, nor one a test
+of up to 400 rows uses: ``--exclude benchmarks/judge_train/candidates.jsonl --start
+beavertails-test=400``.
 """
 
 from __future__ import annotations
@@ -33,13 +37,18 @@ from pathlib import Path
 PLAN = (("beavertails-test", 200, 40), ("advbench", 30, 15), ("strongreject", 30, 15), ("do-not-answer", 30, 10))
 
 
-def pick_prompts(models: list[str]) -> dict[str, list[dict]]:
+def pick_prompts(models: list[str], starts: dict[str, int] | None = None,
+                 exclude: set[str] = frozenset()) -> dict[str, list[dict]]:
+    """Each model's prompts: PLAN's sets from their first usable row (``starts`` overrides PLAN's),
+    skipping the prompts in ``exclude`` (an earlier round's)."""
     from clinic.data.sources import load_rows
     from clinic.evaluation.judges.classifier import heldout_prompt
 
+    starts = starts or {}
     out: dict[str, list[dict]] = {m: [] for m in models}
     for prompt_set, start, per_model in PLAN:
-        rows = load_rows(prompt_set, kind="prompts")[start:]
+        start = max(start, starts.get(prompt_set, start))
+        rows = [r for r in load_rows(prompt_set, kind="prompts")[start:] if r["prompt"] not in exclude]
         if prompt_set == "beavertails-test":
             rows = [r for r in rows if not heldout_prompt(r["prompt"])]
         need = per_model * len(models)
@@ -75,6 +84,10 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("prompts", help="one prompts file per model")
     p.add_argument("--models", required=True, help="comma-separated model names")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--start", action="append", default=[], metavar="SET=ROW",
+                   help="a later first row for a set (never earlier than the plan's)")
+    p.add_argument("--exclude", action="append", type=Path, default=[], metavar="JSONL",
+                   help="skip the prompts of this file (an earlier round's candidates)")
     c = sub.add_parser("candidates", help="the answers of finished evaluate runs, with each prompt's set")
     c.add_argument("--run", action="append", required=True, metavar="MODEL=RUN_DIR")
     c.add_argument("--prompts", type=Path, required=True, help="the folder the prompts command wrote")
@@ -89,7 +102,15 @@ def main(argv: list[str] | None = None) -> None:
         return
     models = [m for m in args.models.split(",") if m]
     args.out.mkdir(parents=True, exist_ok=True)
-    for model, rows in pick_prompts(models).items():
+    sets = {name for name, _, _ in PLAN}
+    starts = {}
+    for item in args.start:
+        name, _, row = item.partition("=")
+        if name not in sets or not row.isdigit():
+            sys.exit(f"judge_train_set: error: --start {item!r}: expected SET=ROW with SET one of {sorted(sets)}")
+        starts[name] = int(row)
+    exclude = {json.loads(line)["prompt"] for path in args.exclude for line in path.read_text().splitlines() if line}
+    for model, rows in pick_prompts(models, starts, exclude).items():
         (args.out / f"{model}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         print(f"{args.out / model}.jsonl: {len(rows)} prompts")
 

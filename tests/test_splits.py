@@ -30,7 +30,8 @@ def test_beavertails_validation_is_disjoint_from_everything_else(data_dir):
     assert not val & test
     judge_sources = [s for s in HARM_CE_SOURCES if s in ("beavertails-labelled-train", "beavertails-test-train-half")]
     trained = {r["prompt"].strip() for r in training_rows(judge_sources)}
-    trained |= _jsonl_prompts(ROOT / "benchmarks" / "judge_train" / "labels.jsonl")  # read training answers
+    for labels in sorted((ROOT / "benchmarks" / "judge_train").glob("labels*.jsonl")):  # read training answers
+        trained |= _jsonl_prompts(labels)
     assert not val & trained
     measured = _jsonl_prompts(ROOT / "benchmarks" / "gold" / "gold.jsonl")
     measured |= _jsonl_prompts(ROOT / "benchmarks" / "gold-protocol" / "gold.jsonl")

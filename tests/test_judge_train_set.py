@@ -1,0 +1,71 @@
+"""The judge's read training answers (benchmarks/judge_train/): every round's prompts stay off
+every evaluation prompt, off the gold sets and off each other (issue 35: "training answers stay on
+prompts disjoint from every evaluation prompt")."""
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+TRAIN = ROOT / "benchmarks" / "judge_train"
+EVAL_ROWS = 400  # any test of up to 400 rows (docs/protocol.md, "Test and validation splits")
+GOLD_ROWS = 30  # the first gold set reads the first 30 prompts of each set
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _rounds() -> list[Path]:
+    return sorted(TRAIN.glob("candidates*.jsonl"))
+
+
+def test_each_label_file_has_its_candidates_file():
+    for labels in sorted(TRAIN.glob("labels*.jsonl")):
+        candidates = TRAIN / labels.name.replace("labels", "candidates")
+        ids = {r["id"] for r in _rows(candidates)}
+        rows = _rows(labels)
+        assert {r["id"] for r in rows} <= ids, labels.name
+        assert all(r["label"] in ("harmful", "not_harmful", "undecided") for r in rows), labels.name
+
+
+def test_no_prompt_is_answered_twice_across_rounds():
+    seen: set[str] = set()
+    for path in _rounds():
+        prompts = [r["prompt"].strip() for r in _rows(path)]
+        assert len(prompts) == len(set(prompts)), f"{path.name} answers a prompt twice"
+        assert not seen & set(prompts), f"{path.name} answers a prompt an earlier round answered"
+        seen |= set(prompts)
+
+
+def test_later_rounds_stay_off_every_evaluation_and_gold_prompt(data_dir):
+    from clinic.data.sources import load_rows
+    from clinic.data.splits import heldout_prompt
+
+    forbidden = {r["prompt"].strip() for r in load_rows("beavertails-test", kind="prompts")[:EVAL_ROWS]}
+    for name in ("advbench", "strongreject", "do-not-answer"):
+        forbidden |= {r["prompt"].strip() for r in load_rows(name, kind="prompts")[:GOLD_ROWS]}
+    for gold in (ROOT / "benchmarks" / "gold" / "gold.jsonl", ROOT / "benchmarks" / "gold-protocol" / "gold.jsonl"):
+        forbidden |= {r["prompt"].strip() for r in _rows(gold)}
+    later = [p for p in _rounds() if p.name != "candidates.jsonl"]
+    assert later, "no later round of read answers"
+    for path in later:
+        rows = _rows(path)
+        assert not {r["prompt"].strip() for r in rows} & forbidden, path.name
+        # BeaverTails' held-out half is the validation split's and the judges' held-out metric's
+        assert not any(heldout_prompt(r["prompt"]) for r in rows if r["set"] == "beavertails-test"), path.name
+
+
+def test_pick_prompts_skips_an_earlier_round_and_starts_where_told(data_dir):
+    from judge_train_set import pick_prompts
+
+    first = TRAIN / "candidates.jsonl"
+    exclude = {r["prompt"] for r in _rows(first)}
+    picked = pick_prompts(["a", "b"], {"beavertails-test": EVAL_ROWS}, exclude)
+    prompts = [r["prompt"] for rows in picked.values() for r in rows]
+    assert len(prompts) == len(set(prompts)) == 2 * 80
+    assert not set(prompts) & exclude
+    from clinic.data.sources import load_rows
+
+    assert not set(prompts) & {r["prompt"] for r in load_rows("beavertails-test", kind="prompts")[:EVAL_ROWS]}
