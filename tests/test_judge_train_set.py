@@ -69,3 +69,17 @@ def test_pick_prompts_skips_an_earlier_round_and_starts_where_told(data_dir):
     from clinic.data.sources import load_rows
 
     assert not set(prompts) & {r["prompt"] for r in load_rows("beavertails-test", kind="prompts")[:EVAL_ROWS]}
+
+
+def test_gold_set_scores_a_candidate_judge_by_its_weights_folder():
+    """``NAME@DIR``: the judge NAME with other weights, a column of its own (here the shipped
+    weights again, so the two columns must agree answer for answer)."""
+    from gold_set import score
+
+    from clinic.evaluation.judges.harm_ce import WEIGHTS_DIR
+
+    rows = _rows(ROOT / "benchmarks" / "gold-protocol" / "gold.jsonl")[:24]
+    result = score(rows, ["harm-ce", f"harm-ce@{WEIGHTS_DIR}"])
+    assert list(result["judges"]) == ["harm-ce", f"harm-ce@{WEIGHTS_DIR.name}"]
+    shipped, again = result["judges"].values()
+    assert shipped["all"] == again["all"]
