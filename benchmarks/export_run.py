@@ -25,7 +25,7 @@ experiment file, plan.json (its store set to the shared store, ``../store``) and
 finished stage of the plan, the stage directory without weights (``adapter/``, ``model/``,
 ``checkpoints/``, ``*.safetensors``, ``*.bin``, ``*.pt``; a sink stage's ``per_sample.safetensors``,
 its per-sample values, is kept) and without figures (``*.png``: their data are in ``sink.json`` and
-``divergence.csv``), its ``generations.jsonl`` gzip-compressed (``generations.jsonl.gz``, ~4x
+``divergence.csv``), its ``generations.jsonl`` and a curation's ``scores.jsonl`` gzip-compressed (``.jsonl.gz``, ~4x
 smaller; every reader takes either form). Unfinished stages are left out and listed; the folder's ``results.md`` (its report) is
 written afresh. Re-running
 adds the stages finished since and keeps those already copied (a stage directory never changes
@@ -46,7 +46,7 @@ from clinic.rundir import read_jsonl, write_jsonl_atomic
 
 WEIGHTS = ("adapter", "model", "checkpoints", "trainer", "*.safetensors", "*.bin", "*.pt")
 FIGURES = ("*.png",)
-COMPRESSED = ("generations.jsonl",)
+COMPRESSED = ("generations.jsonl", "scores.jsonl")  # per-prompt files; a curate stage's scores ~200 KB plain
 SHARED = "store"  # the results tree's one stage store, beside its folders
 KEPT = ("per_sample.safetensors",)  # a sink stage's per-sample values (~100 KB, the bootstrap's input), no weights
 

@@ -4,6 +4,7 @@ hypergradient against finite differences, the baselines, the stage and its CLI."
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -428,6 +429,21 @@ def test_scores_from_reuses_another_runs_scores_for_a_new_ratio(tmp_path, data_d
     assert metrics["k"] == 2 and metrics["selector_info"]["scores_from"] == str(first.resolve())
     assert metrics["selector_info"]["source_selector_seconds"] == json.loads((first / "metrics.json").read_text())[
         "selector_seconds"]
+    # an exported results folder keeps the scores compressed (benchmarks/export_run.py): reused the same
+    import shutil
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from export_run import compact
+
+    exported = tmp_path / "exported"
+    shutil.copytree(first, exported)
+    compact(exported)
+    assert not (exported / "scores.jsonl").exists() and (exported / "scores.jsonl.gz").exists()
+    third = run_curate(small_config(selector="highest-loss", n_candidates=10, ratio=0.2, max_length=320,
+                                    scores_from=str(exported)), tmp_path / "r0.2-exported", model_loader=no_model,
+                       progress=False)
+    assert (third / "subset.jsonl").read_text() == (second / "subset.jsonl").read_text()
     # other settings, another selector or no run at all: one clear error, nothing written
     for overrides, message in (({"seed": 1}, "scored with other settings: seed = 0, here 1"),
                                ({"selector": "lowest-loss"}, "scored with other settings: selector"),

@@ -168,8 +168,11 @@ def reused_scores(cfg: CurateConfig, candidate_index: list[int]):
     from the same selector, settings and candidates; its selector time goes into ``info``."""
     import yaml
 
+    from ..rundir import jsonl_file
+
     source = Path(cfg.scores_from).expanduser()
-    if not (source / "DONE").exists() or not (source / "scores.jsonl").exists():
+    # an exported results folder keeps scores.jsonl gzip-compressed (benchmarks/export_run.py)
+    if not (source / "DONE").exists() or jsonl_file(source, "scores.jsonl") is None:
         raise ClinicError(f"--scores-from {source}: not a finished curation run (no DONE or scores.jsonl)")
     try:
         return _reused(source, cfg, candidate_index)
@@ -186,6 +189,7 @@ def _reused(source: Path, cfg: CurateConfig, candidate_index: list[int]):
     import yaml
 
     from ..curation.base import SelectorOutput
+    from ..rundir import jsonl_file, read_jsonl
 
     config = yaml.safe_load((source / "config.yaml").read_text()) or {}
     renamed = {old: f.name for f in dataclasses.fields(CurateConfig) for old in f.metadata.get("aliases", ())}
@@ -197,7 +201,7 @@ def _reused(source: Path, cfg: CurateConfig, candidate_index: list[int]):
         name = differing[0]
         raise ClinicError(f"--scores-from {source} was scored with other settings: {name} = {theirs.get(name)!r}, "
                           f"here {ours[name]!r}")
-    records = [json.loads(line) for line in (source / "scores.jsonl").read_text().splitlines() if line.strip()]
+    records = read_jsonl(jsonl_file(source, "scores.jsonl"))
     if [r["index"] for r in records] != list(candidate_index):
         raise ClinicError(f"--scores-from {source} scored other candidates than this run's")
     extra = [c for c in records[0] if c not in ("index", "score", "rank", "selected", "prompt")]
