@@ -83,3 +83,27 @@ def test_gold_set_scores_a_candidate_judge_by_its_weights_folder():
     assert list(result["judges"]) == ["harm-ce", f"harm-ce@{WEIGHTS_DIR.name}"]
     shipped, again = result["judges"].values()
     assert shipped["all"] == again["all"]
+
+
+def test_leave_one_out_trains_each_fold_on_every_read_label_file(tmp_path, monkeypatch):
+    """``judge_leave_one_out.py --read-labels A --read-labels B``: each fold trains on both files,
+    without the left-out set; a fold already trained is reused, not trained again."""
+    import judge_leave_one_out as loo
+
+    calls = []
+
+    def fake_train(argv):
+        calls.append(argv)
+        out = tmp_path / "work" / "advbench"
+        out.mkdir(parents=True)
+        (out / "harm_ce.json").write_text("{}")
+
+    monkeypatch.setattr(loo, "train", fake_train)
+    labels = [tmp_path / "a.jsonl", tmp_path / "b.jsonl"]
+    weights = loo.fold("advbench", tmp_path / "work", labels)
+    assert weights == tmp_path / "work" / "advbench"
+    (argv,) = calls
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "--read-labels"] == [str(p) for p in labels]
+    assert argv[argv.index("--leave-out") + 1] == "advbench"
+    loo.fold("advbench", tmp_path / "work", labels)
+    assert len(calls) == 1
