@@ -109,6 +109,27 @@ def test_a_curated_alignment_trains_on_the_subset_and_no_peer_is_named(tmp_path)
     assert estimates[align.dirname]["seconds"] == pytest.approx(2.0 * 2 * 3)  # 12 rows: 3 batches x 2 epochs
 
 
+def test_a_curation_that_reuses_scores_costs_nothing_and_paces_nothing(tmp_path):
+    """``scores_from``: no selector runs, so the stage is costed as a read; and its record
+    (selector_seconds 0) must not pull down the pace of curations that do score."""
+    raw = _experiment(curate=True)
+    store = tmp_path / "store"
+    _peer(store, "curate-random-scored", {"stage": "curate", "curate": {"selector": "random", "n_candidates": 20}},
+          {"k": 10, "selector_seconds": 30.0})
+    _peer(store, "curate-random-reused", {"stage": "curate", "curate": {"selector": "random", "n_candidates": 20,
+                                                                         "scores_from": "elsewhere"}},
+          {"k": 4, "selector_seconds": 0.0})
+    stages = Experiment.from_dict(raw).plan()
+    curate = next(s for s in stages if s.kind == "curate")
+    estimates, _ = plan_estimate(stages, store, lambda s: is_done(store, s))
+    assert estimates[curate.dirname] == {"seconds": 30.0, "basis": "1 finished peer"}
+    raw["curate"]["options"]["scores_from"] = "runs/store/curate-random-scored"
+    stages = Experiment.from_dict(raw).plan()
+    curate = next(s for s in stages if s.kind == "curate")
+    estimates, _ = plan_estimate(stages, store, lambda s: is_done(store, s))
+    assert estimates[curate.dirname] == {"seconds": 0.0, "basis": "reuses the scores of runs/store/curate-random-scored"}
+
+
 def test_clinic_run_dry_run_prints_the_estimate(tmp_path, capsys):
     from clinic.cli import main
 

@@ -322,21 +322,21 @@ def _from_plan(stage, parent_dir, model: str):
     return curate_config(stage.config), None
 
 
-def _key(config: dict) -> tuple:
-    return ("curate", config.get("selector"), (config.get("options") or config).get("n_candidates"))
-
-
 def _peer(config: dict, metrics: dict):
-    if metrics.get("selector_seconds") is None:
-        return None
     cur = config.get("curate") or {}
+    # a run that reused another's scores ran no selector (0 s): no pace for one that scores
+    if metrics.get("selector_seconds") is None or cur.get("scores_from"):
+        return None
     return ("curate", cur.get("selector"), cur.get("n_candidates")), metrics["selector_seconds"]
 
 
 def _cost(stage, store: Path, pace: dict):
     import statistics
 
-    peers = pace.get(("curate", stage.config.get("selector"), (stage.config.get("options") or {}).get("n_candidates")))
+    options = stage.config.get("options") or {}
+    if options.get("scores_from"):  # no selector runs: the data and the finished run's scores are read
+        return {"seconds": 0.0, "basis": f"reuses the scores of {options['scores_from']}"}
+    peers = pace.get(("curate", stage.config.get("selector"), options.get("n_candidates")))
     if not peers:
         return None
     return {"seconds": statistics.median(peers), "basis": f"{len(peers)} finished peer{'s' if len(peers) > 1 else ''}"}
