@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     read_labels = args.read_labels or [READ_LABELS]
     gold = [json.loads(line) for line in GOLD.read_text().splitlines() if line.strip()]
-    shipped = get_judge("harm-ce", weights_dir=str(args.compare)) if args.compare else get_judge("harm-ce")
+    shipped = get_judge("harm-ce", weights_dir=str(args.compare) if args.compare else None)  # None: the shipped weights
     result = {"gold_file": str(GOLD.relative_to(HERE.parent)), "sets": {}, "machine": machine_info("cpu"),
               "read_labels": [str(p) for p in read_labels], "compared_with": str(args.compare or "shipped harm-ce")}
     for name in args.sets:

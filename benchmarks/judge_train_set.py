@@ -109,7 +109,9 @@ def main(argv: list[str] | None = None) -> None:
         if name not in sets or not row.isdigit():
             sys.exit(f"judge_train_set: error: --start {item!r}: expected SET=ROW with SET one of {sorted(sets)}")
         starts[name] = int(row)
-    exclude = {json.loads(line)["prompt"] for path in args.exclude for line in path.read_text().splitlines() if line}
+    from clinic.rundir import read_jsonl
+
+    exclude = {row["prompt"] for path in args.exclude for row in read_jsonl(path)}
     for model, rows in pick_prompts(models, starts, exclude).items():
         (args.out / f"{model}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         print(f"{args.out / model}.jsonl: {len(rows)} prompts")

@@ -2,19 +2,16 @@
 every evaluation prompt, off the gold sets and off each other (issue 35: "training answers stay on
 prompts disjoint from every evaluation prompt")."""
 
-import json
 import sys
 from pathlib import Path
+
+from clinic.rundir import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 TRAIN = ROOT / "benchmarks" / "judge_train"
 EVAL_ROWS = 400  # any test of up to 400 rows (docs/protocol.md, "Test and validation splits")
 GOLD_ROWS = 30  # the first gold set reads the first 30 prompts of each set
-
-
-def _rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _rounds() -> list[Path]:
@@ -24,8 +21,8 @@ def _rounds() -> list[Path]:
 def test_each_label_file_has_its_candidates_file():
     for labels in sorted(TRAIN.glob("labels*.jsonl")):
         candidates = TRAIN / labels.name.replace("labels", "candidates")
-        ids = {r["id"] for r in _rows(candidates)}
-        rows = _rows(labels)
+        ids = {r["id"] for r in read_jsonl(candidates)}
+        rows = read_jsonl(labels)
         assert {r["id"] for r in rows} <= ids, labels.name
         assert all(r["label"] in ("harmful", "not_harmful", "undecided") for r in rows), labels.name
 
@@ -33,7 +30,7 @@ def test_each_label_file_has_its_candidates_file():
 def test_no_prompt_is_answered_twice_across_rounds():
     seen: set[str] = set()
     for path in _rounds():
-        prompts = [r["prompt"].strip() for r in _rows(path)]
+        prompts = [r["prompt"].strip() for r in read_jsonl(path)]
         assert len(prompts) == len(set(prompts)), f"{path.name} answers a prompt twice"
         assert not seen & set(prompts), f"{path.name} answers a prompt an earlier round answered"
         seen |= set(prompts)
@@ -47,11 +44,11 @@ def test_later_rounds_stay_off_every_evaluation_and_gold_prompt(data_dir):
     for name in ("advbench", "strongreject", "do-not-answer"):
         forbidden |= {r["prompt"].strip() for r in load_rows(name, kind="prompts")[:GOLD_ROWS]}
     for gold in (ROOT / "benchmarks" / "gold" / "gold.jsonl", ROOT / "benchmarks" / "gold-protocol" / "gold.jsonl"):
-        forbidden |= {r["prompt"].strip() for r in _rows(gold)}
+        forbidden |= {r["prompt"].strip() for r in read_jsonl(gold)}
     later = [p for p in _rounds() if p.name != "candidates.jsonl"]
     assert later, "no later round of read answers"
     for path in later:
-        rows = _rows(path)
+        rows = read_jsonl(path)
         assert not {r["prompt"].strip() for r in rows} & forbidden, path.name
         # BeaverTails' held-out half is the validation split's and the judges' held-out metric's
         assert not any(heldout_prompt(r["prompt"]) for r in rows if r["set"] == "beavertails-test"), path.name
@@ -61,7 +58,7 @@ def test_pick_prompts_skips_an_earlier_round_and_starts_where_told(data_dir):
     from judge_train_set import pick_prompts
 
     first = TRAIN / "candidates.jsonl"
-    exclude = {r["prompt"] for r in _rows(first)}
+    exclude = {r["prompt"] for r in read_jsonl(first)}
     picked = pick_prompts(["a", "b"], {"beavertails-test": EVAL_ROWS}, exclude)
     prompts = [r["prompt"] for rows in picked.values() for r in rows]
     assert len(prompts) == len(set(prompts)) == 2 * 80
@@ -78,7 +75,7 @@ def test_gold_set_scores_a_candidate_judge_by_its_weights_folder():
 
     from clinic.evaluation.judges.harm_ce import WEIGHTS_DIR
 
-    rows = _rows(ROOT / "benchmarks" / "gold-protocol" / "gold.jsonl")[:24]
+    rows = read_jsonl(ROOT / "benchmarks" / "gold-protocol" / "gold.jsonl")[:24]
     result = score(rows, ["harm-ce", f"harm-ce@{WEIGHTS_DIR}"])
     assert list(result["judges"]) == ["harm-ce", f"harm-ce@{WEIGHTS_DIR.name}"]
     shipped, again = result["judges"].values()
