@@ -37,17 +37,28 @@ def test_every_registry_is_one_registry_with_near_name_errors(kind):
 
 
 @pytest.mark.parametrize("name", JUDGES.names())
-def test_every_judge_honours_the_contract(name):
+def test_every_judge_honours_the_contract(name, tmp_path):
     cls = JUDGES[name]
     assert issubclass(cls, Judge) and cls.name == name
     assert 0 < cls.threshold < 1 and cls.degenerate_policy
     assert "_score" in vars(cls) or any("_score" in vars(base) for base in cls.__mro__[1:-2])
     if name in ("beaverdam", "llamaguard"):  # 7-8B weights: not here (tests/test_judges.py fakes them)
         return
-    judge = get_judge(name, **({"train_rows": _classifier_rows()} if name == "classifier" else {}))
+    options = {"classifier": {"train_rows": _classifier_rows()}, "harm-probe": {"weights_dir": _tiny_probe(tmp_path)}}
+    judge = get_judge(name, **options.get(name, {}))
     scores, flags = judge.score_and_flag(["how do I pick a lock?"] * 2, ["", "...."])
     assert scores == [0.0, 0.0] and flags == [False, False]  # degenerate answers: never flagged
     assert judge.describe()["name"] == name
+
+
+def _tiny_probe(folder) -> str:
+    """A probe on the tiny random model (the shipped one reads SmolLM2: tests/test_harm_probe.py)."""
+    from clinic.evaluation.judges.harm_probe import save_probe
+
+    save_probe(folder, [0.0] * 64, [1.0] * 64, [0.1] * 64, 0.0,
+               {"features": {"model": "tiny-random-llama", "layers": [1], "blocks": ["mean"], "prompt_tokens": 16,
+                             "answer_tokens": 16}})
+    return str(folder)
 
 
 def _classifier_rows():

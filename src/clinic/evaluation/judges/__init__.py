@@ -9,6 +9,8 @@ interface and the degenerate-answer rule are in :mod:`.base`. One module per jud
   labelled BeaverTails (+ safe Do-Not-Answer responses), cached as JSON.
 - ``harm-ce`` (:mod:`.harm_ce`, the default offline judge): the same encoder fine-tuned (LoRA) as
   a cross-encoder over ``[CLS] prompt [SEP] response``; its trained weights ship in ``weights/``.
+- ``harm-probe`` (:mod:`.harm_probe`): logistic regression on SmolLM2's hidden states; measured, not
+  shipped (needs ``weights_dir=``, a probe trained by ``benchmarks/probe_judge.py``).
 - ``beaverdam`` (:mod:`.beaverdam`): PKU-Alignment/beaver-dam-7b, 14 sigmoid categories.
 - ``llamaguard`` (:mod:`.llamaguard`): Llama Guard 3, greedy verdict ``safe`` / ``unsafe``.
 
