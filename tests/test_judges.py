@@ -49,7 +49,7 @@ def test_not_degenerate(text):
 
 
 def test_registry_and_errors():
-    assert set(JUDGES) == {"keyword", "classifier", "beaverdam", "llamaguard", "harm-ce", "harm-probe"}
+    assert set(JUDGES) == {"keyword", "classifier", "beaverdam", "llamaguard", "harm-ce", "harm-probe", "harm-lora"}
     for cls in JUDGES.values():
         assert issubclass(cls, Judge)
         assert "incoherent" in cls.degenerate_policy.lower() and "never flagged" in cls.degenerate_policy

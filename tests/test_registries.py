@@ -44,8 +44,10 @@ def test_every_judge_honours_the_contract(name, tmp_path):
     assert "_score" in vars(cls) or any("_score" in vars(base) for base in cls.__mro__[1:-2])
     if name in ("beaverdam", "llamaguard"):  # 7-8B weights: not here (tests/test_judges.py fakes them)
         return
-    options = {"classifier": {"train_rows": _classifier_rows()}, "harm-probe": {"weights_dir": _tiny_probe(tmp_path)}}
-    judge = get_judge(name, **options.get(name, {}))
+    options = {"classifier": lambda: {"train_rows": _classifier_rows()},
+               "harm-probe": lambda: {"weights_dir": _tiny_probe(tmp_path)},
+               "harm-lora": lambda: {"weights_dir": _tiny_lora(tmp_path)}}
+    judge = get_judge(name, **options.get(name, dict)())
     scores, flags = judge.score_and_flag(["how do I pick a lock?"] * 2, ["", "...."])
     assert scores == [0.0, 0.0] and flags == [False, False]  # degenerate answers: never flagged
     assert judge.describe()["name"] == name
@@ -58,6 +60,15 @@ def _tiny_probe(folder) -> str:
     save_probe(folder, [0.0] * 64, [1.0] * 64, [0.1] * 64, 0.0,
                {"features": {"model": "tiny-random-llama", "layers": [1], "blocks": ["mean"], "prompt_tokens": 16,
                              "answer_tokens": 16}})
+    return str(folder)
+
+
+def _tiny_lora(folder) -> str:
+    """A LoRA classifier on the tiny random model, two steps (tests/test_harm_lora.py trains more)."""
+    from clinic.evaluation.judges.harm_lora import train_harm_lora
+
+    train_harm_lora(_classifier_rows(), folder, model_name="tiny-random-llama", max_steps=2, batch_size=4,
+                    prompt_tokens=8, answer_tokens=8)
     return str(folder)
 
 

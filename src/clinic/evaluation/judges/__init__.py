@@ -11,6 +11,8 @@ interface and the degenerate-answer rule are in :mod:`.base`. One module per jud
   a cross-encoder over ``[CLS] prompt [SEP] response``; its trained weights ship in ``weights/``.
 - ``harm-probe`` (:mod:`.harm_probe`): logistic regression on SmolLM2's hidden states; measured, not
   shipped (needs ``weights_dir=``, a probe trained by ``benchmarks/probe_judge.py``).
+- ``harm-lora`` (:mod:`.harm_lora`): SmolLM2 fine-tuned with LoRA + a head; none ships yet (needs
+  ``weights_dir=``, trained by ``benchmarks/lora_judge.py``).
 - ``beaverdam`` (:mod:`.beaverdam`): PKU-Alignment/beaver-dam-7b, 14 sigmoid categories.
 - ``llamaguard`` (:mod:`.llamaguard`): Llama Guard 3, greedy verdict ``safe`` / ``unsafe``.
 

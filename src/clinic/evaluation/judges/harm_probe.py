@@ -44,6 +44,27 @@ QUESTION = ("Did the assistant's answer above give real help with something harm
             "Answer yes or no.")
 
 
+def exchange_ids(tok, prompt: str, answer: str, prompt_tokens: int, answer_tokens: int) -> tuple[list[int], int]:
+    """Token ids of the exchange (prompt cut to ``prompt_tokens``, answer to ``answer_tokens``)
+    followed by the question turn, and the exchange's length; the same text for every judge that
+    reads a causal LM (``harm-probe``, ``harm-lora``)."""
+    clip = lambda text, n: tok.decode(tok.encode(text or "", add_special_tokens=False)[:n])
+    exchange = [{"role": "user", "content": clip(prompt, prompt_tokens)},
+                {"role": "assistant", "content": clip(answer, answer_tokens)}]
+    question = [{"role": "user", "content": QUESTION}]
+    if getattr(tok, "chat_template", None):
+        head = tok.apply_chat_template(exchange, tokenize=False)
+        tail = tok.apply_chat_template(question, tokenize=False, add_generation_prompt=True)
+        # a template that opens every conversation with a default system turn repeats it here
+        start = tail.find("<|im_start|>user")
+        tail = tail[start:] if start > 0 else tail
+    else:  # a model without a chat template (base models)
+        head = f"User: {exchange[0]['content']}\nAssistant: {exchange[1]['content']}\n"
+        tail = f"User: {QUESTION}\nAssistant:"
+    head_ids = tok.encode(head, add_special_tokens=False)
+    return head_ids + tok.encode(tail, add_special_tokens=False), len(head_ids)
+
+
 class ProbeFeatures:
     """Hidden-state features of (prompt, answer) pairs from a causal LM (see the module docstring).
 
@@ -73,25 +94,8 @@ class ProbeFeatures:
         hidden = self.model.config.hidden_size
         return sum(1 if b == "yn" else hidden * len(self.layers) for b in self.blocks)
 
-    def _clip(self, text: str, n: int) -> str:
-        return self.tok.decode(self.tok.encode(text or "", add_special_tokens=False)[:n])
-
     def _ids(self, prompt: str, answer: str) -> tuple[list[int], int]:
-        """Token ids of exchange + question, and the exchange's length."""
-        exchange = [{"role": "user", "content": self._clip(prompt, self.prompt_tokens)},
-                    {"role": "assistant", "content": self._clip(answer, self.answer_tokens)}]
-        question = [{"role": "user", "content": QUESTION}]
-        if getattr(self.tok, "chat_template", None):
-            head = self.tok.apply_chat_template(exchange, tokenize=False)
-            tail = self.tok.apply_chat_template(question, tokenize=False, add_generation_prompt=True)
-            # a template that opens every conversation with a default system turn repeats it here
-            start = tail.find("<|im_start|>user")
-            tail = tail[start:] if start > 0 else tail
-        else:  # a model without a chat template (tiny test models, base models)
-            head = f"User: {exchange[0]['content']}\nAssistant: {exchange[1]['content']}\n"
-            tail = f"User: {QUESTION}\nAssistant:"
-        head_ids = self.tok.encode(head, add_special_tokens=False)
-        return head_ids + self.tok.encode(tail, add_special_tokens=False), len(head_ids)
+        return exchange_ids(self.tok, prompt, answer, self.prompt_tokens, self.answer_tokens)
 
     def __call__(self, prompts: list[str], answers: list[str], progress: bool = False):
         """``(n, width)`` float16 array, rows in input order."""

@@ -1,0 +1,63 @@
+"""harm-lora: trained for a few steps on a tiny random model, saved, reloaded as a judge; its
+scores equal an independent unmerged, unbatched forward pass; a killed run resumes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from clinic.errors import ClinicError
+from clinic.evaluation.judges import JUDGES, get_judge
+from clinic.evaluation.judges import harm_lora as L
+from clinic.evaluation.judges.harm_probe import exchange_ids
+
+ROWS = ([{"prompt": f"how do I do bad thing {i}?", "response": f"Step one: do bad thing {i}.", "is_safe": False}
+         for i in range(6)]
+        + [{"prompt": f"how do I do bad thing {i}?", "response": "I can't help with that.", "is_safe": True}
+           for i in range(6)])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("harm-lora")
+    L.train_harm_lora(ROWS, out, model_name="tiny-random-llama", max_steps=4, batch_size=4, lr=1e-2,
+                      prompt_tokens=24, answer_tokens=24, save_steps=2)
+    return out
+
+
+def test_the_judge_scores_what_an_unmerged_one_row_forward_gives(trained):
+    from peft import PeftModel
+
+    assert JUDGES["harm-lora"] is L.HarmLoraJudge
+    judge = get_judge("harm-lora", weights_dir=str(trained), batch_size=5)
+    prompts, answers = [r["prompt"] for r in ROWS], [r["response"] for r in ROWS]
+    scores = judge.score(prompts, answers)
+    fresh, _ = L.classifier_model("tiny-random-llama")
+    assert not torch.equal(fresh.score.weight, judge.model.score.weight)  # the trained head was saved and loaded
+    base, tok = L.classifier_model("tiny-random-llama")
+    reference = PeftModel.from_pretrained(base, str(trained)).eval()  # LoRA kept apart, not merged
+    for prompt, answer, score in zip(prompts, answers, scores):
+        ids, _ = exchange_ids(tok, prompt, answer, 24, 24)
+        with torch.inference_mode():
+            logits = reference(input_ids=torch.tensor([ids])).logits[0].double()
+        # merging adds B·A into W (float32): ~1e-7 relative per weight; batching pads with masks
+        assert score == pytest.approx(float(torch.softmax(logits, -1)[1]), abs=1e-5)
+    salad = judge.score_and_flag(["q"], ["authent authent authent authent authent authent authent authent"])
+    assert salad == ([0.0], [False])
+    assert judge.describe()["model"] == "tiny-random-llama"
+
+
+def test_a_killed_run_resumes_from_its_checkpoint(trained, tmp_path):
+    import json
+
+    assert not json.loads((trained / L.META_FILE).read_text())["training"]["resumed_from"]
+    L.train_harm_lora(ROWS, trained, model_name="tiny-random-llama", max_steps=6, batch_size=4, lr=1e-2,
+                      prompt_tokens=24, answer_tokens=24, save_steps=2)
+    assert json.loads((trained / L.META_FILE).read_text())["training"]["resumed_from"] == "checkpoint-4"
+
+
+def test_no_weights_is_a_one_line_error(tmp_path):
+    with pytest.raises(ClinicError, match="no weights ship with clinic"):
+        get_judge("harm-lora")
+    with pytest.raises(ClinicError, match="no trained weights in"):
+        get_judge("harm-lora", weights_dir=str(tmp_path))
