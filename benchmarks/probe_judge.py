@@ -33,14 +33,14 @@ from pathlib import Path
 import numpy as np
 from _common import machine_info, save_json
 
+# What the features cache holds: every block at every default layer; a probe reads a subset.
+from clinic.evaluation.judges.harm_probe import BLOCKS, LAYERS
+
 HERE = Path(__file__).resolve().parent
 READ_LABELS = sorted((HERE / "judge_train").glob("labels*.jsonl"))
 GOLD_FILES = (HERE / "gold" / "gold.jsonl", HERE / "gold-protocol" / "gold.jsonl")
 CV_OUT = HERE / "results" / "harm-probe" / "harm_probe_cv.json"
 LOO_OUT = HERE / "results" / "harm-probe" / "harm_probe_leave_one_out.json"
-#: What the features cache holds (every block at every one of these layers); a probe uses a subset.
-LAYERS = (6, 9, 12, 15, 18, 21, 24, 27, 30)
-BLOCKS = ("mean", "last", "endh", "yn")
 #: The grid ``choose`` searches: feature blocks x layers x inverse regularisation C.
 GRID_BLOCKS = ("mean", "last", "mean+last")
 GRID_LAYERS = ((15,), (21,), (27,), (9, 15, 21, 27), LAYERS)
@@ -113,7 +113,7 @@ class Cache:
         if not todo:
             return have
         self.folder.mkdir(parents=True, exist_ok=True)
-        features = ProbeFeatures(layers=LAYERS, blocks=BLOCKS, batch_size=batch_size)
+        features = ProbeFeatures(batch_size=batch_size)
         items = sorted(todo.items(), key=lambda kv: len(kv[1][0]) + len(kv[1][1]))
         start = time.perf_counter()
         step = 25 * batch_size

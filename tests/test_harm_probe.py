@@ -124,6 +124,8 @@ def test_a_probe_of_the_wrong_width_or_no_probe_is_refused(tmp_path):
                            "answer_tokens": 8})
     with pytest.raises(ClinicError, match="has 7 weights but its features have 64"):
         get_judge("harm-probe", weights_dir=str(tmp_path))
+    with pytest.raises(ClinicError, match="no probe ships with clinic"):
+        get_judge("harm-probe")
     with pytest.raises(ClinicError, match="no trained probe"):
         get_judge("harm-probe", weights_dir=str(tmp_path / "nothing"))
     (tmp_path / P.META_FILE).write_text(json.dumps({"features": {"model": "tiny-random-llama", "layers": [9],

@@ -259,8 +259,9 @@ def train_harm_ce(rows: list[dict], output_dir: str | Path, *, seed: int = 0, ma
     return output_dir
 
 
-def save_weights(peft_model, output_dir: Path, meta: dict) -> None:
-    """The trainable weights only (LoRA deltas + head), cast to fp16, as safetensors."""
+def save_weights(peft_model, output_dir: Path, meta: dict, meta_file: str = META_FILE) -> None:
+    """The trainable weights only (LoRA deltas + head), cast to fp16, as safetensors, and ``meta``
+    as ``meta_file`` (harm-lora saves its weights the same way)."""
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
@@ -268,7 +269,7 @@ def save_weights(peft_model, output_dir: Path, meta: dict) -> None:
     state = {k: v.detach().to("cpu").half().contiguous() for k, v in get_peft_model_state_dict(peft_model).items()}
     save_file(state, str(output_dir / "adapter_model.safetensors"), metadata={"format": "pt"})
     peft_model.peft_config["default"].save_pretrained(str(output_dir))
-    (output_dir / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    (output_dir / meta_file).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
 
 
 def load_harm_ce(weights_dir: str | Path = WEIGHTS_DIR):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ...errors import ClinicError
 from .base import Judge, register_judge
+from .harm_ce import save_weights
 from .harm_probe import exchange_ids
 
 META_FILE = "harm_lora.json"
@@ -128,8 +129,7 @@ def train_harm_lora(rows: list[dict], output_dir: str | Path, *, model_name: str
     ``harm_lora.json`` to ``output_dir``. Checkpoints every ``save_steps`` steps in
     ``output_dir/trainer`` and resumes from the latest one, so a killed run goes on where it was."""
     import datasets
-    from peft import get_peft_model, get_peft_model_state_dict
-    from safetensors.torch import save_file
+    from peft import get_peft_model
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -151,13 +151,10 @@ def train_harm_lora(rows: list[dict], output_dir: str | Path, *, model_name: str
     trainer = Trainer(model=model, args=args, train_dataset=train_set, data_collator=DataCollatorWithPadding(tok))
     last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
     result = trainer.train(resume_from_checkpoint=last)
-    state = {k: v.detach().to("cpu").half().contiguous() for k, v in get_peft_model_state_dict(model).items()}
-    save_file(state, str(output_dir / "adapter_model.safetensors"), metadata={"format": "pt"})
-    model.peft_config["default"].save_pretrained(str(output_dir))
     record = {"model": model_name, "prompt_tokens": prompt_tokens, "answer_tokens": answer_tokens,
               "lora": {"r": r, "alpha": alpha, "targets": TARGETS, "head": "score, trained in full"},
               "training": {"seed": seed, "epochs": epochs, "max_steps": max_steps, "batch_size": batch_size, "lr": lr,
                            "n_rows": len(rows), "n_harmful": sum(labels), "train_loss": round(result.training_loss, 4),
                            "resumed_from": last and Path(last).name}, **(meta or {})}
-    (output_dir / META_FILE).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    save_weights(model, output_dir, record, META_FILE)
     return output_dir
