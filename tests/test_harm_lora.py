@@ -61,3 +61,38 @@ def test_no_weights_is_a_one_line_error(tmp_path):
         get_judge("harm-lora")
     with pytest.raises(ClinicError, match="no trained weights in"):
         get_judge("harm-lora", weights_dir=str(tmp_path))
+
+
+def test_leave_one_out_trains_each_fold_without_its_set_and_scores_only_that_set(tmp_path, monkeypatch):
+    """benchmarks/lora_judge.py --loo: the fold for a set never trains on it, is scored on the
+    first gold set's answers to that set alone, and a fold already trained is reused."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import lora_judge
+    from train_judge import LEAVE_OUT
+
+    sets = list(LEAVE_OUT)
+    rows = [dict(r, set=sets[i % 3], w=1) for i, r in enumerate(ROWS)]
+    asked = []
+
+    def training_rows(leave_out=None):
+        asked.append(leave_out)
+        return [r for r in rows if r["set"] != leave_out]
+
+    first = lora_judge.GOLD_FILES[0].parent.name
+    gold = ([dict(r, gold=first, label="harmful" if not r["is_safe"] else "not_harmful") for r in rows]
+            + [dict(rows[0], gold=first, label="undecided"), dict(rows[1], gold="gold-protocol", label="harmful")])
+    monkeypatch.setattr(lora_judge, "training_rows", training_rows)
+    monkeypatch.setattr(lora_judge, "gold_rows", lambda: gold)
+    options = dict(model="tiny-random-llama", max_steps=2)
+    result = lora_judge.leave_one_out(tmp_path, None, tmp_path / "loo.json", **options)
+    assert asked == sets
+    for name in sets:
+        meta = json.loads((tmp_path / name / L.META_FILE).read_text())
+        assert meta["leave_out"] == name and meta["training"]["n_rows"] == 8
+        assert result["sets"][name]["left_out"]["n"] == 4  # its own decided first-gold answers only
+    lora_judge.leave_one_out(tmp_path, None, tmp_path / "loo.json", **options)
+    assert asked == sets  # nothing retrained
