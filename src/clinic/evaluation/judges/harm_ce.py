@@ -217,6 +217,28 @@ def encode_pairs(tokenizer, prompts: list[str], responses: list[str], max_length
     return tokenizer(list(prompts), list(responses), truncation="longest_first", max_length=max_length)
 
 
+def fit_classifier(model, train_set, tokenizer, trainer_dir: Path, *, batch_size: int, epochs: float, max_steps: int,
+                   lr: float, weight_decay: float, warmup: float, seed: int, log_steps: int,
+                   save_steps: int | None = None):
+    """The one ``Trainer`` setup of clinic's trained judges (harm-ce, harm-lora): linear schedule,
+    length-grouped batches, seeded, CPU. With ``save_steps`` it checkpoints into ``trainer_dir``
+    (keeping the last one) and resumes from the latest there, so a killed run goes on; without,
+    nothing is written there. Returns the train result and the checkpoint it resumed from (or None)."""
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+    from transformers.trainer_utils import get_last_checkpoint
+
+    saving = ({"save_strategy": "steps", "save_steps": save_steps, "save_total_limit": 1} if save_steps
+              else {"save_strategy": "no", "disable_tqdm": True})
+    args = TrainingArguments(
+        output_dir=str(trainer_dir), per_device_train_batch_size=batch_size, num_train_epochs=epochs,
+        max_steps=max_steps, learning_rate=lr, weight_decay=weight_decay, warmup_steps=warmup,
+        lr_scheduler_type="linear", train_sampling_strategy="group_by_length", seed=seed, data_seed=seed,
+        logging_steps=log_steps, report_to=[], use_cpu=True, dataloader_num_workers=0, **saving)
+    trainer = Trainer(model=model, args=args, train_dataset=train_set, data_collator=DataCollatorWithPadding(tokenizer))
+    last = get_last_checkpoint(str(trainer_dir)) if save_steps and Path(trainer_dir).is_dir() else None
+    return trainer.train(resume_from_checkpoint=last), last
+
+
 def train_harm_ce(rows: list[dict], output_dir: str | Path, *, seed: int = 0, max_length: int = 128,
                   epochs: float = 1.0, batch_size: int = 16, lr: float = 8e-4, r: int = 8, alpha: int = 16,
                   weight_decay: float = 0.01, warmup_ratio: float = 0.06, max_steps: int = -1,
@@ -227,7 +249,6 @@ def train_harm_ce(rows: list[dict], output_dir: str | Path, *, seed: int = 0, ma
     (training config, ``meta``). Seeded: the same rows and seed give the same weights."""
     import datasets
     from peft import get_peft_model
-    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
     labels = [0 if bool(row["is_safe"]) else 1 for row in rows]
     if len(set(labels)) < 2:
@@ -237,15 +258,9 @@ def train_harm_ce(rows: list[dict], output_dir: str | Path, *, seed: int = 0, ma
     train_set = datasets.Dataset.from_dict({**enc, "labels": labels})
     model = get_peft_model(base_model(seed), lora_config(r, alpha))
     output_dir = Path(output_dir)
-    args = TrainingArguments(
-        output_dir=str(output_dir / "trainer"), per_device_train_batch_size=batch_size, num_train_epochs=epochs,
-        max_steps=max_steps, learning_rate=lr, weight_decay=weight_decay, warmup_steps=warmup_ratio,
-        lr_scheduler_type="linear", train_sampling_strategy="group_by_length", seed=seed, data_seed=seed, logging_steps=log_steps,
-        save_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0, disable_tqdm=True,
-    )
-    trainer = Trainer(model=model, args=args, train_dataset=train_set,
-                      data_collator=DataCollatorWithPadding(tokenizer))
-    result = trainer.train()
+    result, _ = fit_classifier(model, train_set, tokenizer, output_dir / "trainer", batch_size=batch_size,
+                               epochs=epochs, max_steps=max_steps, lr=lr, weight_decay=weight_decay,
+                               warmup=warmup_ratio, seed=seed, log_steps=log_steps)
     save_weights(model, output_dir, {
         "encoder": ENCODER_PACKAGE, "max_length": max_length, "truncation": "longest_first (right side)",
         "lora": {"r": r, "alpha": alpha, "targets": "query,key,value,attention.output.dense,intermediate.dense,"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ...errors import ClinicError
 from .base import Judge, register_judge
-from .harm_ce import save_weights
+from .harm_ce import fit_classifier, save_weights
 from .harm_probe import exchange_ids
 
 META_FILE = "harm_lora.json"
@@ -130,8 +130,6 @@ def train_harm_lora(rows: list[dict], output_dir: str | Path, *, model_name: str
     ``output_dir/trainer`` and resumes from the latest one, so a killed run goes on where it was."""
     import datasets
     from peft import get_peft_model
-    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
-    from transformers.trainer_utils import get_last_checkpoint
 
     labels = [0 if bool(row["is_safe"]) else 1 for row in rows]
     if len(set(labels)) < 2:
@@ -142,15 +140,9 @@ def train_harm_lora(rows: list[dict], output_dir: str | Path, *, model_name: str
                                             "labels": labels})
     model = get_peft_model(model, lora_config(r, alpha))
     output_dir = Path(output_dir)
-    args = TrainingArguments(
-        output_dir=str(output_dir / "trainer"), per_device_train_batch_size=batch_size, num_train_epochs=epochs,
-        max_steps=max_steps, learning_rate=lr, weight_decay=0.01, warmup_steps=0.06, lr_scheduler_type="linear",
-        train_sampling_strategy="group_by_length", seed=seed, data_seed=seed, logging_steps=10,
-        save_strategy="steps", save_steps=save_steps, save_total_limit=1, report_to=[], use_cpu=True,
-        dataloader_num_workers=0)
-    trainer = Trainer(model=model, args=args, train_dataset=train_set, data_collator=DataCollatorWithPadding(tok))
-    last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
-    result = trainer.train(resume_from_checkpoint=last)
+    result, last = fit_classifier(model, train_set, tok, output_dir / "trainer", batch_size=batch_size, epochs=epochs,
+                                  max_steps=max_steps, lr=lr, weight_decay=0.01, warmup=0.06, seed=seed, log_steps=10,
+                                  save_steps=save_steps)
     record = {"model": model_name, "prompt_tokens": prompt_tokens, "answer_tokens": answer_tokens,
               "lora": {"r": r, "alpha": alpha, "targets": TARGETS, "head": "score, trained in full"},
               "training": {"seed": seed, "epochs": epochs, "max_steps": max_steps, "batch_size": batch_size, "lr": lr,
