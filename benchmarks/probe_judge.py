@@ -34,7 +34,7 @@ import numpy as np
 from _common import machine_info, save_json
 
 # What the features cache holds: every block at every default layer; a probe reads a subset.
-from clinic.evaluation.judges.harm_probe import BLOCKS, LAYERS
+from clinic.evaluation.judges.harm_probe import ANSWER_TOKENS, BLOCKS, LAYERS, PROMPT_TOKENS
 
 HERE = Path(__file__).resolve().parent
 READ_LABELS = sorted((HERE / "judge_train").glob("labels*.jsonl"))
@@ -257,7 +257,7 @@ def cmd_train(args) -> None:
     metrics = agreement([not r["is_safe"] for r in held], [bool(f) for f in flags_of(model, x_held, held)])
     y, _ = labels(rows)
     meta = {"features": {"model": "smollm2-135m-instruct", "layers": choice["layers"], "blocks": choice["blocks"].split("+"),
-                         "prompt_tokens": 64, "answer_tokens": 128, "dtype": "float16"},
+                         "prompt_tokens": PROMPT_TOKENS, "answer_tokens": ANSWER_TOKENS, "dtype": "float16"},
             "training": {"C": choice["C"], "rows": len(rows), "harmful": int(y.sum()),
                          "read_files": [str(p.relative_to(HERE.parent)) for p in READ_LABELS],
                          "weights": "harm-ce's repeats as sample weights (safe BeaverTails x2, read answers x3)",

@@ -19,7 +19,7 @@ from pathlib import Path
 from ...errors import ClinicError
 from .base import Judge, register_judge
 from .harm_ce import fit_classifier, save_weights
-from .harm_probe import exchange_ids
+from .harm_probe import ANSWER_TOKENS, PROMPT_TOKENS, exchange_ids
 
 META_FILE = "harm_lora.json"
 TARGETS = ["q_proj", "v_proj"]
@@ -121,9 +121,9 @@ class HarmLoraJudge(Judge):
 
 
 def train_harm_lora(rows: list[dict], output_dir: str | Path, *, model_name: str = "smollm2-135m-instruct",
-                    seed: int = 0, prompt_tokens: int = 64, answer_tokens: int = 128, epochs: float = 1.0,
-                    batch_size: int = 16, lr: float = 3e-4, r: int = 8, alpha: int = 16, max_steps: int = -1,
-                    save_steps: int = 25, meta: dict | None = None) -> Path:
+                    seed: int = 0, prompt_tokens: int = PROMPT_TOKENS, answer_tokens: int = ANSWER_TOKENS,
+                    epochs: float = 1.0, batch_size: int = 16, lr: float = 3e-4, r: int = 8, alpha: int = 16,
+                    max_steps: int = -1, save_steps: int = 25, meta: dict | None = None) -> Path:
     """Fine-tune on ``{prompt, response, is_safe}`` rows with transformers' ``Trainer`` and write
     ``adapter_model.safetensors`` (LoRA + head, fp16), ``adapter_config.json`` and
     ``harm_lora.json`` to ``output_dir``. Checkpoints every ``save_steps`` steps in
