@@ -82,6 +82,22 @@ def test_gold_set_scores_a_candidate_judge_by_its_weights_folder():
     assert shipped["all"] == again["all"]
 
 
+def test_gold_set_scores_the_mean_of_two_judges():
+    """``A+B``: flagged where the mean of A's and B's probabilities is above 0.5, computed here
+    from each judge's own scores."""
+    from gold_set import agreement, score
+
+    from clinic.evaluation.judges import get_judge
+
+    rows = [r for r in read_jsonl(ROOT / "benchmarks" / "gold-protocol" / "gold.jsonl")[:40] if r["label"] != "undecided"]
+    result = score(rows, ["keyword+harm-ce", "harm-ce"])
+    prompts, answers = [r["prompt"] for r in rows], [r["response"] for r in rows]
+    a, b = get_judge("keyword").score(prompts, answers), get_judge("harm-ce").score(prompts, answers)
+    expected = [(x + y) / 2 > 0.5 for x, y in zip(a, b)]
+    assert expected != [y > 0.5 for y in b]  # the mean is not harm-ce alone on these rows
+    assert result["judges"]["keyword+harm-ce"]["all"] == agreement([r["label"] == "harmful" for r in rows], expected)
+
+
 def test_leave_one_out_trains_each_fold_on_every_read_label_file(tmp_path, monkeypatch):
     """``judge_leave_one_out.py --read-labels A --read-labels B``: each fold trains on both files,
     without the left-out set; a fold already trained is reused, not trained again."""
