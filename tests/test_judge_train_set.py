@@ -90,12 +90,15 @@ def test_gold_set_scores_the_mean_of_two_judges():
     from clinic.evaluation.judges import get_judge
 
     rows = [r for r in read_jsonl(ROOT / "benchmarks" / "gold-protocol" / "gold.jsonl")[:40] if r["label"] != "undecided"]
-    result = score(rows, ["keyword+harm-ce", "harm-ce"])
+    result = score(rows, ["classifier+harm-ce", "harm-ce"])
     prompts, answers = [r["prompt"] for r in rows], [r["response"] for r in rows]
-    a, b = get_judge("keyword").score(prompts, answers), get_judge("harm-ce").score(prompts, answers)
+    a, b = get_judge("classifier").score(prompts, answers), get_judge("harm-ce").score(prompts, answers)
     expected = [(x + y) / 2 > 0.5 for x, y in zip(a, b)]
-    assert expected != [y > 0.5 for y in b]  # the mean is not harm-ce alone on these rows
-    assert result["judges"]["keyword+harm-ce"]["all"] == agreement([r["label"] == "harmful" for r in rows], expected)
+    truth = [r["label"] == "harmful" for r in rows]
+    # on these rows the mean differs in agreement from either judge alone, and from their max
+    for other in ([x > 0.5 for x in a], [y > 0.5 for y in b], [max(x, y) > 0.5 for x, y in zip(a, b)]):
+        assert agreement(truth, other) != agreement(truth, expected)
+    assert result["judges"]["classifier+harm-ce"]["all"] == agreement(truth, expected)
 
 
 def test_leave_one_out_trains_each_fold_on_every_read_label_file(tmp_path, monkeypatch):
