@@ -31,6 +31,27 @@ from probe_judge import GOLD_FILES, READ_LABELS, gold_rows, training_rows
 
 HERE = Path(__file__).resolve().parent
 LOO_OUT = HERE / "results" / "harm-lora" / "harm_lora_leave_one_out.json"
+HELDOUT_OUT = HERE / "results" / "harm-lora" / "harm_lora_heldout.json"
+
+
+def heldout(weights: Path, out: Path = HELDOUT_OUT) -> dict:
+    """The judge in ``weights`` on the held-out half of labelled BeaverTails (never trained on), the
+    split every judge's "held-out BeaverTails" accuracy uses."""
+    from gold_set import agreement
+
+    from clinic.evaluation.judges import get_judge
+    from clinic.evaluation.judges.classifier import heldout_rows
+
+    rows = heldout_rows()
+    start = time.perf_counter()
+    flags = get_judge("harm-lora", weights_dir=str(weights)).flags([r["prompt"] for r in rows],
+                                                                  [r["response"] for r in rows])
+    result = {"weights": str(weights), "heldout": agreement([not r["is_safe"] for r in rows], flags),
+              "seconds": round(time.perf_counter() - start, 1),
+              "command": f"python benchmarks/lora_judge.py --heldout {weights}", "machine": machine_info("cpu")}
+    print(f"held-out BeaverTails: {result['heldout']['accuracy']:.3f} (n = {result['heldout']['n']})", flush=True)
+    save_json(result, out)
+    return result
 
 
 def train(out: Path, *, model: str = "smollm2-135m-instruct", epochs: float = 1.0, lr: float = 3e-4,
@@ -85,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--out", type=Path, help="train one judge into this folder")
     what.add_argument("--loo", type=Path, metavar="WORK", help="leave each prompt set out in turn, folds under WORK")
+    what.add_argument("--heldout", type=Path, metavar="WEIGHTS", help="score a trained judge on held-out BeaverTails")
     parser.add_argument("--leave-out", choices=list(LEAVE_OUT), default=None, help="train without this prompt set")
     parser.add_argument("--compare", type=Path, default=None, help="with --loo: a judge trained on every set, scored beside")
     parser.add_argument("--model", default="smollm2-135m-instruct")
@@ -95,6 +117,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.loo:
         leave_one_out(args.loo, args.compare)
+        return
+    if args.heldout:
+        heldout(args.heldout)
         return
     train(args.out, model=args.model, epochs=args.epochs, lr=args.lr, max_steps=args.max_steps, seed=args.seed,
           leave_out=args.leave_out,
