@@ -42,11 +42,15 @@ def wilson(k: int, n: int) -> list[float]:
 def evaluate(judge, rows) -> tuple[dict, float]:
     """Held-out metrics of ``judge`` on ``rows`` (harmful = positive) and the scoring seconds."""
     start = time.perf_counter()
-    flags = judge.flags([r["prompt"] for r in rows], [r["response"] for r in rows])
+    scores, flags = judge.score_and_flag([r["prompt"] for r in rows], [r["response"] for r in rows])
     seconds = time.perf_counter() - start
     metrics = binary_metrics([not r["is_safe"] for r in rows], flags)
     metrics = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
     metrics["accuracy_ci95_wilson"] = wilson(metrics["tp"] + metrics["tn"], metrics["n"])
+    # the harmful share three ways (%): by the labels, by the flags, and graded (the mean probability)
+    metrics["hs_labels"] = round(100 * sum(not r["is_safe"] for r in rows) / len(rows), 2)
+    metrics["hs_flagged"] = round(100 * sum(flags) / len(rows), 2)
+    metrics["hs_graded"] = round(100 * sum(scores) / len(rows), 2)
     return metrics, seconds
 
 

@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 
 from _common import machine_info
-from gold_set import agreement
+from gold_set import agreement, mean_difference
 from train_judge import LEAVE_OUT
 from train_judge import main as train
 
@@ -39,13 +39,20 @@ def fold(name: str, work: Path, read_labels: list[Path]) -> Path:
 
 
 def markdown(result: dict) -> str:
+    graded = all("left_out_graded" in e for e in result["sets"].values())
     lines = ["| left-out set | n | fold judge: accuracy [95 % CI] | flagged / harmful by reading | "
-             "shipped judge (trained with the set) |", "|---|---|---|---|---|"]
+             "shipped judge (trained with the set) |" + (" graded HS − reading: fold / shipped (points) |" if graded else ""),
+             "|---|---|---|---|---|" + ("---|" if graded else "")]
     for name, entry in result["sets"].items():
         a, s = entry["left_out"], entry["shipped"]
-        lines.append(f"| {name} | {a['n']} | {100 * a['accuracy']:.1f} [{100 * a['accuracy_ci95'][0]:.1f}, "
-                     f"{100 * a['accuracy_ci95'][1]:.1f}] | {a['flagged']} / {a['gold_harmful']} | "
-                     f"{100 * s['accuracy']:.1f} [{100 * s['accuracy_ci95'][0]:.1f}, {100 * s['accuracy_ci95'][1]:.1f}] |")
+        row = (f"| {name} | {a['n']} | {100 * a['accuracy']:.1f} [{100 * a['accuracy_ci95'][0]:.1f}, "
+               f"{100 * a['accuracy_ci95'][1]:.1f}] | {a['flagged']} / {a['gold_harmful']} | "
+               f"{100 * s['accuracy']:.1f} [{100 * s['accuracy_ci95'][0]:.1f}, {100 * s['accuracy_ci95'][1]:.1f}] |")
+        if graded:
+            f, g = entry["left_out_graded"], entry["shipped_graded"]
+            row += (f" {f['diff']:+.1f} [{f['ci95'][0]:+.1f}, {f['ci95'][1]:+.1f}] / "
+                    f"{g['diff']:+.1f} [{g['ci95'][0]:+.1f}, {g['ci95'][1]:+.1f}] |")
+        lines.append(row)
     return "\n".join(lines) + "\n"
 
 
@@ -73,8 +80,12 @@ def main(argv: list[str] | None = None) -> dict:
         prompts, responses = [r["prompt"] for r in items], [r["response"] for r in items]
         judge = HarmCEJudge(weights_dir=str(fold(name, args.work, read_labels)))
         meta = json.loads((args.work / name / "harm_ce.json").read_text())
-        result["sets"][name] = {"left_out": agreement(truth, judge.flags(prompts, responses)),
-                                "shipped": agreement(truth, shipped.flags(prompts, responses)),
+        (fold_scores, fold_flags), (shipped_scores, shipped_flags) = (j.score_and_flag(prompts, responses)
+                                                                      for j in (judge, shipped))
+        result["sets"][name] = {"left_out": agreement(truth, fold_flags), "shipped": agreement(truth, shipped_flags),
+                                # the graded HS (mean probability) − HS reading on the set's answers
+                                "left_out_graded": mean_difference(fold_scores, truth),
+                                "shipped_graded": mean_difference(shipped_scores, truth),
                                 "train_rows": meta["training"]["n_rows"], "train_seconds": meta["training"]["train_seconds"]}
         print(markdown({"sets": {name: result["sets"][name]}}), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)

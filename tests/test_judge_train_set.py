@@ -5,6 +5,8 @@ prompts disjoint from every evaluation prompt")."""
 import sys
 from pathlib import Path
 
+import pytest
+
 from clinic.rundir import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,6 +101,12 @@ def test_gold_set_scores_the_mean_of_two_judges():
     for other in ([x > 0.5 for x in a], [y > 0.5 for y in b], [max(x, y) > 0.5 for x, y in zip(a, b)]):
         assert agreement(truth, other) != agreement(truth, expected)
     assert result["judges"]["classifier+harm-ce"]["all"] == agreement(truth, expected)
+    # the graded HS of a group: the mean of (probability − label), here against a slow sum
+    for model, entry in result["judges"]["classifier+harm-ce"]["by_model"].items():
+        idx = [i for i, r in enumerate(rows) if r["model"] == model]
+        mean = sum(100 * ((a[i] + b[i]) / 2 - truth[i]) for i in idx) / len(idx)
+        g = entry["graded_bias"]
+        assert g["diff"] == pytest.approx(mean, abs=0.006) and g["ci95"][0] <= g["diff"] <= g["ci95"][1]
 
 
 def test_leave_one_out_trains_each_fold_on_every_read_label_file(tmp_path, monkeypatch):
