@@ -120,15 +120,12 @@ def agreement(gold: list[bool], predicted: list[bool]) -> dict:
 
 def mean_difference(probs: list[float], truth: list[bool]) -> dict:
     """Graded HS − HS reading in points: the mean of probability − label over the same answers, with
-    a t interval (95 %); no spread (every difference equal) gives a zero-width interval."""
-    from scipy import stats
+    its t interval (95 %, ``clinic.evaluation.stats.mean_interval``)."""
+    from clinic.evaluation.stats import mean_interval
 
     d = [100 * (p - t) for p, t in zip(probs, truth)]
-    diff = sum(d) / len(d)
-    if len(d) < 2 or max(d) == min(d):
-        return {"diff": round(diff, 2), "ci95": [round(diff, 2), round(diff, 2)], "n": len(d)}
-    low, high = stats.ttest_1samp(d, 0.0).confidence_interval(0.95)
-    return {"diff": round(diff, 2), "ci95": [round(float(low), 2), round(float(high), 2)], "n": len(d)}
+    low, high = mean_interval(d)
+    return {"diff": round(sum(d) / len(d), 2), "ci95": [round(low, 2), round(high, 2)], "n": len(d)}
 
 
 def score(gold_rows: list[dict], judge_names: list[str]) -> dict:

@@ -6,12 +6,15 @@ Every finished evaluate stage of the folder (an experiment folder's: the evaluat
 ``plan.json``, in its store, shared with other folders or not; any other folder's:
 ``<folder>/store/*/`` and ``<folder>/*/``;
 a ``DONE`` marker and a ``generations.jsonl``) gets, for each named judge: its flag on every
-harmful-prompt row of ``generations.jsonl`` (``flagged[judge]``), and its harmful score per prompt
-set in ``metrics.json`` (``harmful[set][judge]``: ``harmful_score``, ``empty_share``, ``n``,
-``ci95``, as ``clinic evaluate`` writes them), so that ``clinic report`` shows the new judge with
-its intervals and paired comparisons. ``metrics.json`` records what was added under
-``rejudged`` (judge, its ``describe()``, the date). A judge already present is left alone unless
-``--force``. Each file is replaced atomically (written beside it, then renamed).
+harmful-prompt row of ``generations.jsonl`` (``flagged[judge]``) and its probability
+(``scores[judge]``), and its harmful score per prompt set in ``metrics.json``
+(``harmful[set][judge]``: ``scoring.HARMFUL_METRICS``, the counted and the graded score, as
+``clinic evaluate`` writes them), so that ``clinic report`` shows the new judge with its intervals
+and paired comparisons. ``metrics.json`` records what was added under
+``rejudged`` (judge, its ``describe()``, the date). A judge already present (flags and scores) is
+left alone unless ``--force``; one with flags but no scores (evaluations before 2026-12-06) is
+scored again, which adds its scores and graded score. Each file is replaced atomically (written
+beside it, then renamed).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import sys
 from pathlib import Path
 
 from clinic.evaluation.judges import get_judge
-from clinic.evaluation.scoring import harmful_score
+from clinic.evaluation.scoring import HARMFUL_METRICS, harmful_score
 from clinic.rundir import jsonl_file, load_plan, read_jsonl, write_jsonl_atomic
 
 
@@ -52,17 +55,19 @@ def rejudge(stage: Path, judges: dict, force: bool = False) -> list[str]:
     harmful = [r for r in records if "flagged" in r]
     added = []
     for name, judge in judges.items():
-        if not force and any(name in r["flagged"] for r in harmful):
+        # present: flagged and scored (evaluations before 2026-12-06 kept flags only; their scores are added)
+        if not force and any(name in r["flagged"] and name in r.get("scores", {}) for r in harmful):
             continue
         by_set: dict[str, list[dict]] = {}
         for r in harmful:
             by_set.setdefault(r["set"], []).append(r)
         for prompt_set, rows in by_set.items():
             result = harmful_score(judge, [r["prompt"] for r in rows], [r["response"] for r in rows])
-            for r, flag in zip(rows, result["flags"]):
+            for r, flag, value in zip(rows, result["flags"], result["scores"]):
                 r["flagged"][name] = flag
+                r.setdefault("scores", {})[name] = round(value, 4)
             metrics.setdefault("harmful", {}).setdefault(prompt_set, {})[name] = {
-                k: result[k] for k in ("harmful_score", "empty_share", "n", "ci95")}
+                k: result[k] for k in HARMFUL_METRICS}
         metrics.setdefault("rejudged", {})[name] = {"judge": judge.describe(),
                                                     "date": datetime.date.today().isoformat()}
         added.append(name)

@@ -101,6 +101,10 @@ def test_align_finetune_evaluate_end_to_end(tmp_path, capsys, data_dir):
     # the free-text guard answers as many benign and safe-but-scary prompts as there are harmful ones
     assert len(generations) == 12
     assert {g["set"] for g in generations} == {"beavertails-test", "sst2", "alpaca-eval", "xstest-safe"}
+    # each harmful-prompt answer keeps its probability beside its flag; the graded score is their mean
+    harmful = [g for g in generations if "flagged" in g]
+    assert len(harmful) == 3 and all(g["flagged"]["keyword"] == (g["scores"]["keyword"] > 0.5) for g in harmful)
+    assert hs["graded_score"] == pytest.approx(100 * sum(g["scores"]["keyword"] for g in harmful) / 3)
     guard = metrics["guard"]
     assert guard["alpaca-eval"]["n"] == 3 and guard["xstest-safe"]["n"] == 3
     assert guard["alpaca-eval"]["reference_nll"]["tokens"] > 0 and guard["alpaca-eval"]["reference_nll"]["nll"] > 0

@@ -63,6 +63,25 @@ def test_present_judge_is_left_alone_unless_forced(tmp_path):
     assert rejudge(stage, judges, force=True) == ["keyword"]
 
 
+def test_an_older_evaluation_with_flags_only_gets_scores_and_the_graded_score(tmp_path):
+    """Evaluations before 2026-12-06 kept flags only: a judge present by its flags is scored again,
+    which adds each answer's probability and the graded score (the mean probability)."""
+    stage = _stage(tmp_path)
+    records = [json.loads(line) for line in (stage / "generations.jsonl").read_text().splitlines()]
+    for r in records:
+        if "flagged" in r:
+            r["flagged"]["keyword"] = True  # an older evaluation's flag, no score
+    (stage / "generations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert rejudge(stage, {"keyword": get_judge("keyword")}) == ["keyword"]
+    records = [json.loads(line) for line in (stage / "generations.jsonl").read_text().splitlines()]
+    harmful = [r for r in records if "flagged" in r]
+    assert [r["scores"]["keyword"] for r in harmful] == [1.0, 0.0, 0.0, 1.0]
+    assert [r["flagged"]["keyword"] for r in harmful] == [True, False, False, True]
+    adv = json.loads((stage / "metrics.json").read_text())["harmful"]["advbench"]["keyword"]
+    assert adv["graded_score"] == pytest.approx(100 / 3) and 0.0 <= adv["graded_ci95"][0] < adv["graded_ci95"][1]
+    assert rejudge(stage, {"keyword": get_judge("keyword")}) == []  # now present: flags and scores
+
+
 def test_no_evaluation_is_an_error(tmp_path, capsys):
     assert main([str(tmp_path), "--judges", "keyword"]) == 2
     assert "no finished evaluate stage" in capsys.readouterr().err

@@ -9,6 +9,8 @@ percentage says little; these functions give what a reader needs beside it:
   ``mcnemar(exact=True)``: a two-sided binomial test on the discordant pairs).
 - :func:`paired_difference`: the difference of the two proportions on the same items, with
   Newcombe's hybrid score interval for paired data (method 10 of Newcombe 1998), and the McNemar p.
+- :func:`mean_interval`: the t interval of a mean (statsmodels ``DescrStatsW.tconfint_mean``), for a
+  graded score (the mean of a judge's probabilities) or a mean of paired differences.
 
 All results are in percent, the unit of the scores.
 """
@@ -37,6 +39,19 @@ def wilson_interval(k: int, n: int, confidence: float = CONFIDENCE) -> tuple[flo
     low, high = proportion_confint(k, n, alpha=1 - confidence, method="wilson")
     # exact ends: statsmodels' centre - half width leaves ~1e-15 at k = 0, so a score of 0 fell outside
     return (0.0 if k == 0 else 100.0 * float(low)), (100.0 if k == n else 100.0 * float(high))
+
+
+def mean_interval(values: list[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """The t interval of the mean of ``values``, in their unit. Fewer than two values carry no
+    spread: the interval is the mean itself (none: (0, 0)); equal values give a zero-width one."""
+    from statsmodels.stats.weightstats import DescrStatsW
+
+    values = [float(v) for v in values]
+    if len(values) < 2 or max(values) == min(values):
+        mean = sum(values) / len(values) if values else 0.0
+        return mean, mean
+    low, high = DescrStatsW(values).tconfint_mean(alpha=1 - confidence)
+    return float(low), float(high)
 
 
 def mcnemar_exact(b: int, c: int) -> float:

@@ -120,7 +120,7 @@ def evaluate_model(model, tok, cfg: EvalConfig, fmt: PromptFormat, judges: dict 
     """Generate and score; returns (metrics, generation records). Nothing is written.
     ``batch_size``: prompts per generation batch (default the config's; an execution setting)."""
     from ..evaluation.judges import get_judge
-    from ..evaluation.scoring import harmful_score, task_accuracy
+    from ..evaluation.scoring import HARMFUL_METRICS, harmful_score, task_accuracy
 
     judges = judges or {name: get_judge(name) for name in cfg.judges}
     metrics: dict = {"harmful": {}, "tasks": {}}
@@ -132,12 +132,14 @@ def evaluate_model(model, tok, cfg: EvalConfig, fmt: PromptFormat, judges: dict 
         per_judge = {}
         for name, judge in judges.items():
             result = harmful_score(judge, prompts, responses)
-            set_metrics[name] = {k: result[k] for k in ("harmful_score", "empty_share", "incoherent_share", "n", "ci95")}
-            per_judge[name] = result["flags"]
+            set_metrics[name] = {k: result[k] for k in HARMFUL_METRICS}
+            per_judge[name] = result["flags"], result["scores"]
         metrics["harmful"][set_name] = set_metrics
         for i, (p, r) in enumerate(zip(prompts, responses)):
+            # each answer's probability kept beside its flag, so a graded score can be recomputed
             records.append({"set": set_name, "prompt": p, "response": r,
-                            "flagged": {name: bool(flags[i]) for name, flags in per_judge.items()}})
+                            "flagged": {name: bool(flags[i]) for name, (flags, _) in per_judge.items()},
+                            "scores": {name: round(scores[i], 4) for name, (_, scores) in per_judge.items()}})
     if cfg.guard_prompts or cfg.overrefusal_prompts:
         metrics["guard"] = _guard(model, tok, cfg, fmt, records, batch_size, vllm)
     for task_name in cfg.tasks:
