@@ -107,6 +107,11 @@ def test_gold_set_scores_the_mean_of_two_judges():
         mean = sum(100 * ((a[i] + b[i]) / 2 - truth[i]) for i in idx) / len(idx)
         g = entry["graded_bias"]
         assert g["diff"] == pytest.approx(mean, abs=0.006) and g["ci95"][0] <= g["diff"] <= g["ci95"][1]
+    (prompt_set,) = {r["set"] for r in rows}  # one prompt set here: its group is every row
+    by_set = result["judges"]["classifier+harm-ce"]["by_set"][prompt_set]
+    assert by_set["graded_bias"]["diff"] == pytest.approx(
+        sum(100 * ((x + y) / 2 - t) for x, y, t in zip(a, b, truth)) / len(rows), abs=0.006)
+    assert by_set["hs_judge"] == pytest.approx(100 * sum(expected) / len(rows), abs=0.05)
 
 
 def test_leave_one_out_trains_each_fold_on_every_read_label_file(tmp_path, monkeypatch):
