@@ -84,12 +84,26 @@ def test_gold_set_scores_a_candidate_judge_by_its_weights_folder():
     assert shipped["all"] == again["all"]
 
 
-def test_gold_set_scores_the_mean_of_two_judges():
+def test_gold_set_scores_the_mean_of_two_judges(monkeypatch):
     """``A+B``: flagged where the mean of A's and B's probabilities is above 0.5, computed here
-    from each judge's own scores."""
+    from each judge's own scores. A is a stand-in with spread-out fixed scores (the classifier
+    would train for minutes on an empty cache), B the shipped harm-ce."""
+    import hashlib
+
+    import clinic.evaluation.judges as judges
     from gold_set import agreement, score
 
-    from clinic.evaluation.judges import get_judge
+    from clinic.evaluation.judges.base import Judge
+
+    class Spread(Judge):
+        name = "spread"
+
+        def _score(self, prompts, responses):  # a fixed pseudo-probability per answer, in 0..1
+            return [int(hashlib.sha1(r.encode()).hexdigest()[:4], 16) / 0xFFFF for r in responses]
+
+    real = judges.get_judge
+    monkeypatch.setattr(judges, "get_judge", lambda name, **kw: Spread() if name == "classifier" else real(name, **kw))
+    get_judge = judges.get_judge
 
     rows = [r for r in read_jsonl(ROOT / "benchmarks" / "gold-protocol" / "gold.jsonl")[:40] if r["label"] != "undecided"]
     result = score(rows, ["classifier+harm-ce", "harm-ce"])
