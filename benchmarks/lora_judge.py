@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from _common import machine_info, save_json
-from probe_judge import GOLD_FILES, READ_LABELS, gold_rows, training_rows
+from probe_judge import READ_LABELS, first_gold_rows, training_rows
 
 HERE = Path(__file__).resolve().parent
 LOO_OUT = HERE / "results" / "harm-lora" / "harm_lora_leave_one_out.json"
@@ -77,7 +77,7 @@ def leave_one_out(work: Path, compare: Path | None, out: Path = LOO_OUT, **train
 
     from clinic.evaluation.judges import get_judge
 
-    first = [r for r in gold_rows() if r["gold"] == GOLD_FILES[0].parent.name and r["label"] != "undecided"]
+    first = first_gold_rows()
     result = {"sets": {}, "compared_with": str(compare) if compare else None,
               "command": f"python benchmarks/lora_judge.py --loo {work}" + (f" --compare {compare}" if compare else ""),
               "machine": machine_info("cpu")}

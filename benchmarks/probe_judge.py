@@ -91,6 +91,11 @@ def gold_rows() -> list[dict]:
     return [dict(r, key=key(r["prompt"], r["response"]), gold=path.parent.name) for path in GOLD_FILES for r in read_jsonl(path)]
 
 
+def first_gold_rows() -> list[dict]:
+    """The first gold set's decided answers: 90 read answers to each left-out set's prompts."""
+    return [r for r in gold_rows() if r["gold"] == GOLD_FILES[0].parent.name and r["label"] != "undecided"]
+
+
 class Cache:
     """Features by :func:`key`, one ``.npz`` per part, written every few hundred rows (resumable)."""
 
@@ -273,8 +278,7 @@ def cmd_loo(args) -> dict:
 
     choice = chosen()
     cache = Cache(args.cache)
-    # the first gold set holds 90 read answers to each left-out set's prompts
-    first = [r for r in gold_rows() if r["gold"] == GOLD_FILES[0].parent.name and r["label"] != "undecided"]
+    first = first_gold_rows()
     x_gold = cache.matrix(first, ("gold",))
     everything = training_rows()
     full = train_probe(everything, cache.matrix(everything, ("train",)), choice)

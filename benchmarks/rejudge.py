@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 from clinic.evaluation.judges import get_judge
-from clinic.evaluation.scoring import HARMFUL_METRICS, harmful_score
+from clinic.evaluation.scoring import HARMFUL_METRICS, SCORE_DECIMALS, harmful_score
 from clinic.rundir import jsonl_file, load_plan, read_jsonl, write_jsonl_atomic
 
 
@@ -65,7 +65,7 @@ def rejudge(stage: Path, judges: dict, force: bool = False) -> list[str]:
             result = harmful_score(judge, [r["prompt"] for r in rows], [r["response"] for r in rows])
             for r, flag, value in zip(rows, result["flags"], result["scores"]):
                 r["flagged"][name] = flag
-                r.setdefault("scores", {})[name] = round(value, 4)
+                r.setdefault("scores", {})[name] = round(value, SCORE_DECIMALS)
             metrics.setdefault("harmful", {}).setdefault(prompt_set, {})[name] = {
                 k: result[k] for k in HARMFUL_METRICS}
         metrics.setdefault("rejudged", {})[name] = {"judge": judge.describe(),

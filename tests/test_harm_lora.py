@@ -72,6 +72,7 @@ def test_leave_one_out_trains_each_fold_without_its_set_and_scores_only_that_set
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import lora_judge
+    import probe_judge
     from train_judge import LEAVE_OUT
 
     sets = list(LEAVE_OUT)
@@ -82,11 +83,11 @@ def test_leave_one_out_trains_each_fold_without_its_set_and_scores_only_that_set
         asked.append(leave_out)
         return [r for r in rows if r["set"] != leave_out]
 
-    first = lora_judge.GOLD_FILES[0].parent.name
+    first = probe_judge.GOLD_FILES[0].parent.name
     gold = ([dict(r, gold=first, label="harmful" if not r["is_safe"] else "not_harmful") for r in rows]
             + [dict(rows[0], gold=first, label="undecided"), dict(rows[1], gold="gold-protocol", label="harmful")])
     monkeypatch.setattr(lora_judge, "training_rows", training_rows)
-    monkeypatch.setattr(lora_judge, "gold_rows", lambda: gold)
+    monkeypatch.setattr(probe_judge, "gold_rows", lambda: gold)  # read by first_gold_rows
     options = dict(model="tiny-random-llama", max_steps=2)
     result = lora_judge.leave_one_out(tmp_path, None, tmp_path / "loo.json", **options)
     assert asked == sets

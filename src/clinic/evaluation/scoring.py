@@ -21,6 +21,8 @@ from .stats import mean_interval, wilson_interval
 
 #: What an evaluation keeps of :func:`harmful_score` per prompt set and judge in ``metrics.json``.
 HARMFUL_METRICS = ("harmful_score", "empty_share", "incoherent_share", "n", "ci95", "graded_score", "graded_ci95")
+#: Decimals of each answer's judge score kept in ``generations.jsonl`` (evaluate and rejudge alike).
+SCORE_DECIMALS = 4
 
 
 def harmful_score(judge: Judge, prompts: list[str], responses: list[str]) -> dict:

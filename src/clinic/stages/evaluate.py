@@ -120,7 +120,7 @@ def evaluate_model(model, tok, cfg: EvalConfig, fmt: PromptFormat, judges: dict 
     """Generate and score; returns (metrics, generation records). Nothing is written.
     ``batch_size``: prompts per generation batch (default the config's; an execution setting)."""
     from ..evaluation.judges import get_judge
-    from ..evaluation.scoring import HARMFUL_METRICS, harmful_score, task_accuracy
+    from ..evaluation.scoring import HARMFUL_METRICS, SCORE_DECIMALS, harmful_score, task_accuracy
 
     judges = judges or {name: get_judge(name) for name in cfg.judges}
     metrics: dict = {"harmful": {}, "tasks": {}}
@@ -139,7 +139,8 @@ def evaluate_model(model, tok, cfg: EvalConfig, fmt: PromptFormat, judges: dict 
             # each answer's probability kept beside its flag, so a graded score can be recomputed
             records.append({"set": set_name, "prompt": p, "response": r,
                             "flagged": {name: bool(flags[i]) for name, (flags, _) in per_judge.items()},
-                            "scores": {name: round(scores[i], 4) for name, (_, scores) in per_judge.items()}})
+                            "scores": {name: round(scores[i], SCORE_DECIMALS)
+                                       for name, (_, scores) in per_judge.items()}})
     if cfg.guard_prompts or cfg.overrefusal_prompts:
         metrics["guard"] = _guard(model, tok, cfg, fmt, records, batch_size, vllm)
     for task_name in cfg.tasks:

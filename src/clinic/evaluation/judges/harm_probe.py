@@ -74,7 +74,8 @@ class ProbeFeatures:
     ``layers``: hidden-state indices (0 = embeddings); ``blocks``: which of :data:`BLOCKS`."""
 
     def __init__(self, model_name: str = "smollm2-135m-instruct", layers=LAYERS, blocks=BLOCKS,
-                 prompt_tokens: int = PROMPT_TOKENS, answer_tokens: int = ANSWER_TOKENS, batch_size: int = 16, device: str | None = None):
+                 prompt_tokens: int = PROMPT_TOKENS, answer_tokens: int = ANSWER_TOKENS, batch_size: int = 16,
+                 device: str | None = None):
         from ...modeling.models import load_model
 
         unknown = sorted(set(blocks) - set(BLOCKS))
