@@ -42,9 +42,10 @@ def item_id(model: str, prompt_set: str, prompt: str) -> str:
     return hashlib.sha256(f"{model}\n{prompt_set}\n{prompt}".encode()).hexdigest()[:12]
 
 
-def collect(runs: dict[str, Path], per_set: dict[str, int], seed: int) -> list[dict]:
+def collect(runs: dict[str, Path], per_set: dict[str, int], seed: int, exclude: frozenset[str] = frozenset()) -> list[dict]:
     """A seeded sample of ``per_set[set]`` answers per (model, prompt set) from each run's
-    ``generations.jsonl`` (harmful-prompt rows only: those with a ``flagged`` field)."""
+    ``generations.jsonl`` (harmful-prompt rows only: those with a ``flagged`` field), leaving out
+    the items whose id is in ``exclude`` (an earlier round's candidates)."""
     items = []
     for model, run in runs.items():
         path = jsonl_file(run, "generations.jsonl")
@@ -52,7 +53,7 @@ def collect(runs: dict[str, Path], per_set: dict[str, int], seed: int) -> list[d
             sys.exit(f"gold_set: error: {run / 'generations.jsonl'} does not exist (not a finished evaluate run)")
         by_set: dict[str, list[dict]] = {}
         for row in read_jsonl(path):
-            if "flagged" in row:
+            if "flagged" in row and item_id(model, row["set"], row["prompt"]) not in exclude:
                 by_set.setdefault(row["set"], []).append(row)
         for prompt_set, rows in sorted(by_set.items()):
             k = per_set.get(prompt_set, 0)
@@ -75,6 +76,11 @@ def merge(candidates: list[dict], readers: dict[str, dict[str, dict]], adjudicat
             sys.exit(f"gold_set: error: item {item['id']} has the label {bad[0]!r}; labels: {', '.join(LABELS)}")
         row = {k: item[k] for k in ("id", "model", "set", "prompt", "response")}
         row["readers"] = labels
+        coherence = {name: rows[item["id"]]["coherence"] for name, rows in readers.items() if "coherence" in rows[item["id"]]}
+        if coherence:  # the rubric's second label, kept where every reader gave one and they agree
+            row["coherence_readers"] = coherence
+            if len(coherence) == len(readers) and len(set(coherence.values())) == 1:
+                row["coherence"] = next(iter(coherence.values()))
         if len(set(labels.values())) == 1:
             row["label"] = next(iter(labels.values()))
         elif item["id"] in adjudicated:
@@ -262,6 +268,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     c.add_argument("--run", action="append", required=True, metavar="MODEL=DIR", help="a model label and its evaluate run")
     c.add_argument("--per-set", action="append", required=True, metavar="SET=N", help="answers per model from a prompt set")
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--exclude", type=Path, action="append", default=[], metavar="CANDIDATES",
+                   help="leave out the items of an earlier round's candidates file (a second round of reading)")
     c.add_argument("--out", type=Path, required=True)
     m = sub.add_parser("merge", help="the gold file from the readers' labels and the adjudications")
     m.add_argument("--candidates", type=Path, action="append", required=True)
@@ -269,7 +277,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     m.add_argument("--adjudicated", type=Path, action="append", default=[])
     m.add_argument("--out", type=Path, default=GOLD)
     s = sub.add_parser("score", help="every judge against the gold labels")
-    s.add_argument("--gold", type=Path, default=GOLD)
+    s.add_argument("--gold", type=Path, action="append",
+                   help=f"a gold file (repeat to score several rounds together; default {GOLD.relative_to(HERE.parent)})")
     s.add_argument("--judges", default="keyword,classifier,harm-ce",
                    help="comma-separated; NAME@DIR scores judge NAME with the weights in DIR; A+B the mean of "
                         "judges A and B's probabilities, flagged above 0.5")
@@ -279,7 +288,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     if args.command == "collect":
         runs = dict(r.split("=", 1) for r in args.run)
         per_set = {k: int(v) for k, v in (p.split("=", 1) for p in args.per_set)}
-        items = collect({k: Path(v) for k, v in runs.items()}, per_set, args.seed)
+        exclude = frozenset(row["id"] for path in args.exclude for row in read_jsonl(path))
+        items = collect({k: Path(v) for k, v in runs.items()}, per_set, args.seed, exclude)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("".join(json.dumps(i) + "\n" for i in items))
         print(f"{len(items)} candidates -> {args.out}: {dict(Counter((i['model'], i['set']) for i in items))}")
@@ -297,9 +307,16 @@ def main(argv: list[str] | None = None) -> dict | None:
         print(f"{len(rows)} gold rows -> {args.out}: {dict(Counter(r['label'] for r in rows))}; "
               f"readers: {reader_agreement(rows)}")
         return None
-    result = score(read_jsonl(args.gold), [j.strip() for j in args.judges.split(",") if j.strip()])
-    result["gold_file"] = str(args.gold.relative_to(HERE.parent)) if args.gold.is_relative_to(HERE.parent) else str(args.gold)
-    result["gold_sha256"] = hashlib.sha256(args.gold.read_bytes()).hexdigest()
+    golds = args.gold or [GOLD]
+    rows = [row for path in golds for row in read_jsonl(path)]
+    ids = Counter(row["id"] for row in rows)
+    if max(ids.values(), default=1) > 1:
+        sys.exit(f"gold_set: error: item {ids.most_common(1)[0][0]} is in more than one gold file")
+    result = score(rows, [j.strip() for j in args.judges.split(",") if j.strip()])
+    name = [str(g.relative_to(HERE.parent)) if g.is_relative_to(HERE.parent) else str(g) for g in golds]
+    result["gold_file"] = name[0] if len(name) == 1 else name
+    result["gold_sha256"] = (hashlib.sha256(golds[0].read_bytes()).hexdigest() if len(golds) == 1
+                             else [hashlib.sha256(g.read_bytes()).hexdigest() for g in golds])
     result["machine"] = machine_info()
     save_json(result, args.out)
     table = markdown(result)

@@ -1,0 +1,58 @@
+"""benchmarks/gold_set.py's bookkeeping for a second round of reading: a sample that leaves out an
+earlier round's items, the coherence label carried into the gold rows, and several gold files
+scored together without counting an item twice."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def _run(tmp_path: Path, n: int) -> Path:
+    run = tmp_path / "evaluate-x"
+    run.mkdir()
+    rows = [{"set": "beavertails-test", "prompt": f"prompt {i}", "response": f"answer {i}", "flagged": {}} for i in range(n)]
+    rows += [{"set": "sst2", "prompt": "review", "response": "positive"}]  # no flags: not a harmful-prompt row
+    (run / "generations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return run
+
+
+def test_a_second_round_leaves_out_the_first_rounds_items(tmp_path):
+    from gold_set import collect
+
+    run = _run(tmp_path, 10)
+    first = collect({"m": run}, {"beavertails-test": 4}, seed=0)
+    second = collect({"m": run}, {"beavertails-test": 4}, seed=1, exclude=frozenset(i["id"] for i in first))
+    assert len(first) == len(second) == 4
+    assert not {i["id"] for i in first} & {i["id"] for i in second}
+    # asked for more than is left: everything the first round did not take, nothing it did
+    rest = collect({"m": run}, {"beavertails-test": 99}, seed=2, exclude=frozenset(i["id"] for i in first))
+    assert sorted(i["prompt"] for i in rest + first) == sorted(f"prompt {i}" for i in range(10))
+
+
+def test_merge_keeps_the_coherence_label_only_where_the_readers_agree():
+    from gold_set import merge
+
+    items = [{"id": k, "model": "m", "set": "s", "prompt": "p", "response": "r"} for k in ("x", "y")]
+    readers = {"a": {"x": {"label": "harmful", "coherence": "coherent"}, "y": {"label": "not_harmful", "coherence": "incoherent"}},
+               "b": {"x": {"label": "harmful", "coherence": "coherent"}, "y": {"label": "not_harmful", "coherence": "coherent"}}}
+    x, y = merge(items, readers, {})
+    assert x["coherence"] == "coherent" and x["coherence_readers"] == {"a": "coherent", "b": "coherent"}
+    assert "coherence" not in y and y["coherence_readers"] == {"a": "incoherent", "b": "coherent"}
+
+
+def test_score_refuses_an_item_in_two_gold_files(tmp_path, capsys):
+    from gold_set import main
+
+    row = {"id": "x", "model": "m", "set": "beavertails-test", "prompt": "p", "response": "Sure, here is how.",
+           "label": "harmful", "readers": {"a": "harmful", "b": "harmful"}}
+    for name in ("one", "two"):
+        (tmp_path / f"{name}.jsonl").write_text(json.dumps(row) + "\n")
+    with pytest.raises(SystemExit, match="item x is in more than one gold file"):
+        main(["score", "--gold", str(tmp_path / "one.jsonl"), "--gold", str(tmp_path / "two.jsonl"),
+              "--judges", "keyword", "--out", str(tmp_path / "out.json")])
+    assert not (tmp_path / "out.json").exists()
