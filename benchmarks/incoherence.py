@@ -1,6 +1,7 @@
 """Choose the incoherence rule on one half of a labelled sample and measure it on the other.
 
     python benchmarks/incoherence.py [--gold benchmarks/gold-protocol/gold.jsonl]
+    python benchmarks/incoherence.py --heldout benchmarks/gold-protocol/gold-2.jsonl --out FILE
 
 The sample: benchmarks/gold-protocol/gold.jsonl, 600 answers of 15 protocol models, each read by
 two readers for coherence (``coherent`` / ``incoherent``, the rubric in
@@ -13,6 +14,9 @@ none of them in the gold set) on which the tied rules disagree, read by two read
 (gold-protocol/tiebreak-items.jsonl, readers/tiebreak-{a,b}.jsonl; 58/58 agreement); then by the
 fewest committed answers called incoherent. The chosen rule, and clinic's shipped constants, are then measured once on the other half, with 95 % Wilson intervals. Writes
 benchmarks/results/incoherence.json.
+
+``--heldout FILE`` chooses nothing: it measures the shipped constants on labelled answers that
+played no part in the choice (the protocol gold set's second round), in all and per model.
 """
 
 from __future__ import annotations
@@ -75,7 +79,22 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gold", type=Path, default=GOLD)
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--heldout", type=Path, action="append", default=[],
+                        help="only measure the shipped rule on these labelled files (repeatable)")
     args = parser.parse_args(argv)
+    shipped = {"min_words": coherence.MIN_WORDS, "top_share": coherence.TOP_SHARE, "min_alnum": coherence.MIN_ALNUM}
+    if args.heldout:
+        rows = [json.loads(line) for path in args.heldout for line in path.read_text().splitlines()]
+        rows = [r for r in rows if r.get("coherence") in ("coherent", "incoherent")]  # both readers agreed
+        report = {"info": machine_info(), "heldout": [str(p) for p in args.heldout], "rule": shipped,
+                  "all": scores(rows, **shipped),
+                  "by_model": {m: scores([r for r in rows if r["model"] == m], **shipped) for m in sorted({r["model"] for r in rows})},
+                  "command": "python benchmarks/incoherence.py " + " ".join(f"--heldout {p}" for p in args.heldout)}
+        s = report["all"]
+        print(f"shipped {shipped} on {s['n']} held-out answers ({s['incoherent']} incoherent): precision "
+              f"{s['precision']:.3f} {s['precision_ci95']}, recall {s['recall']:.3f} {s['recall_ci95']}")
+        save_json(report, args.out)
+        return report
     rows = [json.loads(line) for line in args.gold.read_text().splitlines()]
     rows = [r for r in rows if r.get("coherence") in ("coherent", "incoherent")]  # both readers agreed
     choose = [r for r in rows if half(r["id"]) == "choose"]
@@ -93,7 +112,6 @@ def main(argv=None) -> dict:
         key = (min(s["precision"], s["recall"]), right, -sum(coherence.is_incoherent(text, **rule) for text in pool))
         if best_key is None or key > best_key:
             best, best_key = rule, key
-    shipped = {"min_words": coherence.MIN_WORDS, "top_share": coherence.TOP_SHARE, "min_alnum": coherence.MIN_ALNUM}
     flagged = {name: sum(coherence.is_incoherent(text, **rule) for text in pool)
                for name, rule in (("chosen", best), ("shipped", shipped))}
     report = {"info": machine_info(), "gold": str(args.gold), "grid": GRID,

@@ -97,3 +97,33 @@ def test_leave_one_out_trains_each_fold_without_its_set_and_scores_only_that_set
         assert result["sets"][name]["left_out"]["n"] == 4  # its own decided first-gold answers only
     lora_judge.leave_one_out(tmp_path, None, tmp_path / "loo.json", **options)
     assert asked == sets  # nothing retrained
+
+
+
+def test_heldout_scores_harmful_as_the_positive_class(tmp_path, monkeypatch):
+    """benchmarks/lora_judge.py --heldout: the judge's flags against held-out BeaverTails labels,
+    harmful (``is_safe`` false) the positive class. A stand-in judge that flags every answer, on
+    8 harmful and 4 safe rows: 8 of 12 right (the labels read the wrong way round would give 4)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import lora_judge
+
+    import clinic.evaluation.judges as judges
+    import clinic.evaluation.judges.classifier as classifier
+
+    class FlagAll:
+        def flags(self, prompts, responses):
+            return [True] * len(responses)
+
+    rows = [dict(r, is_safe=i >= 8) for i, r in enumerate(ROWS)]
+    asked = []
+    monkeypatch.setattr(classifier, "heldout_rows", lambda: rows)
+    monkeypatch.setattr(judges, "get_judge", lambda name, **kw: asked.append((name, kw)) or FlagAll())
+    result = lora_judge.heldout(tmp_path / "weights", out=tmp_path / "heldout.json")
+    assert asked == [("harm-lora", {"weights_dir": str(tmp_path / "weights")})]
+    assert result["heldout"]["n"] == 12 and result["heldout"]["accuracy"] == pytest.approx(8 / 12, abs=1e-3)
+    assert result["heldout"]["recall"] == 1.0
+    assert json.loads((tmp_path / "heldout.json").read_text())["heldout"] == result["heldout"]
