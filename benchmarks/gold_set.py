@@ -42,10 +42,13 @@ def item_id(model: str, prompt_set: str, prompt: str) -> str:
     return hashlib.sha256(f"{model}\n{prompt_set}\n{prompt}".encode()).hexdigest()[:12]
 
 
-def collect(runs: dict[str, Path], per_set: dict[str, int], seed: int, exclude: frozenset[str] = frozenset()) -> list[dict]:
+def collect(runs: dict[str, Path], per_set: dict[str, int], seed: int, exclude: frozenset[str] = frozenset(),
+            source_sets: dict[str, str] | None = None) -> list[dict]:
     """A seeded sample of ``per_set[set]`` answers per (model, prompt set) from each run's
     ``generations.jsonl`` (harmful-prompt rows only: those with a ``flagged`` field), leaving out
-    the items whose id is in ``exclude`` (an earlier round's candidates)."""
+    the items whose id is in ``exclude`` (an earlier round's candidates). ``source_sets`` maps a
+    prompt to its set where the run read the prompts from a file (``prompts``' output)."""
+    source_sets = source_sets or {}
     items = []
     for model, run in runs.items():
         path = jsonl_file(run, "generations.jsonl")
@@ -53,7 +56,10 @@ def collect(runs: dict[str, Path], per_set: dict[str, int], seed: int, exclude: 
             sys.exit(f"gold_set: error: {run / 'generations.jsonl'} does not exist (not a finished evaluate run)")
         by_set: dict[str, list[dict]] = {}
         for row in read_jsonl(path):
-            if "flagged" in row and item_id(model, row["set"], row["prompt"]) not in exclude:
+            if "flagged" not in row:
+                continue
+            row = dict(row, set=source_sets.get(row["prompt"], row["set"]))
+            if item_id(model, row["set"], row["prompt"]) not in exclude:
                 by_set.setdefault(row["set"], []).append(row)
         for prompt_set, rows in sorted(by_set.items()):
             k = per_set.get(prompt_set, 0)
@@ -62,6 +68,20 @@ def collect(runs: dict[str, Path], per_set: dict[str, int], seed: int, exclude: 
                 items.append({"id": item_id(model, prompt_set, row["prompt"]), "model": model, "set": prompt_set,
                               "prompt": row["prompt"], "response": row["response"], "run": str(run)})
     return items
+
+
+def pick_prompts(counts: dict[str, int], start: int, exclude: frozenset[str] = frozenset()) -> list[dict]:
+    """The first ``counts[set]`` prompts of each named set from row ``start`` on that are not in
+    ``exclude`` (prompts an earlier round or a judge's training answers used), each with its set."""
+    from clinic.data.sources import load_rows
+
+    out = []
+    for prompt_set, count in counts.items():
+        rows = [r["prompt"] for r in load_rows(prompt_set, kind="prompts")[start:] if r["prompt"] not in exclude]
+        if len(rows) < count:
+            sys.exit(f"gold_set: error: {prompt_set} has {len(rows)} usable prompts from row {start}, {count} needed")
+        out += [{"prompt": prompt, "source_set": prompt_set} for prompt in rows[:count]]
+    return out
 
 
 def merge(candidates: list[dict], readers: dict[str, dict[str, dict]], adjudicated: dict[str, list]) -> list[dict]:
@@ -271,6 +291,14 @@ def main(argv: list[str] | None = None) -> dict | None:
     c.add_argument("--exclude", type=Path, action="append", default=[], metavar="CANDIDATES",
                    help="leave out the items of an earlier round's candidates file (a second round of reading)")
     c.add_argument("--out", type=Path, required=True)
+    c.add_argument("--prompts", type=Path, default=None,
+                   help="the prompts file the runs evaluated (the prompts command's output): each answer gets its prompt's set")
+    q = sub.add_parser("prompts", help="a prompts file for new gold items: the first N unused prompts of each set")
+    q.add_argument("--set", action="append", required=True, metavar="SET=N")
+    q.add_argument("--start", type=int, default=30, help="first row of each set (the first gold set reads rows 0-29)")
+    q.add_argument("--exclude", type=Path, action="append", default=[], metavar="JSONL",
+                   help="skip the prompts of this file (a judge's read training answers, an earlier round)")
+    q.add_argument("--out", type=Path, required=True)
     m = sub.add_parser("merge", help="the gold file from the readers' labels and the adjudications")
     m.add_argument("--candidates", type=Path, action="append", required=True)
     m.add_argument("--reader", action="append", required=True, metavar="NAME=FILE[,FILE...]")
@@ -289,10 +317,19 @@ def main(argv: list[str] | None = None) -> dict | None:
         runs = dict(r.split("=", 1) for r in args.run)
         per_set = {k: int(v) for k, v in (p.split("=", 1) for p in args.per_set)}
         exclude = frozenset(row["id"] for path in args.exclude for row in read_jsonl(path))
-        items = collect({k: Path(v) for k, v in runs.items()}, per_set, args.seed, exclude)
+        source_sets = {r["prompt"]: r["source_set"] for r in read_jsonl(args.prompts)} if args.prompts else None
+        items = collect({k: Path(v) for k, v in runs.items()}, per_set, args.seed, exclude, source_sets)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("".join(json.dumps(i) + "\n" for i in items))
         print(f"{len(items)} candidates -> {args.out}: {dict(Counter((i['model'], i['set']) for i in items))}")
+        return None
+    if args.command == "prompts":
+        counts = {k: int(v) for k, v in (item.split("=", 1) for item in args.set)}
+        exclude = frozenset(row["prompt"] for path in args.exclude for row in read_jsonl(path))
+        rows = pick_prompts(counts, args.start, exclude)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        print(f"{len(rows)} prompts -> {args.out}: {dict(Counter(r['source_set'] for r in rows))}")
         return None
     if args.command == "merge":
         candidates = [row for path in args.candidates for row in read_jsonl(path)]

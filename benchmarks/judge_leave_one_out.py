@@ -64,15 +64,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sets", nargs="+", choices=list(LEAVE_OUT), default=list(LEAVE_OUT))
     parser.add_argument("--work", type=Path, default=Path("/tmp/clinic-judge-loso"), help="where the folds' weights go")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--gold", type=Path, action="append", default=None,
+                        help=f"gold files whose answers on the left-out set are scored, repeatable (default: {GOLD.relative_to(HERE.parent)})")
     parser.add_argument("--read-labels", type=Path, action="append", default=None,
                         help=f"read answers to train on, repeatable (default: {READ_LABELS.relative_to(HERE.parent)})")
     parser.add_argument("--compare", type=Path, default=None,
                         help="the judge weights to show beside each fold (default: the shipped harm-ce)")
     args = parser.parse_args(argv)
     read_labels = args.read_labels or [READ_LABELS]
-    gold = [json.loads(line) for line in GOLD.read_text().splitlines() if line.strip()]
+    golds = args.gold or [GOLD]
+    gold = [json.loads(line) for path in golds for line in path.read_text().splitlines() if line.strip()]
     shipped = get_judge("harm-ce", weights_dir=str(args.compare) if args.compare else None)  # None: the shipped weights
-    result = {"gold_file": str(GOLD.relative_to(HERE.parent)), "sets": {}, "machine": machine_info("cpu"),
+    names = [str(p.relative_to(HERE.parent)) if p.is_relative_to(HERE.parent) else str(p) for p in golds]
+    result = {"gold_file": names[0] if len(names) == 1 else names, "sets": {}, "machine": machine_info("cpu"),
               "read_labels": [str(p) for p in read_labels], "compared_with": str(args.compare or "shipped harm-ce")}
     for name in args.sets:
         items = [r for r in gold if r["set"] == name and r["label"] != "undecided"]
