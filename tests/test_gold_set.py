@@ -73,3 +73,34 @@ def test_incoherence_heldout_measures_the_shipped_rule_without_choosing(tmp_path
     assert (report["all"]["tp"], report["all"]["fp"], report["all"]["fn"]) == (1, 0, 0)
     assert report["by_model"]["panacea"]["incoherent"] == 1 and report["by_model"]["sft"]["incoherent"] == 0
     assert json.loads((tmp_path / "out.json").read_text())["all"]["recall"] == 1.0
+
+
+def test_new_gold_prompts_skip_the_first_rows_and_every_excluded_prompt(monkeypatch):
+    """``gold_set.py prompts``: from row ``start`` on, prompts no read training answer used."""
+    import clinic.data.sources as sources
+    from gold_set import pick_prompts
+
+    monkeypatch.setattr(sources, "load_rows", lambda name, kind=None: [{"prompt": f"{name} {i}"} for i in range(10)])
+    rows = pick_prompts({"advbench": 3, "do-not-answer": 2}, start=4, exclude=frozenset({"advbench 5", "do-not-answer 4"}))
+    assert rows == [{"prompt": "advbench 4", "source_set": "advbench"}, {"prompt": "advbench 6", "source_set": "advbench"},
+                    {"prompt": "advbench 7", "source_set": "advbench"},
+                    {"prompt": "do-not-answer 5", "source_set": "do-not-answer"},
+                    {"prompt": "do-not-answer 6", "source_set": "do-not-answer"}]
+    with pytest.raises(SystemExit, match="advbench has 5 usable prompts from row 4, 6 needed"):
+        pick_prompts({"advbench": 6}, start=4, exclude=frozenset({"advbench 5"}))
+
+
+def test_collect_gives_each_answer_its_prompts_set(tmp_path):
+    """A run that read a prompts file records the file as the set; ``--prompts`` restores each
+    prompt's own set, so that items are sampled, named and scored by set."""
+    from gold_set import collect, item_id
+
+    run = tmp_path / "evaluate-y"
+    run.mkdir()
+    rows = [{"set": "p.jsonl", "prompt": f"q{i}", "response": "r", "flagged": {}} for i in range(4)]
+    (run / "generations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sets = {"q0": "advbench", "q1": "advbench", "q2": "strongreject", "q3": "strongreject"}
+    items = collect({"m": run}, {"advbench": 5, "strongreject": 1}, seed=0, source_sets=sets)
+    assert sorted((i["set"], i["prompt"]) for i in items)[:2] == [("advbench", "q0"), ("advbench", "q1")]
+    assert [i["set"] for i in items].count("strongreject") == 1
+    assert all(i["id"] == item_id("m", i["set"], i["prompt"]) for i in items)
