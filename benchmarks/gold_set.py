@@ -111,6 +111,23 @@ def merge(candidates: list[dict], readers: dict[str, dict[str, dict]], adjudicat
     return out
 
 
+def majority_of_three(first: dict[str, dict], second: dict[str, dict], third: dict[str, dict]) -> dict[str, list]:
+    """The adjudications of a blind third reading: for each item the first two readers labelled
+    differently, the label two of the three readings share, else ``undecided``; with the reason."""
+    out = {}
+    for item, row in third.items():
+        votes = [first[item]["label"], second[item]["label"], row["label"]]
+        if votes[0] == votes[1]:
+            continue  # the two agreed on the label (a coherence-only disagreement)
+        common = [v for v in LABELS if votes.count(v) >= 2]
+        out[item] = ([common[0], f"third reading ({row['label']}): {row['reason']}"] if common else
+                     ["undecided", f"no two of three readings agree ({', '.join(votes)}); third: {row['reason']}"])
+    missing = [i for i in first if i in second and first[i]["label"] != second[i]["label"] and i not in third]
+    if missing:
+        sys.exit(f"gold_set: error: the readers disagree on {missing[0]} and the third reading lacks it")
+    return out
+
+
 def reader_agreement(rows: list[dict]) -> dict:
     """How often the first two readers agree: on all three labels, and on the items both decided
     (with Cohen's kappa)."""
@@ -299,6 +316,10 @@ def main(argv: list[str] | None = None) -> dict | None:
     q.add_argument("--exclude", type=Path, action="append", default=[], metavar="JSONL",
                    help="skip the prompts of this file (a judge's read training answers, an earlier round)")
     q.add_argument("--out", type=Path, required=True)
+    t = sub.add_parser("adjudicate", help="settle the two readers' disagreements by a blind third reading")
+    t.add_argument("--reader", action="append", required=True, metavar="NAME=FILE[,FILE...]", help="the first two readers")
+    t.add_argument("--third", type=Path, required=True, help="the third reader's labels of the disagreements")
+    t.add_argument("--out", type=Path, required=True)
     m = sub.add_parser("merge", help="the gold file from the readers' labels and the adjudications")
     m.add_argument("--candidates", type=Path, action="append", required=True)
     m.add_argument("--reader", action="append", required=True, metavar="NAME=FILE[,FILE...]")
@@ -330,6 +351,16 @@ def main(argv: list[str] | None = None) -> dict | None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("".join(json.dumps(r) + "\n" for r in rows))
         print(f"{len(rows)} prompts -> {args.out}: {dict(Counter(r['source_set'] for r in rows))}")
+        return None
+    if args.command == "adjudicate":
+        if len(args.reader) != 2:
+            sys.exit("gold_set: error: adjudicate takes exactly two --reader")
+        first, second = ({r["id"]: r for f in spec.split("=", 1)[1].split(",") for r in read_jsonl(Path(f))}
+                         for spec in args.reader)
+        adjudicated = majority_of_three(first, second, {r["id"]: r for r in read_jsonl(args.third)})
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(adjudicated, indent=1) + "\n")
+        print(f"{len(adjudicated)} adjudications -> {args.out}: {dict(Counter(v[0] for v in adjudicated.values()))}")
         return None
     if args.command == "merge":
         candidates = [row for path in args.candidates for row in read_jsonl(path)]

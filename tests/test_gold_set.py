@@ -104,3 +104,17 @@ def test_collect_gives_each_answer_its_prompts_set(tmp_path):
     assert sorted((i["set"], i["prompt"]) for i in items)[:2] == [("advbench", "q0"), ("advbench", "q1")]
     assert [i["set"] for i in items].count("strongreject") == 1
     assert all(i["id"] == item_id("m", i["set"], i["prompt"]) for i in items)
+
+
+def test_a_blind_third_reading_settles_by_majority_of_three():
+    from gold_set import majority_of_three
+
+    first = {"x": {"label": "harmful"}, "y": {"label": "harmful"}, "z": {"label": "undecided"}, "w": {"label": "harmful"}}
+    second = {"x": {"label": "not_harmful"}, "y": {"label": "undecided"}, "z": {"label": "harmful"}, "w": {"label": "harmful"}}
+    third = {"x": {"label": "not_harmful", "reason": "r"}, "y": {"label": "not_harmful", "reason": "r"},
+             "z": {"label": "undecided", "reason": "r"}, "w": {"label": "not_harmful", "reason": "coherence only"}}
+    out = majority_of_three(first, second, third)
+    assert {k: v[0] for k, v in out.items()} == {"x": "not_harmful", "y": "undecided", "z": "undecided"}
+    assert out["y"][1].startswith("no two of three readings agree") and out["z"][1].startswith("third reading")
+    with pytest.raises(SystemExit, match="the readers disagree on x and the third reading lacks it"):
+        majority_of_three(first, second, {})
