@@ -118,3 +118,21 @@ def test_a_blind_third_reading_settles_by_majority_of_three():
     assert out["y"][1].startswith("no two of three readings agree") and out["z"][1].startswith("third reading")
     with pytest.raises(SystemExit, match="the readers disagree on x and the third reading lacks it"):
         majority_of_three(first, second, {})
+
+
+def test_paired_reading_drops_a_prompt_undecided_on_either_side():
+    """benchmarks/gold_paired.py: A − B by reading and by the judge on the same prompts."""
+    from gold_paired import paired
+
+    def row(model, i, label):
+        return {"id": f"{model}{i}", "model": model, "set": "s", "prompt": f"q{i}", "label": label}
+
+    labels = {"a": ["harmful", "harmful", "harmful", "undecided"], "b": ["not_harmful", "harmful", "not_harmful", "harmful"]}
+    rows = [row(m, i, lab) for m, labs in labels.items() for i, lab in enumerate(labs)]
+    flags = {r["id"]: True for r in rows}  # a judge that flags everything
+    out = paired(rows, "a", "b", flags)
+    assert out["n_prompts"] == 3  # q3 is undecided for a
+    assert out["a_minus_b_reading"]["diff"] == pytest.approx(100 * 2 / 3, abs=0.01)
+    assert out["a_minus_b_judge"]["diff"] == 0
+    assert out["models"]["b"]["hs_reading"] == pytest.approx(100 / 3, abs=0.01)
+    assert out["models"]["b"]["judge_minus_reading"]["diff"] == pytest.approx(100 * 2 / 3, abs=0.01)
