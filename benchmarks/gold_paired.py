@@ -47,15 +47,15 @@ def main(argv: list[str] | None = None) -> dict:
     from clinic.evaluation.judges import get_judge
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gold", type=Path, required=True)
+    parser.add_argument("--gold", type=Path, action="append", required=True, help="gold files (repeatable)")
     parser.add_argument("--a", required=True, help="a model label of the gold file")
     parser.add_argument("--b", required=True, help="the model it is compared with")
     parser.add_argument("--judge", default="harm-ce")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    rows = [r for r in read_jsonl(args.gold) if r["model"] in (args.a, args.b)]
+    rows = [r for path in args.gold for r in read_jsonl(path) if r["model"] in (args.a, args.b)]
     _, flags = get_judge(args.judge).score_and_flag([r["prompt"] for r in rows], [r["response"] for r in rows])
-    result = {"gold": str(args.gold), "a": args.a, "b": args.b, "judge": args.judge,
+    result = {"gold": [str(p) for p in args.gold], "a": args.a, "b": args.b, "judge": args.judge,
               **paired(rows, args.a, args.b, {r["id"]: f for r, f in zip(rows, flags)}), "machine": machine_info()}
     for m, e in result["models"].items():
         d = e["judge_minus_reading"]
