@@ -90,6 +90,18 @@ def pick_prompts(counts: dict[str, int], start: int, exclude: frozenset[str] = f
     return out
 
 
+def read_reader(spec: str) -> tuple[str, dict[str, dict]]:
+    """``NAME=FILE[,FILE...]``: a reader's name and labels by item id, from one or more files."""
+    name, files = spec.split("=", 1)
+    return name, {r["id"]: r for f in files.split(",") for r in read_jsonl(Path(f))}
+
+
+def gold_names(paths: list[Path]) -> str | list[str]:
+    """The gold files as a result records them: relative to the repository, one name or a list."""
+    names = [str(p.relative_to(HERE.parent)) if p.is_relative_to(HERE.parent) else str(p) for p in paths]
+    return names[0] if len(names) == 1 else names
+
+
 def merge(candidates: list[dict], readers: dict[str, dict[str, dict]], adjudicated: dict[str, list]) -> list[dict]:
     """Gold rows: the readers' common label, else the adjudicated one (an error when missing)."""
     out = []
@@ -361,8 +373,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     if args.command == "adjudicate":
         if len(args.reader) != 2:
             sys.exit("gold_set: error: adjudicate takes exactly two --reader")
-        first, second = ({r["id"]: r for f in spec.split("=", 1)[1].split(",") for r in read_jsonl(Path(f))}
-                         for spec in args.reader)
+        (_, first), (_, second) = (read_reader(spec) for spec in args.reader)
         adjudicated = majority_of_three(first, second, {r["id"]: r for r in read_jsonl(args.third)})
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(adjudicated, indent=1) + "\n")
@@ -370,10 +381,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         return None
     if args.command == "merge":
         candidates = [row for path in args.candidates for row in read_jsonl(path)]
-        readers = {}
-        for spec in args.reader:
-            name, files = spec.split("=", 1)
-            readers[name] = {r["id"]: r for f in files.split(",") for r in read_jsonl(Path(f))}
+        readers = dict(read_reader(spec) for spec in args.reader)
         adjudicated = {k: v for path in args.adjudicated for k, v in json.loads(path.read_text()).items()}
         rows = merge(candidates, readers, adjudicated)
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -387,8 +395,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     if max(ids.values(), default=1) > 1:
         sys.exit(f"gold_set: error: item {ids.most_common(1)[0][0]} is in more than one gold file")
     result = score(rows, [j.strip() for j in args.judges.split(",") if j.strip()])
-    name = [str(g.relative_to(HERE.parent)) if g.is_relative_to(HERE.parent) else str(g) for g in golds]
-    result["gold_file"] = name[0] if len(name) == 1 else name
+    result["gold_file"] = gold_names(golds)
     result["gold_sha256"] = (hashlib.sha256(golds[0].read_bytes()).hexdigest() if len(golds) == 1
                              else [hashlib.sha256(g.read_bytes()).hexdigest() for g in golds])
     result["machine"] = machine_info()

@@ -64,6 +64,12 @@ def tiebreak_rows() -> list[dict]:
             if x["id"] == y["id"] == item["id"] and x["coherence"] == y["coherence"]]
 
 
+def labelled_rows(paths: list[Path]) -> list[dict]:
+    """The answers of gold files whose coherence both readers agreed on."""
+    rows = [json.loads(line) for path in paths for line in path.read_text().splitlines()]
+    return [r for r in rows if r.get("coherence") in ("coherent", "incoherent")]
+
+
 def scores(rows: list[dict], **rule) -> dict:
     tp = sum(coherence.is_incoherent(r["response"], **rule) and r["coherence"] == "incoherent" for r in rows)
     fp = sum(coherence.is_incoherent(r["response"], **rule) and r["coherence"] == "coherent" for r in rows)
@@ -84,8 +90,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     shipped = {"min_words": coherence.MIN_WORDS, "top_share": coherence.TOP_SHARE, "min_alnum": coherence.MIN_ALNUM}
     if args.heldout:
-        rows = [json.loads(line) for path in args.heldout for line in path.read_text().splitlines()]
-        rows = [r for r in rows if r.get("coherence") in ("coherent", "incoherent")]  # both readers agreed
+        rows = labelled_rows(args.heldout)
         report = {"info": machine_info(), "heldout": [str(p) for p in args.heldout], "rule": shipped,
                   "all": scores(rows, **shipped),
                   "by_model": {m: scores([r for r in rows if r["model"] == m], **shipped) for m in sorted({r["model"] for r in rows})},
@@ -95,8 +100,7 @@ def main(argv=None) -> dict:
               f"{s['precision']:.3f} {s['precision_ci95']}, recall {s['recall']:.3f} {s['recall_ci95']}")
         save_json(report, args.out)
         return report
-    rows = [json.loads(line) for line in args.gold.read_text().splitlines()]
-    rows = [r for r in rows if r.get("coherence") in ("coherent", "incoherent")]  # both readers agreed
+    rows = labelled_rows([args.gold])
     choose = [r for r in rows if half(r["id"]) == "choose"]
     measure = [r for r in rows if half(r["id"]) == "measure"]
     pool = committed_answers()

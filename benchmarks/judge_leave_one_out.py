@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 
 from _common import machine_info
-from gold_set import agreement, mean_difference
+from gold_set import agreement, gold_names, mean_difference
 from train_judge import LEAVE_OUT
 from train_judge import main as train
 
@@ -75,8 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     golds = args.gold or [GOLD]
     gold = [json.loads(line) for path in golds for line in path.read_text().splitlines() if line.strip()]
     shipped = get_judge("harm-ce", weights_dir=str(args.compare) if args.compare else None)  # None: the shipped weights
-    names = [str(p.relative_to(HERE.parent)) if p.is_relative_to(HERE.parent) else str(p) for p in golds]
-    result = {"gold_file": names[0] if len(names) == 1 else names, "sets": {}, "machine": machine_info("cpu"),
+    result = {"gold_file": gold_names(golds), "sets": {}, "machine": machine_info("cpu"),
               "read_labels": [str(p) for p in read_labels], "compared_with": str(args.compare or "shipped harm-ce")}
     for name in args.sets:
         items = [r for r in gold if r["set"] == name and r["label"] != "undecided"]
