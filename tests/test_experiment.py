@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -366,6 +367,87 @@ def test_two_runners_share_one_store(reference_run, tmp_path):
     assert all(started), f"both runners held a stage at once, so both ran one: {started}"
     assert sorted(sum(started, [])) == sorted(stage_outputs(root)), "every stage runs exactly once across the two"
     assert stage_outputs(target) == stage_outputs(root)
+
+
+def _metrics(store: Path) -> dict:
+    """{stage dir: metrics without timings} of every finished stage of a store."""
+    return {d.name: {k: v for k, v in json.loads((d / "metrics.json").read_text()).items() if k not in TIMING_KEYS}
+            for d in sorted(store.iterdir()) if (d / "DONE").exists() and (d / "metrics.json").exists()}
+
+
+def _weights(store: Path) -> set[str]:
+    return {d.name for d in store.iterdir() if (d / "adapter").exists() or (d / "model").exists()}
+
+
+def test_a_new_machine_resumes_from_the_exported_results(reference_run, tmp_path, capsys):
+    """--reuse: a results tree's stages (benchmarks/export_run.py: outputs without weights) are copied
+    in where no stage still to run needs their weights; the rest runs and matches the reference run."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from export_run import export
+
+    path, root = reference_run
+    export(root, tmp_path / "results" / "tiny")
+    shared = tmp_path / "results" / "store"
+    reference = _metrics(root / "stages")
+    assert _weights(root / "stages") and not _weights(shared)
+
+    # everything finished there: nothing is trained or evaluated, every stage is a copy
+    whole = tmp_path / "store-whole"
+    run_experiment(path, tmp_path / "whole", store=whole, reuse=(shared,))
+    out = capsys.readouterr().out
+    assert "--reuse: 9 stage(s) copied" in out and "] evaluate" not in out and "] align" not in out
+    assert _metrics(whole) == reference and not _weights(whole)
+
+    # one evaluation missing there (p = 0.5): its fine-tuned model, and the alignment that model is
+    # trained from, have no weights in the copy, so both run again; every other stage is copied
+    plan = json.loads((root / "plan.json").read_text())["stages"]
+    missing = next(s["dir"] for s in plan if s["kind"] == "evaluate" and s["labels"].get("p") == 0.5)
+    shutil.rmtree(shared / missing)
+    partial = tmp_path / "store-partial"
+    run_experiment(path, tmp_path / "partial", store=partial, reuse=(shared,), dry_run=True)
+    lines = [line.split()[:2] for line in capsys.readouterr().out.splitlines() if line.strip().startswith("[")]
+    todo = sorted(name.split("-")[0] for state, name in lines if state == "[todo]")
+    assert todo == ["align", "evaluate", "finetune"] and sum(state == "[reuse]" for state, _ in lines) == 6
+    run_experiment(path, tmp_path / "partial", store=partial, reuse=(shared,))
+    assert "--reuse: 6 stage(s) copied" in capsys.readouterr().out
+    assert _metrics(partial) == reference
+    assert {name.split("-")[0] for name in _weights(partial)} == {"align", "finetune"} and len(_weights(partial)) == 2
+    write_report(tmp_path / "partial", tmp_path / "partial" / "report", overwrite=True)
+    rows = json.loads((tmp_path / "partial" / "report" / "results.json").read_text())["rows"]
+    assert [r["stage"] for r in rows] == ["base", "aligned", "finetuned", "finetuned"]
+
+
+def test_reuse_keeps_what_a_stage_to_run_or_an_attack_search_needs(tmp_path):
+    """reusable(): a stage whose child will run is not reused (its weights are not in the copy), nor the
+    aligned model an attack search trains its trials from, however finished its other stages are."""
+    from clinic.experiment.plan import Stage
+    from clinic.experiment.runner import reusable
+
+    align = Stage("align", "sft", {"a": 1})
+    attack, other = Stage("finetune", "sft", {"p": 0.1}, align), Stage("finetune", "sft", {"p": 0.2}, align)
+    evals = [Stage("evaluate", "sft", {"e": 1}, s) for s in (attack, other)]
+    stages = [align, attack, evals[0], other, evals[1]]
+    shared, store = tmp_path / "shared", tmp_path / "store"
+    for s in stages:
+        (shared / s.dirname).mkdir(parents=True)
+        (shared / s.dirname / "DONE").write_text("")
+    store.mkdir()
+    assert set(reusable(stages, store, (shared,))) == {s.dirname for s in stages}
+    # the runner keeps each attack search's fixed attack's parent (and its ancestors)
+    assert set(reusable(stages, store, (shared,), keep=(align,))) == {s.dirname for s in stages[1:]}
+    (shared / evals[1].dirname / "DONE").unlink()  # other's evaluation still to run: other and align run
+    assert set(reusable(stages, store, (shared,))) == {attack.dirname, evals[0].dirname}
+    (store / evals[1].dirname).mkdir()
+    (store / evals[1].dirname / "DONE").write_text("")  # ... unless it is finished here
+    assert set(reusable(stages, store, (shared,))) == {s.dirname for s in stages[:4]}
+
+
+def test_reuse_of_a_missing_store_is_one_line_error(reference_run, tmp_path, capsys):
+    path, _ = reference_run
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", str(path), "--output", str(tmp_path / "out"), "--reuse", str(tmp_path / "nowhere")])
+    assert exit_.value.code == 2
+    assert "--reuse" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
 def test_different_experiment_in_same_directory_is_refused(reference_run, tmp_path):

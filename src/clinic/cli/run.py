@@ -24,6 +24,11 @@ def parser(name: str) -> ArgParser:
                    "key are alternatives, keys combine), e.g. --only seed=1 --only align=tvaccine; the stages "
                    "keep the file's hashes and the report covers the whole plan. Keys: seed, align, finetune, "
                    "task, p, stage, model, repair, attack")
+    p.add_argument("--reuse", action="append", default=[], metavar="STORE",
+                   help="another stage store whose finished stages are copied in instead of run (repeatable, looked "
+                   "in in order; e.g. results/store, whose stages hold no weights: a stage is reused only when no "
+                   "stage still to run needs its weights). A new machine resumes a long search from what was "
+                   "committed")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     p.add_argument("--executor", choices=("inprocess", "local", "submitit"), default=None,
                    help="how stages run: inprocess (default), local (one subprocess per stage, through submitit) or "
@@ -53,7 +58,10 @@ def _pace_check(args) -> str | None:
     if args.resources and not os.path.isfile(args.resources):
         return f"--resources {args.resources}: no such file"
     missing = [d for d in args.pace if not os.path.isdir(d)]
-    return f"--pace {missing[0]}: no such folder" if missing else None
+    if missing:
+        return f"--pace {missing[0]}: no such folder"
+    missing = [d for d in args.reuse if not os.path.isdir(d)]
+    return f"--reuse {missing[0]}: no such folder" if missing else None
 
 
 def run(args) -> None:
@@ -63,7 +71,7 @@ def run(args) -> None:
              if getattr(args, k) is not None}
     root = run_experiment(args.experiment, args.output, args.store, dry_run=args.dry_run, pace=args.pace,
                           only=args.only, execution=given, show_status=args.status, retry=args.retry_failed,
-                          workers=args.workers or 1)
+                          workers=args.workers or 1, reuse=tuple(args.reuse))
     if not args.dry_run and not args.status and not args.no_report:
         from ..report.tables import write_report
 

@@ -29,6 +29,66 @@ def is_done(store: Path, stage: Stage) -> bool:
     return (stage_path(store, stage) / "DONE").exists()
 
 
+def reusable(stages: list[Stage], store: Path, reuse: tuple, keep: tuple = ()) -> dict[str, Path]:
+    """The stages of the plan not finished in ``store`` that a store in ``reuse`` holds finished
+    (the first that has it), and that no stage still to run needs: {stage dir: folder to copy}.
+
+    A reused store is typically a results tree's (``results/store``, benchmarks/export_run.py),
+    whose stages keep their outputs but no weights. A stage is therefore reused only when every
+    child of it in the plan is finished or reused too: a pending child would train or evaluate
+    from weights the copy does not hold. ``keep``: stages that must be run here even so (an
+    attack search's aligned model, whose trials are added while the run goes on)."""
+    children: dict[str, list[Stage]] = {}
+    for s in stages:
+        if s.parent is not None:
+            children.setdefault(s.parent.dirname, []).append(s)
+    found: dict[str, Path] = {}
+    for s in stages:
+        if is_done(store, s) or (stage_path(store, s)).exists():  # an unfinished folder: left to the runner
+            continue
+        for other in reuse:
+            if is_done(Path(other), s):
+                found[s.dirname] = Path(other) / s.dirname
+                break
+    pinned = set()
+    for s in keep:
+        node = s
+        while node is not None:
+            pinned.add(node.dirname)
+            node = node.parent
+    memo: dict[str, bool] = {}
+
+    def ok(s: Stage) -> bool:
+        if s.dirname not in memo:
+            memo[s.dirname] = (s.dirname in found and s.dirname not in pinned and
+                               all(is_done(store, c) or ok(c) for c in children.get(s.dirname, [])))
+        return memo[s.dirname]
+
+    return {s.dirname: found[s.dirname] for s in stages if ok(s)}
+
+
+def adopt(store: Path, stage: Stage, source: Path) -> bool:
+    """Copy a finished stage folder into the store under the stage's lock (a staging folder renamed
+    into place, as a stage is written: a killed copy leaves a partial :func:`_clear_partials`
+    removes). False when another runner finished or began the stage meanwhile."""
+    lock = FileLock(store / f".{stage.dirname}.lock", timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:  # another runner is on it: it runs or copies it
+        return False
+    try:
+        target = stage_path(store, stage)
+        if target.exists():
+            return False
+        staging = store / f".{stage.dirname}.partial-reuse"
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(source, staging)
+        staging.rename(target)
+        return True
+    finally:
+        lock.release()
+
+
 def _clear_partials(store: Path, stage: Stage) -> None:
     """Under the stage's lock every staging folder of it is a stopped run's: removed, except a
     resumable stage's (training) with a checkpoint to resume from, which the stage adopts when it
@@ -69,7 +129,7 @@ def write_plan(root: Path, store: Path, exp: Experiment, stages: list[Stage]) ->
 
 def run_experiment(path: str | Path | Experiment, output: str | Path | None = None, store: str | Path | None = None,
                    dry_run: bool = False, pace: tuple = (), only: tuple = (), execution: dict | None = None,
-                   show_status: bool = False, retry: bool = False, workers: int = 1) -> Path:
+                   show_status: bool = False, retry: bool = False, workers: int = 1, reuse: tuple = ()) -> Path:
     """Run (or resume) every stage of an experiment file (or of an :class:`~.spec.Experiment`
     built in code: the demo); returns the experiment directory. A dry run costs the stages still
     to run at the pace of finished stages in the store and under the folders ``pace``. ``only``
@@ -77,7 +137,9 @@ def run_experiment(path: str | Path | Experiment, output: str | Path | None = No
     the report still cover all of it. The report is :func:`clinic.report.tables.write_report`'s
     (``clinic run`` writes it when the stages are done). ``show_status``: print what is done,
     running, failed, blocked and pending, and run nothing; ``retry``: run failed stages again
-    (:mod:`.executors`); ``execution``: command-line execution settings over the file's."""
+    (:mod:`.executors`); ``execution``: command-line execution settings over the file's; ``reuse``:
+    other stores whose finished stages are copied in instead of run where nothing still to run
+    needs their weights (:func:`reusable`; a new machine resumes from a results tree)."""
     exp = path if isinstance(path, Experiment) else Experiment.from_file(path)
     if execution:  # the command line's --device / --dtype beat the file's execution block
         import dataclasses
@@ -103,11 +165,16 @@ def run_experiment(path: str | Path | Experiment, output: str | Path | None = No
     logger.info(f"clinic run {exp.name}: {len(stages)} stages ({', '.join(f'{v} {k}' for k, v in counts.items())}); "
           f"{len(done)} already done; store {store_dir}")
     finished = {s.dirname for s in done}
+    searches = [g for g in exp.searches if g.fixed.dirname in {s.dirname for s in chosen}]
+    reused = {k: v for k, v in reusable(stages, store_dir, tuple(Path(r).expanduser().resolve() for r in reuse),
+                                        keep=tuple(g.fixed.parent for g in searches if g.fixed.parent)).items()
+              if k in {s.dirname for s in chosen}} if reuse else {}
+    if reuse:
+        logger.info(f"--reuse: {len(reused)} finished stage(s) to copy instead of run"
+                    + (f" (from {', '.join(sorted({str(v.parent) for v in reused.values()}))})" if reused else ""))
     if only:
         logger.info(f"--only {' '.join(only)}: {len(chosen)} of the {len(stages)} stages "
               f"({sum(s.dirname in finished for s in chosen)} already done)")
-    chosen_names = {s.dirname for s in chosen}
-    searches = [g for g in exp.searches if g.fixed.dirname in chosen_names]
     if show_status:
         from .executors import status, status_lines
 
@@ -120,12 +187,13 @@ def run_experiment(path: str | Path | Experiment, output: str | Path | None = No
 
         device = exp.execution.device if exp.execution.device not in ("auto", None) else "cpu"
         elsewhere = tuple(pace) or committed_results()  # a fresh clone paces from the committed results
-        estimates, summary = plan_estimate(chosen, store_dir, lambda s: s.dirname in finished, elsewhere,
-                                           workers=workers, device=device.split(":")[0])
+        estimates, summary = plan_estimate(chosen, store_dir, lambda s: s.dirname in finished or s.dirname in reused,
+                                           elsewhere, workers=workers, device=device.split(":")[0])
         for s in chosen:
             e = estimates.get(s.dirname)
             cost = f"  ~{duration(e['seconds'])} ({e['basis']})" if e else ""
-            logger.info(f"  [{'done' if s.dirname in finished else 'todo'}] {s.dirname}{cost}")
+            state = "done" if s.dirname in finished else "reuse" if s.dirname in reused else "todo"
+            logger.info(f"  [{state}] {s.dirname}{cost}")
         for group in searches:
             logger.info(f"  [search] up to {group.search['budget']} more attacks on {group.fixed.dirname}")
         logger.info(summary)
@@ -139,7 +207,8 @@ def run_experiment(path: str | Path | Experiment, output: str | Path | None = No
     from ..stages.evaluate import build_judges
 
     device = resolve_device(exp.execution.device)  # a device this machine lacks: one line, before any stage
-    measures = any(role_of(s.kind) == "measurement" and not is_done(store_dir, s) for s in chosen)
+    measures = any(role_of(s.kind) == "measurement" and not is_done(store_dir, s) and s.dirname not in reused
+                   for s in chosen)
     # loaded once for every evaluation of the run (a judge model loads in seconds to minutes)
     judges = build_judges(exp.evaluate.get("judges", ["keyword", "harm-ce"]), device) if measures else {}
     root.mkdir(parents=True, exist_ok=True)
@@ -149,6 +218,9 @@ def run_experiment(path: str | Path | Experiment, output: str | Path | None = No
     if not recorded.exists():
         recorded.write_text(exp.source_text)
     write_plan(root, store_dir, exp, stages)
+    if reused:
+        copied = sum(adopt(store_dir, s, reused[s.dirname]) for s in chosen if s.dirname in reused)
+        logger.info(f"--reuse: {copied} stage(s) copied into {store_dir}")
     if retry:
         from .executors import retry_failed
 
