@@ -417,6 +417,36 @@ def test_a_new_machine_resumes_from_the_exported_results(reference_run, tmp_path
     assert [r["stage"] for r in rows] == ["base", "aligned", "finetuned", "finetuned"]
 
 
+def test_a_search_runs_trial_by_trial_and_each_is_exported(data_dir, tmp_path, monkeypatch, capfd):
+    """benchmarks/search_trials.py: each trial run, then exported; run again on an empty store, every
+    stage is in the results tree and nothing is trained (a new machine resumes where the last one
+    stopped). The trials here are the attacks (p); only they are evaluated, as in a search file."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from search_trials import main as search_trials
+
+    exp = tiny_experiment(name="tiny-search", sink=None)
+    exp.pop("sink")
+    exp["evaluate"] = {**exp["evaluate"], "base": False, "aligned": False}
+    path = write_experiment(tmp_path / "tiny-search.yaml", exp)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "results" / "tiny-search"
+    assert search_trials([str(path), "--by", "p", "--out", str(out), "--store", "store-a"]) == 0
+    said = capfd.readouterr().out
+    assert "[1/2] p=0\n" in said and "[2/2] p=0.5\n" in said and "2 of the plan not finished" in said
+    assert _metrics(tmp_path / "results" / "store") == _metrics(tmp_path / "store-a")
+    assert len(_metrics(tmp_path / "store-a")) == 5  # align, 2 x (finetune, evaluate)
+    assert (out / "results.md").exists() and json.loads((out / "plan.json").read_text())["store"] == "../store"
+    # a new machine: an empty store, the results tree as committed
+    assert search_trials([str(path), "--by", "p", "--out", str(out), "--store", "store-b",
+                          "--run-dir", "runs/again"]) == 0
+    again = capfd.readouterr().out
+    assert "] finetune" not in again and "] align" not in again and "] evaluate" not in again
+    assert _metrics(tmp_path / "store-b") == _metrics(tmp_path / "store-a") and not _weights(tmp_path / "store-b")
+    with pytest.raises(SystemExit):
+        search_trials([str(path), "--by", "p", "--out", str(out), "--trials", "0.3"])
+    assert "not a value of p" in capfd.readouterr().err
+
+
 def test_reuse_keeps_what_a_stage_to_run_or_an_attack_search_needs(tmp_path):
     """reusable(): a stage whose child will run is not reused (its weights are not in the copy), nor the
     aligned model an attack search trains its trials from, however finished its other stages are."""

@@ -268,7 +268,7 @@ def _unique(stages: list[Stage]) -> list[Stage]:
     return out
 
 
-def _label_text(value) -> str:
+def label_text(value) -> str:
     return _fmt_p(value) if isinstance(value, float) else str(value)
 
 
@@ -293,13 +293,13 @@ def select(stages: list[Stage], only: list[str]) -> list[Stage]:
         if key not in keys:
             raise ClinicError(f"--only: no stage has a label {key!r}{nearest_hint(key, keys)}; choose one of "
                               f"{', '.join(keys)}")
-        present = sorted({_label_text(s.labels[key]) for s in stages if s.labels.get(key) is not None})
+        present = sorted({label_text(s.labels[key]) for s in stages if s.labels.get(key) is not None})
         for value in sorted(values - set(present)):
             raise ClinicError(f"--only {key}={value}: no stage of the plan has it{nearest_hint(value, present)}; "
                               f"the plan has {', '.join(present)}")
     chosen: set[str] = set()
     for stage in stages:
-        if all(_label_text(stage.labels.get(k)) in v for k, v in wanted.items()):
+        if all(label_text(stage.labels.get(k)) in v for k, v in wanted.items()):
             node = stage
             while node is not None and node.hash not in chosen:
                 chosen.add(node.hash)
