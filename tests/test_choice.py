@@ -233,6 +233,22 @@ def test_the_choice_records_the_chosen_setting_and_a_final_plan_must_use_it(tmp_
     assert setting_mismatches({**choice, "chosen": "vac-r9"}, final(1.0)) == ["no align stage labelled 'vac-r9' in this plan"]
 
 
+def test_a_curation_that_read_another_runs_scores_has_the_setting_of_one_that_scored():
+    """Pharmacist's trials reuse one scoring per gamma (scores_from); the final measurement's seeds
+    score their own candidates, so scores_from is not part of the setting, but every other option is."""
+    from clinic.report.choice import setting_mismatches, trial_settings
+
+    def curate(**options) -> dict:
+        return {"kind": "curate", "labels": {}, "config": {"seed": 0, "selector": "pharmacist", "ratio": 0.6,
+                                                         "options": {"n_candidates": 1024, **options}}}
+
+    chosen = trial_settings([curate(gamma=3.0, scores_from="results/store/curate-pharmacist-x")], "experiment", "t")
+    choice = {"chosen": "t", "field": "experiment", "settings": chosen}
+    assert "scores_from" not in chosen["config"]["options"]
+    assert setting_mismatches(choice, [curate(gamma=3.0), {**curate(gamma=3.0), "dir": "seed-1"}]) == []
+    assert len(setting_mismatches(choice, [curate(gamma=1.0)])) == 1
+
+
 def test_every_committed_choice_is_what_its_final_measurement_runs():
     """For each committed choice (results/search-*/choice.json) whose final experiment exists
     (configs/tuned-<search>.yaml), the final experiment's stages carry the chosen setting."""

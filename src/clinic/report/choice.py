@@ -240,12 +240,20 @@ def experiment_rows(reference: list[dict], trials: dict[str, list[dict]]) -> lis
 SETTING_KIND = {"align": "align", "finetune": "finetune", "repair": "repair", EXPERIMENT_FIELD: "curate"}
 
 
+#: What a stage config may differ in between a search trial and its final measurement: the seed
+#: (one seed searches, three measure), the model or parent it starts from, and where a curation
+#: took its scores (``scores_from``: how they were got, not what they are; the curate stage checks
+#: that the run it reads used the same selector, settings and candidates; a final measurement's
+#: other seeds draw other candidates and score their own).
+NOT_SETTINGS = ("seed", "model", "scores_from")
+
+
 def _normalised(config: dict) -> dict:
-    """A stage config without what differs between a search and its final measurement: the seed
-    (one seed searches, three measure) and the model or parent the stage starts from."""
+    """A stage config without what differs between a search and its final measurement
+    (:data:`NOT_SETTINGS`)."""
     def strip(value):
         if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if k not in ("seed", "model")}
+            return {k: strip(v) for k, v in value.items() if k not in NOT_SETTINGS}
         return value
     return strip(config)
 
