@@ -76,7 +76,7 @@ DEFENCES = (
             "configs/search-tvaccine-smollm2.yaml"),
     Defence("Pharmacist", "experiment", None, ("ratio", "gamma"),
             "clinic.stages.curate:CurateConfig", "results/c5-pharmacist", "results/search-pharmacist-r*", 6,
-            "results/search-pharmacist/choice.json", "results/tuned-pharmacist",
+            "results/search-pharmacist-smollm2/choice.json", "results/tuned-pharmacist-smollm2",
             "configs/search-pharmacist-r0.4-g1-smollm2.yaml"),
     Defence("Panacea", "repair", "panacea", ("rho",),
             "clinic.repair.panacea:PanaceaConfig", "results/repair-b", "results/search-panacea-smollm2", 6,
