@@ -18,7 +18,6 @@ runner at a time.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -42,8 +41,7 @@ def run_trials(config: Path, by: str, out: Path, trials: list[str], store: Path,
     for i, label in enumerate(trials, 1):
         print(f"[{i}/{len(trials)}] {by}={label}", flush=True)
         done = subprocess.run([*clinic, "run", str(config), "--store", str(store), "--output", str(run_dir),
-                               "--reuse", str(shared_store(out)), "--only", f"{by}={label}", "--no-report"],
-                              env=os.environ.copy())
+                               "--reuse", str(shared_store(out)), "--only", f"{by}={label}", "--no-report"])
         if done.returncode != 0:
             print(f"[{i}/{len(trials)}] {by}={label} failed (exit {done.returncode}); the next trial runs",
                   flush=True)

@@ -57,11 +57,11 @@ def _pace_check(args) -> str | None:
         return "--workers N (N >= 1) estimates a dry run's wall time; add --dry-run"
     if args.resources and not os.path.isfile(args.resources):
         return f"--resources {args.resources}: no such file"
-    missing = [d for d in args.pace if not os.path.isdir(d)]
-    if missing:
-        return f"--pace {missing[0]}: no such folder"
-    missing = [d for d in args.reuse if not os.path.isdir(d)]
-    return f"--reuse {missing[0]}: no such folder" if missing else None
+    for flag in ("pace", "reuse"):
+        missing = [d for d in getattr(args, flag) if not os.path.isdir(d)]
+        if missing:
+            return f"--{flag} {missing[0]}: no such folder"
+    return None
 
 
 def run(args) -> None:

@@ -44,7 +44,7 @@ def reusable(stages: list[Stage], store: Path, reuse: tuple, keep: tuple = ()) -
             children.setdefault(s.parent.dirname, []).append(s)
     found: dict[str, Path] = {}
     for s in stages:
-        if is_done(store, s) or (stage_path(store, s)).exists():  # an unfinished folder: left to the runner
+        if stage_path(store, s).exists():  # finished here, or an unfinished folder left to the runner
             continue
         for other in reuse:
             if is_done(Path(other), s):
@@ -165,10 +165,11 @@ def run_experiment(path: str | Path | Experiment, output: str | Path | None = No
     logger.info(f"clinic run {exp.name}: {len(stages)} stages ({', '.join(f'{v} {k}' for k, v in counts.items())}); "
           f"{len(done)} already done; store {store_dir}")
     finished = {s.dirname for s in done}
-    searches = [g for g in exp.searches if g.fixed.dirname in {s.dirname for s in chosen}]
+    chosen_names = {s.dirname for s in chosen}
+    searches = [g for g in exp.searches if g.fixed.dirname in chosen_names]
     reused = {k: v for k, v in reusable(stages, store_dir, tuple(Path(r).expanduser().resolve() for r in reuse),
                                         keep=tuple(g.fixed.parent for g in searches if g.fixed.parent)).items()
-              if k in {s.dirname for s in chosen}} if reuse else {}
+              if k in chosen_names} if reuse else {}
     if reuse:
         logger.info(f"--reuse: {len(reused)} finished stage(s) to copy instead of run"
                     + (f" (from {', '.join(sorted({str(v.parent) for v in reused.values()}))})" if reused else ""))
