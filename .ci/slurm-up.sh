@@ -3,7 +3,8 @@
 # installs slurm-wlm and munge when missing, writes a minimal slurm.conf (select/cons_tres,
 # proctrack/linuxproc, task/none, root as SlurmUser, no accounting: job states come from squeue and
 # clinic's own stage markers), starts munged, slurmctld and slurmd, and waits until the node is idle.
-# Idempotent: a cluster already up is left as it is. Needs root (CI runs as root).
+# Idempotent: a cluster already up with this configuration is left as it is; one up with another
+# (an older version of this script) is restarted with this one. Needs root (CI runs as root).
 #   .ci/slurm-up.sh          # start (prints "slurm: up, node <name>")
 #   .ci/slurm-up.sh --down   # stop the three daemons
 set -euo pipefail
@@ -19,14 +20,15 @@ fi
 node=$(hostname -s)
 cpus=$(nproc)
 mem=$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
-if sinfo -h -o %T 2>/dev/null | grep -q idle; then echo "slurm: up, node $node (already)"; exit 0; fi
-mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm /run/munge /etc/munge
-cat > "$conf" <<CONF
+want=$(cat <<CONF
 ClusterName=clinic-ci
 SlurmctldHost=$node(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+# a requeued job waits cred_expire seconds before it may start again (default 120: tests/test_slurm.py
+# requeues one and waited two minutes for it); 10 s is plenty on one node
+AuthInfo=cred_expire=10
 CredType=cred/munge
 MpiDefault=none
 ProctrackType=proctrack/linuxproc
@@ -55,6 +57,16 @@ JobCompType=jobcomp/none
 NodeName=$node NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=$node Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 CONF
+)
+if [ "$(cat "$conf" 2>/dev/null)" = "$want" ]; then
+  if sinfo -h -o %T 2>/dev/null | grep -q idle; then echo "slurm: up, node $node (already)"; exit 0; fi
+  # same configuration: whatever daemon is not running starts below
+elif pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null; then  # up with another configuration
+  pkill -x slurmd || true; pkill -x slurmctld || true
+  for _ in $(seq 30); do pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null || break; sleep 1; done
+fi
+mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm /run/munge /etc/munge
+printf '%s\n' "$want" > "$conf"
 if [ ! -s /etc/munge/munge.key ]; then
   dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null
 fi
