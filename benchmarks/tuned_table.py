@@ -7,7 +7,8 @@ For each defence of :data:`DEFENCES`: the **reference** row is the protocol's me
 reference defaults (test split, seed 0, the folder the results page decides the claims from); the
 **tuned** row is the setting its defence search chose on the validation split
 (``results/search-<name>/choice.json``, written by ``clinic report --choose``) and, once it has
-run, its final measurement on the test split (``results/tuned-<name>``, every seed pooled). Until
+run, its final measurement on the test split (``results/tuned-<name>``, every seed pooled; while the
+seeds are exported one by one, the row says which are in). Until
 then the row says how far the search is: trials measured on the validation split out of the
 budget, counted from the search's committed plan and stages. Columns: the knobs' values (a knob a
 stage config leaves out is the method's default, read from its config class), harmful score at
@@ -221,6 +222,20 @@ def _cells(rows: dict, column: str, parents: dict, guard: dict) -> list[str]:
     return [*hs, salad, fa, _answers(last, parents, guard)]
 
 
+def seed_note(rows: dict, plan: dict) -> str:
+    """Which of the plan's seeds the tuned rows hold: a final measurement is exported seed by seed
+    (benchmarks/search_trials.py --by seed), so a row of one seed out of three must say so."""
+    planned = sorted({s["labels"].get("seed", 0) for s in plan["stages"]})
+    measured = sorted(set.intersection(*(set(r["seeds"]) for r in rows.values()))) if rows else []
+    if len(planned) <= 1:
+        return "test"
+    if measured == planned:
+        return f"test, seeds {', '.join(map(str, measured))} pooled"
+    missing = [s for s in planned if s not in measured]
+    have = f"seed{'s' if len(measured) > 1 else ''} {', '.join(map(str, measured))}" if measured else "no seed"
+    return f"test, {have} of {len(planned)} so far; seed{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))} pending"
+
+
 def trials_measured(defence: Defence) -> tuple[int, int]:
     """(trials whose every validation evaluation is committed, trials planned): the trials as the
     choice reads them from each search plan (one per folder for an experiment search)."""
@@ -275,8 +290,10 @@ def table_rows(judge: str = "harm-ce") -> list[list[str]]:
                          f"chosen on validation ({d.choice}); test run pending"])
             continue
         label = None if d.kind == "curate" else choice["chosen"]
-        body.append([d.name, "tuned", chosen_setting, *_cells(_rows(tuned, d, label), column, _parents(tuned), guard),
-                     _cost_cell(_cost(tuned, _setting_stage(d, _plan(tuned), label))), f"{d.tuned} (test)"])
+        rows = _rows(tuned, d, label)
+        body.append([d.name, "tuned", chosen_setting, *_cells(rows, column, _parents(tuned), guard),
+                     _cost_cell(_cost(tuned, _setting_stage(d, _plan(tuned), label))),
+                     f"{d.tuned} ({seed_note(rows, _plan(tuned))})"])
     return body
 
 

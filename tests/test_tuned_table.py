@@ -99,3 +99,16 @@ def test_every_search_file_has_its_row():
     searches = {p.name for p in (ROOT / "configs").glob("search-*.yaml") if not p.name.startswith("search-pharmacist-")}
     listed = {Path(d.search_file).name for d in _module().DEFENCES}
     assert searches | {"search-pharmacist-r0.4-g1-smollm2.yaml"} == listed
+
+
+def test_a_final_measurement_exported_seed_by_seed_says_which_seeds_it_holds():
+    """Seeds are exported one at a time (search_trials.py --by seed): a row pooled from one of
+    three seeds must not read as the final measurement."""
+    note = _module().seed_note
+    plan = {"stages": [{"labels": {"seed": s}} for s in (0, 1, 2)]}
+    one = {0.1: {"seeds": [0]}, 0.2: {"seeds": [0]}}
+    assert note(one, plan) == "test, seed 0 of 3 so far; seeds 1, 2 pending"
+    assert note({0.1: {"seeds": [0, 1]}, 0.2: {"seeds": [0]}}, plan).startswith("test, seed 0 of 3")  # the fewest
+    assert note({p: {"seeds": [0, 1, 2]} for p in (0.1, 0.2)}, plan) == "test, seeds 0, 1, 2 pooled"
+    assert note({}, plan) == "test, no seed of 3 so far; seeds 0, 1, 2 pending"
+    assert note(one, {"stages": [{"labels": {"seed": 0}}]}) == "test"
