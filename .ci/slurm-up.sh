@@ -9,8 +9,10 @@
 #   .ci/slurm-up.sh --down   # stop the three daemons
 set -euo pipefail
 conf=/etc/slurm/slurm.conf
+stop_slurm() { pkill -x slurmd || true; pkill -x slurmctld || true; }
+slurm_running() { pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null; }
 if [ "${1:-}" = "--down" ]; then
-  pkill -x slurmd || true; pkill -x slurmctld || true; pkill -x munged || true
+  stop_slurm; pkill -x munged || true
   echo "slurm: down"; exit 0
 fi
 if [ "$(id -u)" != 0 ]; then echo "slurm-up: error: needs root (a one-node test cluster)" >&2; exit 2; fi
@@ -61,9 +63,9 @@ CONF
 if [ "$(cat "$conf" 2>/dev/null)" = "$want" ]; then
   if sinfo -h -o %T 2>/dev/null | grep -q idle; then echo "slurm: up, node $node (already)"; exit 0; fi
   # same configuration: whatever daemon is not running starts below
-elif pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null; then  # up with another configuration
-  pkill -x slurmd || true; pkill -x slurmctld || true
-  for _ in $(seq 30); do pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null || break; sleep 1; done
+elif slurm_running; then  # up with another configuration
+  stop_slurm
+  for _ in $(seq 30); do slurm_running || break; sleep 1; done
 fi
 mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm /run/munge /etc/munge
 printf '%s\n' "$want" > "$conf"

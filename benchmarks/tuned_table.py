@@ -222,6 +222,11 @@ def _cells(rows: dict, column: str, parents: dict, guard: dict) -> list[str]:
     return [*hs, salad, fa, _answers(last, parents, guard)]
 
 
+def _seeds(seeds: list) -> str:
+    """``seed 0`` or ``seeds 1, 2``."""
+    return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+
+
 def seed_note(rows: dict, plan: dict) -> str:
     """Which of the plan's seeds the tuned rows hold: a final measurement is exported seed by seed
     (benchmarks/search_trials.py --by seed), so a row of one seed out of three must say so."""
@@ -232,8 +237,7 @@ def seed_note(rows: dict, plan: dict) -> str:
     if measured == planned:
         return f"test, seeds {', '.join(map(str, measured))} pooled"
     missing = [s for s in planned if s not in measured]
-    have = f"seed{'s' if len(measured) > 1 else ''} {', '.join(map(str, measured))}" if measured else "no seed"
-    return f"test, {have} of {len(planned)} so far; seed{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))} pending"
+    return f"test, {_seeds(measured) if measured else 'no seed'} of {len(planned)} so far; {_seeds(missing)} pending"
 
 
 def trials_measured(defence: Defence) -> tuple[int, int]:
@@ -290,10 +294,10 @@ def table_rows(judge: str = "harm-ce") -> list[list[str]]:
                          f"chosen on validation ({d.choice}); test run pending"])
             continue
         label = None if d.kind == "curate" else choice["chosen"]
-        rows = _rows(tuned, d, label)
+        rows, tuned_plan = _rows(tuned, d, label), _plan(tuned)
         body.append([d.name, "tuned", chosen_setting, *_cells(rows, column, _parents(tuned), guard),
-                     _cost_cell(_cost(tuned, _setting_stage(d, _plan(tuned), label))),
-                     f"{d.tuned} ({seed_note(rows, _plan(tuned))})"])
+                     _cost_cell(_cost(tuned, _setting_stage(d, tuned_plan, label))),
+                     f"{d.tuned} ({seed_note(rows, tuned_plan)})"])
     return body
 
 
