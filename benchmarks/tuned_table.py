@@ -235,7 +235,7 @@ def seed_note(rows: dict, plan: dict) -> str:
     if len(planned) <= 1:
         return "test"
     if measured == planned:
-        return f"test, seeds {', '.join(map(str, measured))} pooled"
+        return f"test, {_seeds(measured)} pooled"  # two or more: the one-seed plan returned above
     missing = [s for s in planned if s not in measured]
     return f"test, {_seeds(measured) if measured else 'no seed'} of {len(planned)} so far; {_seeds(missing)} pending"
 
