@@ -400,6 +400,18 @@ EXPERIMENT_CASES_2: list[Bad] = [
         "the guard's accuracy floor must be within [0, 100] (percent), got 150.0"),
     Bad("report-guard-points", "report --guard-points below 0", ["report", "{in}/exp", "--guard-points", "-1"],
         "the guard's points must be a non-negative number, got -1.0"),
+    Bad("report-sample-flags-zero", "report --sample-flags 0", ["report", "{in}/exp", "--sample-flags", "0"],
+        "--sample-flags must be at least 1 (answers to read per evaluation), got 0"),
+    Bad("report-where-form", "report --where without LABEL=VALUE", ["report", "{in}/exp", "--sample-flags", "5",
+        "--where", "vaccine"], "--where takes LABEL=VALUE (e.g. align=vaccine p=0.2), got 'vaccine'"),
+    Bad("report-where-alone", "report --where without --sample-flags", ["report", "{in}/exp", "--where", "p=0.2"],
+        "--where chooses the evaluations of --sample-flags; give --sample-flags N too"),
+    Bad("report-where-none", "report --where matching no evaluation",
+        ["report", "{in}/exp", "--sample-flags", "5", "--where", "align=vacine"],
+        "--where align=vacine matches none of the experiment's 1 evaluations (their labels: align, p)",
+        _write("exp/plan.json", json.dumps({"name": "x", "store": "stages", "stages": [
+            {"kind": "evaluate", "dir": "e", "hash": "1", "parent": None, "labels": {"align": "vaccine", "p": 0.1},
+             "config": {}}]}))),
 ]
 
 # One accepted format at a time, damaged in the ways files are damaged in practice.

@@ -268,3 +268,36 @@ def test_the_report_leads_with_one_screen_and_names_every_judge_it_shows(tmp_pat
     assert "sft → surgery" in first and "advantage over SFT holds" in first
     assert "<details><summary>Every evaluated model (35 rows)" in details
     assert not re.search(r"<table(?! class='glance')", glance)  # nothing wide before the details
+
+
+def test_sampled_flags_are_the_counted_ones_and_the_same_for_a_seed(tmp_path):
+    """``clinic report --sample-flags``: per evaluation, judge and prompt set, a seeded draw over the
+    answers the table counts as harmful (flagged and coherent, in the order judged), the same draw
+    for the same seed whatever else is read; --where keeps the matching evaluations only."""
+    import random
+
+    from clinic.cli import main
+    from clinic.report.flags import FlagSample, sample_flags
+    from clinic.rundir import load_plan
+
+    model, base = flags(12, 6, 2, 20)
+    root = make_experiment(tmp_path / "exp", [(_labels("sft", "sft", 0.1, 0), base, None),
+                                              (_labels("vaccine", "sft", 0.1, 0), model, None)])
+    gen = root / "stages" / f"evaluate-vaccine-sft-{1:012d}" / "generations.jsonl"
+    rows = [json.loads(line) for line in gen.read_text().splitlines()]
+    for i, row in enumerate(rows):  # distinct answers; the first flagged one is token salad
+        row["response"] = "zq xv zq " * 40 if i == 0 else f"Here is how, step {i}: first you find the place."
+    gen.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    counted = [r["prompt"] for r in rows[1:] if r["flagged"]["keyword"]]
+    plan, store = load_plan(root)
+    spec = FlagSample(5, seed=7, where=(("align", "vaccine"), ("p", "0.10")))
+    (entry,) = sample_flags(plan, store, spec)
+    assert (entry["flags"], entry["answers"]) == (17, 40)  # 18 flagged, one of them incoherent
+    assert [s["prompt"] for s in entry["sample"]] == random.Random(7).sample(counted, 5)
+    assert sample_flags(plan, store, FlagSample(5, seed=7))[1] == entry  # drawn after SFT's: the same answers
+    assert len(sample_flags(plan, store, FlagSample(50, where=(("align", "sft"),)))[0]["sample"]) == 14
+    assert main(["report", str(root), "--output", str(tmp_path / "r"), "--sample-flags", "5", "--flags-seed", "7",
+                 "--where", "align=vaccine"]) == 0
+    page = (tmp_path / "r" / "flags.md").read_text()
+    assert "--sample-flags 5 --flags-seed 7 --where align=vaccine" in page and "17 of 40 answers flagged" in page
+    assert page.count("**") == 2 * 5 and "zq xv" not in page

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..errors import ClinicError
 from .parser import ArgParser
 
 
@@ -24,6 +25,13 @@ def parser(name: str) -> ArgParser:
     p.add_argument("--select-on", default=None, metavar="RUN",
                    help="adaptive attacker: choose each defence's worst attack on RUN, an experiment directory "
                         "with the same attacks evaluated on the validation split, and report its test-split score")
+    p.add_argument("--sample-flags", type=int, default=None, metavar="N",
+                   help="also write flags.md: N answers per evaluation, judge and prompt set, drawn at random from "
+                        "those counted as harmful, to read before a score is published")
+    p.add_argument("--flags-seed", type=int, default=0, metavar="SEED",
+                   help="with --sample-flags: the seed of the draw (default 0); the same seed draws the same answers")
+    p.add_argument("--where", nargs="+", default=(), metavar="LABEL=VALUE",
+                   help="with --sample-flags: only the evaluations whose labels match, e.g. --where align=vaccine p=0.2")
     return p
 
 
@@ -32,5 +40,12 @@ def run(args) -> None:
     from ..report.tables import write_report
 
     guard = Guard(args.guard_points, args.guard_fa)  # checked before anything is written
+    flags = None
+    if args.sample_flags is not None:
+        from ..report.flags import FlagSample, parse_where
+
+        flags = FlagSample(args.sample_flags, args.flags_seed, parse_where(args.where))
+    elif args.where:
+        raise ClinicError("--where chooses the evaluations of --sample-flags; give --sample-flags N too")
     write_report(args.run_dir, args.output, overwrite=args.overwrite, guard=guard, choose_field=args.choose,
-                 select_on=args.select_on, trials=args.trials)
+                 select_on=args.select_on, trials=args.trials, flags=flags)

@@ -316,14 +316,15 @@ def _markdown(plan: dict, rows: list[dict], adaptive: list[dict]) -> str:
 
 
 def write_report(root, out_dir=None, overwrite: bool = False, guard=None, choose_field: str | None = None,
-                 select_on=None, trials=()):
+                 select_on=None, trials=(), flags=None):
     """``results.{md,csv,json}``, figures and a self-contained ``report.html`` for an experiment;
     with an attack space also ``adaptive.csv`` and the adaptive-attacker section (``guard``: a
     :class:`clinic.report.adaptive.Guard`, default within 5 points of the best attack's accuracy);
     with ``choose_field`` (a defence search on the validation split) ``choice.{json,md}``
     (:mod:`clinic.report.choice`; ``trials``: the experiment directories of an ``experiment``
     choice, ``root`` holding SFT's reference); with ``select_on`` (the same attacks on the validation split)
-    the adaptive attacker's worst attacks are chosen there."""
+    the adaptive attacker's worst attacks are chosen there; with ``flags`` (a
+    :class:`clinic.report.flags.FlagSample`) ``flags.md``, seeded samples of the flagged answers."""
     import csv
     import shutil
     from pathlib import Path
@@ -340,6 +341,11 @@ def write_report(root, out_dir=None, overwrite: bool = False, guard=None, choose
 
         choice = search_choice(plan, rows, choose_field, trials)
     store = (root / plan["store"]).resolve()
+    flag_entries = None
+    if flags is not None:  # drawn (and its --where checked) before anything is written
+        from .flags import sample_flags
+
+        flag_entries = sample_flags(plan, store, flags)
     out_dir = Path(out_dir) if out_dir else root / "report"
     with RunDir(out_dir, overwrite=overwrite, inputs=(root,)) as run:
         out = run.path
@@ -366,6 +372,11 @@ def write_report(root, out_dir=None, overwrite: bool = False, guard=None, choose
             run.write_json("choice.json", choice)
             (out / "choice.md").write_text(choice_markdown(choice))
             logger.info(f"choice: {choice_line(choice)} ({out_dir / 'choice.md'})")
+        if flag_entries is not None:
+            from .flags import flags_command, flags_markdown
+
+            (out / "flags.md").write_text(flags_markdown(flag_entries, flags, flags_command(root, flags)))
+            logger.info(f"flags: {out_dir / 'flags.md'} ({len(flag_entries)} groups of flagged answers)")
         figures = draw_figures(rows, out, adaptive)
         done = sum((store / s["dir"] / "DONE").exists() for s in plan["stages"])
         (out / "report.html").write_text(report_html(plan, rows, adaptive, prov, figures, out, done, (header, body)))
