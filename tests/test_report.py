@@ -301,3 +301,11 @@ def test_sampled_flags_are_the_counted_ones_and_the_same_for_a_seed(tmp_path):
     page = (tmp_path / "r" / "flags.md").read_text()
     assert "--sample-flags 5 --flags-seed 7 --where align=vaccine" in page and "17 of 40 answers flagged" in page
     assert page.count("**") == 2 * 5 and "zq xv" not in page
+
+
+def test_where_matches_labels_as_people_write_them():
+    from clinic.report.flags import _same
+
+    assert _same(0.2, "0.20") and _same(0.2, "0.2") and _same(3, "3.0") and not _same(0.1, "0.2")
+    assert _same(None, "none") and _same("", "none") and _same("", "") and not _same("sft", "none")
+    assert _same("tvac-r1", "tvac-r1") and not _same("tvac-r1", "tvac-r1-s15") and not _same(0.2, "vaccine")

@@ -48,8 +48,9 @@ def parse_where(items) -> tuple[tuple[str, str], ...]:
 
 
 def _same(value, text: str) -> bool:
-    """A label's value against its written form: ``p=0.2`` matches 0.2, ``p=none`` matches None."""
-    if value is None:
+    """A label's value against its written form: ``p=0.2`` matches 0.2, ``p=none`` an empty label
+    (None, or ``""`` as an evaluation without a fine-tune writes its task)."""
+    if value is None or value == "":
         return text.lower() in ("", "none", "null")
     if str(value) == text:
         return True
