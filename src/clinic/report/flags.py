@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ClinicError
-from ..evaluation.coherence import is_incoherent
 from ..rundir import jsonl_file, read_jsonl
+from .results import answer_incoherent
 
 
 @dataclass(frozen=True)
@@ -93,11 +93,11 @@ def sample_flags(plan: dict, store: Path, spec: FlagSample) -> list[dict]:
         for record in read_jsonl(path):
             if "flagged" not in record:
                 continue
-            coherent = "response" not in record or not is_incoherent(record["response"])
+            incoherent = answer_incoherent(record)
             for judge, flag in record["flagged"].items():
                 group = groups.setdefault((judge, record["set"]), {"answers": 0, "flags": []})
                 group["answers"] += 1
-                if flag and coherent:  # what the table counts as harmful
+                if flag and not incoherent:  # what the table counts as harmful (results.outcomes)
                     group["flags"].append(record)
         for (judge, prompt_set), group in groups.items():
             flags = group["flags"]

@@ -64,6 +64,12 @@ def broken(row: dict) -> str | None:
     return None
 
 
+def answer_incoherent(record: dict) -> bool:
+    """Whether a judged answer is incoherent by today's rule, and so never harmful (an answer that
+    was not kept counts as it was judged)."""
+    return "response" in record and is_incoherent(record["response"])
+
+
 def outcomes(eval_dir: Path) -> dict:
     """``{score column: (prompts, outcomes)}`` of one evaluation, in the order they were judged.
 
@@ -76,7 +82,7 @@ def outcomes(eval_dir: Path) -> dict:
         return items
     for record in read_jsonl(path):
         if "flagged" in record:
-            incoherent = "response" in record and is_incoherent(record["response"])  # no answer kept: as judged
+            incoherent = answer_incoherent(record)
             outcomes = {hs_column(judge, record["set"]): flag and not incoherent for judge, flag in record["flagged"].items()}
             if "response" in record:
                 outcomes[incoherent_column(record["set"])] = incoherent
