@@ -250,3 +250,32 @@ def test_another_models_peers_are_scaled_by_parameters(tmp_path):
     estimates, summary = plan_estimate(stages, store, lambda s: is_done(store, s))
     assert estimates[finetune.dirname]["seconds"] == pytest.approx(9.0)
     assert "org/not-here's stages among the peers, unscaled" in summary
+
+
+def test_a_method_setting_that_changes_a_steps_cost_picks_the_peers(tmp_path):
+    """A 30-layer T-Vaccine was paced by the 8-layer ones (a third low on this CPU): the method's
+    settings that change a step's cost (``"pace"`` in their metadata) are part of the peer key; a
+    stage without a peer at its own settings falls back to the method's others, and says so."""
+    from clinic.methods.registry import pace_settings
+
+    assert dict(pace_settings("tvaccine", {"active_layers": 30}))["active_layers"] == 30
+    assert dict(pace_settings("tvaccine", {}))["active_layers"] == 8  # a planned stage names only what was given
+    assert pace_settings("sft", {}) == () and pace_settings("no-such-method", {}) == ()
+    raw = _experiment()
+    raw["align"]["methods"] = [{"name": "tvaccine", "active_layers": 30, "checkpoint_inactive": False}]
+    stages = Experiment.from_dict(raw).plan()
+    align = next(s for s in stages if s.kind == "align")
+    store = tmp_path / "store"
+    options = {"active_layers": 8, "freeze": "layers", "checkpoint_inactive": False, "rho": 3.0}
+    for i, per_step in enumerate((2.0, 2.0)):  # two finished 8-layer alignments, 2 s a step
+        _peer(store, f"align-tvac-8-{i}", {"stage": "align", "method": "tvaccine", "train": align.config["train"],
+                                           "method_options": options}, {"steps": 10, "train_seconds": 10 * per_step})
+    estimates, _ = plan_estimate(stages, store, lambda s: is_done(store, s))
+    assert estimates[align.dirname]["seconds"] == pytest.approx(8 * 2.0)  # 8 steps, as in the first test
+    assert estimates[align.dirname]["basis"] == "8 steps × 2.0 s/step, 2 finished peers with another active_layers (a step costs more or less)"
+    # a finished 30-layer one, 5 s a step: it alone paces the 30-layer stage
+    _peer(store, "align-tvac-30", {"stage": "align", "method": "tvaccine", "train": align.config["train"],
+                                   "method_options": {**options, "active_layers": 30}}, {"steps": 10, "train_seconds": 50.0})
+    estimates, _ = plan_estimate(stages, store, lambda s: is_done(store, s))
+    assert estimates[align.dirname]["seconds"] == pytest.approx(8 * 5.0)
+    assert estimates[align.dirname]["basis"] == "8 steps × 5.0 s/step, 1 finished peer"

@@ -6,7 +6,9 @@ measured, not assumed: the finished stages in the store that do the same kind of
 give the seconds, their median:
 
 - a training stage (align, finetune): seconds per optimizer step of peers with the same kind,
-  method, batch size, sequence length, full or LoRA training and gradient checkpointing, times
+  method, batch size, sequence length, full or LoRA training, gradient checkpointing and the
+  method's settings that change a step's cost (``"pace"`` in a field's metadata: T-Vaccine's
+  active layers; without such a peer, the method's other settings, named in the basis), times
   this stage's steps (``max_steps``, or epochs × ⌈rows / batch⌉ / gradient accumulation, rows
   being the data's ``n`` plus the helpful rows, or a curated subset's size plus them);
 - an evaluation: seconds of peers with the same numbers of prompts, task rows and new tokens;

@@ -44,8 +44,10 @@ from .shared import vaccine_passes
 class BoosterConfig(HarmfulStreamConfig):
     lam: float = field(default=5.0, metadata={"help": "lambda: weight of the harmful-perturbation regulariser"})
     alpha: float = field(default=0.1, metadata={"help": "step size of the simulated (normalised) harmful step"})
-    harmful_batch_size: int = field(default=0, metadata={"help": "harmful batch size (0: the training batch size; reference 10)"})
-    perturb_aware: bool = field(default=False, metadata={"help": "use a Vaccine step for the alignment gradient (5 passes)"})
+    harmful_batch_size: int = field(default=0, metadata={
+        "help": "harmful batch size (0: the training batch size; reference 10)", "pace": True})
+    perturb_aware: bool = field(default=False, metadata={
+        "help": "use a Vaccine step for the alignment gradient (5 passes)", "pace": True})
     rho: float = field(default=2.0, metadata={"help": "Vaccine rho when perturb_aware is on"})
     harmful_size: int = field(default=2000, metadata={"help": "number of harmful pairs (Booster's scripts: 5000)"})
 

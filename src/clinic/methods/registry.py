@@ -3,6 +3,7 @@ discovery (each module of :mod:`clinic.methods` registers its own with :func:`re
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -47,6 +48,19 @@ def register_method(name: str, stage: str | tuple[str, ...], config: type[Method
         return trainer_cls
 
     return wrap
+
+
+def pace_settings(name: str, options: dict | None) -> tuple:
+    """``((field, value), ...)`` of the method's settings that change what one optimizer step costs
+    (fields whose metadata says ``"pace": True``, e.g. T-Vaccine's active layers), read from a
+    stage's ``options`` (a finished stage records them all; a planned one names only those given:
+    the others are the defaults). The estimator paces a stage by finished stages with the same
+    ones first. An unknown method has none."""
+    if name not in METHODS:
+        return ()
+    options = options or {}
+    return tuple((f.name, options.get(f.name, f.default)) for f in dataclasses.fields(METHODS[name].config)
+                 if f.metadata.get("pace"))
 
 
 def methods_for(stage: str) -> dict[str, MethodSpec]:

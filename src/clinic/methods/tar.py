@@ -57,7 +57,7 @@ class TarLiteConfig(HarmfulStreamConfig):
     )
     weight: float = field(default=2.0, metadata={"help": "weight of the post-attack terms (reference 2)"})
     attack_lr: float = field(default=0.01, metadata={"help": "learning rate of the simulated SGD attack step (reference 0.01)"})
-    harmful_batch_size: int = field(default=0, metadata={"help": "harmful batch size (0: the training batch size)"})
+    harmful_batch_size: int = field(default=0, metadata={"help": "harmful batch size (0: the training batch size)", "pace": True})
 
 
     def __post_init__(self):

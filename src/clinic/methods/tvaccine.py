@@ -46,13 +46,14 @@ UNCHECKPOINTED = ("active", "reference")
 @dataclass
 class TVaccineConfig(HarmfulStreamConfig):
     rho: float = field(default=3.0, metadata={"help": "perturbation intensity rho (norm over the active layers)"})
-    active_layers: int = field(default=8, metadata={"help": "S: layers perturbed and trained at a time (clamped to the layer count)"})
+    active_layers: int = field(default=8, metadata={
+        "help": "S: layers perturbed and trained at a time (clamped to the layer count)", "pace": True})
     resample_every: int = field(default=20, metadata={"help": "J: re-sample the active layers every J steps"})
     score_every: int = field(default=200, metadata={"help": "K: recompute the layer probabilities every K steps"})
     freeze: str = field(
         default="layers",
         metadata={"help": "what inactive layers freeze: 'layers' (all their adapters, the paper) or "
-                          "'attention' (only attention adapters, MLP adapters train everywhere: the reference code)"},
+                          "'attention' (only attention adapters, MLP adapters train everywhere: the reference code)", "pace": True},
     )
     uncheckpointed: str = field(
         default="active",
@@ -60,7 +61,8 @@ class TVaccineConfig(HarmfulStreamConfig):
                           "(A, plus the layer before each active one when the model has more than 26 layers)"},
     )
     checkpoint_inactive: bool = field(
-        default=True, metadata={"help": "activation-checkpoint the inactive layers (the memory saving; off only to measure it)"}
+        default=True, metadata={"help": "activation-checkpoint the inactive layers (the memory saving; off only to measure it)",
+                            "pace": True}
     )
     harmful_data: str = field(default="beavertails-harmful", metadata={"help": "harmful (prompt, answer) pairs for layer scoring"})
     harmful_size: int = field(default=200, metadata={"help": "N_h: size of the harmful probe pool"})

@@ -30,7 +30,7 @@ from ..methods.checkpoints import (ResumeCheckpoints, checkpoint_step, drop_pick
                                    prune_resume_checkpoints, resumable_checkpoint)
 from ..modeling.training import TrainConfig
 from ..methods.engines import check_engine, check_process_group, destroy_process_group_at_exit
-from ..methods.registry import MethodSpec, get_method, method_config
+from ..methods.registry import MethodSpec, get_method, method_config, pace_settings
 from ..modeling.chain import ModelChain, load_chain
 from ..modeling.device import peak_memory_mb
 from ..modeling.models import attach_lora
@@ -286,15 +286,20 @@ def _from_plan(stage, parent_dir: Path | None, model: str):
     return TrainStageConfig(cfg["method"], TrainConfig(**cfg["train"]), spec, cfg["options"]), ref
 
 
-def _train_key(kind: str, method: str, train: dict) -> tuple:
+def _train_key(kind: str, method: str, train: dict, options: dict | None) -> tuple:
+    """A training stage's peer key: what sets the cost of one optimizer step, the method's own
+    such settings last (:func:`clinic.methods.registry.pace_settings`: T-Vaccine trains 8 or 30
+    layers a step)."""
     return (kind, method, train.get("batch_size"), train.get("max_length"), bool(train.get("full_ft")),
-            bool(train.get("gradient_checkpointing")))
+            bool(train.get("gradient_checkpointing")), pace_settings(method, options))
 
 
 def _peer(config: dict, metrics: dict):
-    """(peer key, seconds per optimizer step) of a finished training stage."""
+    """(peer key, seconds per optimizer step) of a finished training stage (its config.yaml names
+    every method setting under ``method_options``)."""
     if metrics.get("steps") and metrics.get("train_seconds") is not None:
-        return (_train_key(config.get("stage"), config.get("method"), config.get("train") or {}),
+        return (_train_key(config.get("stage"), config.get("method"), config.get("train") or {},
+                           config.get("method_options")),
                 metrics["train_seconds"] / metrics["steps"])
     return None
 
@@ -319,16 +324,24 @@ def training_steps(train: dict, rows: int) -> int:
 
 def _cost(stage, store: Path, pace: dict):
     """``{seconds, basis}`` of a training stage still to run: its steps at the median pace of
-    finished peers (same kind, method, batch, length, LoRA or full, checkpointing)."""
+    finished peers (same kind, method, batch, length, LoRA or full, checkpointing, and the method's
+    settings that change a step's cost); without such a peer, at the pace of the method's other
+    settings, the basis saying so (a first 30-layer T-Vaccine paced by 8-layer ones is low)."""
     cfg = stage.config
     rows = training_rows(stage, store)
-    peers = pace.get(_train_key(stage.kind, cfg.get("method"), cfg.get("train") or {}))
+    key = _train_key(stage.kind, cfg.get("method"), cfg.get("train") or {}, cfg.get("options"))
+    peers, note = pace.get(key), ""
+    if not peers and key[-1]:
+        others = {other[-1]: seconds for other, seconds in pace.items() if other[:-1] == key[:-1]}
+        peers = [s for seconds in others.values() for s in seconds]
+        differ = [name for i, (name, value) in enumerate(key[-1]) if any(o[i][1] != value for o in others)]
+        note = f" with another {' or '.join(differ)} (a step costs more or less)"
     if rows is None or not peers:
         return None
     steps = training_steps(cfg["train"], rows)
     per_step = statistics.median(peers)
     return {"seconds": steps * per_step, "basis": f"{steps} steps × {per_step:.1f} s/step, "
-            f"{len(peers)} finished peer{'s' if len(peers) > 1 else ''}"}
+            f"{len(peers)} finished peer{'s' if len(peers) > 1 else ''}{note}"}
 
 
 for _order, _name, _summary in ((1, "align", "safety-align a model with a registered method"),
