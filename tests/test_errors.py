@@ -662,6 +662,9 @@ def _leftovers(folder: Path, keep: set[str]) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name not in keep)
 
 
+_ERRORS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
+
+
 @pytest.mark.parametrize("case", CASES + EXPERIMENT_CASES, ids=lambda c: c.id)
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, data_dir, case):
     if not case.root_ok and os.geteuid() == 0:
@@ -685,6 +688,9 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, data_dir, 
     assert _leftovers(work, set()) == [], "something was written"
     assert _snapshot(inputs) == before, "an input folder changed"
     assert not any(".partial-" in p.name for p in work.rglob("*"))  # no staging folder beside the output
+    # the page quotes the whole message as it is now (a stale list of choices in it went unnoticed)
+    assert page_row(case, err, tmp_path) in _ERRORS_PAGE.read_text(encoding="utf-8").splitlines(), \
+        "regenerate docs/errors.md (python tests/test_errors.py > docs/errors.md)"
 
 
 def test_existing_output_keeps_its_content(tmp_path, capsys):
@@ -831,6 +837,18 @@ _AS_NON_ROOT = {
 }
 
 
+def page_row(case: Bad, message: str, tmp: Path) -> str:
+    """The case's row of docs/errors.md: its message as run with inputs ``tmp/in`` and output
+    ``tmp/work/out``, those paths shown as ``<in>``, ``<out>`` and ``<tmp>``."""
+    inputs, out = tmp / "in", tmp / "work" / "out"
+    argv = " ".join(a or "''" for a in case.args(Path("<in>"), Path("<out>")))
+    message = message.strip().replace(str(inputs.resolve()), "<in>").replace(str(inputs), "<in>")
+    message = message.replace(str(out.resolve()), "<out>").replace(str(out), "<out>")
+    message = message.replace(str(tmp.resolve()), "<tmp>").replace("|", "\\|")
+    quote = "``" if "`" in message else "`"
+    return f"| {case.what} | `clinic {argv}` | {quote} {message} {quote} |"
+
+
 def errors_markdown() -> str:
     """docs/errors.md: each bad input with the message the user sees (from a live run)."""
     lines = [
@@ -841,7 +859,8 @@ def errors_markdown() -> str:
         "nearest valid one. Anything else (a traceback) is a bug. The table is generated from the live messages by",
         "`python tests/test_errors.py > docs/errors.md`; `tests/test_errors.py` checks each row: exit 2, one",
         "line, no traceback, no output, and the inputs' folder unchanged (every path, size and modification time",
-        "before and after). Besides single cases the table holds two classes: each accepted data format",
+        "before and after), and the row quoting the whole message as the run prints it now. Besides single cases",
+        "the table holds two classes: each accepted data format",
         "(.json, .jsonl, .csv, .tsv, .parquet) damaged in the usual ways, and numeric options at 0, below 0,",
         "NaN, infinite and huge. Paths of the inputs are shown as `<in>/...`, the output directory as `<out>`.",
         "`--overwrite` replaces only a folder clinic wrote (its `clinic.json` marker, or an older run's `DONE`).",
@@ -861,12 +880,7 @@ def errors_markdown() -> str:
             else:
                 message = run_case(case, inputs, out)[1].strip()
             _unlock(inputs)
-        argv = " ".join(a or "''" for a in case.args(Path("<in>"), Path("<out>")))
-        message = message.replace(str(inputs.resolve()), "<in>").replace(str(inputs), "<in>")
-        message = message.replace(str(out.resolve()), "<out>").replace(str(out), "<out>")
-        message = message.replace(str(Path(tmp).resolve()), "<tmp>").replace("|", "\\|")
-        quote = "``" if "`" in message else "`"
-        lines.append(f"| {case.what} | `clinic {argv}` | {quote} {message} {quote} |")
+        lines.append(page_row(case, message, Path(tmp)))
     lines += [
         "",
         "Multi-process launches (checked in `tests/test_ddp.py`, not in this table: they need `accelerate launch`):",
