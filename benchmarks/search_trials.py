@@ -9,7 +9,7 @@ new machine").
 Each trial is ``clinic run CONFIG --store STORE --output RUN --reuse STORE_OF_OUT --only BY=LABEL
 --no-report`` in a process of its own (what the results tree already holds is copied, not run; a
 failed trial is said and the next one runs), then ``export_run.py --experiment CONFIG --store
-STORE OUT``, which adds the stages finished since. The trials, unless ``--trials`` names them:
+STORE OUT`` (a process of its own too), which adds the stages finished since. The trials, unless ``--trials`` names them:
 every value of the label BY in the plan, in plan order. Commit OUT after each export (git is left
 alone here). Two of these may share a store (one trial each, ``--trials``): a stage is run by one
 runner at a time.
@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from export_run import export_experiment, shared_store, write_results_md
+from export_run import shared_store
 
 
 def trial_labels(config: Path, by: str) -> list[str]:
@@ -46,10 +46,15 @@ def run_trials(config: Path, by: str, out: Path, trials: list[str], store: Path,
             print(f"[{i}/{len(trials)}] {by}={label} failed (exit {done.returncode}); the next trial runs",
                   flush=True)
             failed.append(label)
-        summary = export_experiment(config, store, out)  # what did finish is kept even when a stage failed
-        write_results_md(out)
-        print(f"[{i}/{len(trials)}] exported to {out}: {summary['copied']} stages copied, "
-              f"{len(summary['unfinished'])} of the plan not finished", flush=True)
+        # what did finish is kept even when a stage failed; in a process of its own, as the trial: a
+        # trial runs for hours, and this process importing code edited meanwhile (the report's
+        # stage modules load on first use) once lost a finished trial's export to an ImportError
+        exported = subprocess.run([sys.executable, str(Path(__file__).with_name("export_run.py")), "--experiment",
+                                   str(config), "--store", str(store), str(out)])
+        if exported.returncode != 0:
+            print(f"[{i}/{len(trials)}] {by}={label}: the export failed (exit {exported.returncode}); run again, "
+                  "the finished stages are kept", flush=True)
+            failed.append(label)
     return failed
 
 
