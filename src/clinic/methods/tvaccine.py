@@ -53,7 +53,8 @@ class TVaccineConfig(HarmfulStreamConfig):
     freeze: str = field(
         default="layers",
         metadata={"help": "what inactive layers freeze: 'layers' (all their adapters, the paper) or "
-                          "'attention' (only attention adapters, MLP adapters train everywhere: the reference code)", "pace": True},
+                          "'attention' (only attention adapters, MLP adapters train everywhere: the reference code)",
+                  "pace": True},
     )
     uncheckpointed: str = field(
         default="active",
@@ -62,7 +63,7 @@ class TVaccineConfig(HarmfulStreamConfig):
     )
     checkpoint_inactive: bool = field(
         default=True, metadata={"help": "activation-checkpoint the inactive layers (the memory saving; off only to measure it)",
-                            "pace": True}
+                                "pace": True}
     )
     harmful_data: str = field(default="beavertails-harmful", metadata={"help": "harmful (prompt, answer) pairs for layer scoring"})
     harmful_size: int = field(default=200, metadata={"help": "N_h: size of the harmful probe pool"})
