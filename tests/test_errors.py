@@ -14,6 +14,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -662,7 +663,10 @@ def _leftovers(folder: Path, keep: set[str]) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name not in keep)
 
 
-_ERRORS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
+@cache
+def _errors_page() -> tuple[str, ...]:
+    """docs/errors.md's lines, read once for every case."""
+    return tuple((Path(__file__).resolve().parents[1] / "docs" / "errors.md").read_text(encoding="utf-8").splitlines())
 
 
 @pytest.mark.parametrize("case", CASES + EXPERIMENT_CASES, ids=lambda c: c.id)
@@ -689,7 +693,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, data_dir, 
     assert _snapshot(inputs) == before, "an input folder changed"
     assert not any(".partial-" in p.name for p in work.rglob("*"))  # no staging folder beside the output
     # the page quotes the whole message as it is now (a stale list of choices in it went unnoticed)
-    assert page_row(case, err, tmp_path) in _ERRORS_PAGE.read_text(encoding="utf-8").splitlines(), \
+    assert page_row(case, err, tmp_path) in _errors_page(), \
         "regenerate docs/errors.md (python tests/test_errors.py > docs/errors.md)"
 
 
@@ -901,9 +905,8 @@ def test_the_errors_page_shows_each_cases_current_message():
     """docs/errors.md is generated (``python tests/test_errors.py > docs/errors.md``) and went stale
     once (a third of its rows quoted old messages): every case has its row, and the row quotes
     the part of the message the case checks."""
-    page = (Path(__file__).resolve().parents[1] / "docs" / "errors.md").read_text(encoding="utf-8")
     rows = {}
-    for line in page.splitlines():
+    for line in _errors_page():
         cells = line.split(" | ")
         if line.startswith("| ") and len(cells) >= 3 and "clinic: error" in line:
             rows.setdefault(cells[0][2:], []).append(line)
